@@ -1,0 +1,1 @@
+"""Dataset sources (synthetic scenes, VSR, What'sUp) producing the normalised example table."""

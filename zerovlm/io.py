@@ -1,0 +1,123 @@
+"""File helpers shared by every stage: atomic writes, JSONL, safe paths, content hashes.
+
+Every stage writes through `atomic_path` / `atomic_dir` so that an interrupted or failed run never
+leaves an output that looks finished: the data goes to a temporary sibling first and is renamed into
+place only once complete (rename is atomic on POSIX within one file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class ZeroVLMError(RuntimeError):
+    """An error with a message meant for the user: it names the thing and the fix."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to `path`; it replaces `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Write one JSON object per line, atomically; return the number of records."""
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the records of a JSONL file; a malformed line is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZeroVLMError(f"{path}: file not found (run the stage that produces it, e.g. `dvc repro`)")
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ZeroVLMError(f"{path}:{line_number}: malformed JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ZeroVLMError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+            yield record
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """A short hash of a JSON-serialisable object, independent of dict key order."""
+    payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:length]
+
+
+def safe_join(root: str | os.PathLike, relative: str) -> Path:
+    """Join a name taken from data (an annotation file, an index) under `root`, refusing escapes.
+
+    Absolute paths, `..` components and symlinks that lead outside `root` are rejected, so that a
+    hostile or corrupt annotation can never make a stage write or read outside its data folder.
+    """
+    root = Path(root).resolve()
+    if not relative or Path(relative).is_absolute() or "\\" in relative:
+        raise ZeroVLMError(f"unsafe file name {relative!r}: expected a relative path inside {root}")
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise ZeroVLMError(f"unsafe file name {relative!r}: it points outside {root}")
+    return candidate
+
+
+def visible_files(folder: str | os.PathLike) -> list[Path]:
+    """Files of a folder in sorted order, skipping dotfiles (DVC writes .gitignore files into outputs)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))

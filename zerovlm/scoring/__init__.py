@@ -1,0 +1,1 @@
+"""Answer parsing, metrics and reports; reads prediction files and never imports a model."""

@@ -1,0 +1,200 @@
+"""Image shard store: many images as a few tar files plus a JSONL index per shard.
+
+DVC handles thousands of small files slowly (pushing or pulling 20,000 files of 4 KB took 28 s, one tar
+of them 0.9 s: ../shared/notes/dvc.md), so view sets and stitched inputs are stored as shards:
+
+    folder/shard-00000.tar    PNG members named <key>.png, in insertion order, deterministic headers
+    folder/shard-00000.jsonl  one record per member: {"key", "member", **metadata}
+
+A shard's JSONL is written (atomically) only after its tar is complete, so the JSONL marks a finished
+shard. A writer opened on a folder that holds finished shards continues after them: this is how long
+stages resume after an interruption without redoing finished images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError, atomic_path, read_jsonl
+
+_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,90}$")
+_SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_key(key: str) -> str:
+    if not _KEY_PATTERN.match(key):
+        raise ZeroVLMError(f"invalid store key {key!r}: use letters, digits, '.', '_', '+', '-' (max 91)")
+    return key
+
+
+def _finished_shards(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("shard-*.jsonl") if _SHARD_PATTERN.match(p.name))
+
+
+class ShardWriter:
+    """Append images to a shard folder; every `shard_size` images become one finished shard."""
+
+    def __init__(self, folder: str | os.PathLike, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        finished = _finished_shards(self.folder)
+        self._next_index = len(finished)
+        # A tar without its JSONL was being written when the process stopped: it is not finished.
+        for orphan in self.folder.glob("shard-*.tar"):
+            if not orphan.with_suffix(".jsonl").exists():
+                orphan.unlink()
+        self._pending: list[tuple[str, bytes, dict]] = []
+        self._keys = {record["key"] for shard in finished for record in read_jsonl(shard)}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys or any(key == k for k, _, _ in self._pending)
+
+    def add(self, key: str, image: Image.Image, metadata: dict | None = None) -> None:
+        self.add_png(key, encode_png(image), metadata)
+
+    def add_png(self, key: str, png: bytes, metadata: dict | None = None) -> None:
+        if key in self:
+            raise ZeroVLMError(f"store {self.folder}: key {key!r} written twice")
+        self._pending.append((_check_key(key), png, dict(metadata or {})))
+        if len(self._pending) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending images as one finished shard (tar first, then its index)."""
+        if not self._pending:
+            return
+        stem = f"shard-{self._next_index:05d}"
+        tar_path = self.folder / f"{stem}.tar"
+        records = []
+        with atomic_path(tar_path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, png, metadata in self._pending:
+                member = f"{key}.png"
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime, info.mode = len(png), 0, 0o644  # fixed headers: same bytes every run
+                tar.addfile(info, io.BytesIO(png))
+                records.append({**metadata, "key": key, "member": member})
+        with atomic_path(self.folder / f"{stem}.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        self._keys.update(key for key, _, _ in self._pending)
+        self._pending.clear()
+        self._next_index += 1
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On error keep what is finished (resumable) but do not turn a partial batch into a shard.
+        if exc_type is None:
+            self.close()
+
+
+class ShardReader:
+    """Random access to the images of a shard folder by key."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ZeroVLMError(f"{self.folder}: image store not found (run the stage that produces it)")
+        self._records: dict[str, dict] = {}
+        self._shard_of: dict[str, Path] = {}
+        for index_path in _finished_shards(self.folder):
+            for record in read_jsonl(index_path):
+                self._records[record["key"]] = record
+                self._shard_of[record["key"]] = index_path.with_suffix(".tar")
+        self._open: dict[Path, tarfile.TarFile] = {}
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._records
+
+    def keys(self) -> list[str]:
+        return list(self._records)
+
+    def metadata(self, key: str) -> dict:
+        return self._records[self._require(key)]
+
+    def png(self, key: str) -> bytes:
+        shard = self._shard_of[self._require(key)]
+        if shard not in self._open:
+            self._open[shard] = tarfile.open(shard, "r")
+        member = self._open[shard].extractfile(self._records[key]["member"])
+        if member is None:
+            raise ZeroVLMError(f"{shard}: member for {key!r} is missing; delete the folder and re-run")
+        return member.read()
+
+    def image(self, key: str) -> Image.Image:
+        with Image.open(io.BytesIO(self.png(key))) as image:
+            return image.convert("RGB")
+
+    def close(self) -> None:
+        for tar in self._open.values():
+            tar.close()
+        self._open.clear()
+
+    def _require(self, key: str) -> str:
+        if key not in self._records:
+            raise ZeroVLMError(f"{self.folder}: no image with key {key!r}; re-run the stage that writes it")
+        return key
+
+
+def publish(partial: str | os.PathLike, final: str | os.PathLike, keep: Iterable[str],
+            shard_size: int = 256) -> None:
+    """Move a finished partial store to `final`, keeping exactly the keys in `keep`.
+
+    When the partial store holds exactly those keys it is renamed (cheap); otherwise (a resumed run
+    whose selection changed) the kept images are copied, still encoded, into fresh shards.
+    """
+    partial, final = Path(partial), Path(final)
+    keep = list(dict.fromkeys(keep))
+    reader = ShardReader(partial)
+    missing = [key for key in keep if key not in reader]
+    if missing:
+        raise ZeroVLMError(f"{partial}: {len(missing)} images were never written (first: {missing[0]})")
+    if final.exists():
+        shutil.rmtree(final)
+    if set(reader.keys()) == set(keep):
+        reader.close()
+        os.replace(partial, final)
+        return
+    staging = final.with_name(f".{final.name}.publish")
+    shutil.rmtree(staging, ignore_errors=True)
+    with ShardWriter(staging, shard_size) as writer:
+        for key in keep:
+            metadata = {k: v for k, v in reader.metadata(key).items() if k not in ("key", "member")}
+            writer.add_png(key, reader.png(key), metadata)
+    reader.close()
+    os.replace(staging, final)
+    shutil.rmtree(partial)
+
+
+def iter_images(folder: str | os.PathLike) -> Iterator[tuple[str, Image.Image, dict]]:
+    """Every (key, image, metadata) of a store, in index order."""
+    reader = ShardReader(folder)
+    try:
+        for key in reader.keys():
+            yield key, reader.image(key), reader.metadata(key)
+    finally:
+        reader.close()
