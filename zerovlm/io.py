@@ -121,3 +121,30 @@ def safe_join(root: str | os.PathLike, relative: str) -> Path:
 def visible_files(folder: str | os.PathLike) -> list[Path]:
     """Files of a folder in sorted order, skipping dotfiles (DVC writes .gitignore files into outputs)."""
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def load_rgb(path: str | os.PathLike, context: str = "") -> "Image.Image":
+    """Decode an image fully and return it as RGB; a missing, corrupt or odd file is a clear error.
+
+    Modes are converted explicitly: alpha is composited on white (Zero123's convention), palette,
+    CMYK, greyscale and 16-bit images go through RGB conversion. Pillow's decompression-bomb guard
+    stays on.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    where = f" ({context})" if context else ""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                image = image.point(lambda value: value * (1 / 256)).convert("L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(white, rgba).convert("RGB")
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ZeroVLMError(f"{path}: image file not found{where}; re-run the prepare stage") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ZeroVLMError(f"{path}: not a readable image{where} ({error}); replace or remove the "
+                           f"file and re-run the prepare stage") from None

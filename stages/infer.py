@@ -1,0 +1,22 @@
+"""Stage `infer`: the VLM answers every question for every configuration, with and without view prompt."""
+
+import argparse
+from pathlib import Path
+
+from zerovlm.config import InferConfig, load_section
+from zerovlm.inference import infer_stage
+from zerovlm.stage import run_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--stitched", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="predictions folder")
+    args = parser.parse_args()
+    infer_stage(load_section("infer", InferConfig, args.params), args.prepared, args.stitched, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,23 @@
+"""Stage `views`: Zero-1-to-3 novel views of every unique prepared image, for each requested pose."""
+
+import argparse
+from pathlib import Path
+
+from zerovlm.config import ViewsConfig, load_section
+from zerovlm.datasets.table import read_table
+from zerovlm.stage import run_stage
+from zerovlm.views.synthesize import synthesize_views
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="view store (shards + index)")
+    args = parser.parse_args()
+    cfg = load_section("views", ViewsConfig, args.params)
+    synthesize_views(cfg, read_table(args.prepared), args.prepared, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

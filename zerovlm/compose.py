@@ -1,0 +1,89 @@
+"""Stitching: compose the VLM's input image for one view configuration.
+
+Two layouts, because the paper and its code disagree (../shared/notes/paper-and-datasets.md):
+- grid:  2 columns, row-major, [origin, left / right, random] as in the paper's figure; a 3-panel set
+         leaves the last cell black.
+- strip: panels stacked vertically with black gaps, as in the authors' released code.
+A single-panel configuration is passed through unchanged: the "origin" baseline is the plain VLM on
+the original image, not on a resized copy.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from zerovlm.config import CONFIGURATIONS, StitchConfig
+from zerovlm.datasets.table import read_table
+from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, safe_join, write_json
+from zerovlm.store import ShardReader, ShardWriter
+
+BACKGROUND = (0, 0, 0)
+
+
+def _square(image: Image.Image, size_px: int) -> Image.Image:
+    """Resize to size x size (Zero123's own views are square; the original is squashed the same way)."""
+    return image.convert("RGB").resize((size_px, size_px), Image.Resampling.BICUBIC)
+
+
+def stitch(panels: Sequence[Image.Image], layout: str, panel_size_px: int, gap_px: int) -> Image.Image:
+    if not panels:
+        raise ZeroVLMError("stitch: no panels given")
+    if len(panels) == 1:
+        return panels[0].convert("RGB")
+    tiles = [_square(panel, panel_size_px) for panel in panels]
+    if layout == "grid":
+        columns, rows = 2, math.ceil(len(tiles) / 2)
+    elif layout == "strip":
+        columns, rows = 1, len(tiles)
+    else:
+        raise ZeroVLMError(f"stitch.layout: unknown layout {layout!r}; valid: grid, strip")
+    width = columns * panel_size_px + (columns - 1) * gap_px
+    height = rows * panel_size_px + (rows - 1) * gap_px
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    for index, tile in enumerate(tiles):
+        row, column = divmod(index, columns)
+        canvas.paste(tile, (column * (panel_size_px + gap_px), row * (panel_size_px + gap_px)))
+    return canvas
+
+
+def compose_configuration(configuration: str, origin: Image.Image, views: dict[str, Image.Image],
+                          cfg: StitchConfig) -> Image.Image:
+    """The input image of `configuration` from the original and its synthesised views (by view name)."""
+    panels = []
+    for name in CONFIGURATIONS[configuration]:
+        if name == "origin":
+            panels.append(origin)
+        elif name in views:
+            panels.append(views[name])
+        else:
+            raise ZeroVLMError(f"configuration {configuration!r} needs the {name!r} view, which the views "
+                               f"stage did not synthesise: add {name!r} to views.presets")
+    return stitch(panels, cfg.layout, cfg.panel_size_px, cfg.gap_px)
+
+
+def stitch_stage(cfg: StitchConfig, prepared_dir: Path, views_dir: Path, out_dir: Path) -> dict:
+    """Compose every configuration for every unique image; one store entry `<image_id>.<configuration>`."""
+    examples = read_table(prepared_dir)
+    image_files = dict(sorted({e.image_id: e.image_file for e in examples}.items()))
+    views = ShardReader(views_dir)
+    needed_views = sorted({p for c in cfg.configurations for p in CONFIGURATIONS[c]} - {"origin"})
+    with atomic_dir(out_dir) as tmp:
+        with ShardWriter(tmp) as writer:
+            for image_id, image_file in image_files.items():
+                origin = load_rgb(safe_join(prepared_dir, image_file), f"image {image_id}")
+                view_images = {name: views.image(f"{image_id}.{name}") for name in needed_views
+                               if f"{image_id}.{name}" in views}
+                for configuration in cfg.configurations:
+                    image = compose_configuration(configuration, origin, view_images, cfg)
+                    writer.add(f"{image_id}.{configuration}", image, {
+                        "image_id": image_id, "configuration": configuration,
+                        "panels": list(CONFIGURATIONS[configuration]), "layout": cfg.layout})
+        summary = {"images": len(image_files), "configurations": list(cfg.configurations),
+                   "stitched": len(image_files) * len(cfg.configurations), "layout": cfg.layout}
+        write_json(tmp / "summary.json", summary)
+    views.close()
+    return summary
