@@ -171,7 +171,8 @@ def _explain(section: str, model: type[Section], error: ValidationError) -> str:
                 parent = field.annotation if field and isinstance(field.annotation, type) else parent
             lines.append(f"{where}: " + _unknown("key", problem["loc"][-1], parent.model_fields))
         else:
-            lines.append(f"{where}: {problem['msg']} (got {problem.get('input')!r})")
+            got = f" (got {problem.get('input')!r})" if problem["loc"] else ""
+            lines.append(f"{where}: {problem['msg']}{got}")
     return "invalid params:\n  " + "\n  ".join(lines)
 
 

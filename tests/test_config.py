@@ -1,0 +1,39 @@
+"""Params validation: unknown keys, bad values and the profiles."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zerovlm.config import ViewsConfig, load_section, parse_section, validate_all
+from zerovlm.io import ZeroVLMError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(ZeroVLMError, match=r"views.guidance_scal: unknown key.*Did you mean 'guidance_scale'"):
+        parse_section("views", {"guidance_scal": 3.0})
+
+
+def test_bad_choice_lists_the_valid_ones():
+    with pytest.raises(ZeroVLMError, match=r"stitch.layout: Input should be 'grid' or 'strip'"):
+        parse_section("stitch", {"layout": "mosaic"})
+
+
+def test_unknown_configuration_is_rejected():
+    with pytest.raises(ZeroVLMError, match=re.escape("unknown configuration 'origin+top+left'")):
+        parse_section("stitch", {"configurations": ["origin+top+left"]})
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"viewz": {}}))
+    with pytest.raises(ZeroVLMError, match="unknown section 'viewz'.*Did you mean 'views'"):
+        load_section("views", ViewsConfig, path)
+
+
+def test_committed_params_file_is_valid():
+    sections = validate_all(ROOT / "params.yaml")
+    assert sections["data"].source == "synthetic"

@@ -1,0 +1,52 @@
+"""Atomic writes, safe paths and image loading."""
+
+import pytest
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError, atomic_path, load_rgb, read_jsonl, safe_join
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../x.png", "/etc/passwd", "a/../../x.png", "", "a\\b.png"])
+def test_safe_join_refuses_escapes(tmp_path, name):
+    with pytest.raises(ZeroVLMError, match="unsafe file name"):
+        safe_join(tmp_path, name)
+
+
+def test_safe_join_accepts_nested_names(tmp_path):
+    assert safe_join(tmp_path, "images/a.png") == (tmp_path / "images/a.png").resolve()
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ZeroVLMError, match=r"x.jsonl:2: malformed JSON"):
+        list(read_jsonl(path))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "CMYK", "L", "I;16", "LA"])
+def test_odd_modes_become_rgb(tmp_path, mode):
+    path = tmp_path / f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    Image.new(mode, (5, 5)).save(path)
+    assert load_rgb(path).mode == "RGB"
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    path = tmp_path / "a.png"
+    Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(path)
+    assert load_rgb(path).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_corrupt_image_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ZeroVLMError, match="bad.jpg: not a readable image"):
+        load_rgb(path, "example 3")

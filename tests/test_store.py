@@ -1,0 +1,61 @@
+"""The image shard store: round trips, resume after interruption, publishing."""
+
+import pytest
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.store import ShardReader, ShardWriter, publish
+
+
+def _image(value):
+    return Image.new("RGB", (4, 4), (value, value, value))
+
+
+def test_round_trip_with_metadata(tmp_path):
+    with ShardWriter(tmp_path / "s", shard_size=2) as writer:
+        for i in range(5):
+            writer.add(f"k{i}", _image(i), {"i": i})
+    reader = ShardReader(tmp_path / "s")
+    assert len(reader) == 5 and len(list((tmp_path / "s").glob("*.tar"))) == 3
+    assert reader.image("k3").getpixel((0, 0)) == (3, 3, 3) and reader.metadata("k3")["i"] == 3
+
+
+def test_identical_input_gives_identical_bytes(tmp_path):
+    for name in ("a", "b"):
+        with ShardWriter(tmp_path / name, shard_size=2) as writer:
+            for i in range(3):
+                writer.add(f"k{i}", _image(i))
+    assert (tmp_path / "a/shard-00000.tar").read_bytes() == (tmp_path / "b/shard-00000.tar").read_bytes()
+
+
+def test_interrupted_writer_keeps_finished_shards_and_resumes(tmp_path):
+    folder = tmp_path / "s"
+    with pytest.raises(RuntimeError):
+        with ShardWriter(folder, shard_size=2) as writer:
+            for i in range(3):
+                writer.add(f"k{i}", _image(i))
+            raise RuntimeError("killed")
+    (folder / "shard-00001.tar").write_bytes(b"half a tar")  # a shard cut mid-write has no index
+    writer = ShardWriter(folder, shard_size=2)
+    assert "k1" in writer and "k2" not in writer
+    writer.add("k2", _image(2))
+    writer.close()
+    assert sorted(ShardReader(folder).keys()) == ["k0", "k1", "k2"]
+
+
+def test_publish_keeps_exactly_the_requested_keys(tmp_path):
+    with ShardWriter(tmp_path / "partial", shard_size=2) as writer:
+        for i in range(4):
+            writer.add(f"k{i}", _image(i))
+    publish(tmp_path / "partial", tmp_path / "final", ["k3", "k1"])
+    assert ShardReader(tmp_path / "final").keys() == ["k3", "k1"]
+    assert not (tmp_path / "partial").exists()
+
+
+def test_bad_key_and_missing_key_are_clear_errors(tmp_path):
+    with pytest.raises(ZeroVLMError, match="invalid store key"):
+        ShardWriter(tmp_path / "s").add("../escape", _image(0))
+    with ShardWriter(tmp_path / "s") as writer:
+        writer.add("k0", _image(0))
+    with pytest.raises(ZeroVLMError, match="no image with key 'k9'"):
+        ShardReader(tmp_path / "s").image("k9")
