@@ -25,9 +25,9 @@ def predicted_index(record: dict, example: Example, answer_mode: str) -> int | N
     """The option the model chose, or None when its answer cannot be read."""
     if "option_logprobs" in record:
         scores = record["option_logprobs"]
-        if len(scores) != len(example.options) or not all(np.isfinite(scores)):
+        if len(scores) != len(example.options):
             return None
-        return int(np.argmax(scores))  # ties (vanishingly rare with real models) go to the first option
+        return parse.best_option(scores)
     text = record.get("output_text", "")
     answers = record["answers"]
     if example.task == "true_false":
@@ -70,12 +70,16 @@ def bootstrap_ci(correct: np.ndarray, samples: int, seed: int) -> list[float] | 
 
 
 def _all_correct_rate(rows: list[dict], key: str) -> float | None:
-    """What'sUp pair / set accuracy: the share of groups whose every member is right."""
+    """What'sUp pair / set accuracy: the share of groups whose every member is right.
+
+    None when no group has two members (e.g. a synthetic scene's one question of a task)."""
     groups: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
         if row[key] is not None:
             groups[row[key]].append(row["correct"])
-    return round(float(np.mean([all(v) for v in groups.values()])), 4) if groups else None
+    if not any(len(members) > 1 for members in groups.values()):
+        return None
+    return round(float(np.mean([all(members) for members in groups.values()])), 4)
 
 
 def summarise(rows: list[dict], cfg: ScoreConfig) -> dict:
