@@ -40,7 +40,7 @@ class Section(BaseModel):
 class SyntheticSource(Section):
     num_scenes: int = Field(24, ge=1)           # scenes to render (each yields 1 true/false + 1 choice task)
     min_objects: int = Field(2, ge=2)            # objects per scene, lower bound (>= 2)
-    max_objects: int = Field(3, ge=2)            # objects per scene, upper bound (scene-complexity knob)
+    max_objects: int = Field(3, ge=2, le=8)      # objects per scene, upper bound, <= 8 (one colour each)
     image_size_px: int = Field(256, ge=32)       # square canvas side
     relations: tuple[Literal["left of", "right of", "above", "below", "in front of", "behind"], ...] = (
         "left of", "right of", "above", "below")
@@ -61,6 +61,19 @@ class DataConfig(Section):
     stratify_by_relation: bool = True                 # when limiting, sample evenly across relations
     seed: int = 0                                     # scene rendering, sampling, option shuffling
     skip_bad: bool = False                            # False: a bad record stops the stage; True: count it
+    # Real datasets (vsr_*, whatsup_*). Downloads go under the prepare stage's raw folder only.
+    annotations_dir: str | None = None   # local annotation files; None: download. VSR: {split}.jsonl (or
+                                         # random/ zeroshot/ subfolders); What'sUp: controlled_*_dataset.json
+    images_dir: str | None = None        # local images; None: download. VSR: a COCO folder (train2017/,
+                                         # val2017/ or flat); What'sUp: the extracted folder or its .tar.gz
+    vsr_annotations_url: str | None = None  # None: pinned GitHub raw URL (sources.yaml); a template with
+                                            # {commit} {split_dir} {split}, http(s) only
+    coco_images_url: str | None = None   # None: http://images.cocodataset.org; a mirror's http(s) base
+    gdrive_url: str | None = None        # None: Google Drive (sources.yaml); a template with {file_id}
+    download_workers: int = Field(8, ge=1, le=64)      # concurrent downloads
+    download_retries: int = Field(3, ge=0, le=10)      # extra attempts on timeouts, dropped links, 429, 5xx
+    retry_backoff_seconds: float = Field(1.0, ge=0.0, le=60.0)  # first wait; doubles per retry
+    timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)      # per connect and per read
     synthetic: SyntheticSource = SyntheticSource()
 
 
