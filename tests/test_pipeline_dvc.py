@@ -109,10 +109,9 @@ def test_invalid_param_fails_the_stage_with_a_clear_error(repo):
 
 
 def test_experiment_on_a_prompt_knob_is_compared_by_dvc(repo):
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "baseline"], repo, check=False)
     _repro(repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "baseline"], repo)
     _run(["dvc", "exp", "run", "-n", "tf-template", "-S", "infer.question_template=true_false"], repo)
     shown = _run(["dvc", "exp", "show", "--md", "--no-pager"], repo).stdout
     assert "tf-template" in shown

@@ -1,0 +1,164 @@
+"""Zero123 views per second on one GPU: the full-size architecture with random weights (not a test).
+
+Builds the real shapes (SD-1.x UNet with 8 input channels and 768-d cross-attention, the SD VAE,
+CLIP ViT-L/14, the 772 -> 768 pose projection) directly on the GPU and times, in one run:
+  naive:    one view per call, fp16, eager, plain SDPA attention everywhere;
+  eager:    the project's path (Zero123Pipeline: images x views batched, guidance folded into the
+            batch, channels_last, the exact one-token cross-attention) without compilation;
+  compiled: the same pipeline after Zero123Pipeline.compile(mode) for each requested mode.
+views/s counts whole pipeline calls (CLIP + VAE encode, every DDIM step, VAE decode, PIL conversion).
+UNet TFLOP/s uses the standard UNet FLOP count (full cross-attention), measured with FlopCounterMode.
+
+    python benchmarks/zero123_throughput.py --size 256 --steps 50 --guidance 3 --batch 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from zerovlm.views.checkpoints import Zero123Components, make_scheduler
+from zerovlm.views.zero123 import Zero123Pipeline
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def full_size_components(dtype: torch.dtype, size_px: int) -> Zero123Components:
+    """Zero123's architecture (kxic/zero123-165000's configs) with random weights, built on the GPU."""
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        unet = UNet2DConditionModel(sample_size=size_px // 8, in_channels=8, out_channels=4, layers_per_block=2,
+                                    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+                                    attention_head_dim=8)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            sample_size=size_px, scaling_factor=0.18215)
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+            image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"))
+        projection = torch.nn.Linear(768 + 4, 768)
+    parts = [module.to(dtype).eval() for module in (unet, vae, clip, projection)]
+    return Zero123Components(*parts, scheduler=make_scheduler(), layout="kxic")
+
+
+def inputs(n: int, size_px: int):
+    images = [Image.effect_noise((size_px, size_px), 64).convert("RGB") for _ in range(min(n, 8))]
+    images = [images[i % len(images)] for i in range(n)]
+    poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(n, 1)  # the "right" view
+    return images, poses, [torch.Generator().manual_seed(i) for i in range(n)]
+
+
+def time_calls(pipe: Zero123Pipeline, batch: int, calls: int, args) -> float:
+    """Seconds per view over `calls` pipeline calls of `batch` views each (after one warm-up call)."""
+    images, poses, _ = inputs(batch, args.size)
+    run = lambda: pipe(images, poses, inputs(batch, args.size)[2], num_inference_steps=args.steps,  # noqa: E731
+                       guidance_scale=args.guidance, eta=1.0, image_size_px=args.size)
+    run()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / (calls * batch)
+
+
+def unet_flops_per_view_step(pipe: Zero123Pipeline, size_px: int) -> float:
+    """FLOPs of one guided DDIM step for one view (two UNet passes), standard attention."""
+    latent = torch.randn(2, 8, size_px // 8, size_px // 8, device="cuda", dtype=pipe.dtype)
+    context = torch.randn(2, 1, 768, device="cuda", dtype=pipe.dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)
+    return float(counter.get_total_flops())
+
+
+def unet_step_seconds(pipe: Zero123Pipeline, batch: int, size_px: int, repeats: int = 20) -> float:
+    """Seconds per UNet call on a guided batch of `batch` views (2 x batch samples), CUDA-event timed."""
+    latent = torch.randn(2 * batch, 8, size_px // 8, size_px // 8, device="cuda", dtype=pipe.dtype)
+    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=pipe.dtype)
+    t = torch.tensor(500, device="cuda")
+    with torch.no_grad():
+        for _ in range(3):
+            pipe.unet(latent, t, encoder_hidden_states=context)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            pipe.unet(latent, t, encoder_hidden_states=context)
+        end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000 / repeats
+
+
+def report(line: str, lines: list[str]) -> None:
+    print(line, flush=True)
+    lines.append(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--batch", type=int, default=128, help="views per pipeline call on the project path")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--modes", default="reduce-overhead,max-autotune", help="torch.compile modes, or ''")
+    parser.add_argument("--calls", type=int, default=2, help="timed pipeline calls per variant")
+    parser.add_argument("--naive-views", type=int, default=2)
+    parser.add_argument("--output", default=None, help="also write the report to this file")
+    args = parser.parse_args()
+    lines: list[str] = []
+    props = torch.cuda.get_device_properties(0)
+    report(f"device {props.name}, torch {torch.__version__}; {args.size} px, {args.steps} DDIM steps, guidance "
+           f"{args.guidance}, eta 1.0; project path {args.dtype}, batch {args.batch} views", lines)
+
+    # naive: fp16, one view per call, eager, plain attention
+    naive = Zero123Pipeline(full_size_components(torch.float16, args.size)).to("cuda")
+    naive.unet.set_attn_processor(AttnProcessor2_0())
+    flops = unet_flops_per_view_step(naive, args.size)
+    naive_s = time_calls(naive, 1, args.naive_views, args)
+    report(f"UNet FLOPs per view per guided step: {flops / 1e9:.1f} GFLOP", lines)
+    report(f"naive    fp16 1 view/call eager: {1 / naive_s:7.2f} views/s  "
+           f"({naive_s / args.steps * 1e3:.1f} ms/step)", lines)
+    del naive
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    results = {}
+    for mode in ["eager"] + [m for m in args.modes.split(",") if m]:
+        torch._dynamo.reset()
+        pipe = Zero123Pipeline(full_size_components(DTYPES[args.dtype], args.size)).to("cuda")
+        torch.backends.cudnn.benchmark = True
+        tick = time.perf_counter()
+        if mode != "eager":
+            pipe.compile(mode)
+        torch.cuda.reset_peak_memory_stats()
+        per_view = time_calls(pipe, args.batch, args.calls, args)
+        setup = time.perf_counter() - tick - per_view * args.batch * args.calls
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        step = unet_step_seconds(pipe, args.batch, args.size)
+        results[mode] = 1 / per_view
+        report(f"project  {args.dtype} {args.batch} views/call {mode:15s}: {1 / per_view:7.2f} views/s  "
+               f"x{naive_s / per_view:6.1f} vs naive; UNet {step * 1e3:6.1f} ms/step = "
+               f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "
+               f"TFLOP/s; peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s", lines)
+        del pipe
+        gc.collect()
+        torch.cuda.empty_cache()
+    best = max(results, key=results.get)
+    report(f"best: {best} {results[best]:.2f} views/s = x{results[best] * naive_s:.1f} the naive loop "
+           f"(goal 30 views/s)", lines)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

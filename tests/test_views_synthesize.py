@@ -1,0 +1,164 @@
+"""The views stage: unique images, store contents, determinism, resume after interruption, bad input."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
+from zerovlm.io import ZeroVLMError, sha256_file
+from zerovlm.store import ShardReader
+from zerovlm.views import synthesize
+from zerovlm.views.poses import random_pose
+from zerovlm.views.synthesize import synthesize_views
+
+TESTS = Path(__file__).parent
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    reader = ShardReader(folder)
+    try:
+        return {key: reader.png(key) for key in reader.keys()}
+    finally:
+        reader.close()
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prepared")
+    return folder, make_prepared(folder, num_images=3, examples_per_image=2)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_models, prepared):
+    """An uninterrupted run: (output folder, summary)."""
+    out = tmp_path_factory.mktemp("reference") / "views"
+    return out, synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+
+
+def test_each_unique_image_once_with_its_metadata(reference, prepared):
+    out, summary = reference
+    assert summary["examples"] == 6 and summary["images"] == 3 and summary["views"] == 12
+    assert summary["views_generated"] == 12 and summary["device"] == "cpu" and summary["views_per_second"] > 0
+    reader = ShardReader(out)
+    image_id = prepared[1][0].image_id
+    assert reader.keys()[:4] == [f"{image_id}.{view}" for view in ("left", "right", "top", "random")]
+    metadata = reader.metadata(f"{image_id}.random")
+    expected = random_pose(0, image_id)
+    assert (metadata["polar_deg"], metadata["azimuth_deg"], metadata["radius"]) == (
+        expected.polar_deg, expected.azimuth_deg, 0.0)
+    assert metadata["view"] == "random" and metadata["seed"] == 0
+    assert reader.image(f"{image_id}.left").size == (32, 32)
+    assert (out / "summary.json").is_file() and not (out.parent / ".views.partial").exists()
+
+
+def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
+    synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], tmp_path / "views", shard_size=4)
+    for shard in sorted(reference[0].glob("shard-*")):
+        assert sha256_file(shard) == sha256_file(tmp_path / "views" / shard.name)
+
+
+def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference):
+    synthesize_views(views_config(tiny_models["kxic"], batch_size=5), prepared[1], prepared[0], tmp_path / "v")
+    expected, got = pngs(reference[0]), pngs(tmp_path / "v")
+    assert expected.keys() == got.keys()
+    for key in expected:  # the same noise per view; float kernels may round a rare pixel by one level
+        a, b = (np.asarray(Image.open(io.BytesIO(data)), dtype=int) for data in (expected[key], got[key]))
+        assert np.abs(a - b).max() <= 1, key
+
+
+def test_resume_after_an_exception_keeps_finished_shards(tmp_path, tiny_models, prepared, reference, monkeypatch):
+    out, cfg = tmp_path / "views", views_config(tiny_models["kxic"])
+    calls = {"n": 0}
+    run = synthesize._Sampler._run
+
+    def failing_run(self, jobs, images):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected failure")
+        return run(self, jobs, images)
+
+    monkeypatch.setattr(synthesize._Sampler, "_run", failing_run)
+    with pytest.raises(RuntimeError, match="injected"):
+        synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
+    partial = tmp_path / ".views.partial"
+    finished = sorted(partial.glob("shard-*.jsonl"))
+    assert len(finished) == 2 and not out.exists()
+    stamps = {p.name: os.stat(p).st_mtime_ns for p in partial.glob("shard-*")}
+    monkeypatch.setattr(synthesize._Sampler, "_run", run)
+    summary = synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
+    assert summary["views_reused"] == 8 and summary["views_generated"] == 4
+    assert pngs(out) == pngs(reference[0])
+    assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in stamps.items())
+
+
+def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
+    out = tmp_path / "views"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(TESTS)!r})
+        from pathlib import Path
+        from views_fixtures import views_config
+        from zerovlm.datasets.table import Example
+        from zerovlm.views import zero123
+        from zerovlm.views.synthesize import synthesize_views
+        call = zero123.Zero123Pipeline.__call__
+        def slow(self, *args, **kwargs):  # leave time to kill it mid-run
+            time.sleep(1.0)
+            return call(self, *args, **kwargs)
+        zero123.Zero123Pipeline.__call__ = slow
+        examples = {[e.to_record() for e in prepared[1]]!r}
+        synthesize_views(views_config(Path({str(tiny_models["kxic"])!r})),
+                         [Example.from_record(r) for r in examples], Path({str(prepared[0])!r}),
+                         Path({str(out)!r}), shard_size=4)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = tmp_path / ".views.partial" / "shard-00000.jsonl"
+    deadline = time.monotonic() + 120
+    while not first.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert first.exists(), stderr.decode()[-2000:]
+    assert not out.exists()  # killed before publishing
+    summary = synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+    assert summary["views_reused"] >= 4 and summary["views_generated"] <= 8
+    assert pngs(out) == pngs(reference[0])
+
+
+def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prepared, monkeypatch, caplog):
+    out = tmp_path / "views"
+    monkeypatch.setattr(synthesize, "publish", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        summary = synthesize_views(views_config(tiny_models["kxic"], num_inference_steps=2), prepared[1],
+                                   prepared[0], out, shard_size=4)
+    assert "discarding" in caplog.text and summary["views_reused"] == 0
+
+
+def test_an_image_that_is_not_an_image_names_file_and_example(tmp_path, tiny_models):
+    examples = make_prepared(tmp_path / "prepared", num_images=2, examples_per_image=1)
+    bad = tmp_path / "prepared" / examples[1].image_file
+    bad.write_bytes(b"this is not a PNG")
+    with pytest.raises(ZeroVLMError) as error:
+        synthesize_views(views_config(tiny_models["kxic"]), examples, tmp_path / "prepared", tmp_path / "views")
+    assert str(bad) in str(error.value) and examples[1].example_id in str(error.value)
+    assert not (tmp_path / "views").exists()
+
+
+def test_missing_model_is_a_clear_error(tmp_path, prepared):
+    with pytest.raises(ZeroVLMError, match="build-tiny-models"):
+        synthesize_views(views_config(tmp_path / "no-model"), prepared[1], prepared[0], tmp_path / "views")

@@ -1,0 +1,85 @@
+"""The request collator, Request validation and the backend registry (no model needed)."""
+
+import pytest
+import torch
+from PIL import Image
+
+from zerovlm.config import InferConfig
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import Request, cut_at_stop, image_fingerprint, request_seed, run_batched
+from zerovlm.vlm.registry import BACKENDS, load_backend
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_run_batched_sorts_longest_first_and_restores_order(batch_size, workers):
+    items = ["a" * n for n in (3, 9, 1, 9, 5, 0, 2)]
+    batches = []
+
+    def compute(batch):
+        batches.append(list(batch))
+        return [f"<{x}>" for x in batch]
+
+    out = run_batched(items, compute, batch_size=batch_size, length=len, prepare=str.upper,
+                      prefetch_workers=workers)
+    assert out == [f"<{x.upper()}>" for x in items]
+    flat = [x for b in batches for x in b]
+    assert [len(x) for x in flat] == sorted((len(x) for x in items), reverse=True)
+    assert all(len(b) <= batch_size for b in batches)
+
+
+def test_run_batched_asserts_every_result_came_back():
+    with pytest.raises(AssertionError, match="2 results for 3"):
+        run_batched([1, 2, 3], lambda b: b[:2], batch_size=3, length=lambda x: x)
+
+
+def test_run_batched_halves_batch_on_cuda_oom():
+    sizes = []
+
+    def compute(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return [x * 10 for x in batch]
+
+    assert run_batched(list(range(9)), compute, batch_size=8, length=lambda x: 0) == [x * 10 for x in range(9)]
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {1, 2}
+
+
+def test_run_batched_oom_at_batch_one_is_a_clear_error():
+    def compute(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(ZeroVLMError, match="batch_size 1"):
+        run_batched([1, 2], compute, batch_size=2, length=lambda x: 0)
+
+
+def test_run_batched_other_errors_propagate():
+    with pytest.raises(ValueError):
+        run_batched([1], lambda b: (_ for _ in ()).throw(ValueError("boom")), batch_size=1, length=lambda x: 0)
+
+
+def test_request_validates_types():
+    image = Image.new("RGB", (4, 4))
+    with pytest.raises(ZeroVLMError, match="images"):
+        Request(images=[image], prompt="q")  # a list, not a tuple
+    with pytest.raises(ZeroVLMError, match="options"):
+        Request(images=(image,), prompt="q", options=["Yes"])
+
+
+def test_seed_and_fingerprint_depend_on_content_only():
+    a, b = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "red")
+    assert image_fingerprint(a) == image_fingerprint(b) != image_fingerprint(Image.new("RGB", (4, 4), "blue"))
+    assert request_seed(0, Request((a,), "q")) == request_seed(0, Request((b,), "q")) != request_seed(1, Request((a,), "q"))
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("Yes.###Human", ("###",)) == ("Yes.", True)
+    assert cut_at_stop("a\nb</s>c", ("</s>", "\n")) == ("a", True)
+    assert cut_at_stop("plain", ("###", "")) == ("plain", False)
+
+
+def test_unknown_backend_lists_closest():
+    with pytest.raises(ZeroVLMError, match=r"unknown backend 'lava'.*Did you mean 'llava'"):
+        load_backend(InferConfig(backend="lava"))
+    assert {"llava", "minigpt4", "hf_auto"} <= set(BACKENDS)

@@ -1,0 +1,186 @@
+"""LLaVA backend on the tiny offline model: prompts, inputs, option scores, generation, loading."""
+
+import hashlib
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from zerovlm.config import InferConfig
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import Request, resolve_device_dtype
+from zerovlm.vlm.llava import VICUNA_V1_SYSTEM, LlavaBackend, expand_to_square
+from zerovlm.vlm.registry import load_backend
+from zerovlm.vlm.tiny import build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llava")
+    build_tiny_llava(folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_dir):
+    return load_backend(InferConfig(model=str(tiny_dir), device="cpu", dtype="float32", batch_size=4))
+
+
+def images(n=3):
+    return [Image.new("RGB", (40 + 16 * i, 56 - 4 * i), (60 * i % 255, 120, 200 - 30 * i)) for i in range(n)]
+
+
+def mixed_requests():
+    a, b, c = images()
+    return [
+        Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
+        Request((b,), "This is a 3D single-view image generated from the original image. Centered on the "
+                      "Object. Is the cup above the table?", ("Yes", "No")),
+        Request((c,), "Which caption is right?", ("A mug on a table", "A mug under a table",
+                                                  "A mug to the left of a table", "A mug behind a table")),
+        Request((a,), "Is the ball below the box?", ()),                       # no options: no scores
+        Request((b,), "Is it true?", ("True", "False", "not sure at all")),    # mixed lengths
+        Request((), "A question without an image?", ("Yes", "No")),
+        Request((a, c), "Two images. Is the dog left of the cat?", ("Yes", "No", "yes it is")),
+    ]
+
+
+def file_hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_tiny_build_is_deterministic(tiny_dir, tmp_path):
+    build_tiny_llava(tmp_path / "again", seed=0)
+    build_tiny_llava(tmp_path / "other", seed=1)
+    assert file_hashes(tmp_path / "again") == file_hashes(tiny_dir)
+    assert file_hashes(tmp_path / "other")["model.safetensors"] != file_hashes(tiny_dir)["model.safetensors"]
+
+
+def test_rendered_prompts_match_golden_strings(backend):
+    image = images(1)[0]
+    one, two = Request((image,), "Is it left?"), Request((image, image), "Is it left?")
+    assert backend.render_prompt(one) == "USER: <image>\nIs it left? ASSISTANT:"
+    assert backend.render_prompt(two) == "USER: <image>\n<image>\nIs it left? ASSISTANT:"
+    original = LlavaBackend(backend.model, backend.processor, chat_format="llava_original")
+    assert original.render_prompt(one) == (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the human's questions. USER: <image>\nIs it left? ASSISTANT:")
+    assert original.render_prompt(one).startswith(VICUNA_V1_SYSTEM + " USER: ")
+
+
+def test_input_ids_match_the_processor(backend):
+    for request in mixed_requests():
+        if not request.images:
+            continue
+        encoded = backend._encode(request)
+        text = backend.render_prompt(request)
+        expected = backend.processor(text=text, images=list(request.images), return_tensors="pt")["input_ids"][0]
+        ours = [t for i in encoded.prefix for t in ([i] * backend.tokens_per_image if i == backend.image_token_id else [i])]
+        assert ours == expected.tolist()
+
+
+def reference_scores(backend, request):
+    """Full forward of processor(prompt + " " + option) per option, summing the option tokens' log-probs."""
+    text = backend.render_prompt(request)
+    kwargs = {"images": list(request.images)} if request.images else {}
+    n_prompt = backend.processor(text=text, return_tensors="pt", **kwargs)["input_ids"].shape[1]
+    scores = []
+    for option in request.options:
+        inputs = backend.processor(text=text + " " + option, return_tensors="pt", **kwargs)
+        with torch.no_grad():
+            logprobs = backend.model(**inputs).logits[0].log_softmax(-1)
+        ids = inputs["input_ids"][0]
+        scores.append(sum(logprobs[p - 1, ids[p]].item() for p in range(n_prompt, len(ids))))
+    return scores
+
+
+def test_option_scores_match_a_plain_full_forward(backend):
+    requests = mixed_requests()
+    got = backend.option_logprobs(requests)
+    for request, scores in zip(requests, got):
+        assert len(scores) == len(request.options)
+        assert scores == pytest.approx(reference_scores(backend, request), abs=1e-4)
+        assert all(s <= 0 for s in scores)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_batched_scores_equal_one_at_a_time(backend, padding_side, batch_size):
+    requests = mixed_requests()
+    single = [backend.option_logprobs([r])[0] for r in requests]
+    other = LlavaBackend(backend.model, backend.processor, batch_size=batch_size, padding_side=padding_side,
+                         prefetch_workers=2)
+    batched = other.option_logprobs(requests)
+    for a, b in zip(batched, single):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_image_features_are_computed_once_per_image(backend):
+    calls = []
+    hook = backend.model.get_image_features
+    backend._features.clear()
+    backend.model.get_image_features = lambda **kw: calls.append(kw["pixel_values"].shape[0]) or hook(**kw)
+    try:
+        a, b, _ = images()
+        requests = [Request((img,), f"Is the cup left of the box {i}?", ("Yes", "No", "maybe so"))
+                    for i, img in enumerate([a, b, a, a.copy(), b, a])]
+        backend.option_logprobs(requests)
+    finally:
+        del backend.model.get_image_features
+    assert sum(calls) == 2
+
+
+def test_greedy_generation_matches_transformers_generate(backend):
+    request = mixed_requests()[0]
+    text = backend.render_prompt(request)
+    inputs = backend.processor(text=text, images=list(request.images), return_tensors="pt")
+    out = backend.model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    expected = backend.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    assert backend.generate([request], max_new_tokens=6) == [expected]
+
+
+def test_generation_stops_at_the_stop_string(backend):
+    requests = mixed_requests()[:3]
+    full = backend.generate(requests, max_new_tokens=8)
+    words = full[0].split()
+    assert len(words) >= 3, full
+    stop = " " + words[2]
+    cut = backend.generate(requests, max_new_tokens=8, stop=(stop, "@@never@@"))
+    assert cut[0] == full[0][: full[0].index(stop)].strip()
+    assert stop not in cut[0]
+
+
+def test_generation_is_batch_independent_and_seeded(backend):
+    requests = [r for r in mixed_requests() if r.images]
+    other = LlavaBackend(backend.model, backend.processor, batch_size=16)
+    for temperature, seed in [(0.0, 0), (1.0, 3)]:
+        single = [backend.generate([r], max_new_tokens=5, temperature=temperature, seed=seed)[0] for r in requests]
+        assert other.generate(requests, max_new_tokens=5, temperature=temperature, seed=seed) == single
+    sampled = [other.generate(requests, max_new_tokens=5, temperature=1.0, seed=s) for s in (3, 4)]
+    assert sampled[0] != sampled[1]
+
+
+def test_pad_to_square_uses_the_mean_colour(backend):
+    wide = Image.new("RGB", (60, 20), (255, 0, 0))
+    square = expand_to_square(wide, backend.processor.image_processor.image_mean)
+    assert square.size == (60, 60) and square.getpixel((0, 0)) == (122, 116, 104)
+    assert square.getpixel((30, 30)) == (255, 0, 0)
+    padded = LlavaBackend(backend.model, backend.processor, image_preprocess="pad")
+    assert not torch.equal(padded._preprocess([wide]), backend._preprocess([wide]))
+
+
+def test_cpu_uses_float32_and_logs_it(caplog):
+    with caplog.at_level(logging.WARNING):
+        device, dtype = resolve_device_dtype("cpu", "bfloat16")
+    assert (device.type, dtype) == ("cpu", torch.float32) and "float32" in caplog.text
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ZeroVLMError, match="not found"):
+        load_backend(InferConfig(model=str(tmp_path / "missing"), device="cpu"))
+
+
+def test_literal_image_placeholder_in_prompt_is_refused(backend):
+    with pytest.raises(ZeroVLMError, match="image placeholders"):
+        backend.option_logprobs([Request(tuple(images(1)), "look <image> here", ("Yes", "No"))])

@@ -1,0 +1,206 @@
+"""The views stage: synthesise every requested view of every unique image into a shard store.
+
+Keys are "<image_id>.<view name>", so an image shared by several examples or datasets is synthesised once.
+Work goes to a sibling partial folder together with a fingerprint of the settings that change pixels;
+a re-run with the same fingerprint keeps the finished shards (resume), another fingerprint discards them.
+Each (image, view) has its own torch.Generator seeded from (seed, image_id, view), so a view does not
+depend on the batch it was drawn in. On CUDA out-of-memory the batch is halved and retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
+from zerovlm.store import ShardWriter, publish
+from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
+from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FINGERPRINT_FILE = "settings.json"
+# Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
+PIXEL_SETTINGS = ("model", "variant", "image_size_px", "num_inference_steps", "timestep_schedule",
+                  "guidance_scale", "eta", "dtype", "seed")
+
+
+@dataclass(frozen=True)
+class Job:
+    image_id: str
+    image_path: Path
+    example_id: str   # the first example using the image, for error messages
+    pose: ViewPose
+
+    @property
+    def key(self) -> str:
+        return f"{self.image_id}.{self.pose.name}"
+
+
+def settings_fingerprint(cfg) -> tuple[str, dict]:
+    settings = {name: getattr(cfg, name) for name in PIXEL_SETTINGS}
+    return stable_hash(settings), settings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ZeroVLMError("views.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def view_generator(seed: int, image_id: str, view_name: str) -> torch.Generator:
+    """The CPU generator of one (image, view): its noise is the same on any device and in any batch."""
+    digest = hashlib.sha256(f"zero123\x00{seed}\x00{image_id}\x00{view_name}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def plan_jobs(cfg, examples, prepared_dir: Path) -> list[Job]:
+    """One job per (unique image, view), in first-appearance order of the images."""
+    first: dict[str, tuple[Path, str]] = {}
+    for example in examples:
+        if example.image_id not in first:
+            first[example.image_id] = (safe_join(prepared_dir, example.image_file), example.example_id)
+    return [Job(image_id, path, example_id, pose)
+            for image_id, (path, example_id) in first.items() for pose in resolve_views(cfg, image_id)]
+
+
+def load_image(job: Job) -> Image.Image:
+    try:
+        with Image.open(job.image_path) as image:
+            image.load()
+            return image.convert("RGBA")  # keeps transparency for compositing on white
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ZeroVLMError(f"{job.image_path}: unreadable image for example {job.example_id} "
+                           f"({type(error).__name__}: {error}); re-run the prepare stage") from None
+
+
+def _open_partial(partial: Path, fingerprint: str, settings: dict) -> None:
+    """Keep a partial folder written with the same settings; otherwise start it afresh."""
+    stamp = partial / FINGERPRINT_FILE
+    if partial.exists():
+        previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.is_file() else None
+        if previous == fingerprint:
+            log.info("views: resuming from %s", partial)
+            return
+        log.warning("views: discarding %s (written with other settings: %s != %s)", partial, previous, fingerprint)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    write_json(stamp, {"fingerprint": fingerprint, "settings": settings})
+
+
+class _Sampler:
+    """Runs jobs through the pipeline, halving the batch on CUDA out-of-memory (sticky for the run)."""
+
+    def __init__(self, cfg, pipeline: Zero123Pipeline, batch_size: int, pad_to_batch: bool):
+        self.cfg, self.pipeline, self.batch_size = cfg, pipeline, batch_size
+        self.pad_to_batch = pad_to_batch  # compiled UNet: keep shapes static, pad the last batch
+        self.backoffs = 0
+        self.timesteps = (ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None)
+
+    def _run(self, jobs: list[Job], images: dict[str, Image.Image]) -> list[Image.Image]:
+        padded = jobs + [jobs[-1]] * (self.batch_size - len(jobs) if self.pad_to_batch else 0)
+        poses = torch.stack([pose_vector(job.pose, self.cfg.variant) for job in padded])  # (B, 4)
+        generators = [view_generator(self.cfg.seed, job.image_id, job.pose.name) for job in padded]
+        views = self.pipeline([images[job.image_id] for job in padded], poses, generators,
+                              num_inference_steps=self.cfg.num_inference_steps,
+                              guidance_scale=self.cfg.guidance_scale, eta=self.cfg.eta,
+                              image_size_px=self.cfg.image_size_px, timesteps=self.timesteps)
+        return views[:len(jobs)]
+
+    def __call__(self, jobs: list[Job], images: dict[str, Image.Image]) -> list[Image.Image]:
+        views, start = [], 0
+        while start < len(jobs):
+            chunk = jobs[start:start + self.batch_size]
+            try:
+                views += self._run(chunk, images)
+            except torch.cuda.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise ZeroVLMError("views: CUDA out of memory with one view per batch; lower "
+                                       "views.image_size_px or use a larger GPU") from None
+                self.batch_size //= 2
+                self.backoffs += 1
+                torch.cuda.empty_cache()
+                log.warning("views: CUDA out of memory, retrying with batch_size %d", self.batch_size)
+                continue
+            start += len(chunk)
+        return views
+
+
+def _load_batch(jobs: list[Job]) -> dict[str, Image.Image]:
+    images: dict[str, Image.Image] = {}
+    for job in jobs:
+        if job.image_id not in images:
+            images[job.image_id] = load_image(job)
+    return images
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_size: int = 256) -> dict:
+    """Write every view of every unique image to the store `out_dir`; return (and save) a summary."""
+    started = time.perf_counter()
+    prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
+    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    jobs = plan_jobs(cfg, examples, prepared_dir)
+    fingerprint, settings = settings_fingerprint(cfg)
+    partial = out_dir.parent / f".{out_dir.name}.partial"
+    _open_partial(partial, fingerprint, settings)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    writer = ShardWriter(partial, shard_size)
+    todo = [job for job in jobs if job.key not in writer]
+    reused = len(jobs) - len(todo)
+    sampler, generating = None, 0.0
+    if todo:
+        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device)
+        if cfg.compile and device.type == "cuda":
+            pipeline.compile()
+        sampler = _Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
+        batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+        tick = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as loader:  # decode the next batch's images during this one
+            pending = loader.submit(_load_batch, batches[0])
+            for index, batch in enumerate(batches):
+                images = pending.result()
+                if index + 1 < len(batches):
+                    pending = loader.submit(_load_batch, batches[index + 1])
+                for job, view in zip(batch, sampler(batch, images), strict=True):
+                    writer.add(job.key, view, {"image_id": job.image_id, "view": job.pose.name,
+                                               "polar_deg": job.pose.polar_deg, "azimuth_deg": job.pose.azimuth_deg,
+                                               "radius": job.pose.radius, "seed": cfg.seed})
+                log.info("views: %d/%d", min((index + 1) * cfg.batch_size, len(todo)), len(todo))
+        writer.close()
+        generating = time.perf_counter() - tick
+    (partial / FINGERPRINT_FILE).unlink()
+    publish(partial, out_dir, [job.key for job in jobs], shard_size)
+
+    summary = {
+        "examples": len(examples), "images": len({job.image_id for job in jobs}), "views": len(jobs),
+        "views_generated": len(todo), "views_reused": reused,
+        "seconds": round(time.perf_counter() - started, 3), "seconds_generating": round(generating, 3),
+        "views_per_second": round(len(todo) / generating, 3) if generating else None,
+        "device": str(device), "dtype": cfg.dtype,
+        "batch_size": cfg.batch_size, "batch_size_final": sampler.batch_size if sampler else cfg.batch_size,
+        "oom_backoffs": sampler.backoffs if sampler else 0,
+        "peak_memory_bytes": _peak_memory_bytes(device), "fingerprint": fingerprint, "settings": settings,
+    }
+    write_json(out_dir / "summary.json", summary)
+    return summary

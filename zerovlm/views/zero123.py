@@ -1,0 +1,259 @@
+"""The Zero-1-to-3 sampler as numbered steps, on diffusers/transformers building blocks.
+
+It follows the original (cvlab-columbia/zero123: gradio_new.py `sample_model`, ldm DDIMSampler):
+  1. encode: the input view on white in [-1, 1]; CLIP embedding of it (bicubic, align_corners, no
+     antialias, CLIP mean/std) concatenated with the pose and projected to the cross-attention context
+     (B, 1, 768); the conditioning latent = VAE posterior mode, NOT scaled.
+  2. timesteps: diffusers' "leading" DDIM steps, or any uniform list such as LDM's (`ldm_timesteps`).
+  3. prepare latents: N(0, I) from one torch.Generator per sample, so a view does not depend on its batch.
+  4. denoise: classifier-free guidance folded into one UNet batch [unconditional; conditional], where the
+     unconditional branch is a zero context (after the projection) and a zero conditioning latent.
+  5. decode: vae.decode(latent / scaling_factor), then uint8 by truncation as the original does.
+Speed without changing the math: one UNet call for all images x views x both guidance branches, explicit
+dtype (no autocast), channels_last, SDPA, and `SingleTokenCrossAttnProcessor` (the context has one token,
+so softmax over it is exactly 1 and cross-attention reduces to to_out(to_v(context)) for every query).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.views.checkpoints import Zero123Components, load_components
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, as the original's FrozenCLIPImageEmbedder
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def ldm_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> list[int]:
+    """LDM's "uniform" DDIM discretisation, descending: range(0, T, T // n) + 1 (75 -> 77 steps, 989..1)."""
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ZeroVLMError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
+    stride = num_train_timesteps // num_inference_steps
+    return [t + 1 for t in range(0, num_train_timesteps, stride)][::-1]
+
+
+def prepare_image(image: Image.Image, size_px: int) -> torch.Tensor:
+    """(3, size, size) float32 in [-1, 1]: LANCZOS resize of the RGBA image, then alpha-composite on white."""
+    rgba = image.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
+    array = np.asarray(rgba, dtype=np.float32) / 255.0     # (H, W, 4) in [0, 1]
+    alpha = array[:, :, 3:4]
+    rgb = alpha * array[:, :, :3] + (1.0 - alpha)          # on white, as the demo's "new method"
+    return torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0
+
+
+def clip_preprocess(x: torch.Tensor, size_px: int) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> CLIP input (B, 3, size, size), as kornia's resize in the original."""
+    x = F.interpolate(x, size=(size_px, size_px), mode="bicubic", align_corners=True, antialias=False)
+    x = (x + 1.0) / 2.0
+    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _randn(generators: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
+    """(B, *shape) float32 standard normal, sample i drawn from generators[i] on the generator's device."""
+    noise = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in generators])
+    if noise.device.type == "cpu" and torch.device(device).type == "cuda":
+        noise = noise.pin_memory()  # an asynchronous copy: the GPU keeps working meanwhile
+    return noise.to(device, non_blocking=True)
+
+
+class SingleTokenCrossAttnProcessor:
+    """Exact cross-attention for a one-token context: softmax over one key is 1, so out = to_out(to_v(c))."""
+
+    def __init__(self):
+        self.fallback = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, **kwargs):
+        if (encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or hidden_states.ndim != 3
+                or attention_mask is not None or attn.norm_cross or attn.spatial_norm is not None
+                or attn.group_norm is not None):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        value = attn.to_v(encoder_hidden_states)             # (B, 1, inner_dim)
+        out = attn.to_out[1](attn.to_out[0](value))           # (B, 1, C): the same for every query
+        out = out.expand(-1, hidden_states.shape[1], -1)      # (B, N, C)
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
+
+
+class Zero123Pipeline:
+    """Zero123 novel-view sampler holding the loaded components (see the module docstring)."""
+
+    def __init__(self, components: Zero123Components):
+        self.unet, self.vae = components.unet, components.vae
+        self.image_encoder, self.pose_projection = components.image_encoder, components.pose_projection
+        self.scheduler = components.scheduler
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.unet_multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)  # latent side must divide
+        self._set_processors(AttnProcessor2_0)
+
+    def _set_processors(self, self_attention) -> None:
+        """attn1 (self-attention): `self_attention`; attn2 (one-token cross-attention): the exact shortcut."""
+        self.unet.set_attn_processor({name: SingleTokenCrossAttnProcessor() if name.endswith("attn2.processor")
+                                      else self_attention() for name in self.unet.attn_processors})
+
+    @classmethod
+    def from_pretrained(cls, model, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
+                        variant: str | None = None) -> "Zero123Pipeline":
+        """Load a hub id or local folder (kxic or bennyguo layout) onto `device` in `dtype`."""
+        return cls(load_components(model, dtype, variant)).to(device)
+
+    def to(self, device: str | torch.device) -> "Zero123Pipeline":
+        for module in (self.unet, self.vae):
+            module.to(device, memory_format=torch.channels_last)
+        self.image_encoder.to(device)
+        self.pose_projection.to(device)
+        return self
+
+    def fuse_projections(self) -> None:
+        """One (C, 3C) GEMM for q, k, v of each self-attention instead of three (the same math)."""
+        self.unet.fuse_qkv_projections()
+        self._set_processors(FusedAttnProcessor2_0)
+
+    def compile(self, mode: str = "max-autotune") -> None:
+        """Fuse projections and torch.compile the UNet for static shapes (CUDA).
+
+        "max-autotune" autotunes the GEMMs and replays the UNet as a CUDA graph (first call per batch
+        shape: minutes). Convolutions stay on cuDNN (Triton conv templates rarely beat it on Hopper and
+        cost most of the tuning time); 1x1 convolutions become GEMMs so that they can be tuned and fused.
+        """
+        import torch._inductor.config as inductor
+
+        torch.backends.cudnn.benchmark = True
+        inductor.conv_1x1_as_mm = True
+        inductor.coordinate_descent_tuning = mode.startswith("max-autotune")  # slower compile, faster kernels
+        inductor.max_autotune_conv_backends = "ATEN"
+        self.fuse_projections()
+        self.unet = torch.compile(self.unet, mode=mode, fullgraph=True)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pose_projection.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pose_projection.weight.dtype
+
+    def check_inputs(self, images, poses, generators, num_inference_steps, guidance_scale, eta,
+                     image_size_px, timesteps, latents) -> None:
+        if not images or not all(isinstance(im, Image.Image) for im in images):
+            raise ZeroVLMError("images: expected a non-empty list of PIL images")
+        batch = len(images)
+        if not isinstance(poses, torch.Tensor) or tuple(poses.shape) != (batch, 4):
+            raise ZeroVLMError(f"poses: expected a tensor of shape ({batch}, 4), got "
+                               f"{tuple(poses.shape) if isinstance(poses, torch.Tensor) else type(poses).__name__}")
+        if not torch.isfinite(poses).all():
+            raise ZeroVLMError(f"poses: values must be finite, got {poses.tolist()}")
+        if len(generators) != batch or not all(isinstance(g, torch.Generator) for g in generators):
+            raise ZeroVLMError(f"generators: expected {batch} torch.Generator (one per sample), got {len(generators)}")
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= 1000:
+            raise ZeroVLMError(f"num_inference_steps: expected an int in [1, 1000], got {num_inference_steps!r}")
+        if not math.isfinite(guidance_scale) or guidance_scale < 1.0:
+            raise ZeroVLMError(f"guidance_scale: expected >= 1.0 (1.0 disables guidance), got {guidance_scale!r}")
+        if not 0.0 <= eta <= 1.0:
+            raise ZeroVLMError(f"eta: expected a value in [0, 1], got {eta!r}")
+        multiple = self.vae_scale_factor * self.unet_multiple
+        if image_size_px % multiple:
+            raise ZeroVLMError(f"image_size_px: {image_size_px} is not a multiple of {multiple} "
+                               "(VAE downsampling x UNet downsampling)")
+        if timesteps is not None:
+            strides = {a - b for a, b in zip(timesteps, timesteps[1:])}
+            train = self.scheduler.config.num_train_timesteps
+            if (not timesteps or len(strides) > 1 or min(strides, default=1) <= 0
+                    or not 0 <= min(timesteps) <= max(timesteps) < train):
+                raise ZeroVLMError(f"timesteps: expected a descending list with one stride in [0, {train}), "
+                                   f"got {timesteps}")
+        if latents is not None:
+            side = image_size_px // self.vae_scale_factor
+            expected = (batch, self.vae.config.latent_channels, side, side)
+            if tuple(latents.shape) != expected:
+                raise ZeroVLMError(f"latents: expected shape {expected}, got {tuple(latents.shape)}")
+
+    def _set_timesteps(self, scheduler: DDIMScheduler, num_inference_steps: int, timesteps) -> torch.Tensor:
+        if timesteps is None:
+            scheduler.set_timesteps(num_inference_steps)
+            return scheduler.timesteps
+        # DDIMScheduler.step goes back T // num_inference_steps: pick n giving the list's stride (75 -> 76).
+        train = scheduler.config.num_train_timesteps
+        stride = timesteps[0] - timesteps[1] if len(timesteps) > 1 else train // num_inference_steps
+        scheduler.set_timesteps(train // stride)
+        scheduler.timesteps = torch.tensor(timesteps, dtype=torch.long)
+        return scheduler.timesteps
+
+    @torch.no_grad()
+    def encode(self, images: list[Image.Image], poses: torch.Tensor, image_size_px: int):
+        """Cross-attention context (B, 1, D) and the unscaled conditioning latent (B, 4, h, w)."""
+        x = torch.stack([prepare_image(im, image_size_px) for im in images]).to(self.device)  # (B, 3, H, W)
+        clip_size = self.image_encoder.config.image_size
+        embeds = self.image_encoder(clip_preprocess(x, clip_size).to(self.dtype)).image_embeds  # (B, E)
+        pose = poses.to(self.device, self.dtype)[:, None, :]                                      # (B, 1, 4)
+        context = self.pose_projection(torch.cat([embeds[:, None, :], pose], dim=-1))           # (B, 1, D)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        cond_latent = self.vae.encode(x).latent_dist.mode()                                      # (B, 4, h, w)
+        return context, cond_latent
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        latents = (latents / self.vae.config.scaling_factor).to(self.dtype)
+        x = self.vae.decode(latents.contiguous(memory_format=torch.channels_last)).sample  # (B, 3, H, W)
+        x = ((x.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        # uint8 by truncation (numpy astype), as the original demo; diffusers rounds instead.
+        arrays = (255.0 * x.permute(0, 2, 3, 1)).cpu().numpy().astype(np.uint8)
+        return [Image.fromarray(array) for array in arrays]
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image], poses: torch.Tensor, generators: list[torch.Generator],
+                 num_inference_steps: int = 50, guidance_scale: float = 3.0, eta: float = 1.0,
+                 image_size_px: int = 256, timesteps: list[int] | None = None,
+                 latents: torch.Tensor | None = None) -> list[Image.Image]:
+        self.check_inputs(images, poses, generators, num_inference_steps, guidance_scale, eta,
+                          image_size_px, timesteps, latents)
+        batch, do_guidance = len(images), guidance_scale > 1.0
+
+        # 1. encode the input views and poses
+        context, cond_latent = self.encode(images, poses, image_size_px)
+        if do_guidance:  # [unconditional; conditional]: zeros after the projection, zero image latent
+            context = torch.cat([torch.zeros_like(context), context])
+            cond_latent = torch.cat([torch.zeros_like(cond_latent), cond_latent])
+
+        # 2. timesteps (a fresh scheduler: set_timesteps mutates it)
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        steps = self._set_timesteps(scheduler, num_inference_steps, timesteps)
+
+        # 3. prepare latents (B, 4, h, w), float32: the DDIM arithmetic stays in full precision. Each
+        #    generator draws its initial latent, then (eta > 0) the variance noise of every step at once:
+        #    (steps, 4, h, w) per sample, so the loop below never waits for the CPU.
+        side = image_size_px // self.vae_scale_factor
+        shape = (self.vae.config.latent_channels, side, side)
+        if latents is None:
+            latents = _randn(generators, shape, self.device) * scheduler.init_noise_sigma
+        latents = latents.to(self.device, torch.float32)
+        noise = _randn(generators, (len(steps), *shape), self.device).transpose(0, 1) if eta > 0 else None
+        cond_latent = cond_latent.float()
+        steps_device = steps.to(self.device)  # (steps,): no host-device copy inside the loop
+
+        # 4. denoise
+        for index, t in enumerate(steps.tolist()):
+            model_input = torch.cat([latents, latents]) if do_guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            model_input = torch.cat([model_input, cond_latent], dim=1).to(self.dtype)  # (2B, 8, h, w)
+            eps = self.unet(model_input, steps_device[index], encoder_hidden_states=context,
+                            return_dict=False)[0].float()
+            if do_guidance:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+            step_noise = noise[index] if noise is not None else None
+            latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=step_noise).prev_sample
+
+        # 5. decode
+        return self.decode(latents)

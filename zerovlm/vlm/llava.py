@@ -1,0 +1,295 @@
+"""LLaVA-1.5 (llava-hf layout) behind the VisionLanguageModel interface.
+
+Loading: `load_llava(cfg)` opens a hub id or a local folder with AutoProcessor (PIL image processing,
+no torchvision) and LlavaForConditionalGeneration (SDPA attention); remote code only when
+cfg.trust_remote_code.
+
+Prompts (cfg.chat_format):
+- "hub": the model's own chat template -> `USER: <image>\\n{prompt} ASSISTANT:`
+- "llava_original": the original repo's conv_vicuna_v1 -> `{system} USER: <image>\\n{prompt} ASSISTANT:`
+Images (cfg.image_preprocess): "crop" is the HF processor (resize + centre crop); "pad" first pads to a
+square with the processor's mean colour, as the original repo's `expand2square` (image_aspect_ratio=pad).
+
+Algorithm, one batch (`_score_batch`):
+1. Tokenise prompt and prompt+" "+option jointly; the longest token prefix shared by the prompt and every
+   joint tokenisation is the prefix, the rest of each joint sequence is that option's continuation (this
+   is exact when BPE merges across the prompt/option boundary).
+2. Image features once per distinct image (content hash; a small cache spans batches).
+3. One forward over the left-padded prefixes (explicit position ids, so padding never shifts positions);
+   its last-position logits score every continuation's first token. When every continuation is one
+   token (Yes/No, A-D) this is the only language-model forward.
+4. Otherwise the prefix KV cache is kept, and for each option slot the continuations (minus their last
+   token) run on top of it and the cache is cut back: the prefix is never recomputed per option.
+Generation uses the same prefix forward, then a greedy (or per-request seeded sampling) decode loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import (CausalForward, Request, compile_regions, VisionLanguageModel, common_prefix_length,
+                              cpu_threads_for, decode_loop, expand_token, image_fingerprint, request_seed,
+                              resolve_device_dtype, run_batched)
+
+log = logging.getLogger(__name__)
+
+VICUNA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+OPTION_SEPARATOR = " "  # "ASSISTANT:" + " Yes": the answer follows the colon after one space
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def expand_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
+    """The original LLaVA `expand2square`: centre the image on a square of the mean colour."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), tuple(int(x * 255) for x in mean))
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+@dataclass
+class Encoded:
+    """One request, tokenised and preprocessed (CPU)."""
+
+    prefix: list[int]              # BOS + prompt tokens, one image token per image (expanded later)
+    continuations: list[list[int]]  # per option: joint tokens after the shared prefix
+    images: tuple[Image.Image, ...]
+    image_keys: tuple[str, ...]       # content hashes
+    pixels: dict[str, torch.Tensor]   # key -> (3, H, W) float32, for images without cached features
+    seed: int = 0
+
+
+class LlavaBackend(VisionLanguageModel):
+    name = "llava"
+
+    def __init__(self, model, processor, *, model_id: str = "", chat_format: str = "hub",
+                 image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "left",
+                 prefetch_workers: int | None = None, feature_cache_size: int = 256, compile: bool = False):
+        if chat_format not in ("hub", "llava_original"):
+            raise ZeroVLMError(f"chat_format must be 'hub' or 'llava_original', got {chat_format!r}")
+        if image_preprocess not in ("crop", "pad"):
+            raise ZeroVLMError(f"image_preprocess must be 'crop' or 'pad', got {image_preprocess!r}")
+        if padding_side not in ("left", "right"):
+            raise ZeroVLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if chat_format == "hub" and not getattr(processor, "chat_template", None):
+            raise ZeroVLMError(f"{model_id or 'model'}: the processor has no chat template; "
+                               "use infer.chat_format 'llava_original'")
+        self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
+        self.device, self.dtype = model.device, model.dtype
+        self.model_id, self.chat_format, self.image_preprocess = model_id, chat_format, image_preprocess
+        self.batch_size, self.padding_side = batch_size, padding_side
+        self.prefetch_workers = min(4, os.cpu_count() or 1) if prefetch_workers is None else prefetch_workers
+        config = model.config
+        self.image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
+        vision = config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        self.tokens_per_image = patches + (0 if config.vision_feature_select_strategy == "default" else 1)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.eos_id = self.tokenizer.eos_token_id
+        language_model = getattr(model.model, "language_model", None)  # transformers 5: model.model.language_model
+        self.forward = CausalForward(model, body=language_model)
+        self.compiled = compile
+        if self.compiled:  # the decoder layers of both towers; generation runs them eagerly (see generate)
+            compile_regions(language_model, model.model.vision_tower)
+        self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._feature_cache_size = feature_cache_size
+        self._begin_call()
+
+    def info(self) -> dict[str, Any]:
+        import transformers
+        return {"name": self.name, "model": self.model_id, "chat_format": self.chat_format,
+                "image_preprocess": self.image_preprocess, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "attention": self.model.config._attn_implementation,
+                "tokens_per_image": self.tokens_per_image, "compiled": self.compiled, "transformers": transformers.__version__,
+                "torch": torch.__version__}
+
+    # ------------------------------------------------------------ prompts and inputs
+    def render_prompt(self, request: Request) -> str:
+        if self.chat_format == "hub":
+            content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
+            return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)
+        images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in request.images)
+        return f"{VICUNA_V1_SYSTEM} USER: {images}{request.prompt} ASSISTANT:"
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def _begin_call(self) -> None:
+        """Per-call memos keyed by object id (valid only while the caller holds the requests)."""
+        self._memo_tokens: dict[int, tuple[list[int], list[list[int]]]] = {}
+        self._memo_keys: dict[int, str] = {}
+
+    def _tokenise(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        if id(request) not in self._memo_tokens:
+            self._memo_tokens[id(request)] = self._tokenise_uncached(request)
+        return self._memo_tokens[id(request)]
+
+    def _image_key(self, image: Image.Image) -> str:
+        if id(image) not in self._memo_keys:
+            self._memo_keys[id(image)] = image_fingerprint(image)
+        return self._memo_keys[id(image)]
+
+    def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        text = self.render_prompt(request)
+        prefix = self._ids(text)
+        joints = [self._ids(text + OPTION_SEPARATOR + option) for option in request.options]
+        shared = min([len(prefix)] + [common_prefix_length(prefix, j) for j in joints])
+        for k, joint in enumerate(joints):
+            if len(joint) <= shared:
+                raise ZeroVLMError(f"option {k} ({request.options[k]!r}) adds no tokens to the prompt")
+        images_in_prefix = prefix[:shared].count(self.image_token_id)
+        if images_in_prefix != len(request.images) or prefix.count(self.image_token_id) != len(request.images):
+            raise ZeroVLMError(f"the rendered prompt has {prefix.count(self.image_token_id)} image placeholders "
+                               f"for {len(request.images)} images (a literal '<image>' in the prompt?)")
+        return prefix[:shared], [j[shared:] for j in joints]
+
+    def _length(self, request: Request) -> int:
+        prefix, continuations = self._tokenise(request)
+        longest = max((len(c) for c in continuations), default=0)
+        return len(prefix) + len(request.images) * (self.tokens_per_image - 1) + longest
+
+    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
+        if not images:
+            return None
+        images = [image.convert("RGB") for image in images]
+        if self.image_preprocess == "pad":
+            images = [expand_to_square(i, self.processor.image_processor.image_mean) for i in images]
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return pixels.float()
+
+    def _encode(self, request: Request) -> Encoded:
+        prefix, continuations = self._tokenise(request)
+        keys = tuple(self._image_key(i) for i in request.images)
+        todo = {k: i for k, i in zip(keys, request.images) if k not in self._features}
+        pixels = dict(zip(todo, self._preprocess(list(todo.values())))) if todo else {}
+        return Encoded(prefix, continuations, request.images, keys, pixels)
+
+    # ------------------------------------------------------------ model inputs
+    @torch.no_grad()
+    def _image_features(self, batch: Sequence[Encoded]) -> torch.Tensor | None:
+        """(total images in batch order, tokens_per_image, hidden) features; one vision pass per new image."""
+        keys = [k for e in batch for k in e.image_keys]
+        if not keys:
+            return None
+        todo: dict[str, torch.Tensor] = {}
+        for e in batch:
+            for key, image in zip(e.image_keys, e.images):
+                if key not in self._features and key not in todo:  # evicted since _encode: preprocess now
+                    todo[key] = e.pixels[key] if key in e.pixels else self._preprocess([image])[0]
+        if todo:
+            pixel_values = torch.stack(list(todo.values())).to(self.device, self.dtype)
+            config = self.model.config
+            out = self.model.get_image_features(pixel_values=pixel_values,
+                                                vision_feature_layer=config.vision_feature_layer,
+                                                vision_feature_select_strategy=config.vision_feature_select_strategy)
+            features = getattr(out, "pooler_output", out)
+            features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+            for key, feature in zip(todo, features):
+                self._features[key] = feature
+        selected = torch.stack([self._features[k] for k in keys])
+        for key in keys:
+            self._features.move_to_end(key)
+        while len(self._features) > self._feature_cache_size:
+            self._features.popitem(last=False)
+        return selected
+
+    def _rows_and_features(self, batch: Sequence[Encoded]):
+        """Prefix token rows with each image token repeated per feature, and the (N, D) features in order."""
+        rows = [expand_token(e.prefix, self.image_token_id, self.tokens_per_image) for e in batch]
+        features = self._image_features(batch)
+        return rows, (None if features is None else features.reshape(-1, features.shape[-1]))
+
+    # ------------------------------------------------------------ option scoring
+    def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
+        self._begin_call()
+        scored = [i for i, r in enumerate(requests) if r.options]
+        results: list[list[float]] = [[] for _ in requests]
+        with cpu_threads_for(self.model):
+            outputs = run_batched([requests[i] for i in scored], self._score_batch, batch_size=self.batch_size,
+                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers)
+        for i, output in zip(scored, outputs):
+            results[i] = output
+        return results
+
+    @torch.no_grad()
+    def _score_batch(self, batch: list[Encoded]) -> list[list[float]]:
+        rows, features = self._rows_and_features(batch)
+        return self.forward.option_logprobs(rows, [e.continuations for e in batch], side=self.padding_side,
+                                            placeholder=self.image_token_id, features=features)
+
+    # ------------------------------------------------------------ generation
+    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        if max_new_tokens < 1:
+            raise ZeroVLMError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ZeroVLMError(f"temperature must be >= 0, got {temperature}")
+        plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
+        self._begin_call()
+
+        def encode(request: Request) -> Encoded:
+            encoded = self._encode(request)
+            encoded.seed = request_seed(seed, request, encoded.image_keys)
+            return encoded
+
+        @torch.no_grad()
+        def compute(batch: list[Encoded]) -> list[str]:
+            rows, features = self._rows_and_features(batch)
+            embeds, mask = self.forward.embed_rows(rows, "left", self.image_token_id, features)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            return decode_loop(self.forward, self.tokenizer, embeds, mask, positions,
+                                        max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
+                                        seeds=[e.seed for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
+
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        with cpu_threads_for(self.model), eager:  # compiled layers are for scoring's cache-free forwards
+            return run_batched(plain, compute, batch_size=self.batch_size, length=self._length, prepare=encode,
+                               prefetch_workers=self.prefetch_workers)
+
+
+# ---------------------------------------------------------------- loading
+def check_model_source(model: str) -> None:
+    """A local-looking path must exist; anything else is treated as a hub id (loaded by transformers)."""
+    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] \
+        or Path(model).exists()
+    if looks_local and not Path(model).expanduser().is_dir():
+        raise ZeroVLMError(f"infer.model: folder {model!r} not found (build the tiny models first, "
+                           "`zerovlm build-tiny`, or give a hub id such as llava-hf/llava-1.5-7b-hf)")
+
+
+def load_processor(model: str, trust_remote_code: bool = False):
+    """AutoProcessor with the PIL image processors (identical preprocessing on CPU and GPU, no torchvision)."""
+    from transformers import AutoProcessor
+    return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+
+
+def load_llava(cfg) -> LlavaBackend:
+    """LLaVA-1.5 from cfg.model (hub id or folder) with cfg's template, preprocessing, dtype and device."""
+    from transformers import LlavaForConditionalGeneration
+
+    check_model_source(cfg.model)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    try:
+        processor = load_processor(cfg.model, cfg.trust_remote_code)
+        model = LlavaForConditionalGeneration.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
+                                                              trust_remote_code=cfg.trust_remote_code)
+    except OSError as error:
+        raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} ({error}); for hub ids check the network "
+                           "or the Hugging Face cache") from None
+    log.info("llava: %s on %s as %s", cfg.model, device, dtype)
+    return LlavaBackend(model.to(device), processor, model_id=cfg.model, chat_format=cfg.chat_format,
+                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size)

@@ -1,0 +1,146 @@
+"""Tiny, randomly initialised VLMs in the real on-disk layouts, built offline (demo profile and tests).
+
+`build_tiny_llava(out_dir, seed)` writes a LLaVA-1.5 folder in the llava-hf layout (config.json,
+model.safetensors, tokenizer.json, preprocessor_config.json, processor_config.json, chat_template) that
+`zerovlm.vlm.llava.load_llava` opens with the same `from_pretrained` calls as `llava-hf/llava-1.5-7b-hf`.
+The model answers at chance: its weights are random.
+
+The tokenizer is word level (built with the `tokenizers` library, no download): text is lower-cased and
+split into words, single digits and single punctuation marks, each carrying sentencepiece's word-start
+mark when a space precedes it (so decoding restores the text); a word outside the vocabulary becomes
+`<unk>`. The vocabulary covers the chat templates, the paper's view prompts and questions, spatial
+relations, colours, shapes, COCO and What'sUp object names, the letters a-z and the digits, so the
+demo prompts are mostly known words; an unknown object name costs one `<unk>` token, nothing more.
+Like Llama's tokenizer it prepends `<s>`; `<image>` and `<pad>` are special tokens.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+HUB_LLAVA_CHAT_TEMPLATE = (  # llava-hf/llava-1.5-7b-hf chat_template, verbatim
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
+    "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
+    "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+_WORDS = """
+user assistant human system a chat between curious and an artificial intelligence the gives helpful detailed
+polite answers to s questions give following image img imagecontent you will be able see once i provide it
+please answer my inst sys
+this is 3d single view generated from original centered on object objects in upper lower left right corner
+random based these four images judging by pictures picture me yes or no true false top bottom front back
+side sides panel panels shows shown show showing camera rotated degrees novel views first second third one
+two three five six statement caption captions describes describe describing best correct which what where
+how many is are was were of at with for as that there it its they them their letter option options choose
+choice respond directly only word words short sentence following then than not do does can could would
+should relation relations spatial position positioned located placed sitting standing lying near far next
+beside behind above below under underneath over beneath inside outside onto into across against along
+around between among facing away toward towards touching contains containing part edge middle center
+centre surface ground floor wall sky background foreground scene photo photograph
+red green blue yellow orange purple pink brown black white gray grey cyan magenta gold silver dark light
+small large big tiny little tall short long round square circle triangle rectangle star cube sphere
+cylinder cone box ball disk ring diamond hexagon pentagon cross heart shape shapes colour color colored
+person people man woman boy girl child bicycle car motorcycle airplane bus train truck boat traffic fire
+hydrant stop sign parking meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack
+umbrella handbag tie suitcase frisbee skis snowboard sports kite baseball bat glove skateboard surfboard
+tennis racket bottle wine glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot hot
+pizza donut cake chair couch potted plant bed dining table toilet tv laptop mouse remote keyboard cell
+phone microwave oven toaster sink refrigerator book clock vase scissors teddy hair drier toothbrush
+mug can candle sunglasses headphones tape flower pot plate lamp pen pencil cap hat shoe shoes bag wallet
+key keys spectacles paper towel roll knob door window shelf cabinet desk tray basket towel pillow
+computer screen monitor tablet camera bucket jar lid bin
+"""
+
+
+SPACE = "\u2581"  # sentencepiece's word-start mark, as in Llama's tokenizer
+
+
+def _vocabulary() -> list[str]:
+    """Special tokens, then each word, letter, digit and punctuation mark with and without SPACE."""
+    words = dict.fromkeys(_WORDS.split())  # ordered, de-duplicated
+    pieces = [*string.ascii_lowercase, *string.digits, *string.punctuation, "\n", *words]
+    vocab = list(SPECIAL_TOKENS)
+    for piece in pieces:
+        for token in (SPACE + piece, piece):
+            if token not in vocab:
+                vocab.append(token)
+    vocab.append(SPACE)  # a lone space (e.g. a prompt that ends with one)
+    return vocab
+
+
+def build_word_tokenizer(model_max_length: int = 2048):
+    """A word-level PreTrainedTokenizerFast (see the module docstring).
+
+    Like sentencepiece, a space becomes SPACE glued to the next piece, so decoding restores the text
+    exactly (up to case): stop strings such as "###" survive a round trip.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = _vocabulary()
+    ids = {token: i for i, token in enumerate(vocab)}
+    core = Tokenizer(WordLevel(ids, unk_token="<unk>"))
+    core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", SPACE)])
+    pattern = f"{SPACE}?(?:[a-z]+|[0-9]|[^a-z0-9{SPACE}])|{SPACE}"
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                        special_tokens=[("<s>", ids["<s>"])])
+    core.decoder = decoders.Sequence([decoders.Replace(SPACE, " ")])
+    core.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", model_max_length=model_max_length)
+
+
+def tiny_llama_config(vocab_size: int, tokenizer, hidden_size: int = 32):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)
+
+
+def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_size_px: int = 14) -> None:
+    """Write a tiny random LLaVA-1.5 (llava-hf layout) to out_dir; the same seed gives the same bytes.
+
+    Vision: CLIP ViT with 2 layers of width 32 on image_size_px images ((56/14)^2 = 16 image tokens).
+    Language: Llama with 2 layers of width 32 over the word-level vocabulary. Projector: LLaVA's MLP.
+    """
+    import torch
+    from transformers import (CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    out_dir = Path(out_dir)
+    tokenizer = build_word_tokenizer()
+    vocab_size = -(-len(tokenizer) // 8) * 8  # padded like llava-hf's 32064
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=image_size_px, patch_size=patch_size_px, projection_dim=32)
+    config = LlavaConfig(vision_config=vision.to_dict(),
+                         text_config=tiny_llama_config(vocab_size, tokenizer).to_dict(),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # larger random weights than the default init, so options get distinct scores
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.2)
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size_px},
+                                            crop_size={"height": image_size_px, "width": image_size_px})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size_px,
+                               vision_feature_select_strategy="default", chat_template=HUB_LLAVA_CHAT_TEMPLATE,
+                               num_additional_image_tokens=1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
