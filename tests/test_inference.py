@@ -85,17 +85,18 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, mon
     with pytest.raises(KeyboardInterrupt):
         _run(workspace, cfg, "resumed", monkeypatch, CountingBackend(cfg, fail_after_calls=2))
     assert not (workspace / "resumed").exists(), "an interrupted stage must not leave a finished-looking output"
-    partial = workspace / ".resumed.partial.jsonl"
-    assert len(partial.read_text().splitlines()) == 16
+    partial = workspace / ".resumed.partial/part-000-of-001.jsonl"
+    finished = 2 * len(CONFIGURATIONS) * 2  # two chunks of one example: configurations x prompt modes
+    assert len(partial.read_text().splitlines()) == finished
     with partial.open("a") as f:  # the interruption cut a line in half
         f.write('{"record_id": "cut')
 
     resumed = CountingBackend(cfg)
     summary = _run(workspace, cfg, "resumed", monkeypatch, resumed)
-    assert summary["resumed"] == 16 and resumed.requests < complete.requests
+    assert summary["resumed"] == finished and resumed.requests < complete.requests
     reference = (workspace / "reference/predictions.jsonl").read_text()
     assert (workspace / "resumed/predictions.jsonl").read_text() == reference
-    assert not partial.exists()
+    assert not partial.parent.exists()
 
 
 def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ from pathlib import Path
 from zerovlm.config import CONFIGURATIONS, InferConfig
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, sha256_file, stable_hash, write_json
+from zerovlm.parallel import Worker, current_worker
 from zerovlm.prompts import prompts_sha256, user_message
 from zerovlm.store import ShardReader
 from zerovlm.vlm.base import Request, VisionLanguageModel
 from zerovlm.vlm.registry import load_backend
 
 log = logging.getLogger(__name__)
-CHUNK_REQUESTS = 256  # requests per resumable chunk (also bounds how many images are held in memory)
+CHUNK_REQUESTS = 256  # about this many requests per resumable chunk (bounds the images held in memory)
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
@@ -54,6 +56,23 @@ def plan_jobs(cfg: InferConfig, examples: list[Example], configurations: list[st
                                            layout, with_view_prompt)
                 jobs.append(Job(example, configuration, with_view_prompt, text, asked.answers))
     return jobs
+
+
+def plan_chunks(jobs: list[Job], examples: list[Example]) -> list[list[Job]]:
+    """Resumable units of work: every job of a block of consecutive examples.
+
+    Chunks depend only on the plan, never on what is done or on the number of processes, and a chunk
+    is always computed whole (a partly finished one is recomputed), so every request is answered in
+    the same batch composition and the output is bitwise the same for 1 or N processes and after a
+    resume (on the same device, dtype, batch size and thread count).
+    """
+    jobs_per_example = max(1, len(jobs) // len(examples))
+    block = max(1, CHUNK_REQUESTS // jobs_per_example)
+    block_of = {example.example_id: index // block for index, example in enumerate(examples)}
+    chunks: dict[int, list[Job]] = {}
+    for job in jobs:
+        chunks.setdefault(block_of[job.example.example_id], []).append(job)
+    return [chunks[key] for key in sorted(chunks)]
 
 
 def _fingerprint(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path) -> str:
@@ -95,61 +114,113 @@ def _run_chunk(model, cfg, jobs: list[Job], stitched: ShardReader) -> list[dict]
     return records
 
 
-def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_dir: Path) -> dict:
+def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_dir: Path,
+                worker: Worker | None = None) -> dict | None:
+    """Answer every planned request; under a multi-process launch each process answers its share
+    (by example id) and the main process merges. Returns the summary (None on non-main processes)."""
+    worker = worker or current_worker()
     examples = read_table(prepared_dir)
     stitch_summary = json.loads((stitched_dir / "summary.json").read_text())
     jobs = plan_jobs(cfg, examples, stitch_summary["configurations"], stitch_summary["layout"])
 
-    partial = out_dir.parent / f".{out_dir.name}.partial.jsonl"
+    partial_dir = out_dir.parent / f".{out_dir.name}.partial"
     fingerprint = _fingerprint(cfg, prepared_dir, stitched_dir)
-    done = _resume(partial, fingerprint)
-    todo = [job for job in jobs if job.record_id not in done]
-    log.info("infer: %d requests planned, %d already done, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+    done = _resume(partial_dir, fingerprint, worker)
+    reused = len(done)
+    chunks = [chunk for chunk in plan_chunks(jobs, examples) if any(job.record_id not in done for job in chunk)]
+    mine = worker.owned(chunks, key=lambda chunk: chunk[0].example.example_id)
+    log.info("infer [%s]: %d requests planned, %d already done, %d chunks to run here",
+             worker.part_name, len(jobs), len(done), len(mine))
 
     start = time.perf_counter()
-    if todo:
+    seconds_loading = 0.0  # issue 7 (overhead): model loading, reported apart from answering
+    if mine:
         model = load_backend(cfg)
+        seconds_loading = time.perf_counter() - start
         stitched = ShardReader(stitched_dir)
-        with open(partial, "a", encoding="utf-8") as sink:
-            for begin in range(0, len(todo), CHUNK_REQUESTS):
-                for record in _run_chunk(model, cfg, todo[begin:begin + CHUNK_REQUESTS], stitched):
+        with open(partial_dir / f"{worker.part_name}.jsonl", "a", encoding="utf-8") as sink:
+            for number, chunk in enumerate(mine, start=1):
+                for record in _run_chunk(model, cfg, chunk, stitched):
                     sink.write(json.dumps(record, sort_keys=True) + "\n")
-                    done[record["record_id"]] = record
                 sink.flush()
-                log.info("infer: %d / %d", min(begin + CHUNK_REQUESTS, len(todo)), len(todo))
+                log.info("infer [%s]: chunk %d / %d", worker.part_name, number, len(mine))
         stitched.close()
     seconds = time.perf_counter() - start
+    worker.barrier()
+    if not worker.is_main:
+        return None
 
-    summary = {"requests": len(jobs), "resumed": len(jobs) - len(todo), "seconds": round(seconds, 3),
+    done = _read_parts(partial_dir)
+    missing = [job.record_id for job in jobs if job.record_id not in done]
+    if missing:
+        raise ZeroVLMError(f"infer: {len(missing)} requests have no answer (first: {missing[0]}), a process "
+                           f"stopped early; re-run the stage to finish them (finished answers are kept)")
+    summary = {"requests": len(jobs), "resumed": reused,
+               "processes": worker.world_size, "seconds": round(seconds, 3),
                "backend": cfg.backend, "model": cfg.model, "answer_mode": cfg.answer_mode,
-               "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint}
+               "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint,
+               "seconds_loading": round(seconds_loading, 3), **_runtime()}  # issue 7: overhead, provenance
     with atomic_dir(out_dir) as tmp:
         with open(tmp / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
-            for job in jobs:  # plan order, whatever order chunks finished in
+            for job in jobs:  # plan order, whatever process or chunk answered it
                 f.write(json.dumps(done[job.record_id], sort_keys=True) + "\n")
         write_json(tmp / "summary.json", summary)
-    partial.unlink(missing_ok=True)
-    partial.with_suffix(".fingerprint").unlink(missing_ok=True)
+    shutil.rmtree(partial_dir)
     return summary
 
 
-def _resume(partial: Path, fingerprint: str) -> dict[str, dict]:
+# ---- issue 7 (overhead and provenance, read by zerovlm.scoring): where this run ran, its peak memory
+def _runtime() -> dict:
+    """Device, peak memory (CUDA: max allocated, summed over GPUs; CPU: the process' max RSS) and versions."""
+    import resource
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        device = f"cuda ({torch.cuda.get_device_name(0)})"
+        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+    else:
+        device, peak = "cpu", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    versions = {}
+    for package in ("torch", "transformers", "accelerate"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"device": device, "peak_memory_bytes": int(peak), "versions": versions}
+# ---- end issue 7
+
+
+def _read_part(path: Path) -> list[dict]:
+    """The sound records of one part file: reading stops at a line an interruption cut."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def _read_parts(partial_dir: Path) -> dict[str, dict]:
+    """Every finished record of every part, whichever launch (and number of processes) wrote it."""
+    return {record["record_id"]: record for part in sorted(partial_dir.glob("part-*.jsonl"))
+            for record in _read_part(part)}
+
+
+def _resume(partial_dir: Path, fingerprint: str, worker: Worker) -> dict[str, dict]:
     """Records finished by an interrupted run with the same fingerprint; otherwise start afresh."""
-    header = partial.with_suffix(".fingerprint")
-    if partial.exists() and header.exists() and header.read_text() == fingerprint:
-        records: dict[str, dict] = {}
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break  # the line the interruption cut; everything before it is sound
-            records[record["record_id"]] = record
-        with atomic_path(partial) as tmp:  # drop the cut tail so that appending stays valid
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records.values()))
-        return records
-    if partial.exists():
-        log.info("infer: discarding a partial run made with other inputs or settings")
-    partial.unlink(missing_ok=True)
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    header.write_text(fingerprint)
-    return {}
+    header = partial_dir / "fingerprint"
+    if worker.is_main and not (header.is_file() and header.read_text() == fingerprint):
+        if partial_dir.exists():
+            log.info("infer: discarding a partial run made with other inputs or settings")
+            shutil.rmtree(partial_dir)
+        partial_dir.mkdir(parents=True)
+        header.write_text(fingerprint)
+    worker.barrier()
+    own = partial_dir / f"{worker.part_name}.jsonl"
+    if own.exists():  # drop a cut tail so that appending to this part stays valid
+        with atomic_path(own) as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in _read_part(own)))
+    return _read_parts(partial_dir)

@@ -1,0 +1,29 @@
+"""Test-only entry point: the infer stage with small chunks and a slow backend, so a test can kill a
+multi-process launch part-way through. Run as `python -m tests.infer_with_delay <infer stage args>`."""
+
+import time
+
+import zerovlm.inference as inference
+from stages.infer import main
+from zerovlm.stage import run_stage
+
+real_load_backend = inference.load_backend
+
+
+class SlowBackend:
+    def __init__(self, model):
+        self.model = model
+
+    def option_logprobs(self, requests):
+        time.sleep(0.5)
+        return self.model.option_logprobs(requests)
+
+    def render_prompt(self, request):
+        return self.model.render_prompt(request)
+
+
+inference.CHUNK_REQUESTS = 2
+inference.load_backend = lambda cfg: SlowBackend(real_load_backend(cfg))
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,92 @@
+"""Data-parallel stages: several processes (accelerate launch, gloo on CPU) give the one-process output."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from zerovlm.compose import stitch_stage
+from zerovlm.config import DataConfig, StitchConfig, SyntheticSource
+from zerovlm.datasets.prepare import prepare_dataset
+from zerovlm.datasets.table import read_table
+from zerovlm.parallel import Worker, shard_index
+from zerovlm.store import ShardWriter
+from zerovlm.vlm.tiny import build_tiny_llava
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shards_are_stable_and_cover_every_key():
+    keys = [f"synthetic/test/{i:05d}/tf" for i in range(200)]
+    workers = [Worker(rank, 3) for rank in range(3)]
+    parts = [worker.owned(keys, key=str) for worker in workers]
+    assert sorted(sum(parts, [])) == sorted(keys) and all(parts)
+    assert shard_index("synthetic/test/00000/tf", 3) == shard_index("synthetic/test/00000/tf", 3)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=4)), root / "prepared")
+    with ShardWriter(root / "views") as views:
+        for image_id in sorted({e.image_id for e in read_table(root / "prepared")}):
+            views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (20, 160, 30)))
+    stitch_stage(StitchConfig(configurations=("origin", "left"), panel_size_px=32, gap_px=2),
+                 root / "prepared", root / "views", root / "stitched")
+    build_tiny_llava(root / "llava", seed=0)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["infer"].update(model=str(root / "llava"), dtype="float32", device="cpu")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
+
+
+def _command(root, out, processes, module="stages.infer"):
+    stage = ["-m", module, "--params", str(root / "params.yaml"), "--prepared", str(root / "prepared"),
+             "--stitched", str(root / "stitched"), "--out", str(root / out)]
+    if processes == 1:
+        return [sys.executable, *stage]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", "0"]
+    return [*launcher, *stage]
+
+
+def _env():
+    return {**os.environ, "ZEROVLM_LOG": "WARNING", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
+def _run(command):
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_give_the_one_process_output(workspace):
+    _run(_command(workspace, "one", 1))
+    _run(_command(workspace, "two", 2))
+    one = (workspace / "one/predictions.jsonl").read_text()
+    assert one and (workspace / "two/predictions.jsonl").read_text() == one
+
+
+def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
+    process = subprocess.Popen(_command(workspace, "killed", 2, module="tests.infer_with_delay"), cwd=ROOT,
+                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    part = workspace / ".killed.partial/part-001-of-002.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (part.exists() and part.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert part.exists(), "the launch never wrote a finished chunk"
+    assert not (workspace / "killed").exists(), "a killed launch must not leave a finished-looking output"
+
+    _run(_command(workspace, "killed", 1))
+    assert (workspace / "killed/predictions.jsonl").read_text() == (workspace / "one/predictions.jsonl").read_text()

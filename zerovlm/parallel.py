@@ -1,0 +1,65 @@
+"""Data parallelism for the views and infer stages through Hugging Face accelerate.
+
+The same stage command runs as one process (`python -m stages.infer ...`) or as several
+(`accelerate launch --num_processes N -m stages.infer ...`, one per GPU, or several nodes with
+accelerate's multi-node config). Work is split deterministically by a hash of a stable key (the example
+id, the image id), each process writes its own part, and the main process merges the parts in plan
+order, so the stage's output is the same as a one-process run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+
+
+def shard_index(key: str, world_size: int) -> int:
+    """Which process owns `key`: stable across runs, machines and Python's hash seed."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % world_size
+
+
+@dataclass(frozen=True)
+class Worker:
+    rank: int = 0
+    world_size: int = 1
+    _barrier: Callable[[], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def part_name(self) -> str:
+        return f"part-{self.rank:03d}-of-{self.world_size:03d}"
+
+    def owned(self, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
+        return [item for item in items if shard_index(key(item), self.world_size) == self.rank]
+
+    def barrier(self) -> None:
+        if self._barrier is not None:
+            self._barrier()
+
+
+def _launched_with_several_processes() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def current_worker() -> Worker:
+    """This process's place in the launch; a plain `python` run is the only worker.
+
+    Under a multi-process launch, accelerate initialises the process group (NCCL on GPUs, gloo on
+    CPUs) and each process is pinned to its own GPU (LOCAL_RANK), so `device: auto` finds it.
+    """
+    if not _launched_with_several_processes():
+        return Worker()
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if torch.cuda.is_available():
+        torch.cuda.set_device(state.local_process_index)
+    return Worker(state.process_index, state.num_processes, state.wait_for_everyone)
