@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_download import LoopbackServer, jpeg_bytes
+from tests.test_download import LoopbackServer, jpeg_bytes
 from zerovlm.config import DataConfig
 from zerovlm.datasets import vsr
 from zerovlm.datasets.prepare import prepare_dataset

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_download import LoopbackServer, jpeg_bytes, send_bytes
+from tests.test_download import LoopbackServer, jpeg_bytes, send_bytes
 from zerovlm.config import DataConfig
 from zerovlm.datasets import whatsup
 from zerovlm.datasets.prepare import prepare_dataset
