@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=128, help="views per pipeline call on the project path")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    parser.add_argument("--modes", default="reduce-overhead,max-autotune", help="torch.compile modes, or ''")
+    parser.add_argument("--modes", default="reduce-overhead",
+                        help="comma-separated torch.compile modes, or '' (max-autotune: over 8 min to compile)")
     parser.add_argument("--calls", type=int, default=2, help="timed pipeline calls per variant")
     parser.add_argument("--naive-views", type=int, default=2)
     parser.add_argument("--output", default=None, help="also write the report to this file")

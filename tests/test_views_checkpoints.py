@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
+from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.views.checkpoints import SCHEDULER_CONFIG, detect_layout, load_components, load_pose_projection
 from zerovlm.views.poses import PRESETS, pose_vector

@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
-from views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
+from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError
 from zerovlm.views.poses import PRESETS, ViewPose, pose_vector
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps, prepare_image

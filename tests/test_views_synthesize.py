@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
+from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.store import ShardReader
 from zerovlm.views import synthesize
@@ -80,16 +80,8 @@ def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference)
 
 def test_resume_after_an_exception_keeps_finished_shards(tmp_path, tiny_models, prepared, reference, monkeypatch):
     out, cfg = tmp_path / "views", views_config(tiny_models["kxic"])
-    calls = {"n": 0}
     run = synthesize._Sampler._run
-
-    def failing_run(self, jobs, images):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected failure")
-        return run(self, jobs, images)
-
-    monkeypatch.setattr(synthesize._Sampler, "_run", failing_run)
+    fail_at_call(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="injected"):
         synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
     partial = tmp_path / ".views.partial"
@@ -115,7 +107,7 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
         from zerovlm.views.synthesize import synthesize_views
         call = zero123.Zero123Pipeline.__call__
         def slow(self, *args, **kwargs):  # leave time to kill it mid-run
-            time.sleep(1.0)
+            time.sleep(0.5)
             return call(self, *args, **kwargs)
         zero123.Zero123Pipeline.__call__ = slow
         examples = {[e.to_record() for e in prepared[1]]!r}
@@ -137,14 +129,29 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
     assert pngs(out) == pngs(reference[0])
 
 
+def fail_at_call(monkeypatch, number: int) -> None:
+    """Make the sampler raise on its `number`-th batch (the earlier batches are written)."""
+    calls = {"n": 0}
+    run = synthesize._Sampler._run
+
+    def failing_run(self, jobs, images):
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise RuntimeError("injected failure")
+        return run(self, jobs, images)
+
+    monkeypatch.setattr(synthesize._Sampler, "_run", failing_run)
+
+
 def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prepared, monkeypatch, caplog):
     out = tmp_path / "views"
-    monkeypatch.setattr(synthesize, "publish", lambda *args, **kwargs: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(KeyboardInterrupt):
+    fail_at_call(monkeypatch, 2)
+    with pytest.raises(RuntimeError, match="injected"):
         synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+    assert (tmp_path / ".views.partial" / "shard-00000.jsonl").is_file()
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING):
-        summary = synthesize_views(views_config(tiny_models["kxic"], num_inference_steps=2), prepared[1],
+        summary = synthesize_views(views_config(tiny_models["kxic"], num_inference_steps=3), prepared[1],
                                    prepared[0], out, shard_size=4)
     assert "discarding" in caplog.text and summary["views_reused"] == 0
 

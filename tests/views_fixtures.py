@@ -51,8 +51,8 @@ def make_prepared(folder: Path, num_images: int = 3, examples_per_image: int = 2
 
 
 def views_config(model: Path, **overrides) -> ViewsConfig:
-    """Small, fast settings on the CPU (32 px -> 8x8 latents, 3 DDIM steps)."""
-    values = dict(model=str(model), image_size_px=32, num_inference_steps=3, guidance_scale=3.0, eta=1.0,
+    """Small, fast settings on the CPU (32 px -> 8x8 latents, 2 DDIM steps)."""
+    values = dict(model=str(model), image_size_px=32, num_inference_steps=2, guidance_scale=3.0, eta=1.0,
                   dtype="float32", device="cpu", batch_size=4, seed=0)
     values.update(overrides)
     return ViewsConfig(**values)

@@ -158,6 +158,8 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
     started = time.perf_counter()
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    if device.type == "cpu" and dtype == torch.float16:
+        log.warning("views: float16 on the CPU is several times slower than float32 (set views.dtype)")
     jobs = plan_jobs(cfg, examples, prepared_dir)
     fingerprint, settings = settings_fingerprint(cfg)
     partial = out_dir.parent / f".{out_dir.name}.partial"
