@@ -90,3 +90,24 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
 
     _run(_command(workspace, "killed", 1))
     assert (workspace / "killed/predictions.jsonl").read_text() == (workspace / "one/predictions.jsonl").read_text()
+
+
+def test_two_processes_synthesise_the_same_view_store(workspace):
+    from zerovlm.views.tiny import build_tiny_zero123
+
+    build_tiny_zero123(workspace / "zero123", seed=0)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["views"].update(model=str(workspace / "zero123"), image_size_px=32, num_inference_steps=2,
+                           dtype="float32", device="cpu", batch_size=3, presets=["left", "random"])
+    (workspace / "views_params.yaml").write_text(yaml.safe_dump(params))
+
+    def views(out, processes):
+        command = _command(workspace, out, processes, module="stages.views")
+        command[command.index("--params") + 1] = str(workspace / "views_params.yaml")
+        stitched = command.index("--stitched")
+        del command[stitched:stitched + 2]
+        _run(command)
+        return {p.name: p.read_bytes() for p in (workspace / out).iterdir() if p.name.startswith("shard-")}
+
+    one, two = views("views_one", 1), views("views_two", 2)
+    assert one and one == two

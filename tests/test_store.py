@@ -47,9 +47,23 @@ def test_publish_keeps_exactly_the_requested_keys(tmp_path):
     with ShardWriter(tmp_path / "partial", shard_size=2) as writer:
         for i in range(4):
             writer.add(f"k{i}", _image(i))
-    publish(tmp_path / "partial", tmp_path / "final", ["k3", "k1"])
+    publish([tmp_path / "partial"], tmp_path / "final", ["k3", "k1"])
     assert ShardReader(tmp_path / "final").keys() == ["k3", "k1"]
-    assert not (tmp_path / "partial").exists()
+
+
+def test_publish_merges_parts_into_the_same_bytes_as_one_writer(tmp_path):
+    keys = [f"k{i}" for i in range(5)]
+    with ShardWriter(tmp_path / "one", shard_size=2) as writer:
+        for i, key in enumerate(keys):
+            writer.add(key, _image(i))
+    for part, indices in (("a", [1, 3]), ("b", [4, 0, 2])):
+        with ShardWriter(tmp_path / part, shard_size=2) as writer:
+            for i in indices:
+                writer.add(keys[i], _image(i))
+    publish([tmp_path / "one"], tmp_path / "single", keys, shard_size=2)
+    publish([tmp_path / "a", tmp_path / "b"], tmp_path / "merged", keys, shard_size=2)
+    for name in ("shard-00000.tar", "shard-00001.jsonl", "shard-00002.tar"):
+        assert (tmp_path / "single" / name).read_bytes() == (tmp_path / "merged" / name).read_bytes()
 
 
 def test_bad_key_and_missing_key_are_clear_errors(tmp_path):

@@ -84,7 +84,7 @@ def test_resume_after_an_exception_keeps_finished_shards(tmp_path, tiny_models, 
     fail_at_call(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="injected"):
         synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
-    partial = tmp_path / ".views.partial"
+    partial = tmp_path / ".views.partial" / "part-000-of-001"
     finished = sorted(partial.glob("shard-*.jsonl"))
     assert len(finished) == 2 and not out.exists()
     stamps = {p.name: os.stat(p).st_mtime_ns for p in partial.glob("shard-*")}
@@ -116,7 +116,7 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
                          Path({str(out)!r}), shard_size=4)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = tmp_path / ".views.partial" / "shard-00000.jsonl"
+    first = tmp_path / ".views.partial" / "part-000-of-001" / "shard-00000.jsonl"
     deadline = time.monotonic() + 120
     while not first.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -148,7 +148,7 @@ def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prep
     fail_at_call(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="injected"):
         synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
-    assert (tmp_path / ".views.partial" / "shard-00000.jsonl").is_file()
+    assert (tmp_path / ".views.partial" / "part-000-of-001" / "shard-00000.jsonl").is_file()
     monkeypatch.undo()
     with caplog.at_level(logging.WARNING):
         summary = synthesize_views(views_config(tiny_models["kxic"], num_inference_steps=3), prepared[1],

@@ -20,7 +20,7 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from PIL import Image
 
@@ -160,34 +160,37 @@ class ShardReader:
         return key
 
 
-def publish(partial: str | os.PathLike, final: str | os.PathLike, keep: Iterable[str],
+def publish(partials: Sequence[str | os.PathLike], final: str | os.PathLike, keep: Iterable[str],
             shard_size: int = 256) -> None:
-    """Move a finished partial store to `final`, keeping exactly the keys in `keep`.
+    """Move finished partial stores to `final`, holding exactly the keys of `keep` in that order.
 
-    When the partial store holds exactly those keys it is renamed (cheap); otherwise (a resumed run
-    whose selection changed) the kept images are copied, still encoded, into fresh shards.
+    One partial store that already holds exactly those keys in that order is renamed (cheap);
+    otherwise (several processes' parts, or a resumed run whose selection changed) the images are
+    copied, still encoded, into fresh shards in `keep` order, so the result does not depend on how
+    the work was split.
     """
-    partial, final = Path(partial), Path(final)
+    final = Path(final)
     keep = list(dict.fromkeys(keep))
-    reader = ShardReader(partial)
-    missing = [key for key in keep if key not in reader]
+    readers = [ShardReader(folder) for folder in partials]
+    source = {key: reader for reader in reversed(readers) for key in reader.keys()}
+    missing = [key for key in keep if key not in source]
     if missing:
-        raise ZeroVLMError(f"{partial}: {len(missing)} images were never written (first: {missing[0]})")
+        raise ZeroVLMError(f"{len(missing)} images were never written (first: {missing[0]}); re-run the stage")
     if final.exists():
         shutil.rmtree(final)
-    if set(reader.keys()) == set(keep):
-        reader.close()
-        os.replace(partial, final)
+    if len(readers) == 1 and readers[0].keys() == keep:
+        readers[0].close()
+        os.replace(readers[0].folder, final)
         return
     staging = final.with_name(f".{final.name}.publish")
     shutil.rmtree(staging, ignore_errors=True)
     with ShardWriter(staging, shard_size) as writer:
         for key in keep:
-            metadata = {k: v for k, v in reader.metadata(key).items() if k not in ("key", "member")}
-            writer.add_png(key, reader.png(key), metadata)
-    reader.close()
+            metadata = {k: v for k, v in source[key].metadata(key).items() if k not in ("key", "member")}
+            writer.add_png(key, source[key].png(key), metadata)
+    for reader in readers:
+        reader.close()
     os.replace(staging, final)
-    shutil.rmtree(partial)
 
 
 def iter_images(folder: str | os.PathLike) -> Iterator[tuple[str, Image.Image, dict]]:

@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
-from zerovlm.store import ShardWriter, publish
+from zerovlm.parallel import Worker, current_worker
+from zerovlm.store import ShardReader, ShardWriter, publish
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
 
@@ -153,8 +154,24 @@ def _peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_size: int = 256) -> dict:
-    """Write every view of every unique image to the store `out_dir`; return (and save) a summary."""
+def plan_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Fixed batches of the whole plan: whatever process runs a batch, and whether it runs in a
+    fresh or a resumed run, its views are computed in the same company (same bytes on one device)."""
+    return [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+
+
+def _finished_keys(partial: Path) -> set[str]:
+    return {key for part in sorted(partial.glob("part-*")) for key in ShardReader(part).keys()}
+
+
+def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_size: int = 256,
+                     worker: Worker | None = None) -> dict | None:
+    """Write every view of every unique image to the store `out_dir`; return (and save) a summary.
+
+    Under a multi-process launch each process synthesises the batches it owns (by the batch's first
+    image id) into its own part; the main process merges the parts in plan order (None elsewhere).
+    """
+    worker = worker or current_worker()
     started = time.perf_counter()
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
@@ -163,42 +180,50 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
     jobs = plan_jobs(cfg, examples, prepared_dir)
     fingerprint, settings = settings_fingerprint(cfg)
     partial = out_dir.parent / f".{out_dir.name}.partial"
-    _open_partial(partial, fingerprint, settings)
+    if worker.is_main:
+        _open_partial(partial, fingerprint, settings)
+    worker.barrier()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    writer = ShardWriter(partial, shard_size)
-    todo = [job for job in jobs if job.key not in writer]
-    reused = len(jobs) - len(todo)
-    sampler, generating = None, 0.0
-    if todo:
+    done = _finished_keys(partial)
+    batches = [batch for batch in plan_batches(jobs, cfg.batch_size) if any(j.key not in done for j in batch)]
+    mine = worker.owned(batches, key=lambda batch: batch[0].image_id)
+    writer = ShardWriter(partial / worker.part_name, shard_size)
+    sampler, generating, generated = None, 0.0, 0
+    if mine:
         pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device)
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
         sampler = _Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
-        batches = [todo[i:i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
         tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1) as loader:  # decode the next batch's images during this one
-            pending = loader.submit(_load_batch, batches[0])
-            for index, batch in enumerate(batches):
+            pending = loader.submit(_load_batch, mine[0])
+            for index, batch in enumerate(mine):
                 images = pending.result()
-                if index + 1 < len(batches):
-                    pending = loader.submit(_load_batch, batches[index + 1])
+                if index + 1 < len(mine):
+                    pending = loader.submit(_load_batch, mine[index + 1])
                 for job, view in zip(batch, sampler(batch, images), strict=True):
+                    if job.key in done or job.key in writer:
+                        continue  # a resumed batch: this view was finished before, with the same bytes
+                    generated += 1
                     writer.add(job.key, view, {"image_id": job.image_id, "view": job.pose.name,
                                                "polar_deg": job.pose.polar_deg, "azimuth_deg": job.pose.azimuth_deg,
                                                "radius": job.pose.radius, "seed": cfg.seed})
-                log.info("views: %d/%d", min((index + 1) * cfg.batch_size, len(todo)), len(todo))
-        writer.close()
+                log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
         generating = time.perf_counter() - tick
-    (partial / FINGERPRINT_FILE).unlink()
-    publish(partial, out_dir, [job.key for job in jobs], shard_size)
+    writer.close()
+    worker.barrier()
+    if not worker.is_main:
+        return None
 
+    publish(sorted(partial.glob("part-*")), out_dir, [job.key for job in jobs], shard_size)
+    shutil.rmtree(partial)
     summary = {
         "examples": len(examples), "images": len({job.image_id for job in jobs}), "views": len(jobs),
-        "views_generated": len(todo), "views_reused": reused,
+        "views_generated": len(jobs) - len(done), "views_reused": len(done), "processes": worker.world_size,
         "seconds": round(time.perf_counter() - started, 3), "seconds_generating": round(generating, 3),
-        "views_per_second": round(len(todo) / generating, 3) if generating else None,
+        "views_per_second": round(generated / generating, 3) if generating else None,
         "device": str(device), "dtype": cfg.dtype,
         "batch_size": cfg.batch_size, "batch_size_final": sampler.batch_size if sampler else cfg.batch_size,
         "oom_backoffs": sampler.backoffs if sampler else 0,
