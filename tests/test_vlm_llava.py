@@ -184,3 +184,25 @@ def test_missing_model_folder_is_a_clear_error(tmp_path):
 def test_literal_image_placeholder_in_prompt_is_refused(backend):
     with pytest.raises(ZeroVLMError, match="image placeholders"):
         backend.option_logprobs([Request(tuple(images(1)), "look <image> here", ("Yes", "No"))])
+
+
+@pytest.mark.parametrize("side", [56, 336])
+def test_fast_preprocessing_equals_the_image_processor(backend, tmp_path, side):
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from zerovlm.vlm.llava import load_processor
+    LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": side},
+                                                         crop_size={"height": side, "width": side}),
+                   tokenizer=backend.tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+    processor = load_processor(str(tmp_path))
+    fast = LlavaBackend(backend.model, processor, chat_format="llava_original")
+    assert fast._fast_crop == (side, side, side)
+    generator = torch.Generator().manual_seed(0)
+    for width, height in [(640, 480), (480, 640), (333, 333), (10, 7), (1001, 57)]:
+        array = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+        image = Image.fromarray(array)
+        expected = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+        got = fast._normalise(fast._preprocess([image]))
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5), (width, height)

@@ -299,11 +299,12 @@ class CausalForward:
     def embed_rows(self, rows: Sequence[Sequence[int]], side: str, placeholder: int | None = None,
                    features: torch.Tensor | None = None):
         """Padded embeddings (B, L, D) and mask (B, L); each `placeholder` position takes the next row of
-        `features` (N, D) in row-major order (image features replacing image tokens)."""
+        `features` (N, D) in row-major order (image features replacing image tokens). The placeholder
+        may be an id outside the vocabulary (MiniGPT-4 uses -1)."""
         ids, mask = pad(rows, 0, side, self.embed.weight.device)
-        embeds = self.embed(ids)
+        where = (ids == placeholder) & (mask == 1) if placeholder is not None else None
+        embeds = self.embed(ids if where is None else ids.masked_fill(where, 0))  # placeholder may be < 0
         if features is not None:
-            where = (ids == placeholder) & (mask == 1)
             embeds = embeds.masked_scatter(where[..., None], features.to(embeds.dtype))
         return embeds, mask
 
@@ -332,7 +333,9 @@ class CausalForward:
                 row += option[:-1]
                 segment += [k + 1] * (len(option) - 1)
                 position += range(len(prefix), len(prefix) + len(option) - 1)
-            rows.append(row), segments.append(segment), positions.append(position)
+            rows.append(row)
+            segments.append(segment)
+            positions.append(position)
         embeds, mask = self.embed_rows(rows, side, placeholder, features)
         device = embeds.device
         position_ids = pad(positions, 0, side, device)[0]

@@ -14,13 +14,16 @@ Algorithm, one batch (`_score_batch`):
 1. Tokenise prompt and prompt+" "+option jointly; the longest token prefix shared by the prompt and every
    joint tokenisation is the prefix, the rest of each joint sequence is that option's continuation (this
    is exact when BPE merges across the prompt/option boundary).
-2. Image features once per distinct image (content hash; a small cache spans batches).
-3. One forward over the left-padded prefixes (explicit position ids, so padding never shifts positions);
-   its last-position logits score every continuation's first token. When every continuation is one
-   token (Yes/No, A-D) this is the only language-model forward.
-4. Otherwise the prefix KV cache is kept, and for each option slot the continuations (minus their last
-   token) run on top of it and the cache is cut back: the prefix is never recomputed per option.
-Generation uses the same prefix forward, then a greedy (or per-request seeded sampling) decode loop.
+2. Images: resized and cropped on CPU as uint8 in prefetch threads (`_resize_and_crop`, identical to the
+   processor's CLIP pipeline, tested), normalised on the GPU; features once per distinct image
+   (content hash; a small cache spans batches).
+3. One forward of the decoder over the left-padded rows [prefix | options minus their last token] with
+   a tree attention mask (`CausalForward.option_logprobs`): the image and prompt are encoded once and
+   every option attends to them, no per-option recomputation and no KV-cache copies. When every option
+   is one token (Yes/No, A-D) the row is just the prefix and the next-token distribution scores all.
+4. Only the positions that predict option tokens go through lm_head (no B x L x vocab logits).
+Generation: the same prefix embeddings, then a KV-cached greedy (or per-request seeded sampling) loop.
+Optional `compile`: torch.compile of each decoder block of both towers (regional, dynamic shapes).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -91,7 +95,7 @@ class LlavaBackend(VisionLanguageModel):
         self.device, self.dtype = model.device, model.dtype
         self.model_id, self.chat_format, self.image_preprocess = model_id, chat_format, image_preprocess
         self.batch_size, self.padding_side = batch_size, padding_side
-        self.prefetch_workers = min(4, os.cpu_count() or 1) if prefetch_workers is None else prefetch_workers
+        self.prefetch_workers = min(8, os.cpu_count() or 1) if prefetch_workers is None else prefetch_workers
         config = model.config
         self.image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
         vision = config.vision_config
@@ -106,6 +110,7 @@ class LlavaBackend(VisionLanguageModel):
             compile_regions(language_model, model.model.vision_tower)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._feature_cache_size = feature_cache_size
+        self._fast_crop = self._fast_path()
         self._begin_call()
 
     def info(self) -> dict[str, Any]:
@@ -113,8 +118,8 @@ class LlavaBackend(VisionLanguageModel):
         return {"name": self.name, "model": self.model_id, "chat_format": self.chat_format,
                 "image_preprocess": self.image_preprocess, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "attention": self.model.config._attn_implementation,
-                "tokens_per_image": self.tokens_per_image, "compiled": self.compiled, "transformers": transformers.__version__,
-                "torch": torch.__version__}
+                "tokens_per_image": self.tokens_per_image, "compiled": self.compiled,
+                "transformers": transformers.__version__, "torch": torch.__version__}
 
     # ------------------------------------------------------------ prompts and inputs
     def render_prompt(self, request: Request) -> str:
@@ -162,14 +167,52 @@ class LlavaBackend(VisionLanguageModel):
         longest = max((len(c) for c in continuations), default=0)
         return len(prefix) + len(request.images) * (self.tokens_per_image - 1) + longest
 
-    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor | None:
-        if not images:
-            return None
+    def _preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """(n, 3, H, W): uint8 from the fast path (normalised later, on the model's device), else float32."""
         images = [image.convert("RGB") for image in images]
         if self.image_preprocess == "pad":
             images = [expand_to_square(i, self.processor.image_processor.image_mean) for i in images]
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return pixels.float()
+        if self._fast_crop is not None:
+            return torch.stack([self._resize_and_crop(image) for image in images])
+        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"].float()
+
+    def _fast_path(self) -> tuple[int, int, int] | None:
+        """(shortest edge, crop height, crop width) when the image processor is CLIP-style (resize the
+        shortest edge with bicubic, centre crop, rescale, normalise), which `_resize_and_crop` plus
+        `_normalise` reproduce on uint8 pixels (checked against the processor in the tests)."""
+        ip = self.processor.image_processor
+        size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
+        shortest = getattr(size, "shortest_edge", None) if size is not None else None
+        simple = (getattr(ip, "do_resize", False) and getattr(ip, "do_center_crop", False)
+                  and getattr(ip, "do_rescale", False) and getattr(ip, "do_normalize", False)
+                  and not getattr(ip, "do_pad", False) and int(getattr(ip, "resample", -1)) == Image.BICUBIC
+                  and abs(getattr(ip, "rescale_factor", 0) - 1 / 255) < 1e-12)
+        if not simple or not shortest or crop is None or not getattr(crop, "height", None):
+            return None
+        if crop.height > shortest or crop.width > shortest:  # the processor would pad: leave it to it
+            return None
+        return shortest, crop.height, crop.width
+
+    def _resize_and_crop(self, image: Image.Image) -> torch.Tensor:
+        shortest, crop_h, crop_w = self._fast_crop
+        width, height = image.size
+        if width <= height:
+            size = (shortest, int(shortest * height / width))
+        else:
+            size = (int(shortest * width / height), shortest)
+        image = image.resize(size, Image.BICUBIC)
+        top, left = (size[1] - crop_h) // 2, (size[0] - crop_w) // 2
+        pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), dtype=np.uint8)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Float pixels as the processor would give them: uint8 -> / 255 -> (x - mean) / std, in float32."""
+        if pixels.dtype != torch.uint8:
+            return pixels.float()
+        ip = self.processor.image_processor
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32, device=pixels.device)[:, None, None]
+        std = torch.tensor(ip.image_std, dtype=torch.float32, device=pixels.device)[:, None, None]
+        return (pixels.float() * float(ip.rescale_factor) - mean) / std
 
     def _encode(self, request: Request) -> Encoded:
         prefix, continuations = self._tokenise(request)
@@ -191,7 +234,7 @@ class LlavaBackend(VisionLanguageModel):
                 if key not in self._features and key not in todo:  # evicted since _encode: preprocess now
                     todo[key] = e.pixels[key] if key in e.pixels else self._preprocess([image])[0]
         if todo:
-            pixel_values = torch.stack(list(todo.values())).to(self.device, self.dtype)
+            pixel_values = self._normalise(torch.stack(list(todo.values())).to(self.device)).to(self.dtype)
             config = self.model.config
             out = self.model.get_image_features(pixel_values=pixel_values,
                                                 vision_feature_layer=config.vision_feature_layer,
@@ -291,5 +334,6 @@ def load_llava(cfg) -> LlavaBackend:
         raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} ({error}); for hub ids check the network "
                            "or the Hugging Face cache") from None
     log.info("llava: %s on %s as %s", cfg.model, device, dtype)
+    compile_layers = bool(getattr(cfg, "compile", False)) and device.type == "cuda"  # no InferConfig field yet
     return LlavaBackend(model.to(device), processor, model_id=cfg.model, chat_format=cfg.chat_format,
-                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size)
+                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size, compile=compile_layers)

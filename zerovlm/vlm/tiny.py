@@ -144,3 +144,42 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
+
+
+def build_tiny_minigpt4(out_dir: Path, seed: int) -> None:
+    """Write a tiny random MiniGPT-4 folder: minigpt4.json + blip2/ (a BLIP-2 checkpoint with a tiny T5,
+    sharded with an index like Salesforce/blip2-flan-t5-xxl) + llama_proj.pth (released-checkpoint
+    layout: {"model": {"llama_proj.weight", "llama_proj.bias"}}) + vicuna/ (Llama + word tokenizer)."""
+    import json
+
+    import torch
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
+                              LlamaForCausalLM, T5Config)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_word_tokenizer()
+    torch.manual_seed(seed)
+    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=224, patch_size=28)
+    qformer = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 cross_attention_frequency=1, encoder_hidden_size=32, vocab_size=64)
+    text = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                    decoder_start_token_id=0, pad_token_id=0)
+    blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(),
+                                                      qformer_config=qformer.to_dict(),
+                                                      text_config=text.to_dict(), num_query_tokens=32))
+    blip2.save_pretrained(out_dir / "blip2", max_shard_size="100KB")
+
+    llm = LlamaForCausalLM(tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer)).eval()
+    with torch.no_grad():
+        for parameter in llm.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.2)
+    llm.save_pretrained(out_dir / "vicuna")
+    tokenizer.save_pretrained(out_dir / "vicuna")
+    projection = {"llama_proj.weight": torch.randn(llm.config.hidden_size, qformer.hidden_size) * 0.2,
+                  "llama_proj.bias": torch.zeros(llm.config.hidden_size)}
+    torch.save({"model": projection, "epoch": 0}, out_dir / "llama_proj.pth")
+    manifest = {"vision_qformer": "blip2", "llama_proj": "llama_proj.pth", "llm": "vicuna"}
+    (out_dir / "minigpt4.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -1,0 +1,69 @@
+"""The generic AutoModelForImageTextToText backend, on the tiny LLaVA (a model it must handle like any other)."""
+
+import pytest
+from PIL import Image
+
+from zerovlm.config import InferConfig
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import Request
+from zerovlm.vlm.registry import load_backend
+from zerovlm.vlm.tiny import build_tiny_llava
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_llava_auto")
+    build_tiny_llava(folder, seed=0)
+    make = lambda name, bs: load_backend(InferConfig(backend=name, model=str(folder), device="cpu", batch_size=bs))
+    return make("hf_auto", 3), make("llava", 16), make("hf_auto", 1)
+
+
+def requests():
+    a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
+    return [Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
+            Request((b,), "Which caption?", ("A mug on a table", "A mug under a table", "a")),
+            Request((a, b), "The left view, then the right view. Is it left?", ("Yes", "No")),  # two images
+            Request((), "A question without an image?", ("Yes", "No")),
+            Request((a,), "Nothing to score.", ())]
+
+
+def test_prompt_is_the_model_chat_template(backends):
+    auto, llava, _ = backends
+    image = Image.new("RGB", (8, 8))
+    assert auto.render_prompt(Request((image, image), "Q?")) == "USER: <image>\n<image>\nQ? ASSISTANT:"
+    assert auto.info()["native_multi_image"] is False  # LLaVA-1.5 takes several images only mechanically
+
+
+def test_scores_equal_the_dedicated_llava_backend(backends):
+    auto, llava, single = backends
+    got, expected = auto.option_logprobs(requests()), llava.option_logprobs(requests())
+    one_by_one = [single.option_logprobs([r])[0] for r in requests()]
+    for a, b, c in zip(got, expected, one_by_one):
+        assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4)
+
+
+def test_generation_matches_and_stops(backends):
+    auto, llava, _ = backends
+    reqs = requests()[:3]
+    full = auto.generate(reqs, max_new_tokens=6)
+    assert full == llava.generate(reqs, max_new_tokens=6)
+    word = full[0].split()[1]
+    assert auto.generate(reqs, max_new_tokens=6, stop=(" " + word,))[0] == full[0][: full[0].index(" " + word)].strip()
+
+
+def test_sampling_is_seeded_per_request(backends):
+    auto, _, _ = backends
+    reqs = requests()[:3]
+    first = auto.generate(reqs, max_new_tokens=5, temperature=1.0, seed=7)
+    assert auto.generate(reqs[::-1], max_new_tokens=5, temperature=1.0, seed=7) == first[::-1]
+
+
+def test_model_without_chat_template_is_refused(backends):
+    auto, _, _ = backends
+    from zerovlm.vlm.hf_auto import HFAutoBackend
+
+    class NoTemplate:
+        chat_template = None
+        tokenizer = auto.tokenizer
+    with pytest.raises(ZeroVLMError, match="chat template"):
+        HFAutoBackend(auto.model, NoTemplate())

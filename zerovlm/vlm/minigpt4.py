@@ -1,0 +1,279 @@
+"""MiniGPT-4 (Vicuna v0) assembled from transformers parts, behind the VisionLanguageModel interface.
+
+Architecture (Vision-CAIR/MiniGPT-4, minigpt4/models/minigpt4.py): EVA-CLIP ViT-g/14 -> `ln_vision` ->
+BLIP-2 Q-Former with 32 query tokens -> `llama_proj` Linear(768, 4096 | 5120) -> Vicuna v0.
+Here: Blip2VisionModel (its `post_layernorm` is LAVIS' `ln_vision`, eps set to the original 1e-5) +
+`query_tokens` + Blip2QFormerModel, read selectively (only the shards holding them) from a BLIP-2
+checkpoint such as Salesforce/blip2-flan-t5-xxl; `llama_proj` from the released .pth with
+torch.load(weights_only=True); LlamaForCausalLM + its tokenizer for Vicuna v0.
+
+cfg.model is a folder with a `minigpt4.json` manifest (paths relative to it, or hub ids):
+    {"vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": "prerained_minigpt4_7b.pth",
+     "llm": "vicuna-7b-v0"}
+Vicuna v0 is distributed as deltas on LLaMA: reconstruct it first (FastChat's apply_delta).
+
+Prompt (conv_vision_vicuna0): `{system}###Human: <Img><ImageHere></Img> {prompt}###Assistant: `; the
+image's 32 embeddings replace <ImageHere>; only the first text segment gets BOS; generation stops at
+"###". Images: 224x224 bicubic resize (no crop), CLIP mean/std (Blip2ImageEvalProcessor).
+Precision: ViT, llama_proj and Vicuna in cfg.dtype; Q-Former and query tokens in float32 (as the HF
+BLIP-2 port keeps them). Remaining difference: the official eval config loads Vicuna in 8 bit; this
+backend does not.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import (CausalForward, Request, VisionLanguageModel, common_prefix_length, cpu_threads_for,
+                              decode_loop, image_fingerprint, request_seed, resolve_device_dtype, run_batched)
+
+SYSTEM_VICUNA0 = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
+                  "provide it to you. Please answer my questions.")
+IMAGE_HERE = "<ImageHere>"
+TEMPLATE_STOP = ("###",)
+PLACEHOLDER = -1  # token id standing for one image embedding position (never looked up)
+IMAGE_PX = 224
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+MANIFEST = "minigpt4.json"
+BLIP2_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
+LN_VISION_EPS = 1e-5  # LAVIS ln_vision = nn.LayerNorm(1408): torch's default eps
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """(3, 224, 224) float32: bicubic resize to 224x224 (no crop), scale to [0, 1], CLIP normalisation."""
+    pixels = np.asarray(image.convert("RGB").resize((IMAGE_PX, IMAGE_PX), Image.BICUBIC), dtype=np.float32) / 255
+    pixels = (pixels - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(CLIP_STD, dtype=np.float32)
+    return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+
+
+def load_llama_proj(path: str | Path) -> dict[str, torch.Tensor]:
+    """`llama_proj.weight` and `.bias` from a released MiniGPT-4 .pth, never unpickling arbitrary objects."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ZeroVLMError(f"{path}: holds objects other than tensors and plain containers; refusing to "
+                           f"unpickle it (torch.load weights_only=True): {reason}") from None
+    except (OSError, RuntimeError) as error:
+        raise ZeroVLMError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    wanted = ("llama_proj.weight", "llama_proj.bias")
+    if not isinstance(state, dict) or any(k not in state for k in wanted):
+        found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+        raise ZeroVLMError(f"{path}: expected {list(wanted)} under 'model', found {found}")
+    for key in wanted:
+        if not isinstance(state[key], torch.Tensor):
+            raise ZeroVLMError(f"{path}: {key} is a {type(state[key]).__name__}, not a tensor")
+    return {key.removeprefix("llama_proj."): state[key] for key in wanted}
+
+
+def _fetch(source: str, filename: str) -> Path | None:
+    """A file of a local folder or a hub repository; None when the repository does not have it."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+    try:
+        return Path(hf_hub_download(source, filename))
+    except EntryNotFoundError:
+        return None
+
+
+def load_blip2_parts(source: str) -> tuple[Any, torch.nn.Parameter, Any, Any]:
+    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint, reading only their shards."""
+    from safetensors import safe_open
+    from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
+
+    config = Blip2Config.from_pretrained(source)
+    index = _fetch(source, "model.safetensors.index.json")
+    if index is not None:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted({f for key, f in weight_map.items() if key.startswith(BLIP2_PREFIXES)})
+    else:
+        shards = ["model.safetensors"]
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        path = _fetch(source, shard)
+        if path is None:
+            raise ZeroVLMError(f"{source}: {shard} not found (safetensors weights are required)")
+        with safe_open(str(path), framework="pt") as f:
+            state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(BLIP2_PREFIXES)})
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+    vision = Blip2VisionModel(config.vision_config)
+    vision.post_layernorm.eps = LN_VISION_EPS
+    qformer = Blip2QFormerModel(config.qformer_config)
+    try:
+        vision.load_state_dict(part("vision_model."), strict=True)
+        qformer.load_state_dict(part("qformer."), strict=True)
+    except RuntimeError as error:
+        raise ZeroVLMError(f"{source}: vision / Q-Former weights do not match their config ({error})") from None
+    if "query_tokens" not in state:
+        raise ZeroVLMError(f"{source}: no query_tokens in the checkpoint")
+    return config, torch.nn.Parameter(state["query_tokens"].float()), vision.eval(), qformer.eval()
+
+
+class MiniGPT4Backend(VisionLanguageModel):
+    name = "minigpt4"
+
+    def __init__(self, vision, query_tokens, qformer, llama_proj, llm, tokenizer, *, model_id: str = "",
+                 batch_size: int = 16, prefetch_workers: int = 0):
+        self.vision, self.qformer, self.llama_proj, self.llm = vision, qformer, llama_proj, llm.eval()
+        self.query_tokens, self.tokenizer, self.model_id = query_tokens, tokenizer, model_id
+        self.batch_size, self.prefetch_workers = batch_size, prefetch_workers
+        self.device, self.dtype = llm.device, llm.dtype
+        self.tokens_per_image = query_tokens.shape[1]
+        self.forward = CausalForward(llm)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._memo: dict[int, tuple[list[int], list[list[int]]]] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self.model_id, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."), "qformer_dtype": "float32",
+                "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image}
+
+    def render_prompt(self, request: Request) -> str:
+        images = " ".join(f"<Img>{IMAGE_HERE}</Img>" for _ in request.images)
+        message = f"{images} {request.prompt}" if images else request.prompt
+        return f"{SYSTEM_VICUNA0}###Human: {message}###Assistant: "
+
+    def _ids(self, text: str) -> list[int]:
+        """BOS + first segment, then per <ImageHere>: one placeholder per image embedding + next segment."""
+        first, *rest = text.split(IMAGE_HERE)
+        ids = self.tokenizer(first, add_special_tokens=True)["input_ids"]
+        for segment in rest:
+            ids += [PLACEHOLDER] * self.tokens_per_image
+            ids += self.tokenizer(segment, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def _tokenise(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        """Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so
+        prefetch threads never touch the tokenizer (fast tokenizers are not safe to share across threads)."""
+        if id(request) not in self._memo:
+            self._memo[id(request)] = self._tokenise_uncached(request)
+        return self._memo[id(request)]
+
+    def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        text = self.render_prompt(request)
+        prefix = self._ids(text)
+        joints = [self._ids(text + option) for option in request.options]  # the prompt ends with a space
+        shared = min([len(prefix)] + [common_prefix_length(prefix, j) for j in joints])
+        for k, joint in enumerate(joints):
+            if len(joint) <= shared:
+                raise ZeroVLMError(f"option {k} ({request.options[k]!r}) adds no tokens to the prompt")
+        if prefix[:shared].count(PLACEHOLDER) != len(request.images) * self.tokens_per_image:
+            raise ZeroVLMError(f"prompt {request.prompt!r} must not contain {IMAGE_HERE!r}")
+        return prefix[:shared], [j[shared:] for j in joints]
+
+    def _encode(self, request: Request, seed: int = 0) -> dict[str, Any]:
+        prefix, continuations = self._tokenise(request)
+        keys = [image_fingerprint(i) for i in request.images]
+        pixels = torch.stack([preprocess(i) for i in request.images]) if request.images else None
+        return {"prefix": prefix, "continuations": continuations, "pixels": pixels,
+                "seed": request_seed(seed, request, keys)}
+
+    @torch.no_grad()
+    def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(n, 3, 224, 224) -> (n, 32, llm hidden): ViT + ln_vision, Q-Former (float32), llama_proj."""
+        vision_device = self.vision.post_layernorm.weight.device
+        image = self.vision(pixel_values=pixels.to(vision_device, self.vision.dtype)).last_hidden_state
+        queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
+        query_output = self.qformer(query_embeds=queries, encoder_hidden_states=image.float(),
+                                    encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long,
+                                                                      device=vision_device)).last_hidden_state
+        projected = self.llama_proj(query_output.to(self.llama_proj.weight.dtype))
+        return projected.to(self.device, self.dtype)
+
+    def _features(self, batch: Sequence[dict]) -> torch.Tensor | None:
+        pixels = [e["pixels"] for e in batch if e["pixels"] is not None]
+        if not pixels:
+            return None
+        embeddings = self.image_embeddings(torch.cat(pixels))
+        return embeddings.reshape(-1, embeddings.shape[-1])
+
+    def _length(self, request: Request) -> int:
+        prefix, continuations = self._tokenise(request)
+        return len(prefix) + max((len(c) for c in continuations), default=0)
+
+    def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
+        scored = [i for i, r in enumerate(requests) if r.options]
+        self._memo = {}
+
+        @torch.no_grad()
+        def compute(batch: list[dict]) -> list[list[float]]:
+            return self.forward.option_logprobs([e["prefix"] for e in batch], [e["continuations"] for e in batch],
+                                                placeholder=PLACEHOLDER, features=self._features(batch))
+
+        with cpu_threads_for(self.llm):
+            outputs = run_batched([requests[i] for i in scored], compute, batch_size=self.batch_size,
+                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers)
+        results: list[list[float]] = [[] for _ in requests]
+        for i, output in zip(scored, outputs):
+            results[i] = output
+        return results
+
+    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
+                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+        if max_new_tokens < 1 or temperature < 0:
+            raise ZeroVLMError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
+        stops = tuple(dict.fromkeys((*stop, *TEMPLATE_STOP)))  # the template's own "###" always ends an answer
+
+        @torch.no_grad()
+        def compute(batch: list[dict]) -> list[str]:
+            embeds, mask = self.forward.embed_rows([e["prefix"] for e in batch], "left", PLACEHOLDER,
+                                                   self._features(batch))
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            return decode_loop(self.forward, self.tokenizer, embeds, mask, positions,
+                               max_new_tokens=max_new_tokens, stop=stops, temperature=temperature,
+                               seeds=[e["seed"] for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
+
+        plain = [Request(r.images, r.prompt) for r in requests]
+        self._memo = {}
+        with cpu_threads_for(self.llm):
+            return run_batched(plain, compute, batch_size=self.batch_size, length=self._length,
+                               prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
+
+
+def _resolve(folder: Path, value: str) -> str:
+    local = folder / value
+    return str(local) if local.exists() else value  # otherwise a hub id
+
+
+def load_minigpt4(cfg) -> MiniGPT4Backend:
+    """MiniGPT-4 from the folder cfg.model (see the module docstring for its minigpt4.json)."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = Path(cfg.model)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise ZeroVLMError(f"infer.model: {manifest_path} not found; MiniGPT-4 needs a folder with {MANIFEST} "
+                           "naming vision_qformer, llama_proj and llm (`zerovlm build-tiny` writes one)")
+    manifest = json.loads(manifest_path.read_text())
+    missing = [k for k in ("vision_qformer", "llama_proj", "llm") if k not in manifest]
+    if missing:
+        raise ZeroVLMError(f"{manifest_path}: missing keys {missing}")
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    config, query_tokens, vision, qformer = load_blip2_parts(_resolve(folder, manifest["vision_qformer"]))
+    llm = LlamaForCausalLM.from_pretrained(_resolve(folder, manifest["llm"]), dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(_resolve(folder, manifest["llm"]))
+    weights = load_llama_proj(folder / manifest["llama_proj"])
+    llama_proj = torch.nn.Linear(config.qformer_config.hidden_size, llm.config.hidden_size)
+    if tuple(weights["weight"].shape) != tuple(llama_proj.weight.shape):
+        raise ZeroVLMError(f"llama_proj.weight has shape {tuple(weights['weight'].shape)}, the Q-Former and "
+                           f"LLM need {tuple(llama_proj.weight.shape)} (a 7B .pth with a 13B Vicuna?)")
+    llama_proj.load_state_dict(weights)
+    return MiniGPT4Backend(vision.to(device, dtype), query_tokens.to(device), qformer.to(device),
+                           llama_proj.to(device, dtype), llm.to(device), tokenizer, model_id=cfg.model,
+                           batch_size=cfg.batch_size)
