@@ -74,3 +74,13 @@ def test_empty_dataset_is_refused(tmp_path):
     with pytest.raises(ZeroVLMError, match="the dataset selection is empty"):
         write_table(tmp_path, [])
     assert not (tmp_path / "examples.jsonl").exists()
+
+
+def test_unreachable_hub_id_names_the_model_and_the_fix(monkeypatch):
+    import huggingface_hub.constants
+
+    from zerovlm.views.checkpoints import load_components
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, minus retries
+    with pytest.raises(ZeroVLMError, match=r"cannot reach the Hugging Face hub for 'kxic/zero123-105000'"):
+        load_components("kxic/zero123-105000")

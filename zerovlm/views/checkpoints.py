@@ -83,10 +83,14 @@ def _model_file(model: str, relative: str, required: bool = True) -> Path | None
             raise ZeroVLMError(f"{path}: missing from model folder {model}; {FIX_HINT}")
         return None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(model, relative))
+    except LocalEntryNotFoundError:  # offline (or the hub unreachable) and nothing in the local cache
+        raise ZeroVLMError(f"cannot reach the Hugging Face hub for {model!r} ({relative}) and it is not in "
+                           f"the local cache (HF_HOME); download it where there is network, or point "
+                           f"views.model at a local folder; {FIX_HINT}") from None
     except EntryNotFoundError:
         if required:
             raise ZeroVLMError(f"hub repo {model!r} has no file {relative}; is it a Zero123 repo?") from None

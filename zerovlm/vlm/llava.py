@@ -311,7 +311,7 @@ def check_model_source(model: str) -> None:
         or Path(model).exists()
     if looks_local and not Path(model).expanduser().is_dir():
         raise ZeroVLMError(f"infer.model: folder {model!r} not found (build the tiny models first, "
-                           "`zerovlm build-tiny`, or give a hub id such as llava-hf/llava-1.5-7b-hf)")
+                           "`zerovlm build-tiny-models`, or give a hub id such as llava-hf/llava-1.5-7b-hf)")
 
 
 def load_processor(model: str, trust_remote_code: bool = False):

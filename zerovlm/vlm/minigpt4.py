@@ -259,7 +259,7 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise ZeroVLMError(f"infer.model: {manifest_path} not found; MiniGPT-4 needs a folder with {MANIFEST} "
-                           "naming vision_qformer, llama_proj and llm (`zerovlm build-tiny` writes one)")
+                           "naming vision_qformer, llama_proj and llm (`zerovlm build-tiny-models` writes one)")
     manifest = json.loads(manifest_path.read_text())
     missing = [k for k in ("vision_qformer", "llama_proj", "llm") if k not in manifest]
     if missing:
