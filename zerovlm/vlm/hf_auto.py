@@ -22,8 +22,9 @@ import torch
 from transformers import StoppingCriteria
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import (Request, VisionLanguageModel, common_prefix_length, cpu_threads_for, cut_at_stop,
-                              request_seed, resolve_device_dtype, run_batched)
+from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed,
+                              resolve_device_dtype, run_batched)
+from zerovlm.vlm.transformers_ops import common_prefix_length
 from zerovlm.vlm.llava import check_model_source, load_processor
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically

@@ -41,9 +41,10 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import (CausalForward, Request, compile_regions, VisionLanguageModel, common_prefix_length,
-                              cpu_threads_for, decode_loop, expand_token, image_fingerprint, request_seed,
+from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
+from zerovlm.vlm.transformers_ops import (CausalForward, common_prefix_length, compile_regions, decode_loop,
+                                          expand_token)
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,9 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import (CausalForward, Request, VisionLanguageModel, common_prefix_length, cpu_threads_for,
-                              decode_loop, image_fingerprint, request_seed, resolve_device_dtype, run_batched)
+from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
+                              resolve_device_dtype, run_batched)
+from zerovlm.vlm.transformers_ops import CausalForward, common_prefix_length, decode_loop
 
 SYSTEM_VICUNA0 = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
                   "provide it to you. Please answer my questions.")

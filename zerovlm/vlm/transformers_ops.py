@@ -1,0 +1,195 @@
+"""Torch helpers shared by the transformers backends (llava, minigpt4): token-row padding, a causal
+forward that scores option continuations after a shared prefix, and a greedy/sampled decode loop.
+
+They use only arguments that transformers 5.17 (the GPU image) and 5.24 both accept.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import cut_at_stop
+
+log = logging.getLogger(__name__)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def expand_token(ids: Sequence[int], token: int, count: int) -> list[int]:
+    """Replace each `token` by `count` copies (one image placeholder -> one position per image feature)."""
+    out: list[int] = []
+    for i in ids:
+        out.extend([i] * count if i == token else [i])
+    return out
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, max length) int64; pads on `side` ("left" or "right")."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            where = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+            ids[b, where] = torch.tensor(row, dtype=torch.long)
+            mask[b, where] = 1
+    return ids.to(device), mask.to(device)
+
+
+class CausalForward:
+    """Forwards of a transformers causal (vision-)language model on embeddings, version-robust.
+
+    Positions are always explicit, so padding never shifts a real token's position, and the attention
+    mask is always passed. The cache keyword is `cache` in newer transformers, `past_key_values` before.
+    body: the decoder stack returning last_hidden_state (`model.model` for LLaVA and Llama); head: the
+    output projection. Both default to the model's own.
+    """
+
+    def __init__(self, model, body=None, head=None):
+        self.model = model
+        self.body = body if body is not None else model.model
+        self.head = head if head is not None else model.get_output_embeddings()
+        self.embed = model.get_input_embeddings()
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_keyword = "cache" if "cache" in parameters else "past_key_values"
+
+    def new_cache(self):
+        from transformers import DynamicCache
+        return DynamicCache(config=self.model.config)
+
+    def __call__(self, embeds, mask, positions, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits of the full model (used by generation, with a KV cache)."""
+        kwargs = {self.cache_keyword: cache} if cache is not None else {}
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                         use_cache=cache is not None, logits_to_keep=logits_to_keep, **kwargs)
+        return out.logits
+
+    def embed_rows(self, rows: Sequence[Sequence[int]], side: str, placeholder: int | None = None,
+                   features: torch.Tensor | None = None):
+        """Padded embeddings (B, L, D) and mask (B, L); each `placeholder` position takes the next row of
+        `features` (N, D) in row-major order (image features replacing image tokens). The placeholder
+        may be an id outside the vocabulary (MiniGPT-4 uses -1)."""
+        ids, mask = pad(rows, 0, side, self.embed.weight.device)
+        where = (ids == placeholder) & (mask == 1) if placeholder is not None else None
+        embeds = self.embed(ids if where is None else ids.masked_fill(where, 0))  # placeholder may be < 0
+        if features is not None:
+            embeds = embeds.masked_scatter(where[..., None], features.to(embeds.dtype))
+        return embeds, mask
+
+    @torch.no_grad()
+    def option_logprobs(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
+                        *, side: str = "left", placeholder: int | None = None,
+                        features: torch.Tensor | None = None) -> list[list[float]]:
+        """Summed log-probs of every continuation given its row's prefix, in one forward of the body.
+
+        The prefix is encoded once per row; all options share it (a tree attention mask): a row is
+        [prefix | option 1 minus its last token | option 2 minus its last token | ...], each option's
+        tokens attend to the prefix and to their own option's earlier tokens, positions restart after
+        the prefix for every option. When every option is one token the row is just the prefix and the
+        next-token distribution at its last position scores all options (plain causal mask).
+        """
+        rows, segments, positions, sources = [], [], [], []  # sources: (row, column, target, option)
+        width = max(len(p) + sum(max(len(c) - 1, 0) for c in cs) for p, cs in zip(prefixes, continuations))
+        for b, (prefix, options) in enumerate(zip(prefixes, continuations)):
+            row, segment, position = list(prefix), [0] * len(prefix), list(range(len(prefix)))
+            start = width - (len(prefix) + sum(len(c) - 1 for c in options)) if side == "left" else 0
+            for k, option in enumerate(options):
+                first_input = start + len(row)
+                sources.append((b, start + len(prefix) - 1, option[0], k))
+                for i in range(1, len(option)):
+                    sources.append((b, first_input + i - 1, option[i], k))
+                row += option[:-1]
+                segment += [k + 1] * (len(option) - 1)
+                position += range(len(prefix), len(prefix) + len(option) - 1)
+            rows.append(row)
+            segments.append(segment)
+            positions.append(position)
+        embeds, mask = self.embed_rows(rows, side, placeholder, features)
+        device = embeds.device
+        position_ids = pad(positions, 0, side, device)[0]
+        if all(s == 0 for seg in segments for s in seg):
+            attention = mask  # 2D padding mask: plain causal attention (flash kernels when unpadded)
+        else:
+            segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
+            index = torch.arange(width, device=device)
+            allowed = (index[None, :, None] >= index[None, None, :]) & (segment_ids[:, None, :] >= 0) & (
+                (segment_ids[:, None, :] == 0) | (segment_ids[:, None, :] == segment_ids[:, :, None]))
+            allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]  # pad rows attend to themselves
+            attention = torch.zeros(allowed.shape, dtype=embeds.dtype, device=device)
+            attention = attention.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]  # (B, 1, L, L)
+        hidden = self.body(inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids,
+                           use_cache=False).last_hidden_state                              # (B, L, D)
+        row_index, column, target, option = (torch.tensor(x, device=device) for x in zip(*sources))
+        logits = self.head(hidden[row_index, column]).float()                              # (N, V)
+        picked = logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1)            # (N,)
+        widest = max(len(c) for c in continuations)
+        sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
+        sums.index_add_(0, row_index * widest + option, picked.double())
+        sums = sums.view(len(prefixes), widest).tolist()
+        return [sums[b][: len(options)] for b, options in enumerate(continuations)]
+
+
+def compile_regions(*towers: torch.nn.Module) -> int:
+    """torch.compile in place each block of every `...layers` ModuleList in the towers (dynamic shapes).
+
+    Regional compilation: the blocks of a stack share their code, so one compiled graph serves them all
+    and compiling takes seconds rather than the minute a whole-model compile takes. Returns the count.
+    """
+    blocks = [block for tower in towers for name, stack in tower.named_modules()
+              if isinstance(stack, torch.nn.ModuleList) and name.split(".")[-1] == "layers" for block in stack]
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
+def decode_loop(forward: CausalForward, tokenizer, embeds, mask, positions, *, max_new_tokens: int,
+                stop: Sequence[str], temperature: float, seeds: Sequence[int], eos_id: int | None,
+                pad_id: int) -> list[str]:
+    """Greedy (temperature 0) or sampled decoding from left-padded prefix embeddings (B, L, D).
+
+    Sampling draws each row from its own torch.Generator seeded by `seeds[b]`, so a row's text does not
+    depend on its batch. A row stops at EOS or once its decoded text contains a stop string; returned
+    texts hold only new tokens, cut before the first stop string and stripped of outer whitespace.
+    """
+    batch = embeds.shape[0]
+    device = embeds.device
+    cache = forward.new_cache()
+    logits = forward(embeds, mask, positions, cache, logits_to_keep=1)[:, -1].float()
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds] if temperature > 0 else []
+    new: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    next_position = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        if temperature > 0:
+            probs = (logits / temperature).softmax(-1)
+            tokens = torch.cat([torch.multinomial(probs[b], 1, generator=generators[b]) for b in range(batch)])
+        else:
+            tokens = logits.argmax(-1)
+        for b, token in enumerate(tokens.tolist()):
+            if done[b]:
+                continue
+            if token == eos_id:
+                done[b] = True
+                continue
+            new[b].append(token)
+            if stop and cut_at_stop(tokenizer.decode(new[b], skip_special_tokens=True), stop)[1]:
+                done[b] = True
+        if all(done) or step == max_new_tokens - 1:
+            break
+        tokens = torch.where(torch.tensor(done, device=device), torch.full_like(tokens, pad_id), tokens)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = forward(forward.embed(tokens[:, None]), mask, next_position, cache, logits_to_keep=1)[:, -1].float()
+        next_position = next_position + 1
+    return [cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)[0].strip() for ids in new]
