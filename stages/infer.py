@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from zerovlm.config import InferConfig, load_section
+from zerovlm.config import InferConfig, load_params, load_section, vlm_config
 from zerovlm.inference import infer_stage
 from zerovlm.stage import run_stage
 
@@ -11,11 +11,13 @@ from zerovlm.stage import run_stage
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--vlm", help="a grid VLM: `vlms.<name>` merged over `infer` (default: `infer`)")
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--stitched", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="predictions folder")
     args = parser.parse_args()
-    infer_stage(load_section("infer", InferConfig, args.params), args.prepared, args.stitched, args.out)
+    cfg = vlm_config(load_params(args.params), args.vlm) if args.vlm else load_section("infer", InferConfig, args.params)
+    infer_stage(cfg, args.prepared, args.stitched, args.out)
 
 
 if __name__ == "__main__":

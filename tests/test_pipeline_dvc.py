@@ -1,7 +1,9 @@
 """`dvc repro` end to end in a temporary copy of the repo: which stages run after which change.
 
-The copy gets a smaller demo profile (fewer scenes, steps and configurations) so that the whole
-module stays within a few minutes on 2 cores; the stage code and dvc.yaml are the real ones.
+The copy gets a smaller demo profile (fewer scenes, steps and configurations; a grid of two datasets x
+one tiny VLM, to which a second VLM is added and removed) so that the whole module stays within a few
+minutes on 2 cores; the stage code and dvc.yaml are the real ones. The paper profile's grid is checked by expanding dvc.yaml with
+DVC's own parser, without running anything.
 """
 
 import json
@@ -15,17 +17,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
-ALL_STAGES = {"models", "prepare", "views", "stitch", "infer", "score"}
+DATASETS, VLMS = ("sparse", "cluttered"), ("tiny", "tiny_b")
+GRID = {f"{stage}@{d}-tiny" for stage in ("infer", "score") for d in DATASETS}  # tiny_b: added by a test
+ALL_STAGES = ({"models", "pool", "views", "report", "gallery"} | {f"prepare@{d}" for d in DATASETS}
+              | {f"stitch@{d}" for d in DATASETS} | GRID)
+AFTER_INFER = {"report", "gallery"}
 SMALL_DEMO = {
-    "data": {"source": "synthetic", "synthetic": {"num_scenes": 4}},
+    "grid": {"datasets": list(DATASETS), "vlms": ["tiny"]},
+    "datasets": {"sparse": {"source": "synthetic"},
+                 "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}}},
+    "vlms": {"tiny": {"model": "data/models/llava-1.5-tiny"},
+             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_original"}},
+    "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
     "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
               "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},
     "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all"]},
     "infer": {"model": "data/models/llava-1.5-tiny", "dtype": "float32"},
     "score": {"bootstrap_samples": 50},
+    "report": {"gallery_examples": 2, "gallery_image_px": 32},
 }
 
 
@@ -71,35 +81,59 @@ def repo(tmp_path_factory):
     return copy
 
 
+@pytest.mark.slow
 def test_first_run_runs_every_stage_and_writes_metrics(repo):
     assert _repro(repo) == ALL_STAGES
-    summary = json.loads((repo / "metrics/summary.json").read_text())
-    cell = summary["synthetic"]["true_false"]["all"]["with_view_prompt"]
-    assert cell["n_total"] == 4 and cell["chance"] == 0.5 and 0.0 <= cell["accuracy"] <= 1.0
-    assert set(summary["synthetic"]) == {"true_false", "multiple_choice"}
+    summary = json.loads((repo / "metrics/grid/sparse/tiny/summary.json").read_text())
+    cell = summary["true_false"]["all"]["with_view_prompt"]
+    assert cell["n_total"] == 2 and cell["chance"] == 0.5 and 0.0 <= cell["accuracy"] <= 1.0
+    assert "mcnemar_p" in cell and "delta_ci95" in cell
+    assert {"true_false", "multiple_choice", "counts", "overhead"} <= set(summary)
     shown = _run(["dvc", "metrics", "show"], repo).stdout
-    assert "metrics/summary.json" in shown
+    assert "metrics/grid/cluttered/tiny/summary.json" in shown and "metrics/headline.json" in shown
+    table = (repo / "metrics/results.md").read_text()
+    assert "| tiny | origin (baseline) | - |" in table and "cluttered (choice)" in table
+    assert _run([sys.executable, "-m", "zerovlm.cli", "show"], repo).stdout == table
+    assert (repo / "data/gallery/index.html").is_file()
+    plots = _run(["dvc", "plots", "show", "--json"], repo).stdout
+    assert '"errors"' not in plots and "metrics/plots/confusion/sparse.tiny.true_false.origin-novp.json" in plots
 
 
+@pytest.mark.slow
 def test_nothing_changed_runs_nothing(repo):
     assert _repro(repo) == set()
 
 
+@pytest.mark.slow
+def test_adding_a_vlm_runs_only_its_instances_and_one_vlm_knob_reruns_only_those(repo):
+    tiny_b = {f"{s}@{d}-tiny_b" for s in ("infer", "score") for d in DATASETS}
+    _set_param(repo, "grid.vlms", list(VLMS))
+    assert _repro(repo) == tiny_b | AFTER_INFER  # the existing instances are untouched
+    _set_param(repo, "vlms.tiny_b.image_preprocess", "pad")
+    assert _repro(repo) == tiny_b | AFTER_INFER
+    _set_param(repo, "grid.vlms", ["tiny"])
+    assert _repro(repo) == AFTER_INFER  # dropping a VLM only re-draws the grid-wide reports
+
+
+@pytest.mark.slow
 def test_prompt_knob_reruns_only_infer_and_score(repo):
     _set_param(repo, "infer.view_prompt", [True])
-    assert _repro(repo) == {"infer", "score"}
+    assert _repro(repo) == GRID | AFTER_INFER
 
 
+@pytest.mark.slow
 def test_view_knob_reruns_views_onward(repo):
     _set_param(repo, "views.num_inference_steps", 3)
-    assert _repro(repo) == {"views", "stitch", "infer", "score"}
+    assert _repro(repo) == ALL_STAGES - {"models", "pool"} - {f"prepare@{d}" for d in DATASETS}
 
 
+@pytest.mark.slow
 def test_dataset_size_reruns_everything_downstream_of_the_data(repo):
-    _set_param(repo, "data.synthetic.num_scenes", 5)
+    _set_param(repo, "data.synthetic.num_scenes", 3)
     assert _repro(repo) == ALL_STAGES - {"models"}  # the tiny models do not depend on the data
 
 
+@pytest.mark.slow
 def test_invalid_param_fails_the_stage_with_a_clear_error(repo):
     _set_param(repo, "stitch.layout", "mosaic")
     result = _run(["dvc", "repro"], repo, check=False)
@@ -108,6 +142,7 @@ def test_invalid_param_fails_the_stage_with_a_clear_error(repo):
     _set_param(repo, "stitch.layout", "grid")
 
 
+@pytest.mark.slow
 def test_experiment_on_a_prompt_knob_is_compared_by_dvc(repo):
     _repro(repo)
     _run(["git", "add", "-A"], repo)
@@ -116,4 +151,58 @@ def test_experiment_on_a_prompt_knob_is_compared_by_dvc(repo):
     shown = _run(["dvc", "exp", "show", "--md", "--no-pager"], repo).stdout
     assert "tf-template" in shown
     diff = _run(["dvc", "metrics", "diff", "HEAD", "tf-template", "--all", "--md"], repo).stdout
-    assert "metrics/summary.json" in diff and "with_view_prompt.accuracy" in diff
+    assert "metrics/grid/sparse/tiny/summary.json" in diff and "with_view_prompt.accuracy" in diff
+
+
+# ---------------------------------------------------------------- the paper grid, expanded, not run
+PAPER_DATASETS = ("vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b")
+PAPER_VLMS = ("llava_7b", "llava_13b")
+
+
+def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypatch):
+    """dvc.yaml with params composed for the paper profile, expanded by DVC's parser (nothing runs)."""
+    from dvc.repo import Repo
+
+    from zerovlm.cli import compose_params
+
+    monkeypatch.chdir(ROOT)
+    Repo.init(tmp_path, no_scm=True)
+    shutil.copy2(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    compose_params("paper", tmp_path / "params.yaml", [])
+    with Repo(str(tmp_path)) as repo:
+        stages = {stage.name: stage for stage in repo.index.stages}
+        per_dataset = {f"{s}@{d}" for s in ("prepare", "stitch") for d in PAPER_DATASETS}
+        per_instance = {f"{s}@{d}-{v}" for s in ("infer", "score") for d in PAPER_DATASETS for v in PAPER_VLMS}
+        assert set(stages) == {"models", "pool", "views", "report", "gallery"} | per_dataset | per_instance
+        assert len(stages) == 5 + 2 * 4 + 2 * 4 * 2 == 29
+        params = {dep.def_path: list(dep.params) for dep in stages["infer@whatsup_b-llava_13b"].deps
+                  if hasattr(dep, "params")}
+        assert params == {"params.yaml": ["infer", "vlms.llava_13b"]}  # granular: one VLM's knobs only
+        infer = stages["infer@vsr_zeroshot-llava_7b"]
+        assert "--vlm llava_7b" in infer.cmd and "data/stitched/vsr_zeroshot" in infer.cmd
+        assert [str(out) for out in infer.outs] == ["data/predictions/vsr_zeroshot/llava_7b"]
+        views = [dep.def_path for dep in stages["views"].deps]
+        assert "data/pool/images" in views  # one views stage for the union of the datasets' images
+
+
+def test_grid_entries_merge_over_the_shared_sections_and_bad_names_are_explained(tmp_path):
+    from zerovlm.config import dataset_config, validate_all, vlm_config
+    from zerovlm.io import ZeroVLMError
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    cluttered = dataset_config(params, "synthetic_cluttered")
+    assert (cluttered.synthetic.min_objects, cluttered.synthetic.max_objects) == (5, 8)
+    assert cluttered.synthetic.num_scenes == params["data"]["synthetic"]["num_scenes"]  # from `data`
+    tiny = vlm_config(params, "llava_tiny")
+    assert tiny.model == "data/models/llava-1.5-tiny" and tiny.view_prompt == (True, False)  # from `infer`
+    with pytest.raises(ZeroVLMError, match="unknown name 'llava_13'.*Did you mean 'llava_13b'"):
+        vlm_config(params, "llava_13")
+    bad = {**params, "datasets": {**params["datasets"], "broken": {"synthetic": {"max_objects": 1}}},
+           "grid": {"datasets": ["broken"], "vlms": ["llava_tiny"]}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ZeroVLMError, match=r"(?s)datasets.broken.synthetic.max_objects.*merged over the `data`"):
+        validate_all(path)
+    path.write_text(yaml.safe_dump({**params, "vlms": {"LLaVA-7B": {}}}))
+    with pytest.raises(ZeroVLMError, match="use lower-case letters, digits and '_'"):
+        validate_all(path)

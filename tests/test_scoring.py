@@ -8,7 +8,7 @@ import pytest
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, write_table
 from zerovlm.io import write_json, write_jsonl
-from zerovlm.scoring.metrics import bootstrap_ci, predicted_index, score_stage
+from zerovlm.scoring.metrics import bootstrap_ci, option_relation, predicted_index, score_stage
 
 
 def _tf(i, label_true=True, relation="left of"):
@@ -41,6 +41,14 @@ def test_predicted_index_for_letters():
                            _mc(0, 2, None, None), "generate") == 2
 
 
+def test_option_relation_takes_the_longest_relation_named_as_whole_words():
+    relations = ["left of", "right of", "on", "under", "in front of", "behind"]
+    assert option_relation("A mug to the left of a table.", relations) == "left of"
+    assert option_relation("A mug on a table", relations) == "on"
+    assert option_relation("The cone is in front of the cube.", relations) == "in front of"
+    assert option_relation("A bonsai next to a box", relations) == "other"  # "on" inside "bonsai" is no match
+
+
 def test_bootstrap_interval_brackets_the_mean():
     correct = np.array([1, 0] * 50, dtype=float)
     low, high = bootstrap_ci(correct, 500, seed=0)
@@ -52,6 +60,7 @@ def test_score_stage_counts_unparseable_as_wrong_and_reports_pair_and_set(tmp_pa
     examples = [_tf(0), _tf(1, label_true=False), _tf(2, relation="above"),
                 _mc(3, 0, "g1", "p1"), _mc(4, 1, "g1", "p1"), _mc(5, 2, "g1", "p2"), _mc(6, 3, "g1", "p2")]
     write_table(tmp_path / "prepared", examples)
+    write_json(tmp_path / "prepared/summary.json", {"skipped": {"count": 2}})
     outputs = {"d/test/0": "Yes", "d/test/1": "No", "d/test/2": "I cannot tell",
                "w/test/3": "A", "w/test/4": "B", "w/test/5": "C", "w/test/6": "A"}
     predictions = [{"record_id": f"{e.example_id}|all|with_view_prompt", "example_id": e.example_id,
@@ -59,16 +68,70 @@ def test_score_stage_counts_unparseable_as_wrong_and_reports_pair_and_set(tmp_pa
                     "answers": ["Yes", "No"] if e.task == "true_false" else list("ABCD"),
                     "output_text": outputs[e.example_id]} for e in examples]
     write_jsonl(tmp_path / "pred/predictions.jsonl", predictions)
-    write_json(tmp_path / "pred/summary.json", {"answer_mode": "generate"})
+    write_json(tmp_path / "pred/summary.json", {"answer_mode": "generate", "requests": len(predictions)})
     score_stage(ScoreConfig(bootstrap_samples=0), tmp_path / "prepared", tmp_path / "pred",
-                tmp_path / "metrics", tmp_path / "records.jsonl")
+                tmp_path / "metrics", tmp_path / "records.jsonl", dataset="d", vlm="m")
 
     summary = json.loads((tmp_path / "metrics/summary.json").read_text())
-    tf = summary["d"]["true_false"]["all"]["with_view_prompt"]
+    assert summary["counts"] == {"n_examples": 7, "n_images": 7, "n_skipped": 2, "n_requests": 7}
+    tf = summary["true_false"]["all"]["with_view_prompt"]
     assert tf == {"accuracy": round(2 / 3, 4), "accuracy_ci95": None, "chance": 0.5,
-                  "n_total": 3, "n_evaluated": 2, "n_unparseable": 1}
-    mc = summary["w"]["multiple_choice"]["all"]["with_view_prompt"]
+                  "n_total": 3, "n_evaluated": 2, "n_unparseable": 1}  # no origin baseline: no comparison
+    mc = summary["multiple_choice"]["all"]["with_view_prompt"]
     assert mc["accuracy"] == 0.75 and mc["chance"] == 0.25
     assert mc["pair_accuracy"] == 0.5 and mc["set_accuracy"] == 0.0
     per_relation = json.loads((tmp_path / "metrics/per_relation.json").read_text())
-    assert per_relation["d"]["true_false"]["all"]["with_view_prompt"]["above"] == {"accuracy": 0.0, "n_total": 1}
+    assert per_relation["true_false"]["all"]["with_view_prompt"]["above"] == {"accuracy": 0.0, "n_total": 1}
+    breakdown = json.loads((tmp_path / "metrics/breakdown.json").read_text())
+    assert breakdown["confusion"]["true_false"]["all"]["with_view_prompt"] == {
+        "true|true": 1, "false|false": 1, "true|(unparsed)": 1}
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert {r["dataset"] for r in records} == {"d"} and {r["vlm"] for r in records} == {"m"}
+
+
+def _pair_predictions(examples, verdicts):
+    """Log-prob predictions that make example i right (True) or wrong (False) per configuration/mode."""
+    records = []
+    for (configuration, prompt), right in verdicts.items():
+        for example, ok in zip(examples, right):
+            scores = [-1.0, -2.0] if (example.answer_index == 0) == ok else [-2.0, -1.0]
+            mode = "with_view_prompt" if prompt else "without_view_prompt"
+            records.append({"record_id": f"{example.example_id}|{configuration}|{mode}", "example_id": example.example_id,
+                            "configuration": configuration, "with_view_prompt": prompt, "answers": ["Yes", "No"],
+                            "option_logprobs": scores, "rendered_prompt": f"{configuration} {prompt}"})
+    return records
+
+
+def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_path):
+    examples = [_tf(i, label_true=i % 2 == 0, relation="left of" if i < 10 else "above") for i in range(20)]
+    write_table(tmp_path / "prepared", examples)
+    baseline = [i < 8 for i in range(20)]                  # 8 right
+    better = [i < 8 or 10 <= i < 18 for i in range(20)]   # the same 8, plus 8 more: b=0, c=8
+    verdicts = {("origin", False): baseline, ("origin", True): baseline, ("all", True): better,
+                ("all", False): [i < 7 for i in range(20)]}  # b=1, c=0
+    write_jsonl(tmp_path / "pred/predictions.jsonl", _pair_predictions(examples, verdicts))
+    write_json(tmp_path / "pred/summary.json", {"answer_mode": "loglik", "requests": 60, "resumed": 0,
+                                                "seconds": 7.0, "seconds_loading": 1.0, "peak_memory_bytes": 5})
+    write_json(tmp_path / "views.json", {"views": 80, "images": 20, "views_generated": 40, "seconds_generating": 20.0,
+                                         "peak_memory_bytes": 7})
+    score_stage(ScoreConfig(bootstrap_samples=200, p_adjust="holm"), tmp_path / "prepared", tmp_path / "pred",
+                tmp_path / "metrics", tmp_path / "records.jsonl", tmp_path / "views.json", "d", "m")
+
+    tf = json.loads((tmp_path / "metrics/summary.json").read_text())["true_false"]
+    assert "delta_vs_origin" not in tf["origin"]["with_view_prompt"]  # the baseline is not compared with itself
+    cell = tf["all"]["with_view_prompt"]
+    assert (cell["mcnemar_b"], cell["mcnemar_c"], cell["delta_vs_origin"]) == (0, 8, 0.4)
+    assert cell["mcnemar_p"] == 2 / 2 ** 8
+    assert cell["mcnemar_p_adjusted"] == 2 * 2 / 2 ** 8   # Holm over the two comparisons: smallest x 2
+    assert 0 < cell["delta_ci95"][0] <= 0.4 <= cell["delta_ci95"][1]
+    other = tf["all"]["without_view_prompt"]
+    assert (other["mcnemar_b"], other["mcnemar_c"], other["mcnemar_p"], other["mcnemar_p_adjusted"]) == (1, 0, 1.0, 1.0)
+    overhead = json.loads((tmp_path / "metrics/summary.json").read_text())["overhead"]
+    assert overhead["views_seconds_per_view"] == 0.5                # 20 s for 40 generated views
+    assert overhead["views_seconds_per_example"] == 2.0             # 4 views per image, 1 image per example
+    assert overhead["infer_seconds_per_request"] == 0.1             # (7 - 1) s for 60 requests
+    assert overhead["infer_seconds_per_example"] == 0.3
+    assert (overhead["views_peak_memory_bytes"], overhead["infer_peak_memory_bytes"]) == (7, 5)
+    provenance = json.loads((tmp_path / "metrics/provenance.json").read_text())
+    hashes = provenance["rendered_prompts_sha256"]
+    assert hashes["all"]["with_view_prompt"] != hashes["all"]["without_view_prompt"]

@@ -9,11 +9,12 @@ bad value and the valid keys or choices (with the closest match for typos).
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from zerovlm.io import ZeroVLMError
 
@@ -150,21 +151,77 @@ class InferConfig(Section):
 
 # ---------------------------------------------------------------- score
 class ScoreConfig(Section):
-    bootstrap_samples: int = Field(1000, ge=0)        # for confidence intervals (0 disables)
+    bootstrap_samples: int = Field(1000, ge=0)        # resamples for 95% intervals (accuracy, difference); 0 disables
     seed: int = 0
+    p_adjust: Literal["holm", "none"] = "holm"        # correction of the McNemar p-values within (dataset, VLM, task)
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)        # significance level of the marks (* alpha, ** alpha/5, *** alpha/50)
 
 
-SECTIONS: dict[str, type[Section]] = {
+# ---------------------------------------------------------------- grid: datasets x VLMs
+GRID_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # becomes part of DVC stage names and folder names
+
+
+class GridConfig(Section):
+    datasets: tuple[str, ...] = Field(min_length=1)  # names of the `datasets` section to run
+    vlms: tuple[str, ...] = Field(min_length=1)      # names of the `vlms` section to run
+
+    @model_validator(mode="after")
+    def _unique(self):
+        for kind, names in (("datasets", self.datasets), ("vlms", self.vlms)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind}: names must be unique, got {list(names)}")
+        return self
+
+
+class _Catalog(RootModel[dict[str, dict[str, Any]]]):
+    """name -> overrides merged over a base section (`data` for datasets, `infer` for vlms)."""
+    model_config = ConfigDict(frozen=True)
+
+    @model_validator(mode="after")
+    def _names(self):
+        for name in self.root:
+            if not GRID_NAME.match(name):
+                raise ValueError(f"name {name!r}: use lower-case letters, digits and '_' (it names DVC stages)")
+        return self
+
+
+class DatasetsCatalog(_Catalog):
+    """datasets.NAME: what differs from `data` for one dataset of the grid (e.g. `source`)."""
+
+
+class VlmsCatalog(_Catalog):
+    """vlms.NAME: what differs from `infer` for one VLM of the grid (e.g. `backend`, `model`, `dtype`)."""
+
+
+class ReportConfig(Section):
+    method_configuration: str = "all"                 # compared to the origin baseline in plots and headline
+    method_view_prompt: bool = True                   # ... with (true) or without the view prompt
+    gallery_examples: int = Field(6, ge=1, le=200)    # sampled examples per dataset in the HTML gallery
+    gallery_image_px: int = Field(192, ge=32, le=1024)  # longest side of the gallery's images
+    seed: int = 0                                     # gallery sampling
+
+    @model_validator(mode="after")
+    def _known_configuration(self):
+        if self.method_configuration not in CONFIGURATIONS:
+            raise ValueError(_unknown("configuration", self.method_configuration, CONFIGURATIONS))
+        return self
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
     "data": DataConfig,
     "models": ModelsConfig,
     "views": ViewsConfig,
     "stitch": StitchConfig,
     "infer": InferConfig,
     "score": ScoreConfig,
+    "grid": GridConfig,
+    "datasets": DatasetsCatalog,
+    "vlms": VlmsCatalog,
+    "report": ReportConfig,
 }
 TOP_LEVEL_EXTRA = ("profile",)  # written by Hydra composition; informational
 
-S = TypeVar("S", bound=Section)
+S = TypeVar("S", bound=BaseModel)
 
 
 def _unknown(kind: str, name: str, valid) -> str:
@@ -189,7 +246,7 @@ def _explain(section: str, model: type[Section], error: ValidationError) -> str:
     return "invalid params:\n  " + "\n  ".join(lines)
 
 
-def parse_section(name: str, values: Any) -> Section:
+def parse_section(name: str, values: Any) -> BaseModel:
     model = SECTIONS[name]
     try:
         return model.model_validate(values or {})
@@ -220,6 +277,49 @@ def load_section(name: str, cls: type[S], path: str | Path = "params.yaml") -> S
     return section
 
 
-def validate_all(path: str | Path = "params.yaml") -> dict[str, Section]:
+def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
     params = load_params(path)
-    return {name: parse_section(name, params.get(name)) for name in SECTIONS}
+    sections = {name: parse_section(name, params.get(name)) for name in SECTIONS if name in params
+                or name not in GRID_SECTIONS}
+    if "grid" in params:  # every dataset and VLM of the grid resolves to a valid section
+        for name in sections["grid"].datasets:
+            dataset_config(params, name)
+        for name in sections["grid"].vlms:
+            vlm_config(params, name)
+    return sections
+
+
+# ---------------------------------------------------------------- grid instances (issue 7)
+GRID_SECTIONS = ("grid", "datasets", "vlms", "report")  # optional in a params file without a grid
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` over `base`; nested mappings merge, everything else (lists included) is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = (deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
+                       else value)
+    return merged
+
+
+def _instance(params: dict, catalog: str, base: str, name: str) -> BaseModel:
+    entries = parse_section(catalog, params.get(catalog)).root
+    if name not in entries:
+        raise ZeroVLMError(f"{catalog}: " + _unknown("name", name, entries) + f" (the names under `{catalog}:` "
+                           f"in params.yaml)")
+    model = SECTIONS[base]
+    try:
+        return model.model_validate(deep_merge(params.get(base) or {}, entries[name]))
+    except ValidationError as error:
+        raise ZeroVLMError(_explain(f"{catalog}.{name}", model, error)
+                           + f"\n  ({catalog}.{name} is merged over the `{base}` section)") from None
+
+
+def dataset_config(params: dict, name: str) -> DataConfig:
+    """The DataConfig of grid dataset `name`: `datasets.<name>` merged over `data`."""
+    return _instance(params, "datasets", "data", name)
+
+
+def vlm_config(params: dict, name: str) -> InferConfig:
+    """The InferConfig of grid VLM `name`: `vlms.<name>` merged over `infer`."""
+    return _instance(params, "vlms", "infer", name)

@@ -1,14 +1,26 @@
-"""The score stage: turn recorded answers into per-example verdicts and accuracy metrics.
+"""The score stage: per-example verdicts and the metrics of one grid instance (dataset x VLM).
 
 An answer that cannot be parsed counts as wrong and is counted (`n_unparseable`); it is never replaced
 by a guess. Accuracy is over all examples of a group (`n_total`), so a skipped or unparseable
 example lowers it instead of silently shrinking the denominator.
+
+Every (task, configuration, prompt mode) cell is compared with the origin baseline (the plain VLM on
+the original image, no view prompt) of the same dataset, VLM and task on the same examples: difference
+of accuracy, paired bootstrap 95% interval, exact McNemar p-value (see significance.py).
+
+Outputs (metrics_dir):
+    summary.json      counts, overhead, and per task / configuration / prompt mode the metrics
+    per_relation.json accuracy and count per relation
+    breakdown.json    confusion counts and accuracy by number of objects (read by the report stage)
+    provenance.json   the resolved configuration and fingerprints of what produced these numbers
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +29,11 @@ from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
+from zerovlm.scoring.significance import discordant_counts, holm, mcnemar_exact_p, paired_bootstrap_ci
 
-GROUP_KEYS = ("dataset", "task", "configuration", "prompt_mode")
+BASELINE = ("origin", "without_view_prompt")
+PROMPT_MODES = ("with_view_prompt", "without_view_prompt")
+UNPARSED = "(unparsed)"
 
 
 def predicted_index(record: dict, example: Example, answer_mode: str) -> int | None:
@@ -39,8 +54,30 @@ def predicted_index(record: dict, example: Example, answer_mode: str) -> int | N
     return letter if letter is not None else parse.parse_option_text(text, list(example.options))
 
 
-def score_records(examples: list[Example], predictions: list[dict], answer_mode: str) -> list[dict]:
+def option_relation(option: str, relations: list[str]) -> str:
+    """The relation a multiple-choice caption states: the longest known relation in it as whole words."""
+    text = f" {' '.join(re.findall(r'[a-z]+', option.lower()))} "
+    for relation in sorted(relations, key=len, reverse=True):
+        if f" {relation} " in text:
+            return relation
+    return "other"
+
+
+def _labels(example: Example, choice: int | None, relations: list[str]) -> tuple[str, str]:
+    """(actual, predicted) labels for confusion matrices: true/false, or the relation a caption states."""
+    if example.task == "true_false":
+        def name(index):
+            return "true" if index == 0 else "false"
+        return name(example.answer_index), UNPARSED if choice is None else name(choice)
+    actual = example.relation
+    return actual, UNPARSED if choice is None else option_relation(example.options[choice], relations)
+
+
+def score_records(examples: list[Example], predictions: list[dict], answer_mode: str,
+                  dataset: str | None = None, vlm: str | None = None) -> list[dict]:
+    """One verdict per prediction. `dataset`/`vlm`: grid names (default: the example's dataset)."""
     by_id = {e.example_id: e for e in examples}
+    relations = sorted({e.relation for e in examples})
     scored = []
     for record in predictions:
         example = by_id.get(record["example_id"])
@@ -48,13 +85,16 @@ def score_records(examples: list[Example], predictions: list[dict], answer_mode:
             raise ZeroVLMError(f"prediction {record['record_id']} names an example not in the prepared table; "
                                f"re-run infer (`dvc repro infer`)")
         choice = predicted_index(record, example, answer_mode)
+        actual, predicted = _labels(example, choice, relations)
         scored.append({
-            "record_id": record["record_id"], "example_id": example.example_id, "dataset": example.dataset,
+            "record_id": record["record_id"], "example_id": example.example_id,
+            "dataset": dataset or example.dataset, "vlm": vlm, "source_dataset": example.dataset,
             "task": example.task, "relation": example.relation, "num_objects": example.num_objects,
             "group_id": example.group_id, "pair_id": example.pair_id,
             "configuration": record["configuration"],
             "prompt_mode": "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt",
             "predicted_index": choice, "answer_index": example.answer_index,
+            "actual_label": actual, "predicted_label": predicted,
             "parsed": choice is not None, "correct": choice == example.answer_index,
             "chance": 1.0 / len(example.options)})
     return scored
@@ -99,6 +139,67 @@ def summarise(rows: list[dict], cfg: ScoreConfig) -> dict:
     return summary
 
 
+def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreConfig) -> dict[tuple[str, str], dict]:
+    """Difference, interval and McNemar test of every cell of one task against BASELINE.
+
+    `cells`: (configuration, prompt mode) -> rows. The origin configuration is not compared with itself
+    (with or without view prompt its input is the same). Empty when the baseline is absent.
+    """
+    if BASELINE not in cells:
+        return {}
+    baseline = {row["example_id"]: row["correct"] for row in cells[BASELINE]}
+    results: dict[tuple[str, str], dict] = {}
+    for key, rows in cells.items():
+        if key[0] == BASELINE[0]:
+            continue
+        ids = [row["example_id"] for row in rows]
+        missing = [i for i in ids if i not in baseline]
+        if missing or len(ids) != len(baseline):
+            raise ZeroVLMError(f"{key}: not the baseline's examples ({len(missing)} missing); re-run infer")
+        treatment = np.array([row["correct"] for row in rows], dtype=float)
+        reference = np.array([baseline[i] for i in ids], dtype=float)
+        b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
+        results[key] = {
+            "delta_vs_origin": round(float(treatment.mean() - reference.mean()), 4),
+            "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed),
+            "mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": mcnemar_exact_p(b, c)}
+    keys = sorted(results)
+    adjusted = holm([results[k]["mcnemar_p"] for k in keys]) if cfg.p_adjust == "holm" else \
+        [results[k]["mcnemar_p"] for k in keys]
+    for key, p in zip(keys, adjusted):
+        results[key]["mcnemar_p_adjusted"] = p
+    return results
+
+
+def overhead(examples: list[Example], views_summary: dict, infer_summary: dict) -> dict:
+    """Seconds per example of view synthesis and of inference, and each stage's peak memory.
+
+    Views are synthesised once for the union of the grid's images: this dataset's share is its unique
+    images times the views per image times the seconds per generated view.
+    """
+    n_examples, n_images = len(examples), len({e.image_id for e in examples})
+    generated = views_summary.get("views_generated") or 0
+    per_view = views_summary["seconds_generating"] / generated if generated else None
+    views_per_image = views_summary["views"] / views_summary["images"] if views_summary.get("images") else 0
+    answered = infer_summary["requests"] - infer_summary.get("resumed", 0)
+    answering = infer_summary["seconds"] - infer_summary.get("seconds_loading", 0.0)
+    per_request = answering / answered if answered else None
+
+    def rounded(value):
+        return None if value is None else round(value, 6)
+    return {
+        "views_seconds_per_view": rounded(per_view),
+        "views_seconds_per_example": rounded(per_view * views_per_image * n_images / n_examples
+                                             if per_view is not None else None),
+        "views_peak_memory_bytes": views_summary.get("peak_memory_bytes"),
+        "infer_seconds_loading": infer_summary.get("seconds_loading"),
+        "infer_seconds_per_request": rounded(per_request),
+        "infer_seconds_per_example": rounded(per_request * infer_summary["requests"] / n_examples
+                                             if per_request is not None else None),
+        "infer_peak_memory_bytes": infer_summary.get("peak_memory_bytes"),
+    }
+
+
 def _nest(flat: dict[tuple, dict]) -> dict:
     nested: dict = {}
     for keys, value in sorted(flat.items()):
@@ -109,24 +210,77 @@ def _nest(flat: dict[tuple, dict]) -> dict:
     return nested
 
 
+def breakdown(rows: list[dict]) -> dict:
+    """Confusion counts ("actual|predicted") and (correct, total) per number of objects, per cell."""
+    confusion: dict[tuple, Counter] = defaultdict(Counter)
+    objects: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    for row in rows:
+        key = (row["task"], row["configuration"], row["prompt_mode"])
+        confusion[key][f"{row['actual_label']}|{row['predicted_label']}"] += 1
+        if row["num_objects"] is not None:
+            tally = objects[key][str(row["num_objects"])]
+            tally[0] += int(row["correct"])
+            tally[1] += 1
+    return {"confusion": _nest({k: dict(sorted(v.items())) for k, v in confusion.items()}),
+            "objects": _nest({k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in objects.items()})}
+
+
+def rendered_prompt_hashes(predictions: list[dict]) -> dict:
+    """sha256 (16 hex) of the sorted prompts the model saw, per configuration and prompt mode."""
+    prompts: dict[tuple, list[str]] = defaultdict(list)
+    for record in predictions:
+        mode = "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt"
+        prompts[(record["configuration"], mode)].append(record.get("rendered_prompt", ""))
+    return _nest({key: hashlib.sha256("\n".join(sorted(texts)).encode()).hexdigest()[:16]
+                  for key, texts in prompts.items()})
+
+
 def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, metrics_dir: Path,
-                records_path: Path) -> dict:
+                records_path: Path, views_summary_path: Path | None = None, dataset: str | None = None,
+                vlm: str | None = None, resolved: dict | None = None) -> dict:
+    """Score one grid instance. `resolved`: the configuration sections that produced it (provenance)."""
     examples = read_table(prepared_dir)
     predictions = list(read_jsonl(predictions_dir / "predictions.jsonl"))
     infer_summary = json.loads((predictions_dir / "summary.json").read_text())
-    rows = score_records(examples, predictions, infer_summary["answer_mode"])
+    rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm)
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+    cells: dict[tuple, list[dict]] = defaultdict(list)
     relation_groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        key = tuple(row[k] for k in GROUP_KEYS)
-        groups[key].append(row)
+        key = (row["task"], row["configuration"], row["prompt_mode"])
+        cells[key].append(row)
         relation_groups[(*key, row["relation"])].append(row)
-    summary = _nest({key: summarise(group, cfg) for key, group in groups.items()})
+    metrics = {key: summarise(group, cfg) for key, group in cells.items()}
+    for task in sorted({key[0] for key in cells}):
+        task_cells = {key[1:]: group for key, group in cells.items() if key[0] == task}
+        for (configuration, mode), comparison in compare_with_baseline(task_cells, cfg).items():
+            metrics[(task, configuration, mode)].update(comparison)
+
+    prepare_summary_path = prepared_dir / "summary.json"
+    prepare_summary = json.loads(prepare_summary_path.read_text()) if prepare_summary_path.is_file() else {}
+    summary = {"counts": {"n_examples": len(examples), "n_images": len({e.image_id for e in examples}),
+                          "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
+                          "n_requests": infer_summary["requests"]},
+               **_nest(metrics)}
+    views_summary = json.loads(Path(views_summary_path).read_text()) if views_summary_path else None
+    if views_summary is not None:
+        summary["overhead"] = overhead(examples, views_summary, infer_summary)
     per_relation = _nest({key: {"accuracy": round(float(np.mean([r["correct"] for r in group])), 4),
                                 "n_total": len(group)} for key, group in relation_groups.items()})
+    provenance = {
+        "dataset": dataset, "vlm": vlm, "params": resolved or {},
+        "prepare": {k: prepare_summary.get(k) for k in ("source", "split", "selection", "source_checksums")},
+        "views": {k: (views_summary or {}).get(k) for k in ("fingerprint", "settings", "device", "dtype",
+                                                            "batch_size", "batch_size_final")},
+        "infer": {k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint",
+                                                    "device", "versions")},
+        "prompts_sha256": infer_summary.get("prompts_sha256"),
+        "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
+    }
 
     write_json(metrics_dir / "summary.json", summary)
     write_json(metrics_dir / "per_relation.json", per_relation)
+    write_json(metrics_dir / "breakdown.json", breakdown(rows))
+    write_json(metrics_dir / "provenance.json", provenance)
     write_jsonl(records_path, rows)
     return summary

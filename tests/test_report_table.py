@@ -1,0 +1,101 @@
+"""The paper-shaped results table, its CSV, the headline metrics and the plot data files."""
+
+import csv
+import io
+import json
+
+from zerovlm.config import ReportConfig, ScoreConfig
+from zerovlm.io import write_json
+from zerovlm.report import table
+from zerovlm.report.build import report_stage
+
+
+def _metrics(accuracy, delta=None, p=None, n=100):
+    cell = {"accuracy": accuracy, "accuracy_ci95": [accuracy - 0.1, accuracy + 0.1], "chance": 0.5,
+            "n_total": n, "n_evaluated": n, "n_unparseable": 0}
+    if delta is not None:
+        cell.update(delta_vs_origin=delta, delta_ci95=[delta - 0.05, delta + 0.05], mcnemar_b=1, mcnemar_c=2,
+                    mcnemar_p=p, mcnemar_p_adjusted=p)
+    return cell
+
+
+SUMMARIES = {
+    ("vsr_random", "llava_7b"): {"true_false": {
+        "origin": {"without_view_prompt": _metrics(0.6), "with_view_prompt": _metrics(0.6)},
+        "left": {"with_view_prompt": _metrics(0.7, 0.1, 0.004), "without_view_prompt": _metrics(0.55, -0.05, 0.2)}}},
+    ("whatsup_a", "llava_7b"): {"multiple_choice": {
+        "origin": {"without_view_prompt": {**_metrics(0.3), "chance": 0.25}},
+        "left": {"with_view_prompt": {**_metrics(0.35, 0.05, 0.03), "chance": 0.25}}}},
+}
+
+
+def test_markdown_table_has_the_papers_shape():
+    text = table.markdown(SUMMARIES, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left", "all"], 0.05, "holm")
+    lines = text.splitlines()
+    assert lines[0] == "| model | configuration | view prompt | vsr_random | whatsup_a |"
+    assert lines[2] == "| llava_7b | origin (baseline) | - | 60.0 | 30.0 |"
+    assert lines[3] == "| llava_7b | left | yes | 70.0 (+10.0**) | 35.0 (+5.0*) |"
+    assert lines[4] == "| llava_7b | left | no | 55.0 (-5.0) | - |"
+    assert len([line for line in lines if line.startswith("| llava_7b")]) == 3  # "all" was never run
+    assert "Holm-corrected" in text and "true/false 50%" in text and "choice 25%" in text
+
+
+def test_a_dataset_with_two_tasks_gets_two_columns():
+    both = {("synthetic_sparse", "tiny"): {"true_false": SUMMARIES[("vsr_random", "llava_7b")]["true_false"],
+                                           "multiple_choice": SUMMARIES[("whatsup_a", "llava_7b")]["multiple_choice"]}}
+    header = table.markdown(both, ["synthetic_sparse"], ["tiny"], ["origin", "left"], 0.05, "none").splitlines()[0]
+    assert header.endswith("| synthetic_sparse (true/false) | synthetic_sparse (choice) |")
+
+
+def test_csv_has_numbers_for_every_column():
+    rows = list(csv.DictReader(io.StringIO(table.to_csv(SUMMARIES, ["vsr_random", "whatsup_a"], ["llava_7b"],
+                                                        ["origin", "left"], 0.05))))
+    left = next(r for r in rows if r["configuration"] == "left" and r["view_prompt"] == "yes")
+    assert float(left["vsr_random: accuracy"]) == 0.7 and float(left["vsr_random: delta_vs_origin"]) == 0.1
+    assert left["vsr_random: mark"] == "**" and float(left["vsr_random: delta_ci95_low"]) == 0.05
+    assert rows[0]["configuration"] == "origin" and rows[0]["vsr_random: delta_vs_origin"] == ""
+
+
+def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
+    grid = tmp_path / "grid"
+    for (dataset, vlm), summary in SUMMARIES.items():
+        folder = grid / dataset / vlm
+        task = next(iter(summary))
+        write_json(folder / "summary.json", summary)
+        write_json(folder / "per_relation.json", {task: {
+            "origin": {"without_view_prompt": {"on": {"accuracy": 0.5, "n_total": 4}}},
+            "left": {"with_view_prompt": {"on": {"accuracy": 0.75, "n_total": 4}}}}})
+        write_json(folder / "breakdown.json", {
+            "confusion": {task: {"origin": {"without_view_prompt": {"on|on": 2, "on|under": 1}}}},
+            "objects": {task: {"origin": {"without_view_prompt": {"2": [1, 2], "5": [0, 2]}},
+                               "left": {"with_view_prompt": {"2": [2, 2], "5": [1, 2]}}}}})
+        write_json(folder / "provenance.json", {"dataset": dataset, "vlm": vlm})
+    (tmp_path / "out/plots/stale").mkdir(parents=True)
+    report_stage(["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left"], ScoreConfig(),
+                 ReportConfig(method_configuration="left"), grid, tmp_path / "out")
+
+    out = tmp_path / "out"
+    assert (out / "results.md").read_text().startswith("| model | configuration |")
+    headline = json.loads((out / "headline.json").read_text())
+    assert headline["vsr_random"]["llava_7b"]["true_false"] == {
+        "baseline_accuracy": 0.6, "method_accuracy": 0.7, "delta": 0.1, "p_adjusted": 0.004}
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert set(provenance["instances"]) == {"vsr_random-llava_7b", "whatsup_a-llava_7b"}
+    assert provenance["libraries"]["numpy"] and "revision" in provenance["git"]
+    assert not (out / "plots/stale").exists()
+    bars = json.loads((out / "plots/per_relation/vsr_random.llava_7b.true_false.json").read_text())
+    assert {(b["series"], b["accuracy"]) for b in bars} == {("origin (baseline)", 0.5), ("left + view prompt", 0.75)}
+    confusion = json.loads((out / "plots/confusion/whatsup_a.llava_7b.multiple_choice.origin-novp.json").read_text())
+    assert sorted(map(tuple, (r.values() for r in confusion))) == [("on", "on"), ("on", "on"), ("on", "under")]
+    objects = json.loads((out / "plots/objects/llava_7b.true_false.json").read_text())
+    assert objects == [{"num_objects": 2, "baseline": 0.5, "method": 1.0, "n": 2},
+                       {"num_objects": 5, "baseline": 0.0, "method": 0.5, "n": 2}]
+
+
+def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot(tmp_path):
+    from zerovlm.report.plots import write_plots
+
+    written = write_plots(tmp_path, {}, {("vsr_random", "llava_7b"): {"confusion": {}, "objects": {}}},
+                          ("all", "with_view_prompt"))
+    assert [p.name for p in written] == ["no-dataset-with-object-counts.json"]
+    assert json.loads(written[0].read_text()) == []  # DVC renders an empty list without an error

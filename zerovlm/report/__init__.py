@@ -1,0 +1,1 @@
+"""Reports over the whole grid: the paper-shaped results table, DVC plot data, provenance, the gallery."""

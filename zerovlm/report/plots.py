@@ -1,0 +1,75 @@
+"""Data files for the DVC plots declared at the top of dvc.yaml (`dvc plots show` / `dvc plots diff`).
+
+    plots/per_relation/<dataset>.<vlm>.<task>.json    rows {relation, accuracy, n, series}: the origin
+                                                      baseline and the method configuration
+                                                      (template .dvc/plots/grouped_bars.json)
+    plots/confusion/<dataset>.<vlm>.<task>.<series>.json  one row {actual, predicted} per example
+                                                      (DVC's confusion template)
+    plots/objects/<vlm>.<task>.json                   rows {num_objects, baseline, method, n} over every
+                                                      grid dataset that knows its object counts
+                                                      (synthetic scenes): does the method survive clutter?
+Each folder is declared once in dvc.yaml, so the files follow the grid without editing dvc.yaml.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from zerovlm.io import write_json
+from zerovlm.scoring.metrics import BASELINE
+
+
+def series_name(configuration: str, prompt_mode: str) -> str:
+    if (configuration, prompt_mode) == BASELINE:
+        return "origin (baseline)"
+    return f"{configuration} {'+' if prompt_mode == 'with_view_prompt' else 'without'} view prompt"
+
+
+def _slug(configuration: str, prompt_mode: str) -> str:
+    return f"{configuration}-{'vp' if prompt_mode == 'with_view_prompt' else 'novp'}"
+
+
+def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tuple[str, str]) -> list[Path]:
+    """Write every plot data file under out_dir (per_relation/breakdowns: (dataset, vlm) -> file contents)."""
+    written = []
+    series = [BASELINE] if method == BASELINE else [BASELINE, method]
+    for (dataset, vlm), tasks in sorted(per_relation.items()):
+        for task, configurations in tasks.items():
+            rows = [{"relation": relation, "accuracy": values["accuracy"], "n": values["n_total"],
+                     "series": series_name(*key)}
+                    for key in series for relation, values in configurations.get(key[0], {}).get(key[1], {}).items()]
+            if rows:
+                path = out_dir / "per_relation" / f"{dataset}.{vlm}.{task}.json"
+                write_json(path, rows)
+                written.append(path)
+    objects: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
+    for (dataset, vlm), data in sorted(breakdowns.items()):
+        for task, configurations in data.get("confusion", {}).items():
+            for key in series:
+                counts = configurations.get(key[0], {}).get(key[1])
+                if not counts:
+                    continue
+                rows = [{"actual": pair.split("|", 1)[0], "predicted": pair.split("|", 1)[1]}
+                        for pair, count in sorted(counts.items()) for _ in range(count)]
+                path = out_dir / "confusion" / f"{dataset}.{vlm}.{task}.{_slug(*key)}.json"
+                write_json(path, rows)
+                written.append(path)
+        for task, configurations in data.get("objects", {}).items():
+            for name, key in (("baseline", BASELINE), ("method", method)):
+                for num_objects, (correct, total) in configurations.get(key[0], {}).get(key[1], {}).items():
+                    tally = objects[(vlm, task)][int(num_objects)][name]
+                    tally[0] += correct
+                    tally[1] += total
+    if not objects:  # no dataset knows its object counts: an empty plot keeps the declared folder in git
+        path = out_dir / "objects" / "no-dataset-with-object-counts.json"
+        write_json(path, [])
+        written.append(path)
+    for (vlm, task), by_count in sorted(objects.items()):
+        rows = [{"num_objects": n,
+                 **{name: round(c / t, 4) for name, (c, t) in tallies.items() if t},
+                 "n": tallies["baseline"][1]} for n, tallies in sorted(by_count.items())]
+        path = out_dir / "objects" / f"{vlm}.{task}.json"
+        write_json(path, rows)
+        written.append(path)
+    return written
