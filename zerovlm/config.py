@@ -145,6 +145,7 @@ class InferConfig(Section):
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(16, ge=1)                 # requests per forward (halved on CUDA out-of-memory)
+    compile: bool = False                             # torch.compile the decoder blocks (CUDA only)
     seed: int = 0
     trust_remote_code: bool = False                   # never on by default
 

@@ -335,6 +335,6 @@ def load_llava(cfg) -> LlavaBackend:
         raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} ({error}); for hub ids check the network "
                            "or the Hugging Face cache") from None
     log.info("llava: %s on %s as %s", cfg.model, device, dtype)
-    compile_layers = bool(getattr(cfg, "compile", False)) and device.type == "cuda"  # no InferConfig field yet
+    compile_layers = cfg.compile and device.type == "cuda"
     return LlavaBackend(model.to(device), processor, model_id=cfg.model, chat_format=cfg.chat_format,
                         image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size, compile=compile_layers)
