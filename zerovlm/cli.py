@@ -46,9 +46,25 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_show(args) -> None:
+    """The paper-shaped results table of the whole grid, or one instance's detailed metrics."""
+    if args.metrics is None:
+        if not args.results.is_file():
+            raise ZeroVLMError(f"{args.results}: not found; run the pipeline first (`dvc repro`)")
+        print(args.results.read_text(), end="")
+        return
     from zerovlm.scoring.report import results_table
 
-    print(results_table(json.loads(Path(args.metrics).read_text())))
+    if not args.metrics.is_file():
+        raise ZeroVLMError(f"{args.metrics}: not found (instances: metrics/grid/<dataset>/<vlm>/summary.json)")
+    print(results_table(json.loads(args.metrics.read_text())))
+
+
+def _cmd_export_views(args) -> None:
+    from zerovlm.sharing import default_export_dir, export_views
+
+    out = args.out or default_export_dir(args.store)
+    count = export_views(args.store, out, args.image_id, args.force)
+    print(f"{count} PNGs of {args.store} written to {out} (with index.jsonl)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -70,9 +86,19 @@ def main(argv: list[str] | None = None) -> None:
     validate.add_argument("--params", type=Path, default=Path("params.yaml"))
     validate.set_defaults(func=_cmd_validate)
 
-    show = commands.add_parser("show", help="print the accuracy table of a metrics file")
-    show.add_argument("--metrics", type=Path, default=Path("metrics/summary.json"))
+    show = commands.add_parser("show", help="print the results table (or one grid instance's metrics)")
+    show.add_argument("--results", type=Path, default=Path("metrics/results.md"), help="the report stage's table")
+    show.add_argument("--metrics", type=Path, default=None,
+                      help="instead: one instance's metrics, e.g. metrics/grid/synthetic_sparse/llava_tiny/summary.json")
     show.set_defaults(func=_cmd_show)
+
+    export = commands.add_parser("export-views", help="write the PNGs of a shard store into a folder, to look at")
+    export.add_argument("--store", type=Path, default=Path("data/views"), help="shard store (views or stitched)")
+    export.add_argument("--out", type=Path, default=None,
+                        help="folder to write (default: data/exports/<store name>); must be empty unless --force")
+    export.add_argument("--image-id", action="append", help="only the views of this image (repeatable)")
+    export.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting same names")
+    export.set_defaults(func=_cmd_export_views)
 
     args = parser.parse_args(argv)
     try:
