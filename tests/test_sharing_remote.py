@@ -135,7 +135,7 @@ def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
     assert hashlib.md5((rerun / "data/views/shard-00000.tar").read_bytes()).hexdigest() == md5
 
     # check-remote names the bad object; --repair deletes it and its manifest; a re-push heals.
-    check = run([sys.executable, "-m", "zerovlm.sharing", "check-remote", "views"], clone, check=False)
+    check = run([sys.executable, "-m", "zerovlm.cli", "check-remote", "views"], clone, check=False)
     assert check.returncode == 1
     assert f"corrupt: data/views/shard-00000.tar = object {md5}" in check.stdout
     assert [p.kind for p in check_remote(clone, ["views"], repair=True)] == ["corrupt"]

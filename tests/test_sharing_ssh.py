@@ -96,7 +96,7 @@ def test_a_corrupted_object_over_ssh_is_detected_and_reported(shared):
     result = run(["dvc", "pull", "views"], clone, check=False, env=shared.ssh.env)
     assert result.returncode != 0 and "data/views" in result.stderr
     assert not (clone / "data/views").exists()
-    check = run([sys.executable, "-m", "zerovlm.sharing", "check-remote", "views"], clone, check=False,
+    check = run([sys.executable, "-m", "zerovlm.cli", "check-remote", "views"], clone, check=False,
                 env=shared.ssh.env)
     assert check.returncode == 1 and f"corrupt: data/views/shard-00000.tar = object {md5}" in check.stdout
 

@@ -67,6 +67,24 @@ def _cmd_export_views(args) -> None:
     print(f"{count} PNGs of {args.store} written to {out} (with index.jsonl)")
 
 
+def _cmd_check_remote(args) -> None:
+    from zerovlm.sharing import check_remote
+
+    problems = check_remote(".", args.stages, args.remote, args.repair)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("remote OK: every object of the checked outputs is present and hashes to its name")
+        return
+    if args.repair:
+        print(f"{len(problems)} bad object(s); removed the corrupt ones and the manifests listing bad ones: now run "
+              f"`dvc push` where the good data is cached (`dvc status -c` shows what it will upload)")
+    else:
+        print(f"{len(problems)} bad object(s); `--repair` removes them (and their manifests) so that "
+              f"`dvc push` uploads them again")
+    sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="zerovlm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--image-id", action="append", help="only the views of this image (repeatable)")
     export.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting same names")
     export.set_defaults(func=_cmd_export_views)
+
+    check = commands.add_parser("check-remote", help="re-hash a DVC remote's objects of the pipeline outputs")
+    check.add_argument("stages", nargs="*", help="stage names (default: every stage in dvc.lock)")
+    check.add_argument("-r", "--remote", default=None, help="remote name (default: the default remote)")
+    check.add_argument("--repair", action="store_true",
+                       help="delete corrupt objects and the manifests listing bad objects, for a re-push")
+    check.set_defaults(func=_cmd_check_remote)
 
     args = parser.parse_args(argv)
     try:

@@ -12,16 +12,14 @@ things DVC does not do for us:
   the bad ones and, with `repair=True`, deletes them and the manifests that list them, so that the
   next `dvc push` from a machine holding the good data uploads them again.
 
-    python -m zerovlm.sharing check-remote [STAGE ...] [-r REMOTE] [--repair]
+    zerovlm check-remote [STAGE ...] [-r REMOTE] [--repair]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -188,36 +186,3 @@ def _check_object(odb, path: str, oid: str) -> RemoteProblem | None:
     if digest.hexdigest() != expected:
         return RemoteProblem("corrupt", path, oid, remote_path, digest.hexdigest())
     return None
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zerovlm.sharing", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check-remote", help="re-hash a DVC remote's objects of the pipeline outputs")
-    check.add_argument("stages", nargs="*", help="stage names (default: every stage in dvc.lock)")
-    check.add_argument("-r", "--remote", default=None, help="remote name (default: the default remote)")
-    check.add_argument("--repair", action="store_true",
-                       help="delete corrupt objects and the manifests listing bad objects, for a re-push")
-    args = parser.parse_args(argv)
-    try:
-        problems = check_remote(".", args.stages, args.remote, args.repair)
-    except ZeroVLMError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    for problem in problems:
-        print(problem)
-    if not problems:
-        print("remote OK: every object of the checked outputs is present and hashes to its name")
-        return
-    if args.repair:
-        print(f"{len(problems)} bad object(s); removed the corrupt ones and the manifests listing bad ones: now run "
-              f"`dvc push` where the good data is cached (`dvc status -c` shows what it will upload)")
-    else:
-        print(f"{len(problems)} bad object(s); `--repair` removes them (and their manifests) so that "
-              f"`dvc push` uploads them again")
-    sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
