@@ -42,3 +42,36 @@ def test_missing_view_names_the_fix():
     with pytest.raises(ZeroVLMError, match="add 'random' to views.presets"):
         compose_configuration("all", Image.new("RGB", (4, 4)), {"left": Image.new("RGB", (4, 4)),
                                                                 "right": Image.new("RGB", (4, 4))}, cfg)
+
+
+def test_separate_configuration_stores_each_panel_in_order(tmp_path):
+    from zerovlm.compose import input_keys, stitch_stage
+    from zerovlm.config import DataConfig, SyntheticSource
+    from zerovlm.datasets.prepare import prepare_dataset
+    from zerovlm.datasets.table import read_table
+    from zerovlm.io import load_rgb
+    from zerovlm.store import ShardReader, ShardWriter
+
+    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=2)), tmp_path / "prepared")
+    examples = read_table(tmp_path / "prepared")
+    views = dict(zip(("left", "right", "random"), COLOURS))
+    with ShardWriter(tmp_path / "views") as writer:
+        for image_id in {e.image_id for e in examples}:
+            for name, colour in views.items():
+                writer.add(f"{image_id}.{name}", Image.new("RGB", (16, 16), colour))
+    summary = stitch_stage(StitchConfig(configurations=("all", "all-separate"), panel_size_px=16, gap_px=0),
+                           tmp_path / "prepared", tmp_path / "views", tmp_path / "stitched")
+    assert (summary["stitched"], summary["separate"]) == (len({e.image_id for e in examples}),) * 2
+    example = examples[0]
+    keys = input_keys(example.image_id, "all-separate")
+    assert keys == [f"{example.image_id}.all-separate.{p}" for p in ("origin", "left", "right", "random")]
+    assert input_keys(example.image_id, "all") == [f"{example.image_id}.all"]
+    store = ShardReader(tmp_path / "stitched")
+    images = [store.image(k) for k in keys]
+    original = load_rgb(tmp_path / "prepared" / example.image_file, "original")
+    assert images[0].tobytes() == original.tobytes()  # panels unchanged: the VLM's processor resizes
+    assert [i.getpixel((0, 0)) for i in images[1:]] == list(views.values())
+    meta = store.metadata(keys[2])
+    assert (meta["configuration"], meta["panel"], meta["index"], meta["layout"]) == ("all-separate", "right", 2,
+                                                                                      "separate")
+    store.close()

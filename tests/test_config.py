@@ -37,3 +37,14 @@ def test_unknown_section_is_rejected(tmp_path):
 def test_committed_params_file_is_valid():
     sections = validate_all(ROOT / "params.yaml")
     assert sections["data"].source == "synthetic"
+
+
+def test_separate_configurations_mirror_the_multi_panel_ones():
+    from zerovlm.config import CONFIGURATIONS, images_per_request, is_separate
+    assert parse_section("stitch", {"configurations": ["all", "all-separate"]}).configurations[1] == "all-separate"
+    assert CONFIGURATIONS["all-separate"] == CONFIGURATIONS["all"] == ("origin", "left", "right", "random")
+    assert is_separate("origin+left-separate") and not is_separate("all")
+    assert (images_per_request("all"), images_per_request("all-separate"), images_per_request("no-origin-separate")) \
+        == (1, 4, 3)
+    with pytest.raises(ZeroVLMError, match=re.escape("unknown configuration 'left-separate'")):
+        parse_section("stitch", {"configurations": ["left-separate"]})  # one panel: nothing to separate

@@ -7,9 +7,12 @@ from PIL import Image
 
 import zerovlm.inference as inference
 from zerovlm.compose import stitch_stage
-from zerovlm.config import DataConfig, InferConfig, StitchConfig, SyntheticSource
+from zerovlm.config import DataConfig, InferConfig, ScoreConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table
+from zerovlm.io import load_rgb
+from zerovlm.report import table
+from zerovlm.scoring.metrics import score_stage
 from zerovlm.store import ShardWriter
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
@@ -36,12 +39,14 @@ class CountingBackend:
 
     def __init__(self, cfg, fail_after_calls=None):
         self.model, self.requests, self.calls, self.fail_after_calls = load_backend(cfg), 0, 0, fail_after_calls
+        self.max_images_per_request, self.seen = self.model.max_images_per_request, []
 
     def option_logprobs(self, requests):
         if self.fail_after_calls is not None and self.calls >= self.fail_after_calls:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.requests += len(requests)
+        self.seen += requests
         return self.model.option_logprobs(requests)
 
     def render_prompt(self, request):
@@ -107,3 +112,62 @@ def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch)
     other = _cfg(workspace, question_template="true_false")
     summary = _run(workspace, other, "changed", monkeypatch, CountingBackend(other))
     assert summary["resumed"] == 0
+
+
+SEPARATE = ("origin", "origin+left-separate")
+
+
+def _separate_store(workspace):
+    """The stitched store of a configuration sent as two separate images (origin, then left)."""
+    if not (workspace / "stitched_separate").exists():
+        stitch_stage(StitchConfig(configurations=SEPARATE, panel_size_px=32, gap_px=2),
+                     workspace / "prepared", workspace / "views", workspace / "stitched_separate")
+    return workspace / "stitched_separate"
+
+
+def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, caplog):
+    cfg = _cfg(workspace)  # LLaVA-1.5: one image per request
+    backend = CountingBackend(cfg)
+    monkeypatch.setattr(inference, "load_backend", lambda _: backend)
+    with caplog.at_level("WARNING", logger="zerovlm.inference"):
+        summary = inference.infer_stage(cfg, workspace / "prepared", _separate_store(workspace), workspace / "one")
+    reason = "backend llava takes at most 1 image(s) per request; this configuration sends 2"
+    assert summary["not_evaluated"] == {"origin+left-separate": reason}
+    assert "configuration origin+left-separate not evaluated" in caplog.text
+    examples = read_table(workspace / "prepared")
+    assert summary["requests_not_evaluated"] == len(examples) * 2 and summary["requests"] == len(examples) * 2
+    assert all(len(r.images) == 1 for r in backend.seen)
+    records = [json.loads(line) for line in (workspace / "one/predictions.jsonl").open()]
+    assert {r["configuration"] for r in records} == {"origin"}
+
+    # score and the report show it as not evaluated, never as 0% accuracy
+    score = score_stage(ScoreConfig(bootstrap_samples=0), workspace / "prepared", workspace / "one",
+                        workspace / "one_metrics", workspace / "one_records.jsonl")
+    assert score["not_evaluated"] == {"origin+left-separate": reason}
+    assert score["counts"]["n_requests_not_evaluated"] == len(examples) * 2
+    assert all("origin+left-separate" not in score[task] for task in ("true_false", "multiple_choice"))
+    text = table.markdown({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05, "holm")
+    assert "| tiny | origin+left-separate | - | n/e | n/e |" in text and "n/e: not evaluated" in text
+    csv_text = table.to_csv({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05)
+    assert reason in csv_text
+
+
+def test_a_multi_image_model_gets_the_panels_in_order(workspace, monkeypatch):
+    cfg = _cfg(workspace, backend="hf_auto")
+    backend = CountingBackend(cfg)
+    backend.max_images_per_request = 4  # stands in for a native multi-image model (Qwen2-VL, Idefics3, ...)
+    monkeypatch.setattr(inference, "load_backend", lambda _: backend)
+    summary = inference.infer_stage(cfg, workspace / "prepared", _separate_store(workspace), workspace / "several")
+    assert summary["not_evaluated"] == {} and summary["requests_not_evaluated"] == 0
+    example = read_table(workspace / "prepared")[0]
+    origin = load_rgb(workspace / "prepared" / example.image_file, "original")
+    sent = [r for r in backend.seen if len(r.images) == 2]
+    assert len(sent) == len(read_table(workspace / "prepared")) * 2  # every example, with and without prompt
+    for request in sent:
+        assert request.images[1].getpixel((0, 0)) == (200, 30, 30)  # the left view comes second
+    first = next(r for r in sent if r.images[0].tobytes() == origin.tobytes())  # the original comes first
+    records = {r["record_id"]: r for r in map(json.loads, (workspace / "several/predictions.jsonl").open())}
+    shown = records[f"{example.example_id}|origin+left-separate|with_view_prompt"]["rendered_prompt"]
+    assert shown.startswith("USER: <image>\n<image>\nThe original image first, and the left view image second. "
+                            "Based on these two images. Judging by these two pictures, ")
+    assert first.images[0].size == origin.size  # sent unchanged, not squashed to a panel

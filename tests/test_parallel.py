@@ -1,12 +1,12 @@
 """Data-parallel stages: several processes (accelerate launch, gloo on CPU) give the one-process output."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from PIL import Image
@@ -68,14 +68,21 @@ def _run(command):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_give_the_one_process_output(workspace):
+@pytest.fixture(scope="module")
+def one_process_predictions(workspace):
     _run(_command(workspace, "one", 1))
+    return (workspace / "one/predictions.jsonl").read_text()
+
+
+def test_two_processes_give_the_one_process_output(workspace, one_process_predictions):
     _run(_command(workspace, "two", 2))
-    one = (workspace / "one/predictions.jsonl").read_text()
-    assert one and (workspace / "two/predictions.jsonl").read_text() == one
+    assert one_process_predictions and (workspace / "two/predictions.jsonl").read_text() == one_process_predictions
 
 
 def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
+    # The delayed entry point uses small chunks; chunks fix the batch composition, so the reference
+    # and the resumed run use the same entry point.
+    _run(_command(workspace, "slow_one", 1, module="tests.infer_with_delay"))
     process = subprocess.Popen(_command(workspace, "killed", 2, module="tests.infer_with_delay"), cwd=ROOT,
                                env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -83,13 +90,18 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (part.exists() and part.read_text().count("\n") >= 2):
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    # torchrun's workers run in sessions of their own: kill the launcher's whole process tree
+    launcher = psutil.Process(process.pid)
+    tree = [*launcher.children(recursive=True), launcher]
+    for member in tree:
+        member.kill()
+    psutil.wait_procs(tree, timeout=30)
     process.wait()
     assert part.exists(), "the launch never wrote a finished chunk"
     assert not (workspace / "killed").exists(), "a killed launch must not leave a finished-looking output"
 
-    _run(_command(workspace, "killed", 1))
-    assert (workspace / "killed/predictions.jsonl").read_text() == (workspace / "one/predictions.jsonl").read_text()
+    _run(_command(workspace, "killed", 1, module="tests.infer_with_delay"))
+    assert (workspace / "killed/predictions.jsonl").read_text() == (workspace / "slow_one/predictions.jsonl").read_text()
 
 
 def test_two_processes_synthesise_the_same_view_store(workspace):

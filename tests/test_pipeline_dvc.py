@@ -32,7 +32,7 @@ SMALL_DEMO = {
     "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
     "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
               "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},
-    "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all"]},
+    "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all", "all-separate"]},
     "infer": {"model": "data/models/llava-1.5-tiny", "dtype": "float32"},
     "score": {"bootstrap_samples": 50},
     "report": {"gallery_examples": 2, "gallery_image_px": 32},
@@ -93,6 +93,7 @@ def test_first_run_runs_every_stage_and_writes_metrics(repo):
     assert "metrics/grid/cluttered/tiny/summary.json" in shown and "metrics/headline.json" in shown
     table = (repo / "metrics/results.md").read_text()
     assert "| tiny | origin (baseline) | - |" in table and "cluttered (choice)" in table
+    assert "| tiny | all-separate | - | n/e | n/e |" in table and "all-separate" in summary["not_evaluated"]
     assert _run([sys.executable, "-m", "zerovlm.cli", "show"], repo).stdout == table
     assert (repo / "data/gallery/index.html").is_file()
     plots = _run(["dvc", "plots", "show", "--json"], repo).stdout

@@ -56,3 +56,16 @@ def test_multiple_choice_lists_lettered_options():
 def test_unknown_template_names_the_closest():
     with pytest.raises(ZeroVLMError, match="did you mean 'yes_no'"):
         question(_true_false(), "yes_noo")
+
+
+def test_separate_images_are_described_by_their_order():
+    # golden: the wording of prompts.yaml with the "separate" positions (the images in the order sent)
+    assert view_prompt(("origin", "left", "right", "random"), "separate") == (
+        "The original image first, the left view image second, the right view image third, and the random "
+        "view image fourth. Based on these four images.")
+    text, _ = user_message(_true_false(), "yes_no", ("origin", "left"), "separate", True)
+    assert text == ("The original image first, and the left view image second. Based on these two images. "
+                    "Judging by these two pictures, the keyboard is at the bottom of the computer screen, "
+                    "please answer me yes or no?")
+    with pytest.raises(ZeroVLMError, match="unknown layout 'mosaic'"):
+        view_prompt(("origin", "left"), "mosaic")

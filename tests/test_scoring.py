@@ -73,7 +73,8 @@ def test_score_stage_counts_unparseable_as_wrong_and_reports_pair_and_set(tmp_pa
                 tmp_path / "metrics", tmp_path / "records.jsonl", dataset="d", vlm="m")
 
     summary = json.loads((tmp_path / "metrics/summary.json").read_text())
-    assert summary["counts"] == {"n_examples": 7, "n_images": 7, "n_skipped": 2, "n_requests": 7}
+    assert summary["counts"] == {"n_examples": 7, "n_images": 7, "n_skipped": 2, "n_requests": 7,
+                                 "n_requests_not_evaluated": 0}
     tf = summary["true_false"]["all"]["with_view_prompt"]
     assert tf == {"accuracy": round(2 / 3, 4), "accuracy_ci95": None, "chance": 0.5,
                   "n_total": 3, "n_evaluated": 2, "n_unparseable": 1}  # no origin baseline: no comparison

@@ -1,6 +1,7 @@
 """The generic AutoModelForImageTextToText backend, on the tiny LLaVA (a model it must handle like any other)."""
 
 import pytest
+import torch
 from PIL import Image
 
 from zerovlm.config import InferConfig
@@ -67,3 +68,41 @@ def test_model_without_chat_template_is_refused(backends):
         tokenizer = auto.tokenizer
     with pytest.raises(ZeroVLMError, match="chat template"):
         HFAutoBackend(auto.model, NoTemplate())
+
+
+def test_several_images_reach_the_model_in_order(backends):
+    auto, _, _ = backends
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    panels = tuple(Image.new("RGB", (20, 20), c) for c in colours)  # origin, left, right, random
+    request = Request(panels, "The original image first, the left view image second. Is it left?", ("Yes", "No"))
+    assert auto.render_prompt(request).startswith("USER: " + "<image>\n" * 4 + "The original image first")
+    seen = []
+    hook = auto.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
+                                                with_kwargs=True)
+    try:
+        scores = auto.option_logprobs([request])[0]
+    finally:
+        hook.remove()
+    expected = auto.processor.image_processor(images=list(panels), return_tensors="pt")["pixel_values"]
+    (pixels,) = seen  # one batch: both options, each with the four images in request order
+    assert pixels.shape[0] == 2 * len(panels)
+    assert torch.equal(pixels[:4], expected) and torch.equal(pixels[4:], expected)
+    reversed_scores = auto.option_logprobs([Request(panels[::-1], request.prompt, request.options)])[0]
+    assert scores != pytest.approx(reversed_scores, abs=1e-6)  # the model sees the order
+
+
+def test_images_per_request_follows_the_model_type(backends):
+    from types import SimpleNamespace
+
+    from zerovlm.vlm.hf_auto import HFAutoBackend
+    from zerovlm.vlm.minigpt4 import MiniGPT4Backend
+    auto, llava, _ = backends
+    assert auto.max_images_per_request == llava.max_images_per_request == MiniGPT4Backend.max_images_per_request == 1
+
+    class Stub:  # only what the constructor reads from a model
+        config, device, dtype = SimpleNamespace(model_type="qwen2_vl"), torch.device("cpu"), torch.float32
+
+        def eval(self):
+            return self
+    native = HFAutoBackend(Stub(), auto.processor)
+    assert native.max_images_per_request > 4 and native.info()["native_multi_image"]

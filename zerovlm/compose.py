@@ -6,6 +6,11 @@ Two layouts, because the paper and its code disagree (../shared/notes/paper-and-
 - strip: panels stacked vertically with black gaps, as in the authors' released code.
 A single-panel configuration is passed through unchanged: the "origin" baseline is the plain VLM on
 the original image, not on a resized copy.
+
+A "-separate" configuration (e.g. "all-separate") is not stitched: each panel is stored unchanged as its
+own entry `<image_id>.<configuration>.<panel>`, in the configuration's panel order, and the infer stage
+sends them as several images of one request (`input_keys` names them). What a VLM accepts is the infer
+stage's business, not this one's.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Sequence
 
 from PIL import Image
 
-from zerovlm.config import CONFIGURATIONS, StitchConfig
+from zerovlm.config import CONFIGURATIONS, StitchConfig, is_separate
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, safe_join, write_json
 from zerovlm.store import ShardReader, ShardWriter
@@ -50,9 +55,16 @@ def stitch(panels: Sequence[Image.Image], layout: str, panel_size_px: int, gap_p
     return canvas
 
 
-def compose_configuration(configuration: str, origin: Image.Image, views: dict[str, Image.Image],
-                          cfg: StitchConfig) -> Image.Image:
-    """The input image of `configuration` from the original and its synthesised views (by view name)."""
+def input_keys(image_id: str, configuration: str) -> list[str]:
+    """Store keys of the images one VLM request of `configuration` holds, in the order they are sent."""
+    if is_separate(configuration):
+        return [f"{image_id}.{configuration}.{panel}" for panel in CONFIGURATIONS[configuration]]
+    return [f"{image_id}.{configuration}"]
+
+
+def configuration_panels(configuration: str, origin: Image.Image,
+                         views: dict[str, Image.Image]) -> list[Image.Image]:
+    """The panels of `configuration` in order, from the original and its synthesised views (by view name)."""
     panels = []
     for name in CONFIGURATIONS[configuration]:
         if name == "origin":
@@ -62,11 +74,21 @@ def compose_configuration(configuration: str, origin: Image.Image, views: dict[s
         else:
             raise ZeroVLMError(f"configuration {configuration!r} needs the {name!r} view, which the views "
                                f"stage did not synthesise: add {name!r} to views.presets")
-    return stitch(panels, cfg.layout, cfg.panel_size_px, cfg.gap_px)
+    return panels
+
+
+def compose_configuration(configuration: str, origin: Image.Image, views: dict[str, Image.Image],
+                          cfg: StitchConfig) -> list[Image.Image]:
+    """The input images of `configuration`, aligned with `input_keys`: one stitched image, or for a
+    -separate configuration each panel unchanged (the VLM's processor resizes each image itself)."""
+    panels = configuration_panels(configuration, origin, views)
+    if is_separate(configuration):
+        return [panel.convert("RGB") for panel in panels]
+    return [stitch(panels, cfg.layout, cfg.panel_size_px, cfg.gap_px)]
 
 
 def stitch_stage(cfg: StitchConfig, prepared_dir: Path, views_dir: Path, out_dir: Path) -> dict:
-    """Compose every configuration for every unique image; one store entry `<image_id>.<configuration>`."""
+    """Compose every configuration for every unique image: the store entries `input_keys` names."""
     examples = read_table(prepared_dir)
     image_files = dict(sorted({e.image_id: e.image_file for e in examples}.items()))
     views = ShardReader(views_dir)
@@ -78,12 +100,18 @@ def stitch_stage(cfg: StitchConfig, prepared_dir: Path, views_dir: Path, out_dir
                 view_images = {name: views.image(f"{image_id}.{name}") for name in needed_views
                                if f"{image_id}.{name}" in views}
                 for configuration in cfg.configurations:
-                    image = compose_configuration(configuration, origin, view_images, cfg)
-                    writer.add(f"{image_id}.{configuration}", image, {
-                        "image_id": image_id, "configuration": configuration,
-                        "panels": list(CONFIGURATIONS[configuration]), "layout": cfg.layout})
+                    panels = CONFIGURATIONS[configuration]
+                    images = compose_configuration(configuration, origin, view_images, cfg)
+                    for index, (key, image) in enumerate(zip(input_keys(image_id, configuration), images)):
+                        meta = {"image_id": image_id, "configuration": configuration, "panels": list(panels),
+                                "layout": "separate" if is_separate(configuration) else cfg.layout}
+                        if is_separate(configuration):
+                            meta.update(panel=panels[index], index=index)
+                        writer.add(key, image, meta)
         summary = {"images": len(image_files), "configurations": list(cfg.configurations),
-                   "stitched": len(image_files) * len(cfg.configurations), "layout": cfg.layout}
+                   "stitched": len(image_files) * sum(not is_separate(c) for c in cfg.configurations),
+                   "separate": len(image_files) * sum(is_separate(c) for c in cfg.configurations),
+                   "layout": cfg.layout}
         write_json(tmp / "summary.json", summary)
     views.close()
     return summary

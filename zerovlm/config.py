@@ -20,7 +20,7 @@ from zerovlm.io import ZeroVLMError
 
 VIEW_PRESETS = ("left", "right", "top", "random")
 # Stitched configurations of the paper (figure DataSet.png) plus "top": the panels each one shows.
-CONFIGURATIONS: dict[str, tuple[str, ...]] = {
+STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     "origin": ("origin",),
     "left": ("left",),
     "right": ("right",),
@@ -31,6 +31,23 @@ CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     "origin+left+right": ("origin", "left", "right"),
     "all": ("origin", "left", "right", "random"),
 }
+# Every multi-panel configuration also exists as "<name>-separate": the same panels in the same order,
+# sent to the VLM as several images in one request instead of one stitched image (issue 4, item 3).
+SEPARATE_SUFFIX = "-separate"
+CONFIGURATIONS: dict[str, tuple[str, ...]] = {
+    **STITCHED_CONFIGURATIONS,
+    **{name + SEPARATE_SUFFIX: panels for name, panels in STITCHED_CONFIGURATIONS.items() if len(panels) > 1},
+}
+
+
+def is_separate(configuration: str) -> bool:
+    """True when the configuration's panels reach the VLM as separate images, not one stitched image."""
+    return configuration.endswith(SEPARATE_SUFFIX)
+
+
+def images_per_request(configuration: str) -> int:
+    """How many images one VLM request of this configuration holds."""
+    return len(CONFIGURATIONS[configuration]) if is_separate(configuration) else 1
 
 
 class Section(BaseModel):
@@ -118,8 +135,10 @@ class ViewsConfig(Section):
 
 # ---------------------------------------------------------------- stitch
 class StitchConfig(Section):
-    configurations: tuple[str, ...] = tuple(CONFIGURATIONS)  # any of CONFIGURATIONS' keys
+    configurations: tuple[str, ...] = tuple(STITCHED_CONFIGURATIONS)  # any of CONFIGURATIONS' keys, e.g.
+                                                      # "all-separate" (several images: multi-image VLMs only)
     layout: Literal["grid", "strip"] = "grid"         # grid: 2 columns, paper figure; strip: authors' code
+                                                      # (-separate configurations are not stitched)
     gap_px: int = Field(25, ge=0)                     # black gap between strip panels (authors' code: 25)
     panel_size_px: int = Field(256, ge=16)            # every panel is resized to this square size
 

@@ -4,6 +4,12 @@ prompt, and record what it answered (option log-likelihoods, or generated text).
 Choosing the answer is left to zerovlm.scoring: this module records evidence, not verdicts.
 Identical requests (the "origin" baseline has no view prompt, so its two prompt modes coincide) are
 computed once. Finished chunks are appended to a partial file, so an interrupted run resumes.
+
+A "-separate" configuration sends several images in one request. A model whose
+`max_images_per_request` is smaller is never fed them: the configuration is skipped for that model with
+a warning and listed in the summary's `not_evaluated` (score and report show it as not evaluated, not
+as 0% accuracy). The stitch configuration list is shared by every VLM of the grid, so skipping (not
+failing) lets one grid hold single-image and multi-image VLMs.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerovlm.config import CONFIGURATIONS, InferConfig
+from zerovlm.compose import input_keys
+from zerovlm.config import CONFIGURATIONS, InferConfig, images_per_request, is_separate
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, sha256_file, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
@@ -43,19 +50,35 @@ class Job:
         return f"{self.example.example_id}|{self.configuration}|{prompt_mode}"
 
     @property
-    def image_key(self) -> str:
-        return f"{self.example.image_id}.{self.configuration}"
+    def image_keys(self) -> tuple[str, ...]:
+        """Store keys of the request's images, in the order they are sent."""
+        return tuple(input_keys(self.example.image_id, self.configuration))
 
 
 def plan_jobs(cfg: InferConfig, examples: list[Example], configurations: list[str], layout: str) -> list[Job]:
     jobs = []
     for configuration in configurations:
+        prompt_layout = "separate" if is_separate(configuration) else layout
         for with_view_prompt in cfg.view_prompt:
             for example in examples:
                 text, asked = user_message(example, cfg.question_template, CONFIGURATIONS[configuration],
-                                           layout, with_view_prompt)
+                                           prompt_layout, with_view_prompt)
                 jobs.append(Job(example, configuration, with_view_prompt, text, asked.answers))
     return jobs
+
+
+def split_by_capability(configurations: list[str], max_images: int, backend: str) -> tuple[list[str], dict]:
+    """(configurations the model can answer, {configuration: why not evaluated}) for a model taking at
+    most `max_images` images per request."""
+    runnable, not_evaluated = [], {}
+    for configuration in configurations:
+        needed = images_per_request(configuration)
+        if needed <= max_images:
+            runnable.append(configuration)
+        else:
+            not_evaluated[configuration] = (f"backend {backend} takes at most {max_images} image(s) per "
+                                            f"request; this configuration sends {needed}")
+    return runnable, not_evaluated
 
 
 def plan_chunks(jobs: list[Job], examples: list[Example]) -> list[list[Job]]:
@@ -96,16 +119,17 @@ def _run_chunk(model, cfg, jobs: list[Job], stitched: ShardReader) -> list[dict]
     unique: dict[tuple, int] = {}
     requests: list[Request] = []
     for job in jobs:
-        key = (job.image_key, job.text, job.answers)
+        key = (job.image_keys, job.text, job.answers)
         if key not in unique:
             unique[key] = len(requests)
-            requests.append(Request(images=(stitched.image(job.image_key),), prompt=job.text, options=job.answers))
+            images = tuple(stitched.image(k) for k in job.image_keys)
+            requests.append(Request(images=images, prompt=job.text, options=job.answers))
     answers = _answer(model, cfg, requests)
     if len(answers) != len(requests):
         raise ZeroVLMError(f"backend {cfg.backend} returned {len(answers)} results for {len(requests)} requests")
     records = []
     for job in jobs:
-        index = unique[(job.image_key, job.text, job.answers)]
+        index = unique[(job.image_keys, job.text, job.answers)]
         records.append({
             "record_id": job.record_id, "example_id": job.example.example_id,
             "configuration": job.configuration, "with_view_prompt": job.with_view_prompt,
@@ -121,7 +145,18 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     worker = worker or current_worker()
     examples = read_table(prepared_dir)
     stitch_summary = json.loads((stitched_dir / "summary.json").read_text())
-    jobs = plan_jobs(cfg, examples, stitch_summary["configurations"], stitch_summary["layout"])
+    configurations = stitch_summary["configurations"]
+    start = time.perf_counter()
+    seconds_loading = 0.0  # issue 7 (overhead): model loading, reported apart from answering
+    model = None
+    if any(images_per_request(c) > 1 for c in configurations):  # ask the model how many images it takes
+        model = load_backend(cfg)
+        seconds_loading = time.perf_counter() - start
+    max_images = model.max_images_per_request if model is not None else 1
+    configurations, not_evaluated = split_by_capability(configurations, max_images, cfg.backend)
+    for configuration, reason in not_evaluated.items():
+        log.warning("infer: configuration %s not evaluated with %s: %s", configuration, cfg.model, reason)
+    jobs = plan_jobs(cfg, examples, configurations, stitch_summary["layout"])
 
     partial_dir = out_dir.parent / f".{out_dir.name}.partial"
     fingerprint = _fingerprint(cfg, prepared_dir, stitched_dir)
@@ -132,11 +167,11 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     log.info("infer [%s]: %d requests planned, %d already done, %d chunks to run here",
              worker.part_name, len(jobs), len(done), len(mine))
 
-    start = time.perf_counter()
-    seconds_loading = 0.0  # issue 7 (overhead): model loading, reported apart from answering
-    if mine:
+    if mine and model is None:
+        loading_start = time.perf_counter()
         model = load_backend(cfg)
-        seconds_loading = time.perf_counter() - start
+        seconds_loading = time.perf_counter() - loading_start
+    if mine:
         stitched = ShardReader(stitched_dir)
         with open(partial_dir / f"{worker.part_name}.jsonl", "a", encoding="utf-8") as sink:
             for number, chunk in enumerate(mine, start=1):
@@ -155,7 +190,8 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     if missing:
         raise ZeroVLMError(f"infer: {len(missing)} requests have no answer (first: {missing[0]}), a process "
                            f"stopped early; re-run the stage to finish them (finished answers are kept)")
-    summary = {"requests": len(jobs), "resumed": reused,
+    summary = {"requests": len(jobs), "resumed": reused, "not_evaluated": not_evaluated,
+               "requests_not_evaluated": len(examples) * len(cfg.view_prompt) * len(not_evaluated),
                "processes": worker.world_size, "seconds": round(seconds, 3),
                "backend": cfg.backend, "model": cfg.model, "answer_mode": cfg.answer_mode,
                "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint,

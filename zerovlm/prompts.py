@@ -3,6 +3,8 @@
 The paper published the single-view prompt and the four-panel grid prompt; prompts for the other
 panel sets and for the strip layout are derived from the panels present with the same wording
 (one clause per panel, then "Based on these N images."), so the grid "all" case is verbatim.
+Layout "separate" describes the images of a "-separate" configuration by their order ("The original
+image first, the left view image second, ...").
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ def prompts_sha256() -> str:
 
 
 def view_prompt(panels: tuple[str, ...], layout: str) -> str:
-    """The text telling the VLM what it is looking at; "" for the original image alone (baseline)."""
+    """The text telling the VLM what it is looking at; "" for the original image alone (baseline).
+
+    layout: "grid" or "strip" (one stitched image), or "separate" (one image per panel, in order)."""
     data = load_prompts()["view_prompt"]
     if panels == ("origin",):
         return ""
     if len(panels) == 1:
         return data["single_view"]
+    if layout not in data["positions"]:
+        raise ZeroVLMError(f"view prompt: unknown layout {layout!r}; valid: {', '.join(data['positions'])}")
     positions = data["positions"][layout][len(panels)]
     clauses = [data["panel_clause"].format(panel=data["panel_names"][p], position=pos)
                for p, pos in zip(panels, positions)]

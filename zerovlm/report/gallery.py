@@ -1,8 +1,9 @@
 """A static HTML gallery of sampled examples that opens offline (no server, no network, no CDN).
 
 For each sampled example: the original image, every synthesised view, and per VLM x configuration x
-prompt mode a card with the stitched input the model saw, the full prompt, the model's answer and
-whether it was right. Filters (dataset, VLM, relation, configuration, view prompt, right/wrong) live
+prompt mode a card with the input the model saw (the stitched image, or a "-separate" configuration's
+images in the order sent), the full prompt, the model's answer and whether it was right. A
+configuration a model was not evaluated on has no records, hence no card. Filters (dataset, VLM, relation, configuration, view prompt, right/wrong) live
 in the URL hash, e.g. `index.html#relation=above&correct=wrong`, so a filtered view can be shared as a
 link (and a headless browser can open it: tests/test_report_gallery.py).
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from zerovlm.compose import input_keys
 from zerovlm.config import ReportConfig
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, read_jsonl, safe_join
@@ -142,8 +144,11 @@ def _example_section(example: Example, dataset: str, runs: dict, images: _Images
         for record in records.get(example.example_id, []):
             prediction = predictions[record["record_id"]]
             configuration, mode = record["configuration"], record["prompt_mode"]
-            src = images.add(f"s-{example.image_id}.{configuration}",
-                             lambda c=configuration: stitched.image(f"{example.image_id}.{c}"))
+            keys = input_keys(example.image_id, configuration)
+            inputs = "".join(
+                f'<img src="{html.escape(images.add(f"s-{key}", lambda k=key: stitched.image(k)))}" '
+                f'alt="{html.escape(configuration)} input{f" {n} of {len(keys)}" if len(keys) > 1 else ""}">'
+                for n, key in enumerate(keys, start=1))
             verdict = "right" if record["correct"] else "wrong"
             prompt = "on" if mode == "with_view_prompt" else "off"
             attributes = {"dataset": dataset, "vlm": vlm, "relation": example.relation,
@@ -153,7 +158,7 @@ def _example_section(example: Example, dataset: str, runs: dict, images: _Images
                 values[key].add(value)
             cards.append(
                 f'<article class="card {verdict}" {data}>'
-                f'<img src="{html.escape(src)}" alt="{html.escape(configuration)} input">'
+                f'<div class="inputs{" several" if len(keys) > 1 else ""}">{inputs}</div>'
                 f'<div class="meta"><b>{html.escape(configuration)}</b> · view prompt {prompt} · {html.escape(vlm)}</div>'
                 f'<pre class="prompt">{html.escape(prediction.get("rendered_prompt", ""))}</pre>'
                 f'<div class="answer">answer: {html.escape(_answer_text(example, prediction, record))}</div>'
@@ -175,6 +180,7 @@ header label{margin-right:12px} main{padding:8px 16px}
 .example h2{font-size:15px;margin:4px 0} .panels,.cards{display:flex;flex-wrap:wrap;gap:8px}
 figure{margin:0;text-align:center;font-size:12px} img{display:block}
 .panels img{height:128px;width:auto} .card img{max-width:248px;max-height:248px}
+.inputs{display:flex;flex-wrap:wrap;gap:2px} .inputs.several img{max-width:122px;max-height:122px}
 .card{width:260px;border:2px solid #ccc;border-radius:6px;padding:6px;font-size:12px}
 .card.right{border-color:#3a3} .card.wrong{border-color:#c33}
 .prompt{white-space:pre-wrap;background:#f2f2f2;padding:4px;max-height:140px;overflow:auto;font-size:11px}

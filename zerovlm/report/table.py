@@ -4,6 +4,8 @@ A cell is the accuracy in percent; every configuration other than the baseline a
 difference to the origin baseline of the same model, dataset and task in percentage points, with a
 significance mark from the exact McNemar test (p-values as corrected by score.p_adjust). A dataset
 with two tasks (the synthetic scenes: true/false and 4-way choice) gets one column per task.
+A configuration the model could not be given (a "-separate" configuration for a one-image model,
+listed in the instance summary's `not_evaluated`) gets one row whose cells read "n/e", not 0%.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from zerovlm.scoring.significance import significance_mark
 TASK_ORDER = ("true_false", "multiple_choice")
 TASK_LABELS = {"true_false": "true/false", "multiple_choice": "choice"}
 PROMPT_ORDER = ("with_view_prompt", "without_view_prompt")
+NOT_EVALUATED = "not_evaluated"  # the prompt mode of a not-evaluated configuration's single row
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,9 @@ class Row:
 
     @property
     def view_prompt(self) -> str:
-        return "-" if self.is_baseline else ("yes" if self.prompt_mode == "with_view_prompt" else "no")
+        if self.is_baseline or self.prompt_mode == NOT_EVALUATED:
+            return "-"
+        return "yes" if self.prompt_mode == "with_view_prompt" else "no"
 
 
 def columns(summaries: dict[tuple[str, str], dict], datasets: list[str]) -> list[Column]:
@@ -54,9 +59,11 @@ def columns(summaries: dict[tuple[str, str], dict], datasets: list[str]) -> list
 
 
 def rows(summaries: dict[tuple[str, str], dict], vlms: list[str], configurations: list[str]) -> list[Row]:
-    """The baseline first, then each configuration with and without the view prompt, per VLM."""
+    """The baseline first, then each configuration with and without the view prompt (or, when the model
+    could not be given it, one not-evaluated row), per VLM."""
     present = {(vlm, c, m) for (_, vlm), s in summaries.items() for task in TASK_ORDER
                for c, modes in s.get(task, {}).items() for m in modes}
+    present |= {(vlm, c, NOT_EVALUATED) for (_, vlm), s in summaries.items() for c in s.get(NOT_EVALUATED, {})}
     result = []
     for vlm in vlms:
         if (vlm, *BASELINE) in present:
@@ -64,18 +71,25 @@ def rows(summaries: dict[tuple[str, str], dict], vlms: list[str], configurations
         for configuration in configurations:
             if configuration == BASELINE[0]:
                 continue
-            result += [Row(vlm, configuration, m) for m in PROMPT_ORDER if (vlm, configuration, m) in present]
+            result += [Row(vlm, configuration, m) for m in (*PROMPT_ORDER, NOT_EVALUATED)
+                       if (vlm, configuration, m) in present]
     return result
 
 
 def cell(summaries: dict, row: Row, column: Column) -> dict | None:
+    """The metrics of one cell; {"not_evaluated": reason} for a configuration the model was not given."""
     summary = summaries.get((column.dataset, row.vlm), {})
+    if row.prompt_mode == NOT_EVALUATED:
+        reason = summary.get(NOT_EVALUATED, {}).get(row.configuration)
+        return {NOT_EVALUATED: reason} if reason and column.task in summary else None
     return summary.get(column.task, {}).get(row.configuration, {}).get(row.prompt_mode)
 
 
 def format_cell(metrics: dict | None, alpha: float) -> str:
     if not metrics:
         return "-"
+    if NOT_EVALUATED in metrics:
+        return "n/e"
     text = f"{100 * metrics['accuracy']:.1f}"
     if "delta_vs_origin" in metrics:
         mark = significance_mark(metrics.get("mcnemar_p_adjusted"), alpha)
@@ -88,7 +102,8 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
     cols = columns(summaries, datasets)
     lines = ["| model | configuration | view prompt | " + " | ".join(c.label for c in cols) + " |",
              "|---|---|---|" + "---:|" * len(cols)]
-    for row in rows(summaries, vlms, configurations):
+    table_rows = rows(summaries, vlms, configurations)
+    for row in table_rows:
         name = f"{row.configuration} (baseline)" if row.is_baseline else row.configuration
         cells = [format_cell(cell(summaries, row, c), alpha) for c in cols]
         lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
@@ -99,22 +114,28 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
                   f"dataset and task in percentage points; exact McNemar test ({correction}): "
                   f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
                   f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json."]
+    if any(row.prompt_mode == NOT_EVALUATED for row in table_rows):
+        lines += ["", "n/e: not evaluated; the model takes fewer images per request than the configuration "
+                      "sends (the reason is in summary.json `not_evaluated` and the CSV)."]
     return "\n".join(lines) + "\n"
 
 
 CSV_FIELDS = ("accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "delta_vs_origin", "delta_ci95_low",
-              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mark", "n_total", "n_unparseable")
+              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mark", "n_total", "n_unparseable",
+              NOT_EVALUATED)
 
 
 def _csv_values(metrics: dict | None, alpha: float) -> list:
     if not metrics:
         return [""] * len(CSV_FIELDS)
+    if NOT_EVALUATED in metrics:
+        return [""] * (len(CSV_FIELDS) - 1) + [metrics[NOT_EVALUATED]]
     accuracy_ci = metrics.get("accuracy_ci95") or ["", ""]
     delta_ci = metrics.get("delta_ci95") or ["", ""]
     return [metrics["accuracy"], *accuracy_ci, metrics.get("delta_vs_origin", ""), *delta_ci,
             metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""),
             significance_mark(metrics.get("mcnemar_p_adjusted"), alpha) if "delta_vs_origin" in metrics else "",
-            metrics["n_total"], metrics["n_unparseable"]]
+            metrics["n_total"], metrics["n_unparseable"], ""]
 
 
 def to_csv(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str], alpha: float) -> str:

@@ -260,7 +260,10 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
     prepare_summary = json.loads(prepare_summary_path.read_text()) if prepare_summary_path.is_file() else {}
     summary = {"counts": {"n_examples": len(examples), "n_images": len({e.image_id for e in examples}),
                           "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
-                          "n_requests": infer_summary["requests"]},
+                          "n_requests": infer_summary["requests"],
+                          "n_requests_not_evaluated": infer_summary.get("requests_not_evaluated", 0)},
+               # configurations the model was not given (more images than it takes): absent, not 0%
+               "not_evaluated": infer_summary.get("not_evaluated", {}),
                **_nest(metrics)}
     views_summary = json.loads(Path(views_summary_path).read_text()) if views_summary_path else None
     if views_summary is not None:

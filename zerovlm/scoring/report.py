@@ -29,6 +29,8 @@ def results_table(summary: dict, alpha: float = 0.05) -> str:
             chance = next(iter(modes.values()))["chance"]
             cells = [_cell(modes.get(mode), alpha) for mode in PROMPT_MODES]
             lines.append(f"| {task} | {configuration} | {chance:.2f} | " + " | ".join(cells) + " |")
+    for configuration, reason in sorted(summary.get("not_evaluated", {}).items()):
+        lines.append(f"| - | {configuration} | - | not evaluated: {reason} | not evaluated |")
     counts = summary.get("counts", {})
     if counts:
         lines += ["", "counts: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))]

@@ -56,6 +56,9 @@ class VisionLanguageModel(ABC):
     """A vision-language model behind two batched operations. Subclasses set `name`."""
 
     name: str = "abstract"
+    # How many images one request may hold. 1 for models trained on single images: they take several only
+    # mechanically (one placeholder each), so the infer stage does not send them "-separate" configurations.
+    max_images_per_request: int = 1
 
     @abstractmethod
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
@@ -76,7 +79,7 @@ class VisionLanguageModel(ABC):
 
     def info(self) -> dict[str, Any]:
         """Resolved settings worth recording next to results (device, dtype, template, ...)."""
-        return {"name": self.name}
+        return {"name": self.name, "max_images_per_request": self.max_images_per_request}
 
 
 # ---------------------------------------------------------------- helpers shared by backends

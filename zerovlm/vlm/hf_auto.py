@@ -2,7 +2,8 @@
 
 The generic backend: AutoModelForImageTextToText + AutoProcessor (PIL image processors), the model's
 own chat template with one image entry per image, so several views can go to models that take
-several images (`native_multi_image`). Models differ in how they place image tokens and positions, so
+several images (`native_multi_image`: `max_images_per_request` > 1, so the infer stage sends them the
+"-separate" configurations; other models get 1). Models differ in how they place image tokens and positions, so
 this backend only uses the processor and the model's plain forward and generate:
 - option scores: each (request, option) pair is one left-padded sequence `prompt + sep + option`,
   and the option's tokens are the last n of it, n = len(tokens(prompt + sep + option)) minus the
@@ -29,6 +30,8 @@ from zerovlm.vlm.llava import check_model_source, load_processor
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
 NATIVE_MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava_onevision", "idefics2"}
+# images per request for those: covers every configuration (at most 4 panels); context length is the real bound
+NATIVE_MAX_IMAGES = 8
 
 
 class HFAutoBackend(VisionLanguageModel):
@@ -42,11 +45,13 @@ class HFAutoBackend(VisionLanguageModel):
         self.model_id, self.batch_size = model_id, batch_size
         self.device, self.dtype = model.device, model.dtype
         self.native_multi_image = model.config.model_type in NATIVE_MULTI_IMAGE
+        self.max_images_per_request = NATIVE_MAX_IMAGES if self.native_multi_image else 1
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "model_type": self.model.config.model_type,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "native_multi_image": self.native_multi_image}
+                "native_multi_image": self.native_multi_image,
+                "max_images_per_request": self.max_images_per_request}
 
     def render_prompt(self, request: Request) -> str:
         content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]

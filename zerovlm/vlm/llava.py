@@ -79,6 +79,7 @@ class Encoded:
 
 class LlavaBackend(VisionLanguageModel):
     name = "llava"
+    max_images_per_request = 1  # LLaVA-1.5 was trained on single images (several work only mechanically)
 
     def __init__(self, model, processor, *, model_id: str = "", chat_format: str = "hub",
                  image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "left",

@@ -127,6 +127,7 @@ def load_blip2_parts(source: str) -> tuple[Any, torch.nn.Parameter, Any, Any]:
 
 class MiniGPT4Backend(VisionLanguageModel):
     name = "minigpt4"
+    max_images_per_request = 1  # trained and evaluated on single images
 
     def __init__(self, vision, query_tokens, qformer, llama_proj, llm, tokenizer, *, model_id: str = "",
                  batch_size: int = 16, prefetch_workers: int = 0):
