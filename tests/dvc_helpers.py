@@ -1,7 +1,7 @@
 """Helpers for tests that run real `dvc` commands in temporary git + DVC repos.
 
 `copy_repo` copies the working tree (git-tracked and untracked, not ignored files) into a temp dir with
-a small demo profile, as tests/test_pipeline_dvc.py does; `run` runs a command with this venv on PATH;
+the small demo profile below; `run` runs a command with this venv on PATH;
 `repro` returns which stages ran and which were restored from the run-cache; `SshServer` starts an
 OpenSSH server on 127.0.0.1 with a temporary host key and a temporary authorised key.
 """
@@ -20,10 +20,23 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_pipeline_dvc import SMALL_DEMO as _PIPELINE_TEST_DEMO
-
 ROOT = Path(__file__).resolve().parents[1]
-SMALL_DEMO = _PIPELINE_TEST_DEMO  # the small demo profile of tests/test_pipeline_dvc.py (one definition)
+# A small demo profile (fewer scenes, steps and configurations) that keeps each `dvc repro` in a copy
+# of the repo to seconds; a grid of two synthetic datasets x one tiny VLM (tiny_b is added by a test).
+SMALL_DEMO = {
+    "grid": {"datasets": ["sparse", "cluttered"], "vlms": ["tiny"]},
+    "datasets": {"sparse": {"source": "synthetic"},
+                 "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}}},
+    "vlms": {"tiny": {"model": "data/models/llava-1.5-tiny"},
+             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_original"}},
+    "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
+    "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
+              "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},
+    "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all", "all-separate"]},
+    "infer": {"model": "data/models/llava-1.5-tiny", "dtype": "float32"},
+    "score": {"bootstrap_samples": 50},
+    "report": {"gallery_examples": 2, "gallery_image_px": 32},
+}
 GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 

@@ -7,151 +7,97 @@ DVC's own parser, without running anything.
 """
 
 import json
-import os
-import re
 import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS, VLMS = ("sparse", "cluttered"), ("tiny", "tiny_b")
+from tests.dvc_helpers import ROOT, SMALL_DEMO, copy_repo, git_commit, repro, run, set_param
+
+DATASETS, VLMS = tuple(SMALL_DEMO["grid"]["datasets"]), ("tiny", "tiny_b")
 GRID = {f"{stage}@{d}-tiny" for stage in ("infer", "score") for d in DATASETS}  # tiny_b: added by a test
 ALL_STAGES = ({"models", "pool", "views", "report", "gallery"} | {f"prepare@{d}" for d in DATASETS}
               | {f"stitch@{d}" for d in DATASETS} | GRID)
 AFTER_INFER = {"report", "gallery"}
-SMALL_DEMO = {
-    "grid": {"datasets": list(DATASETS), "vlms": ["tiny"]},
-    "datasets": {"sparse": {"source": "synthetic"},
-                 "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}}},
-    "vlms": {"tiny": {"model": "data/models/llava-1.5-tiny"},
-             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_original"}},
-    "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
-    "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
-              "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},
-    "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all", "all-separate"]},
-    "infer": {"model": "data/models/llava-1.5-tiny", "dtype": "float32"},
-    "score": {"bootstrap_samples": 50},
-    "report": {"gallery_examples": 2, "gallery_image_px": 32},
-}
-
-
-def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "ZEROVLM_LOG": "WARNING"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def _repro(repo) -> set[str]:
-    output = _run(["dvc", "repro"], repo).stdout
-    return set(re.findall(r"Running stage '([\w@-]+)'", output))
-
-
-def _set_param(repo, dotted_key, value):
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    node = params
-    *parents, leaf = dotted_key.split(".")
-    for key in parents:
-        node = node[key]
-    node[leaf] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A git + DVC copy of the working tree with the small demo profile composed into params.yaml."""
-    copy = tmp_path_factory.mktemp("pipeline") / "repo"
-    listed = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], ROOT).stdout
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    demo = copy / "conf/profile/demo.yaml"
-    demo.write_text("# @package _global_\n" + yaml.safe_dump({"profile": "demo", **SMALL_DEMO}))
-    _run([sys.executable, "-m", "zerovlm.cli", "params", "--profile", "demo"], copy)
-    _run(["git", "init", "-q"], copy)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], copy)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], copy)
-    return copy
+    return copy_repo(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 @pytest.mark.slow
 def test_first_run_runs_every_stage_and_writes_metrics(repo):
-    assert _repro(repo) == ALL_STAGES
+    assert repro(repo)[0] == ALL_STAGES
     summary = json.loads((repo / "metrics/grid/sparse/tiny/summary.json").read_text())
     cell = summary["true_false"]["all"]["with_view_prompt"]
     assert cell["n_total"] == 2 and cell["chance"] == 0.5 and 0.0 <= cell["accuracy"] <= 1.0
     assert "mcnemar_p" in cell and "delta_ci95" in cell
     assert {"true_false", "multiple_choice", "counts", "overhead"} <= set(summary)
-    shown = _run(["dvc", "metrics", "show"], repo).stdout
+    shown = run(["dvc", "metrics", "show"], repo).stdout
     assert "metrics/grid/cluttered/tiny/summary.json" in shown and "metrics/headline.json" in shown
     table = (repo / "metrics/results.md").read_text()
     assert "| tiny | origin (baseline) | - |" in table and "cluttered (choice)" in table
     assert "| tiny | all-separate | - | n/e | n/e |" in table and "all-separate" in summary["not_evaluated"]
-    assert _run([sys.executable, "-m", "zerovlm.cli", "show"], repo).stdout == table
+    assert run([sys.executable, "-m", "zerovlm.cli", "show"], repo).stdout == table
     assert (repo / "data/gallery/index.html").is_file()
-    plots = _run(["dvc", "plots", "show", "--json"], repo).stdout
+    plots = run(["dvc", "plots", "show", "--json"], repo).stdout
     assert '"errors"' not in plots and "metrics/plots/confusion/sparse.tiny.true_false.origin-novp.json" in plots
 
 
 @pytest.mark.slow
 def test_nothing_changed_runs_nothing(repo):
-    assert _repro(repo) == set()
+    assert repro(repo)[0] == set()
 
 
 @pytest.mark.slow
 def test_adding_a_vlm_runs_only_its_instances_and_one_vlm_knob_reruns_only_those(repo):
     tiny_b = {f"{s}@{d}-tiny_b" for s in ("infer", "score") for d in DATASETS}
-    _set_param(repo, "grid.vlms", list(VLMS))
-    assert _repro(repo) == tiny_b | AFTER_INFER  # the existing instances are untouched
-    _set_param(repo, "vlms.tiny_b.image_preprocess", "pad")
-    assert _repro(repo) == tiny_b | AFTER_INFER
-    _set_param(repo, "grid.vlms", ["tiny"])
-    assert _repro(repo) == AFTER_INFER  # dropping a VLM only re-draws the grid-wide reports
+    set_param(repo, "grid.vlms", list(VLMS))
+    assert repro(repo)[0] == tiny_b | AFTER_INFER  # the existing instances are untouched
+    set_param(repo, "vlms.tiny_b.image_preprocess", "pad")
+    assert repro(repo)[0] == tiny_b | AFTER_INFER
+    set_param(repo, "grid.vlms", ["tiny"])
+    assert repro(repo)[0] == AFTER_INFER  # dropping a VLM only re-draws the grid-wide reports
 
 
 @pytest.mark.slow
 def test_prompt_knob_reruns_only_infer_and_score(repo):
-    _set_param(repo, "infer.view_prompt", [True])
-    assert _repro(repo) == GRID | AFTER_INFER
+    set_param(repo, "infer.view_prompt", [True])
+    assert repro(repo)[0] == GRID | AFTER_INFER
 
 
 @pytest.mark.slow
 def test_view_knob_reruns_views_onward(repo):
-    _set_param(repo, "views.num_inference_steps", 3)
-    assert _repro(repo) == ALL_STAGES - {"models", "pool"} - {f"prepare@{d}" for d in DATASETS}
+    set_param(repo, "views.num_inference_steps", 3)
+    assert repro(repo)[0] == ALL_STAGES - {"models", "pool"} - {f"prepare@{d}" for d in DATASETS}
 
 
 @pytest.mark.slow
 def test_dataset_size_reruns_everything_downstream_of_the_data(repo):
-    _set_param(repo, "data.synthetic.num_scenes", 3)
-    assert _repro(repo) == ALL_STAGES - {"models"}  # the tiny models do not depend on the data
+    set_param(repo, "data.synthetic.num_scenes", 3)
+    assert repro(repo)[0] == ALL_STAGES - {"models"}  # the tiny models do not depend on the data
 
 
 @pytest.mark.slow
 def test_invalid_param_fails_the_stage_with_a_clear_error(repo):
-    _set_param(repo, "stitch.layout", "mosaic")
-    result = _run(["dvc", "repro"], repo, check=False)
+    set_param(repo, "stitch.layout", "mosaic")
+    result = run(["dvc", "repro"], repo, check=False)
     assert result.returncode != 0
     assert "stitch.layout: Input should be 'grid' or 'strip'" in result.stderr + result.stdout
-    _set_param(repo, "stitch.layout", "grid")
+    set_param(repo, "stitch.layout", "grid")
 
 
 @pytest.mark.slow
 def test_experiment_on_a_prompt_knob_is_compared_by_dvc(repo):
-    _repro(repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "baseline"], repo)
-    _run(["dvc", "exp", "run", "-n", "tf-template", "-S", "infer.question_template=true_false"], repo)
-    shown = _run(["dvc", "exp", "show", "--md", "--no-pager"], repo).stdout
+    repro(repo)[0]
+    git_commit(repo, "baseline")
+    run(["dvc", "exp", "run", "-n", "tf-template", "-S", "infer.question_template=true_false"], repo)
+    shown = run(["dvc", "exp", "show", "--md", "--no-pager"], repo).stdout
     assert "tf-template" in shown
-    diff = _run(["dvc", "metrics", "diff", "HEAD", "tf-template", "--all", "--md"], repo).stdout
+    diff = run(["dvc", "metrics", "diff", "HEAD", "tf-template", "--all", "--md"], repo).stdout
     assert "metrics/grid/sparse/tiny/summary.json" in diff and "with_view_prompt.accuracy" in diff
 
 
