@@ -123,6 +123,10 @@ class ViewsConfig(Section):
     batch_size: int = Field(64, ge=1)                 # views per UNet call (halved on CUDA out-of-memory)
     compile: bool = False                             # torch.compile the UNet (CUDA only)
     seed: int = 0                                     # noise and random-view poses, per image and view
+    foreground: Literal["none", "border"] = "none"    # none: inputs as they are; border: mask by the border
+                                                      # colour, recentre as the demo (zerovlm/views/foreground.py)
+    foreground_threshold_rgb: float = Field(30.0, ge=0.0, le=442.0)  # border: Euclidean 8-bit RGB distance
+                                                      # (0..441) beyond which a pixel is object
 
     @model_validator(mode="after")
     def _unique_names(self):

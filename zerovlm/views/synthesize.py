@@ -5,6 +5,8 @@ Work goes to a sibling partial folder together with a fingerprint of the setting
 a re-run with the same fingerprint keeps the finished shards (resume), another fingerprint discards them.
 Each (image, view) has its own torch.Generator seeded from (seed, image_id, view), so a view does not
 depend on the batch it was drawn in. On CUDA out-of-memory the batch is halved and retried.
+With `views.foreground` set, each input image is masked and recentred as it is loaded (foreground.py);
+each view's metadata says whether its input was "recentred" or fell back ("fallback") to the image as is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.store import ShardReader, ShardWriter, publish
+from zerovlm.views.foreground import MaskFn, load_foreground, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
 
@@ -34,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 FINGERPRINT_FILE = "settings.json"
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
 PIXEL_SETTINGS = ("model", "variant", "image_size_px", "num_inference_steps", "timestep_schedule",
-                  "guidance_scale", "eta", "dtype", "seed")
+                  "guidance_scale", "eta", "dtype", "seed", "foreground", "foreground_threshold_rgb")
 
 
 @dataclass(frozen=True)
@@ -140,12 +143,30 @@ class _Sampler:
         return views
 
 
-def _load_batch(jobs: list[Job]) -> dict[str, Image.Image]:
+def _load_batch(jobs: list[Job], foreground: MaskFn | None,
+                size_px: int) -> tuple[dict[str, Image.Image], dict[str, str]]:
+    """The input image of each image id, and its foreground status ("none", "recentred" or "fallback")."""
     images: dict[str, Image.Image] = {}
+    status: dict[str, str] = {}
     for job in jobs:
-        if job.image_id not in images:
-            images[job.image_id] = load_image(job)
-    return images
+        if job.image_id in images:
+            continue
+        images[job.image_id], status[job.image_id] = load_image(job), "none"
+        if foreground is not None:
+            images[job.image_id], recentred = remove_background(images[job.image_id], foreground, size_px,
+                                                                name=str(job.image_path))
+            status[job.image_id] = "recentred" if recentred else "fallback"
+    return images, status
+
+
+def _count_fallbacks(store: Path) -> int:
+    """Images whose foreground step found no object (read from the views' metadata: resume-safe)."""
+    reader = ShardReader(store)
+    try:
+        return len({reader.metadata(key)["image_id"] for key in reader.keys()
+                    if reader.metadata(key).get("foreground") == "fallback"})
+    finally:
+        reader.close()
 
 
 def _peak_memory_bytes(device: torch.device) -> int:
@@ -196,20 +217,23 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
         sampler = _Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
+        foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground,
+                                                                           cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
         with ThreadPoolExecutor(max_workers=1) as loader:  # decode the next batch's images during this one
-            pending = loader.submit(_load_batch, mine[0])
+            pending = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
             for index, batch in enumerate(mine):
-                images = pending.result()
+                images, status = pending.result()
                 if index + 1 < len(mine):
-                    pending = loader.submit(_load_batch, mine[index + 1])
+                    pending = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
                 for job, view in zip(batch, sampler(batch, images), strict=True):
                     if job.key in done or job.key in writer:
                         continue  # a resumed batch: this view was finished before, with the same bytes
                     generated += 1
                     writer.add(job.key, view, {"image_id": job.image_id, "view": job.pose.name,
                                                "polar_deg": job.pose.polar_deg, "azimuth_deg": job.pose.azimuth_deg,
-                                               "radius": job.pose.radius, "seed": cfg.seed})
+                                               "radius": job.pose.radius, "seed": cfg.seed,
+                                               "foreground": status[job.image_id]})
                 log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
         generating = time.perf_counter() - tick
     writer.close()
@@ -226,7 +250,7 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
         "views_per_second": round(generated / generating, 3) if generating else None,
         "device": str(device), "dtype": cfg.dtype,
         "batch_size": cfg.batch_size, "batch_size_final": sampler.batch_size if sampler else cfg.batch_size,
-        "oom_backoffs": sampler.backoffs if sampler else 0,
+        "oom_backoffs": sampler.backoffs if sampler else 0, "recentre_fallbacks": _count_fallbacks(out_dir),
         "peak_memory_bytes": _peak_memory_bytes(device), "fingerprint": fingerprint, "settings": settings,
     }
     write_json(out_dir / "summary.json", summary)
