@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--vlm", required=True, help="grid VLM name")
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
-    parser.add_argument("--views-summary", type=Path, required=True, help="the views stage's summary.json")
+    parser.add_argument("--views-summary", type=Path, required=True, help="the views stage's run record (data/views_run.json)")
     parser.add_argument("--metrics", type=Path, required=True, help="folder for this instance's metrics files")
     parser.add_argument("--records", type=Path, required=True, help="per-example JSONL")
     args = parser.parse_args()

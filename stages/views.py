@@ -14,9 +14,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="view store (shards + index)")
+    parser.add_argument("--run-record", type=Path, default=None,
+                        help="JSON with this run's timings, peak memory and counts (kept out of the store)")
     args = parser.parse_args()
     cfg = load_section("views", ViewsConfig, args.params)
-    synthesize_views(cfg, read_table(args.prepared), args.prepared, args.out)
+    synthesize_views(cfg, read_table(args.prepared), args.prepared, args.out, run_record=args.run_record)
 
 
 if __name__ == "__main__":

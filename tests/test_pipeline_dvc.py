@@ -153,3 +153,10 @@ def test_grid_entries_merge_over_the_shared_sections_and_bad_names_are_explained
     path.write_text(yaml.safe_dump({**params, "vlms": {"LLaVA-7B": {}}}))
     with pytest.raises(ZeroVLMError, match="use lower-case letters, digits and '_'"):
         validate_all(path)
+
+
+@pytest.mark.slow
+def test_resynthesised_identical_views_keep_stitch_and_infer_cached(repo):
+    run(["dvc", "repro", "--force", "--single-item", "views"], repo)
+    ran = repro(repo)[0]
+    assert not {stage for stage in ran if stage.startswith(("stitch", "infer"))}, ran

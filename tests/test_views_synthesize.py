@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -64,9 +65,16 @@ def test_each_unique_image_once_with_its_metadata(reference, prepared):
 
 
 def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
-    synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], tmp_path / "views", shard_size=4)
-    for shard in sorted(reference[0].glob("shard-*")):
-        assert sha256_file(shard) == sha256_file(tmp_path / "views" / shard.name)
+    """The whole store, summary.json included, is the same for a re-run; timings go to the run record."""
+    record = tmp_path / "views_run.json"
+    synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], tmp_path / "views", shard_size=4,
+                     run_record=record)
+    files = sorted(p.name for p in reference[0].iterdir())
+    assert "summary.json" in files and files == sorted(p.name for p in (tmp_path / "views").iterdir())
+    for name in files:
+        assert sha256_file(reference[0] / name) == sha256_file(tmp_path / "views" / name), name
+    run = json.loads(record.read_text())
+    assert run["seconds_generating"] > 0 and run["views_generated"] == 12 and "peak_memory_bytes" in run
 
 
 def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference):
