@@ -62,7 +62,8 @@ def views_file_object(remote: Path, views_dir: str, relpath: str = "shard-00000.
 def test_same_commit_pull_views_then_repro_does_not_run_views(shared):
     clone = consumer(shared, "same-commit")
     run(["dvc", "pull", "views"], clone)
-    assert len(cache_objects(clone)) == 1 + len(shared.views_files)  # the manifest and the views' files only
+    # the views stage's outputs only: the store's manifest and files, and its run record
+    assert len(cache_objects(clone)) == 1 + len(shared.views_files) + 1
     assert len(ShardReader(clone / "data/views")) == shared.n_views
     ran, _ = repro(clone)
     assert "views" not in ran  # its inputs (tiny models, prepared data) are rebuilt identically
