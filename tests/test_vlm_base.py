@@ -46,6 +46,32 @@ def test_run_batched_halves_batch_on_cuda_oom():
     assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {1, 2}
 
 
+def test_run_batched_with_finish_queues_the_next_batch_before_finishing_one():
+    events = []
+
+    def launch(batch):
+        events.append(("launch", tuple(batch)))
+        if len(batch) > 2 and ("oom", len(batch)) not in events:  # an OOM while a batch is in flight
+            events.append(("oom", len(batch)))
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return tuple(batch)
+
+    def finish(handle):
+        events.append(("finish", handle))
+        return [x * 10 for x in handle]
+
+    out = run_batched(list(range(7)), launch, batch_size=2, length=lambda x: -x, finish=finish)
+    assert out == [x * 10 for x in range(7)]
+    order = [e for e in events if e[0] != "oom"]
+    assert order == [("launch", (0, 1)), ("launch", (2, 3)), ("finish", (0, 1)), ("launch", (4, 5)),
+                     ("finish", (2, 3)), ("launch", (6,)), ("finish", (4, 5)), ("finish", (6,))]
+
+    events.clear()
+    out = run_batched(list(range(5)), launch, batch_size=4, length=lambda x: -x, finish=finish)
+    assert out == [x * 10 for x in range(5)]
+    assert events[:3] == [("launch", (0, 1, 2, 3)), ("oom", 4), ("launch", (0, 1))]  # halved, nothing lost
+
+
 def test_run_batched_oom_at_batch_one_is_a_clear_error():
     def compute(batch):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -97,6 +97,7 @@ class Zero123Pipeline:
         self.scheduler = components.scheduler
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)  # latent side must divide
+        self.fused = False
         self._set_processors(AttnProcessor2_0)
 
     def _set_processors(self, self_attention) -> None:
@@ -119,8 +120,10 @@ class Zero123Pipeline:
 
     def fuse_projections(self) -> None:
         """One (C, 3C) GEMM for q, k, v of each self-attention instead of three (the same math)."""
-        self.unet.fuse_qkv_projections()
-        self._set_processors(FusedAttnProcessor2_0)
+        if not self.fused:
+            self.unet.fuse_qkv_projections()
+            self._set_processors(FusedAttnProcessor2_0)
+            self.fused = True
 
     def compile(self, mode: str = "reduce-overhead") -> None:
         """Fuse projections and torch.compile the UNet for static shapes (CUDA).

@@ -167,14 +167,17 @@ def _free_cuda_memory() -> None:
 
 
 # ---------------------------------------------------------------- the collator
-def run_batched(items: Sequence[T], compute: Callable[[list[P]], list[R]], *, batch_size: int,
+def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_size: int,
                 length: Callable[[T], int], prepare: Callable[[T], P] | None = None,
-                prefetch_workers: int = 0) -> list[R]:
+                prefetch_workers: int = 0, finish: Callable[[Any], list[R]] | None = None) -> list[R]:
     """Apply `compute` to batches of prepared items, longest first, and return results in input order.
 
     prepare: per-item CPU work (tokenising, image preprocessing); with prefetch_workers > 0 it runs in a
         thread pool for the next batch while `compute` runs on the current one.
-    compute: one batch of prepared items -> one result per item, in the same order.
+    compute: one batch of prepared items -> one result per item, in the same order; or, with `finish`,
+        a handle to work queued on the device, which `finish(handle)` turns into those results. Then the
+        next batch is queued before the previous one is finished, so the device never idles while the
+        host prepares a batch (compute must not wait for the device).
     On CUDA out-of-memory the batch size is halved and the failed batch retried; at batch size 1 the
     error is raised as a ZeroVLMError. The smaller size is kept for the remaining batches.
     """
@@ -192,6 +195,15 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], list[R]], *, ba
             pending[index] = pool.submit(prepare, items[index]) if pool else _Done(prepare(items[index]))
         return pending[index]
 
+    def store(batch: list[int], outputs) -> None:
+        outputs = finish(outputs) if finish else outputs
+        if len(outputs) != len(batch):
+            raise AssertionError(f"compute returned {len(outputs)} results for {len(batch)} items")
+        for i, output in zip(batch, outputs):
+            results[i] = output
+            pending.pop(i, None)
+
+    in_flight: tuple[list[int], Any] | None = None  # the batch queued last, not yet finished
     try:
         start = 0
         while start < len(order):
@@ -213,12 +225,12 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], list[R]], *, ba
                 batch_size //= 2
                 log.warning("CUDA out of memory: batch_size halved to %d", batch_size)
                 continue
-            if len(outputs) != len(batch):
-                raise AssertionError(f"compute returned {len(outputs)} results for {len(batch)} items")
-            for i, output in zip(batch, outputs):
-                results[i] = output
-                pending.pop(i, None)
+            if in_flight:
+                store(*in_flight)
+            in_flight = (batch, outputs)
             start += len(batch)
+        if in_flight:
+            store(*in_flight)
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -43,8 +43,8 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
-from zerovlm.vlm.transformers_ops import (CausalForward, common_prefix_length, compile_regions, decode_loop,
-                                          expand_token)
+from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
+                                          decode_loop, expand_token, to_device)
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +212,10 @@ class LlavaBackend(VisionLanguageModel):
         if pixels.dtype != torch.uint8:
             return pixels.float()
         ip = self.processor.image_processor
-        mean = torch.tensor(ip.image_mean, dtype=torch.float32, device=pixels.device)[:, None, None]
-        std = torch.tensor(ip.image_std, dtype=torch.float32, device=pixels.device)[:, None, None]
-        return (pixels.float() * float(ip.rescale_factor) - mean) / std
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(ip.image_std, dtype=torch.float32)[:, None, None]
+        pixels = pixels.float() * float(ip.rescale_factor)
+        return (pixels - to_device(mean, pixels.device)) / to_device(std, pixels.device)
 
     def _encode(self, request: Request) -> Encoded:
         prefix, continuations = self._tokenise(request)
@@ -236,7 +237,7 @@ class LlavaBackend(VisionLanguageModel):
                 if key not in self._features and key not in todo:  # evicted since _encode: preprocess now
                     todo[key] = e.pixels[key] if key in e.pixels else self._preprocess([image])[0]
         if todo:
-            pixel_values = self._normalise(torch.stack(list(todo.values())).to(self.device)).to(self.dtype)
+            pixel_values = self._normalise(to_device(torch.stack(list(todo.values())), self.device)).to(self.dtype)
             config = self.model.config
             out = self.model.get_image_features(pixel_values=pixel_values,
                                                 vision_feature_layer=config.vision_feature_layer,
@@ -265,15 +266,17 @@ class LlavaBackend(VisionLanguageModel):
         results: list[list[float]] = [[] for _ in requests]
         with cpu_threads_for(self.model):
             outputs = run_batched([requests[i] for i in scored], self._score_batch, batch_size=self.batch_size,
-                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers)
+                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
+                                  finish=PendingScores.result)
         for i, output in zip(scored, outputs):
             results[i] = output
         return results
 
     @torch.no_grad()
-    def _score_batch(self, batch: list[Encoded]) -> list[list[float]]:
+    def _score_batch(self, batch: list[Encoded]) -> PendingScores:
+        """Queue the batch's scoring on the device (`run_batched` finishes it after queueing the next)."""
         rows, features = self._rows_and_features(batch)
-        return self.forward.option_logprobs(rows, [e.continuations for e in batch], side=self.padding_side,
+        return self.forward.launch_option_logprobs(rows, [e.continuations for e in batch], side=self.padding_side,
                                             placeholder=self.image_token_id, features=features)
 
     # ------------------------------------------------------------ generation

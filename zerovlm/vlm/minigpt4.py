@@ -34,7 +34,7 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
-from zerovlm.vlm.transformers_ops import CausalForward, common_prefix_length, decode_loop
+from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, common_prefix_length, decode_loop, to_device
 
 SYSTEM_VICUNA0 = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
                   "provide it to you. Please answer my questions.")
@@ -190,7 +190,7 @@ class MiniGPT4Backend(VisionLanguageModel):
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """(n, 3, 224, 224) -> (n, 32, llm hidden): ViT + ln_vision, Q-Former (float32), llama_proj."""
         vision_device = self.vision.post_layernorm.weight.device
-        image = self.vision(pixel_values=pixels.to(vision_device, self.vision.dtype)).last_hidden_state
+        image = self.vision(pixel_values=to_device(pixels, vision_device).to(self.vision.dtype)).last_hidden_state
         queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
         query_output = self.qformer(query_embeds=queries, encoder_hidden_states=image.float(),
                                     encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long,
@@ -214,13 +214,15 @@ class MiniGPT4Backend(VisionLanguageModel):
         self._memo = {}
 
         @torch.no_grad()
-        def compute(batch: list[dict]) -> list[list[float]]:
-            return self.forward.option_logprobs([e["prefix"] for e in batch], [e["continuations"] for e in batch],
-                                                placeholder=PLACEHOLDER, features=self._features(batch))
+        def compute(batch: list[dict]) -> PendingScores:
+            return self.forward.launch_option_logprobs([e["prefix"] for e in batch],
+                                                       [e["continuations"] for e in batch],
+                                                       placeholder=PLACEHOLDER, features=self._features(batch))
 
         with cpu_threads_for(self.llm):
             outputs = run_batched([requests[i] for i in scored], compute, batch_size=self.batch_size,
-                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers)
+                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
+                                  finish=PendingScores.result)
         results: list[list[float]] = [[] for _ in requests]
         for i, output in zip(scored, outputs):
             results[i] = output

@@ -35,6 +35,14 @@ def expand_token(ids: Sequence[int], token: int, count: int) -> list[int]:
     return out
 
 
+def to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    """Copy a CPU tensor to `device` without waiting for the GPU: a plain `.to("cuda")` from pageable
+    memory synchronises the stream, which would stall the next batch's launch behind the current one."""
+    if tensor.device.type != "cpu" or torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, max length) int64; pads on `side` ("left" or "right")."""
     width = max((len(r) for r in rows), default=0)
@@ -45,14 +53,25 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str, device) -> tuple[
             where = slice(width - len(row), width) if side == "left" else slice(0, len(row))
             ids[b, where] = torch.tensor(row, dtype=torch.long)
             mask[b, where] = 1
-    return ids.to(device), mask.to(device)
+    return to_device(ids, device), to_device(mask, device)
+
+
+class PendingScores:
+    """Option log-probabilities still being computed on the device; `result()` waits and returns them."""
+
+    def __init__(self, sums: torch.Tensor, counts: Sequence[int]):
+        self.sums, self.counts = sums, counts   # sums: (B, widest option count) float64 on the device
+
+    def result(self) -> list[list[float]]:
+        rows = self.sums.tolist()  # the one host synchronisation of a batch
+        return [row[:count] for row, count in zip(rows, self.counts)]
 
 
 class CausalForward:
     """Forwards of a transformers causal (vision-)language model on embeddings, version-robust.
 
-    Positions are always explicit, so padding never shifts a real token's position, and the attention
-    mask is always passed. The cache keyword is `cache` in newer transformers, `past_key_values` before.
+    Positions are always explicit, so padding never shifts a real token's position; a padded batch always
+    gets an attention mask. The cache keyword is `cache` in newer transformers, `past_key_values` before.
     body: the decoder stack returning last_hidden_state (`model.model` for LLaVA and Llama); head: the
     output projection. Both default to the model's own.
     """
@@ -88,17 +107,25 @@ class CausalForward:
             embeds = embeds.masked_scatter(where[..., None], features.to(embeds.dtype))
         return embeds, mask
 
-    @torch.no_grad()
     def option_logprobs(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
-                        *, side: str = "left", placeholder: int | None = None,
-                        features: torch.Tensor | None = None) -> list[list[float]]:
-        """Summed log-probs of every continuation given its row's prefix, in one forward of the body.
+                        **kwargs) -> list[list[float]]:
+        """Summed log-probs of every continuation given its row's prefix (see `launch_option_logprobs`)."""
+        return self.launch_option_logprobs(prefixes, continuations, **kwargs).result()
+
+    @torch.no_grad()
+    def launch_option_logprobs(self, prefixes: Sequence[Sequence[int]],
+                               continuations: Sequence[Sequence[Sequence[int]]], *, side: str = "left",
+                               placeholder: int | None = None,
+                               features: torch.Tensor | None = None) -> PendingScores:
+        """Queue one forward of the body that scores every continuation; nothing waits for the device.
 
         The prefix is encoded once per row; all options share it (a tree attention mask): a row is
         [prefix | option 1 minus its last token | option 2 minus its last token | ...], each option's
         tokens attend to the prefix and to their own option's earlier tokens, positions restart after
         the prefix for every option. When every option is one token the row is just the prefix and the
-        next-token distribution at its last position scores all options (plain causal mask).
+        next-token distribution at its last position scores all options. Rows of equal length need no
+        mask (plain causal attention, flash kernels); otherwise the mask is built here, on the device, so
+        that transformers does not inspect it on the host (a synchronisation).
         """
         rows, segments, positions, sources = [], [], [], []  # sources: (row, column, target, option)
         width = max(len(p) + sum(max(len(c) - 1, 0) for c in cs) for p, cs in zip(prefixes, continuations))
@@ -116,11 +143,11 @@ class CausalForward:
             rows.append(row)
             segments.append(segment)
             positions.append(position)
-        embeds, mask = self.embed_rows(rows, side, placeholder, features)
+        embeds, _ = self.embed_rows(rows, side, placeholder, features)
         device = embeds.device
         position_ids = pad(positions, 0, side, device)[0]
-        if all(s == 0 for seg in segments for s in seg):
-            attention = mask  # 2D padding mask: plain causal attention (flash kernels when unpadded)
+        if all(len(r) == width for r in rows) and all(s == 0 for seg in segments for s in seg):
+            attention = None  # no padding, no options: causal
         else:
             segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
             index = torch.arange(width, device=device)
@@ -131,14 +158,13 @@ class CausalForward:
             attention = attention.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]  # (B, 1, L, L)
         hidden = self.body(inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids,
                            use_cache=False).last_hidden_state                              # (B, L, D)
-        row_index, column, target, option = (torch.tensor(x, device=device) for x in zip(*sources))
+        row_index, column, target, option = (to_device(torch.tensor(x), device) for x in zip(*sources))
         logits = self.head(hidden[row_index, column]).float()                              # (N, V)
         picked = logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1)            # (N,)
         widest = max(len(c) for c in continuations)
         sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
         sums.index_add_(0, row_index * widest + option, picked.double())
-        sums = sums.view(len(prefixes), widest).tolist()
-        return [sums[b][: len(options)] for b, options in enumerate(continuations)]
+        return PendingScores(sums.view(len(prefixes), widest), [len(options) for options in continuations])
 
 
 def compile_regions(*towers: torch.nn.Module) -> int:
