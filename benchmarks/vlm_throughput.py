@@ -9,8 +9,10 @@ after the chat template (576 image tokens + 64 text tokens by default).
 Prints, in one run:
 - naive: one sample at a time, `model.generate` of 16 new tokens (how the paper's code answered);
 - batched scoring (`LlavaBackend.option_logprobs`) for yes/no and for four-caption questions, eager
-  and with the decoder layers compiled (`--compile`), with samples/s, the ratio to naive, achieved
-  TFLOP/s (analytic FLOPs of the forward) and peak GPU memory.
+  and with the decoder layers compiled (`--compile`), then compiled with the decoder's Linear layers as
+  FP8 matmuls (`--fp8`, what `infer.fp8_linear` does), with samples/s, the ratio to naive, achieved
+  TFLOP/s (analytic FLOPs of the forward), peak GPU memory, the host synchronisations per call, and
+  how far the scores move from the first variant's.
 
     python benchmarks/vlm_throughput.py --out benchmarks/results/vlm_h200.txt
     python benchmarks/vlm_throughput.py --scale tiny --samples 16 --batch-size 8   # CPU dry run
@@ -24,6 +26,8 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zerovlm.vlm.base import Request, cpu_threads_for  # noqa: E402
 from zerovlm.vlm.llava import LlavaBackend, load_processor  # noqa: E402
+from zerovlm.vlm.transformers_ops import PendingScores, use_fp8_linears  # noqa: E402
 from zerovlm.vlm.tiny import HUB_LLAVA_CHAT_TEMPLATE, build_word_tokenizer, tiny_llama_config  # noqa: E402
 
 CAPTIONS = ("A red mug is on the top of the wooden table", "A red mug is under the wooden table",
@@ -109,6 +114,10 @@ def random_images(count: int, seed: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
 
 
+def argmax(row) -> int:
+    return max(range(len(row)), key=row.__getitem__)
+
+
 def max_gap(a, b) -> float:
     return max(abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b))
 
@@ -124,6 +133,39 @@ def timed(device, fn):
     out = fn()
     sync(device)
     return time.perf_counter() - start, out
+
+
+class HostTimes:
+    """Where the host's time goes in one option_logprobs call: tokenising for the length sort, preparing
+    inputs (summed over the prefetch threads), queueing batches, waiting for their scores."""
+
+    def __init__(self, backend):
+        self.backend, self.seconds = backend, Counter()
+
+    def _wrap(self, name, fn):
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return timed_call
+
+    def __enter__(self):
+        b = self.backend
+        b._length, b._encode, b._score_batch = (self._wrap(name, getattr(b, attribute)) for name, attribute in
+                                                (("length", "_length"), ("prepare", "_encode"), ("queue", "_score_batch")))
+        self.result = PendingScores.result
+        PendingScores.result = self._wrap("wait", self.result)
+        return self
+
+    def __exit__(self, *exc):
+        for attribute in ("_length", "_encode", "_score_batch"):
+            delattr(self.backend, attribute)
+        PendingScores.result = self.result
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {self.seconds[name]:.2f} s" for name in ("length", "prepare", "queue", "wait"))
 
 
 class Bench:
@@ -158,12 +200,14 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         warm, _ = timed(self.device, lambda: backend.option_logprobs(requests[:bs]))
-        seconds, scores = timed(self.device, lambda: backend.option_logprobs(requests[bs:]))
+        with HostTimes(backend) as host:
+            seconds, scores = timed(self.device, lambda: backend.option_logprobs(requests[bs:]))
         assert len(scores) == len(requests) - bs and all(len(s) == len(r.options) for s, r in zip(scores, requests[bs:]))
         rate = (len(requests) - bs) / seconds
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if self.device.type == "cuda" else float("nan")
         self.say(f"{label:<46}{rate:>10.2f}{rate / self.naive_rate:>9.1f}{rate * flops_per_sample / 1e12:>9.0f}"
                  f"{peak:>10.1f}   (first batch {warm:.1f} s)")
+        self.say(f"     host, of {seconds:.2f} s: {host.summary()}")
         return rate
 
     def gpu_only(self, label, backend, requests, flops_per_sample) -> float:
@@ -178,10 +222,10 @@ class Bench:
         def run():
             for _ in range(repeats):
                 backend._features.clear()
-                backend._score_batch(encoded)
+                backend._score_batch(encoded)  # queued back to back, as run_batched does
 
         with cpu_threads_for(backend.model):
-            backend._score_batch(encoded)
+            backend._score_batch(encoded).result()
             seconds, _ = timed(self.device, run)
         rate = repeats * bs / seconds
         self.say(f"{label:<46}{rate:>10.2f}{rate / self.naive_rate:>9.1f}{rate * flops_per_sample / 1e12:>9.0f}")
@@ -190,10 +234,29 @@ class Bench:
     def agreement(self, tag, backend, requests, reference=None):
         check = backend.option_logprobs(requests)
         single = [backend.option_logprobs([r])[0] for r in requests[:4]]
-        self.say(f"   {tag}: max |batched - one at a time| = {max_gap(check[:4], single):.3g}"
-                 + (f"; max |this - eager| = {max_gap(check, reference):.3g}" if reference else "")
-                 + f" (summed log-probs, {str(self.dtype).removeprefix('torch.')})")
+        line = f"   {tag}: max |batched - one at a time| = {max_gap(check[:4], single):.3g}"
+        if reference:
+            gaps = [abs(x - y) for a, b in zip(check, reference) for x, y in zip(a, b)]
+            same = sum(argmax(a) == argmax(b) for a, b in zip(check, reference)) / len(check)
+            line += (f"; vs the first variant: max |diff| {max(gaps):.3g}, mean {sum(gaps) / len(gaps):.3g}, "
+                     f"same choice {100 * same:.0f}% of {len(check)}")
+        self.say(line + f" (summed log-probs, {str(self.dtype).removeprefix('torch.')})")
         return check
+
+    def synchronisations(self, tag, backend, requests) -> None:
+        """Host synchronisations during one option_logprobs call (one per batch is the design)."""
+        if self.device.type != "cuda":
+            return
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                backend.option_logprobs(requests)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        sites = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+        batches = -(-len(requests) // self.args.batch_size)
+        self.say(f"   {tag}: {sum(sites.values())} host synchronisations for {batches} batches {dict(sites)}")
 
 
 def run_llava(b: Bench) -> None:
@@ -231,25 +294,24 @@ def run_llava(b: Bench) -> None:
     b.naive(naive_one, images[count:count + args.naive_samples + 1])
     flops_yes_no = forward_flops(config, args.text_tokens, image_tokens, 1)
     flops_four = forward_flops(config, four_text + four_extra, image_tokens, 4 + four_extra)
+    variants = {"off": [("eager", False)], "on": [("compiled", True)],
+                "both": [("eager", False), ("compiled", True)]}[args.compile]
+    if args.fp8 and device.type == "cuda":  # last: the conversion replaces the decoder's layers in place
+        variants.append(("compiled, FP8", True))
     reference = None
-    for compiled in {"off": [False], "on": [True], "both": [False, True]}[args.compile]:
+    for tag, compiled in variants:
+        if tag.endswith("FP8"):
+            torch._dynamo.reset()
+            use_fp8_linears(model.get_decoder(), device)
         be = LlavaBackend(model, processor, batch_size=args.batch_size, compile=compiled) if compiled else backend
-        tag = "compiled" if compiled else "eager"
         b.measure(f"batched scoring, yes/no, {tag}, bs {args.batch_size}", be, yes_no, flops_yes_no)
         b.measure(f"batched scoring, 4 captions, {tag}, bs {args.batch_size}", be, four, flops_four)
         b.measure(f"batched scoring, yes/no 48-80 text tokens, {tag}", be, mixed, flops_yes_no)
         b.gpu_only(f"  model side only (pre-encoded), yes/no, {tag}", be, yes_no, flops_yes_no)
         b.gpu_only(f"  model side only (pre-encoded), 4 captions, {tag}", be, four, flops_four)
-        check = b.agreement(tag, be, four[:4] + yes_no[:12], reference)
+        check = b.agreement(tag, be, four[:64] + yes_no[:64], reference)
+        b.synchronisations(tag, be, mixed[: 2 * args.batch_size])
         reference = reference or check
-    if args.compile != "off" and args.static:  # the same layers compiled for fixed shapes (recompiles per shape)
-        compile_regions_static = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None)]
-        for module in compile_regions_static:
-            module.compile(dynamic=False)
-        be = LlavaBackend(model, processor, batch_size=args.batch_size)
-        b.measure(f"batched scoring, yes/no, static shapes, bs {args.batch_size}", be, yes_no, flops_yes_no)
-        b.measure(f"batched scoring, 4 captions, static shapes, bs {args.batch_size}", be, four, flops_four)
-        b.gpu_only("  model side only (pre-encoded), yes/no, static", be, yes_no, flops_yes_no)
     b.say("goals on one H200: >= 75 yes/no samples/s, >= 60 four-caption samples/s (naive measured 2.12/s)")
 
 
@@ -330,7 +392,8 @@ def main(argv=None) -> None:
     parser.add_argument("--naive-samples", type=int, default=8)
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--compile", choices=("off", "on", "both"), default="both", help="LLaVA only")
-    parser.add_argument("--static", action="store_true", help="also compile the layers for fixed shapes")
+    parser.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure FP8 decoder Linear layers, compiled (CUDA only)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
 

@@ -149,7 +149,8 @@ def main() -> None:
         report(f"project  {args.dtype} {args.batch} views/call {mode:15s}: {1 / per_view:7.2f} views/s  "
                f"x{naive_s / per_view:6.1f} vs naive; UNet {step * 1e3:6.1f} ms/step = "
                f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "
-               f"TFLOP/s; peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s", lines)
+               f"TFLOP/s; outside the UNet {per_view * args.batch - step * args.steps:5.2f} s/call; "
+               f"peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s", lines)
         del pipe
         gc.collect()
         torch.cuda.empty_cache()

@@ -169,6 +169,8 @@ class InferConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(16, ge=1)                 # requests per forward (halved on CUDA out-of-memory)
     compile: bool = False                             # torch.compile the decoder blocks (CUDA only)
+    fp8_linear: bool = False                          # decoder Linear layers as FP8 matmuls (CUDA, compute
+                                                      # capability >= 8.9; scores change slightly: zerovlm/fp8.py)
     seed: int = 0
     trust_remote_code: bool = False                   # never on by default
 

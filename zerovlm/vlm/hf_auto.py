@@ -25,7 +25,7 @@ from transformers import StoppingCriteria
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed,
                               resolve_device_dtype, run_batched)
-from zerovlm.vlm.transformers_ops import common_prefix_length
+from zerovlm.vlm.transformers_ops import common_prefix_length, use_fp8_linears, uses_fp8
 from zerovlm.vlm.llava import check_model_source, load_processor
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
@@ -50,7 +50,7 @@ class HFAutoBackend(VisionLanguageModel):
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "model_type": self.model.config.model_type,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "native_multi_image": self.native_multi_image,
+                "native_multi_image": self.native_multi_image, "fp8_linear": uses_fp8(self.model),
                 "max_images_per_request": self.max_images_per_request}
 
     def render_prompt(self, request: Request) -> str:
@@ -156,4 +156,7 @@ def load_hf_auto(cfg) -> HFAutoBackend:
                                                             trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as error:
         raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} as an image-text-to-text model ({error})") from None
-    return HFAutoBackend(model.to(device), processor, model_id=cfg.model, batch_size=cfg.batch_size)
+    model = model.to(device)
+    if cfg.fp8_linear:
+        use_fp8_linears(model.get_decoder(), device)
+    return HFAutoBackend(model, processor, model_id=cfg.model, batch_size=cfg.batch_size)

@@ -17,11 +17,14 @@ Algorithm, one batch (`_score_batch`):
 2. Images: resized and cropped on CPU as uint8 in prefetch threads (`_resize_and_crop`, identical to the
    processor's CLIP pipeline, tested), normalised on the GPU; features once per distinct image
    (content hash; a small cache spans batches).
-3. One forward of the decoder over the left-padded rows [prefix | options minus their last token] with
-   a tree attention mask (`CausalForward.option_logprobs`): the image and prompt are encoded once and
-   every option attends to them, no per-option recomputation and no KV-cache copies. When every option
-   is one token (Yes/No, A-D) the row is just the prefix and the next-token distribution scores all.
+3. One forward of the decoder over the padded rows [prefix | options minus their last token] with a
+   tree attention mask (`CausalForward.launch_option_logprobs`): the image and prompt are encoded once
+   and every option attends to them, no per-option recomputation and no KV-cache copies. When every
+   option is one token (Yes/No, A-D) the row is just the prefix, the next-token distribution scores all,
+   and right-padded rows need no mask at all (flash attention).
 4. Only the positions that predict option tokens go through lm_head (no B x L x vocab logits).
+5. Nothing waits for the GPU while a batch is queued: `run_batched` queues the next batch before it
+   reads the previous one's scores (the only host synchronisation of a batch).
 Generation: the same prefix embeddings, then a KV-cached greedy (or per-request seeded sampling) loop.
 Optional `compile`: torch.compile of each decoder block of both towers (regional, dynamic shapes).
 """
@@ -44,7 +47,7 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
-                                          decode_loop, expand_token, to_device)
+                                          decode_loop, expand_token, to_device, use_fp8_linears, uses_fp8)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ class LlavaBackend(VisionLanguageModel):
     max_images_per_request = 1  # LLaVA-1.5 was trained on single images (several work only mechanically)
 
     def __init__(self, model, processor, *, model_id: str = "", chat_format: str = "hub",
-                 image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "left",
+                 image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "right",
                  prefetch_workers: int | None = None, feature_cache_size: int = 256, compile: bool = False):
         if chat_format not in ("hub", "llava_original"):
             raise ZeroVLMError(f"chat_format must be 'hub' or 'llava_original', got {chat_format!r}")
@@ -121,6 +124,7 @@ class LlavaBackend(VisionLanguageModel):
                 "image_preprocess": self.image_preprocess, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "attention": self.model.config._attn_implementation,
                 "tokens_per_image": self.tokens_per_image, "compiled": self.compiled,
+                "fp8_linear": uses_fp8(self.model),
                 "transformers": transformers.__version__, "torch": torch.__version__}
 
     # ------------------------------------------------------------ prompts and inputs
@@ -339,6 +343,9 @@ def load_llava(cfg) -> LlavaBackend:
         raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} ({error}); for hub ids check the network "
                            "or the Hugging Face cache") from None
     log.info("llava: %s on %s as %s", cfg.model, device, dtype)
+    model = model.to(device)
+    if cfg.fp8_linear:
+        use_fp8_linears(model.get_decoder(), device)
     compile_layers = cfg.compile and device.type == "cuda"
-    return LlavaBackend(model.to(device), processor, model_id=cfg.model, chat_format=cfg.chat_format,
+    return LlavaBackend(model, processor, model_id=cfg.model, chat_format=cfg.chat_format,
                         image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size, compile=compile_layers)

@@ -34,7 +34,8 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
-from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, common_prefix_length, decode_loop, to_device
+from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
+                                          use_fp8_linears, uses_fp8)
 
 SYSTEM_VICUNA0 = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
                   "provide it to you. Please answer my questions.")
@@ -144,6 +145,7 @@ class MiniGPT4Backend(VisionLanguageModel):
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."), "qformer_dtype": "float32",
+                "fp8_linear": uses_fp8(self.llm),
                 "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image}
 
     def render_prompt(self, request: Request) -> str:
@@ -278,6 +280,9 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
         raise ZeroVLMError(f"llama_proj.weight has shape {tuple(weights['weight'].shape)}, the Q-Former and "
                            f"LLM need {tuple(llama_proj.weight.shape)} (a 7B .pth with a 13B Vicuna?)")
     llama_proj.load_state_dict(weights)
+    llm = llm.to(device)
+    if cfg.fp8_linear:
+        use_fp8_linears(llm.get_decoder(), device)
     return MiniGPT4Backend(vision.to(device, dtype), query_tokens.to(device), qformer.to(device),
-                           llama_proj.to(device, dtype), llm.to(device), tokenizer, model_id=cfg.model,
+                           llama_proj.to(device, dtype), llm, tokenizer, model_id=cfg.model,
                            batch_size=cfg.batch_size)

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from zerovlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import cut_at_stop
 
@@ -114,7 +115,7 @@ class CausalForward:
 
     @torch.no_grad()
     def launch_option_logprobs(self, prefixes: Sequence[Sequence[int]],
-                               continuations: Sequence[Sequence[Sequence[int]]], *, side: str = "left",
+                               continuations: Sequence[Sequence[Sequence[int]]], *, side: str = "right",
                                placeholder: int | None = None,
                                features: torch.Tensor | None = None) -> PendingScores:
         """Queue one forward of the body that scores every continuation; nothing waits for the device.
@@ -123,9 +124,10 @@ class CausalForward:
         [prefix | option 1 minus its last token | option 2 minus its last token | ...], each option's
         tokens attend to the prefix and to their own option's earlier tokens, positions restart after
         the prefix for every option. When every option is one token the row is just the prefix and the
-        next-token distribution at its last position scores all options. Rows of equal length need no
-        mask (plain causal attention, flash kernels); otherwise the mask is built here, on the device, so
-        that transformers does not inspect it on the host (a synchronisation).
+        next-token distribution at its last position scores all options. Such rows need no mask when they
+        are right-padded or of equal length (plain causal attention: flash kernels); otherwise the mask is
+        built here, on the device, so that transformers does not inspect it on the host (a
+        synchronisation). Right padding (the default) is the fast side; left gives the same scores.
         """
         rows, segments, positions, sources = [], [], [], []  # sources: (row, column, target, option)
         width = max(len(p) + sum(max(len(c) - 1, 0) for c in cs) for p, cs in zip(prefixes, continuations))
@@ -146,8 +148,8 @@ class CausalForward:
         embeds, _ = self.embed_rows(rows, side, placeholder, features)
         device = embeds.device
         position_ids = pad(positions, 0, side, device)[0]
-        if all(len(r) == width for r in rows) and all(s == 0 for seg in segments for s in seg):
-            attention = None  # no padding, no options: causal
+        if all(s == 0 for seg in segments for s in seg) and (side == "right" or all(len(r) == width for r in rows)):
+            attention = None  # causal: right padding follows every real token, so it is never attended to
         else:
             segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
             index = torch.arange(width, device=device)
@@ -165,6 +167,24 @@ class CausalForward:
         sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
         sums.index_add_(0, row_index * widest + option, picked.double())
         return PendingScores(sums.view(len(prefixes), widest), [len(options) for options in continuations])
+
+
+def use_fp8_linears(decoder: torch.nn.Module, device: torch.device) -> int:
+    """Run the Linear layers of the decoder blocks as FP8 matmuls (zerovlm.fp8); the embeddings, lm_head
+    and vision tower keep their dtype. Call before compiling. Returns the number of layers converted."""
+    check_fp8_device(device)
+    layers = getattr(decoder, "layers", None)
+    count = convert_linears(layers) if isinstance(layers, torch.nn.ModuleList) else 0
+    if not count:
+        raise ZeroVLMError("infer.fp8_linear: no bfloat16/float16 Linear layer in the decoder blocks "
+                           "(set infer.dtype to bfloat16)")
+    log.info("fp8_linear: %d decoder Linear layers run as FP8 matmuls", count)
+    return count
+
+
+def uses_fp8(model) -> bool:
+    """Whether any layer of `model` runs as an FP8 matmul (recorded in the backends' info())."""
+    return isinstance(model, torch.nn.Module) and any(isinstance(m, Float8Linear) for m in model.modules())
 
 
 def compile_regions(*towers: torch.nn.Module) -> int:

@@ -1,0 +1,214 @@
+"""Where the GPU time goes: kernel-time tables for the Zero123 UNet and the LLaVA-1.5-7B forward (not a test).
+
+Builds the same full-size random-weight models as the throughput benchmarks and prints, per variant,
+the device time of one call split by kernel kind (convolution, GEMM, attention, normalisation, fused
+Triton kernels, other) and the top kernels, so that a speed-up is aimed at what costs time:
+
+    python benchmarks/gpu_profile.py zero123       # UNet eager / compiled / compiled with FP8 linears
+    python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
+
+The FP8 variants also print their deviation from bf16 on the same inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from zerovlm.fp8 import convert_linears  # noqa: E402
+
+KINDS = (("attention", r"flash|fmha|attention|mha"), ("convolution", r"conv|fprop|implicit|cudnn"),
+         ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_"), ("norm", r"norm"),
+         ("triton", r"^triton_"), ("copy", r"copy|memcpy|memset|fill"))
+
+
+def kind_of(name: str) -> str:
+    lower = name.lower()
+    return next((kind for kind, pattern in KINDS if re.search(pattern, lower)), "other")
+
+
+def kernel_table(label: str, fn, calls: int = 3, top: int = 12) -> float:
+    """Profile `calls` calls of fn (after one warm-up) and print device ms per call by kernel kind."""
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    per_kind: collections.Counter = collections.Counter()
+    for event in kernels:
+        per_kind[kind_of(event.key)] += event.self_device_time_total / 1e3 / calls
+    total = sum(per_kind.values())
+    print(f"\n-- {label}: {total:.1f} ms of kernels per call", flush=True)
+    for kind, ms in per_kind.most_common():
+        print(f"   {kind:<12}{ms:9.2f} ms {100 * ms / total:5.1f}%")
+    for event in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
+        ms = event.self_device_time_total / 1e3 / calls
+        print(f"   {ms:8.2f} ms x{event.count // calls:<4} {kind_of(event.key):<11} {event.key[:110]}")
+    return total
+
+
+def event_ms(fn, repeats: int = 5) -> float:
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((x.float() - reference.float()).norm() / reference.float().norm())
+
+
+# ---------------------------------------------------------------- Zero123
+def zero123(args) -> None:
+    from zero123_throughput import full_size_components, inputs
+
+    from zerovlm.views.zero123 import Zero123Pipeline
+
+    batch, size = args.batch, 256
+    latent = torch.randn(2 * batch, 8, size // 8, size // 8, device="cuda", dtype=torch.bfloat16)
+    latent = latent.contiguous(memory_format=torch.channels_last)
+    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16)
+    t = torch.tensor(500, device="cuda")
+
+    def unet_call(pipe):
+        with torch.no_grad():
+            return pipe.unet(latent, t, encoder_hidden_states=context, return_dict=False)[0]
+
+    pipe = Zero123Pipeline(full_size_components(torch.bfloat16, size)).to("cuda")
+    torch.backends.cudnn.benchmark = True
+    kernel_table(f"UNet eager, bf16, {2 * batch} samples", lambda: unet_call(pipe))
+    reference = unet_call(pipe).float()
+
+    # the non-UNet parts of one pipeline call, eager
+    images, poses, _ = inputs(batch, size)
+    encode_ms = event_ms(lambda: pipe.encode(images, poses, size), 3)
+    x = torch.randn(batch, 4, size // 8, size // 8, device="cuda")
+    decode_ms = event_ms(lambda: pipe.decode(x), 3)
+    print(f"\nencode {batch} views (8 distinct images): {encode_ms:.1f} ms; decode {batch} views: {decode_ms:.1f} ms")
+
+    tick = time.perf_counter()
+    pipe.compile(mode="default")  # no CUDA graphs, so the profiler sees each kernel
+    unet_call(pipe)
+    print(f"compile (default mode): {time.perf_counter() - tick:.0f} s")
+    kernel_table("UNet compiled (default mode)", lambda: unet_call(pipe))
+    print(f"compiled vs eager output: relative error {relative_error(unet_call(pipe), reference):.2e}")
+
+    tick = time.perf_counter()
+    decoder = torch.compile(pipe.vae.decode, mode="default")
+    with torch.no_grad():
+        decoder(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    print(f"VAE decode compile: {time.perf_counter() - tick:.0f} s")
+    y = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        print(f"VAE decode compiled: {event_ms(lambda: decoder(y), 3):.1f} ms (eager path incl. PIL: {decode_ms:.1f})")
+
+    for freezing in (False, True):
+        torch._dynamo.reset()
+        import torch._inductor.config as inductor
+        inductor.freezing = freezing
+        pipe = Zero123Pipeline(full_size_components(torch.bfloat16, size)).to("cuda")
+        pipe.fuse_projections()  # first: fusing concatenates the bf16 weights
+        count = convert_linears(pipe.unet)
+        tick = time.perf_counter()
+        pipe.compile(mode="default")
+        unet_call(pipe)
+        print(f"\nFP8 linears ({count} layers), freezing={freezing}: compile {time.perf_counter() - tick:.0f} s; "
+              f"relative error vs bf16 eager {relative_error(unet_call(pipe), reference):.2e}")
+        kernel_table(f"UNet compiled, FP8 linears, freezing={freezing}", lambda: unet_call(pipe))
+    inductor.freezing = False
+
+
+# ---------------------------------------------------------------- LLaVA
+def llava(args) -> None:
+    import tempfile
+
+    from vlm_throughput import CAPTIONS, build_model, build_processor, make_prompt, random_images
+
+    from zerovlm.vlm.base import Request
+    from zerovlm.vlm.llava import LlavaBackend
+
+    with tempfile.TemporaryDirectory() as folder:
+        processor = build_processor(Path(folder), 336, 14)
+    model, _ = build_model("full", processor.tokenizer, torch.device("cuda"), torch.bfloat16)
+    backend = LlavaBackend(model, processor, batch_size=64, compile=True)
+    prompt = make_prompt(backend, 64)
+    images = random_images(64 * 4, seed=0)
+    yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(64 * 4)]
+    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(64)]
+
+    backend._begin_call()
+    encoded = [backend._encode(r) for r in yes_no[:64]]
+
+    def model_side():
+        backend._features.clear()
+        return backend._score_batch(encoded)
+
+    kernel_table("LLaVA-7B model side, yes/no, 64 per batch, compiled regions", model_side)
+    backend.option_logprobs(yes_no[:64])
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        tick = time.perf_counter()
+        backend._features.clear()
+        backend.option_logprobs(yes_no[64:])
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - tick
+    busy = sum(e.self_device_time_total for e in prof.key_averages()
+               if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+    print(f"\nfull path, 3 batches of 64: wall {wall:.2f} s, kernels {busy:.2f} s -> GPU busy {100 * busy / wall:.0f}%"
+          f" ({192 / wall:.1f} samples/s)")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        backend._features.clear()
+        backend.option_logprobs(yes_no[:64])
+        torch.cuda.set_sync_debug_mode("default")
+    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
+                                if "synchroniz" in str(w.message))
+    print(f"synchronising calls in one option_logprobs batch: {sum(sites.values())}: {dict(sites.most_common(12))}")
+
+    bf16 = backend.option_logprobs(yes_no[:64] + four)
+    torch._dynamo.reset()
+    count = convert_linears(model.model.language_model.layers)
+    backend = LlavaBackend(model, processor, batch_size=64, compile=True)
+    backend._begin_call()
+    encoded = [backend._encode(r) for r in yes_no[:64]]
+    fp8 = backend.option_logprobs(yes_no[:64] + four)
+    gaps = [abs(a - b) for row_a, row_b in zip(fp8, bf16) for a, b in zip(row_a, row_b)]
+    agree = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+                for a, b in zip(fp8, bf16)) / len(bf16)
+    print(f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"
+          f" same choice as bf16 for {100 * agree:.0f}% of {len(bf16)} requests")
+    kernel_table("LLaVA-7B model side, yes/no, FP8 decoder linears", model_side)
+    seconds = event_ms(model_side, 3) / 1e3
+    print(f"FP8 model side: {64 / seconds:.1f} samples/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", choices=("zero123", "llava"))
+    parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
+    args = parser.parse_args()
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    {"zero123": zero123, "llava": llava}[args.model](args)
+
+
+if __name__ == "__main__":
+    main()
