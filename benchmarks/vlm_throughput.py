@@ -151,21 +151,23 @@ class HostTimes:
                 self.seconds[name] += time.perf_counter() - start
         return timed_call
 
+    ATTRIBUTES = {"_length": "length", "_encode": "prepare", "_score_batch": "queue"}  # those a backend has
+
     def __enter__(self):
-        b = self.backend
-        b._length, b._encode, b._score_batch = (self._wrap(name, getattr(b, attribute)) for name, attribute in
-                                                (("length", "_length"), ("prepare", "_encode"), ("queue", "_score_batch")))
+        self.wrapped = [a for a in self.ATTRIBUTES if hasattr(self.backend, a)]
+        for attribute in self.wrapped:
+            setattr(self.backend, attribute, self._wrap(self.ATTRIBUTES[attribute], getattr(self.backend, attribute)))
         self.result = PendingScores.result
         PendingScores.result = self._wrap("wait", self.result)
         return self
 
     def __exit__(self, *exc):
-        for attribute in ("_length", "_encode", "_score_batch"):
+        for attribute in self.wrapped:
             delattr(self.backend, attribute)
         PendingScores.result = self.result
 
     def summary(self) -> str:
-        return ", ".join(f"{name} {self.seconds[name]:.2f} s" for name in ("length", "prepare", "queue", "wait"))
+        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.seconds.items())
 
 
 class Bench:

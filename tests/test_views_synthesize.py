@@ -177,3 +177,13 @@ def test_an_image_that_is_not_an_image_names_file_and_example(tmp_path, tiny_mod
 def test_missing_model_is_a_clear_error(tmp_path, prepared):
     with pytest.raises(ZeroVLMError, match="build-tiny-models"):
         synthesize_views(views_config(tmp_path / "no-model"), prepared[1], prepared[0], tmp_path / "views")
+
+
+def test_weights_variant_selects_the_variant_files(tmp_path, tiny_models, prepared):
+    """views.weights_variant loads *.fp16.* files (bennyguo layout); the kxic layout has none: a clear error."""
+    cfg = views_config(tiny_models["bennyguo"], weights_variant="fp16")
+    summary = synthesize_views(cfg, prepared[1][:1], prepared[0], tmp_path / "views")
+    assert summary["views"] == 4 and summary["settings"]["weights_variant"] == "fp16"
+    cfg = views_config(tiny_models["kxic"], weights_variant="fp16_ema")
+    with pytest.raises(ZeroVLMError, match="fp16_ema"):
+        synthesize_views(cfg, prepared[1][:1], prepared[0], tmp_path / "kxic")

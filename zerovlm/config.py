@@ -111,6 +111,8 @@ class CustomView(Section):
 class ViewsConfig(Section):
     model: str = "kxic/zero123-165000"                 # hub id or local folder (kxic or bennyguo layout)
     variant: Literal["zero123", "stable_zero123"] = "zero123"  # pose vector's 4th element: radius or polar
+    weights_variant: Literal["fp16", "fp16_ema"] | None = None  # bennyguo/ashawkey files *.fp16[_ema].*;
+                                                      # null: the main weights (the only ones kxic/* has)
     presets: tuple[Literal["left", "right", "top", "random"], ...] = VIEW_PRESETS
     custom: tuple[CustomView, ...] = ()               # extra named poses
     image_size_px: int = Field(256, ge=16)            # Zero123 works at 256

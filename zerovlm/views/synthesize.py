@@ -38,7 +38,7 @@ FINGERPRINT_FILE = "settings.json"
 # What the view store's own summary.json holds: the same for any run that gives the same views.
 STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallbacks", "fingerprint", "settings")
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
-PIXEL_SETTINGS = ("model", "variant", "image_size_px", "num_inference_steps", "timestep_schedule",
+PIXEL_SETTINGS = ("model", "variant", "weights_variant", "image_size_px", "num_inference_steps", "timestep_schedule",
                   "guidance_scale", "eta", "dtype", "seed", "foreground", "foreground_threshold_rgb")
 
 
@@ -217,7 +217,7 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
     writer = ShardWriter(partial / worker.part_name, shard_size)
     sampler, generating, generated = None, 0.0, 0
     if mine:
-        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device)
+        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device, variant=cfg.weights_variant)
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
         sampler = _Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")

@@ -209,8 +209,9 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_
         while start < len(order):
             batch = order[start : start + batch_size]
             inputs = [prepared(i).result() for i in batch]
-            if pool:  # start preparing the next batch while this one computes
-                for i in order[start + len(batch) : start + 2 * len(batch)]:
+            following = order[start + len(batch) : start + 2 * len(batch)]
+            if pool and not finish:  # prepare the next batch while this one computes
+                for i in following:
                     prepared(i)
             try:
                 outputs = compute(inputs)
@@ -225,6 +226,11 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_
                 batch_size //= 2
                 log.warning("CUDA out of memory: batch_size halved to %d", batch_size)
                 continue
+            if pool and finish:
+                # Prepare the next batch only now, while this thread waits for the device below, so that
+                # prefetch threads do not contend for the GIL while this one queues thousands of kernels.
+                for i in following:
+                    prepared(i)
             if in_flight:
                 store(*in_flight)
             in_flight = (batch, outputs)

@@ -147,10 +147,13 @@ class CausalForward:
             positions.append(position)
         embeds, _ = self.embed_rows(rows, side, placeholder, features)
         device = embeds.device
-        position_ids = pad(positions, 0, side, device)[0]
         if all(s == 0 for seg in segments for s in seg) and (side == "right" or all(len(r) == width for r in rows)):
-            attention = None  # causal: right padding follows every real token, so it is never attended to
+            # Plain causal attention: right padding follows every real token, so no real token sees it,
+            # and every row's positions are 0, 1, ... Passing neither mask nor positions also keeps
+            # transformers from inspecting the positions on the host for packed sequences (a sync).
+            attention = position_ids = None
         else:
+            position_ids = pad(positions, 0, side, device)[0]
             segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
             index = torch.arange(width, device=device)
             allowed = (index[None, :, None] >= index[None, None, :]) & (segment_ids[:, None, :] >= 0) & (
