@@ -143,3 +143,78 @@ def test_unsafe_or_malformed_projection_checkpoints_are_refused(tmp_path, conten
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ZeroVLMError, match="minigpt4.json"):
         load_backend(InferConfig(backend="minigpt4", model=str(tmp_path), device="cpu"))
+
+
+# ---------------------------------------------------------------- the Llama-2 variant
+@pytest.fixture(scope="module")
+def llama2_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_minigpt4_llama2")
+    build_tiny_minigpt4(folder, seed=0, variant="llama2")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama2(llama2_dir):
+    return load_backend(InferConfig(backend="minigpt4", model=str(llama2_dir), device="cpu", batch_size=3))
+
+
+def test_llama2_prompt_matches_conv_vision_llama2(llama2):
+    image = Image.new("RGB", (8, 8))
+    assert llama2.render_prompt(Request((image,), "Is it left?")) == (
+        "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it "
+        "to you. Please answer my questions.<s>[INST] <Img><ImageHere></Img> Is it left? [/INST] ")
+    prefix, _ = llama2._tokenise(Request((image,), "Is it left?", ("Yes", "No")))
+    assert prefix.count(llama2.tokenizer.bos_token_id) == 2  # the tokenizer's BOS and the template's "<s>"
+
+
+def test_llama2_image_tokens_are_four_patches_after_a_fresh_ln_vision(llama2, backend):
+    """encode_img without a Q-Former: ln_vision (never loaded: weight 1, bias 0), CLS dropped, every 4
+    consecutive patch tokens concatenated, llama_proj."""
+    vision = llama2.vision
+    assert torch.equal(vision.post_layernorm.weight, torch.ones_like(vision.post_layernorm.weight))
+    assert torch.equal(vision.post_layernorm.bias, torch.zeros_like(vision.post_layernorm.bias))
+    assert not torch.allclose(backend.vision.post_layernorm.weight, vision.post_layernorm.weight)  # vicuna0 loads it
+    pixels = torch.stack([preprocess(Image.new("RGB", (50, 30), (200, 30, 30))),
+                          preprocess(Image.new("RGB", (30, 50), (30, 30, 200)))])
+    with torch.no_grad():
+        hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]  # before ln_vision
+        normed = torch.nn.functional.layer_norm(hidden, hidden.shape[-1:], eps=1e-5)[:, 1:]
+        grouped = torch.stack([torch.cat([row[i + k] for k in range(4)]) for row in normed
+                               for i in range(0, row.shape[0], 4)]).reshape(2, -1, 4 * hidden.shape[-1])
+        expected = llama2.llama_proj(grouped)
+    got = llama2.image_embeddings(pixels)
+    assert got.shape == (2, llama2.tokens_per_image, llama2.llm.config.hidden_size) and llama2.tokens_per_image == 16
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_llama2_scores_match_the_original_and_batching(llama2):
+    for request, scores in zip(requests(), llama2.option_logprobs(requests())):
+        assert scores == pytest.approx(reference_scores(llama2, request), abs=1e-4)
+    single = [llama2.option_logprobs([r])[0] for r in requests()]
+    for a, b in zip(llama2.option_logprobs(requests()), single):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert llama2.info()["variant"] == "llama2" and llama2.conversation.stop == ()  # stops at EOS only
+    assert len(llama2.generate(requests()[:2], max_new_tokens=4)) == 2
+
+
+def test_llama2_reads_no_qformer_shard(llama2_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(llama2_dir, copy)
+    index = json.loads((copy / "blip2" / "model.safetensors.index.json").read_text())["weight_map"]
+    vision = {f for k, f in index.items() if k.startswith("vision_model.")}
+    for name in set(index.values()) - vision:
+        (copy / "blip2" / name).unlink()
+    assert load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu")).qformer is None
+
+
+@pytest.mark.parametrize("change, message", [({"variant": "llama3"}, "variant must be one of"),
+                                             ({"variant": "llama2", "llama_proj": "../vicuna0/llama_proj.pth"},
+                                              "llama2 image tokens")])
+def test_bad_variant_or_projection_is_a_clear_error(tiny_dir, llama2_dir, tmp_path, change, message):
+    copy = tmp_path / "llama2"
+    shutil.copytree(llama2_dir, copy)
+    shutil.copytree(tiny_dir, tmp_path / "vicuna0")
+    manifest = json.loads((copy / "minigpt4.json").read_text()) | change
+    (copy / "minigpt4.json").write_text(json.dumps(manifest))
+    with pytest.raises(ZeroVLMError, match=message):
+        load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu"))

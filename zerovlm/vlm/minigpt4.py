@@ -1,29 +1,43 @@
-"""MiniGPT-4 (Vicuna v0) assembled from transformers parts, behind the VisionLanguageModel interface.
+"""MiniGPT-4 (Vicuna v0 and Llama-2 variants) assembled from transformers parts, behind the
+VisionLanguageModel interface.
 
-Architecture (Vision-CAIR/MiniGPT-4, minigpt4/models/minigpt4.py): EVA-CLIP ViT-g/14 -> `ln_vision` ->
-BLIP-2 Q-Former with 32 query tokens -> `llama_proj` Linear(768, 4096 | 5120) -> Vicuna v0.
+Architecture (Vision-CAIR/MiniGPT-4, minigpt4/models/minigpt4.py `encode_img`):
+- vicuna0: EVA-CLIP ViT-g/14 -> `ln_vision` -> BLIP-2 Q-Former with 32 query tokens -> `llama_proj`
+  Linear(768, 4096 | 5120) -> Vicuna v0 7B / 13B.
+- llama2 (`has_qformer: False`): EVA-CLIP ViT-g/14 -> `ln_vision` -> the 256 patch tokens (CLS dropped),
+  every 4 consecutive ones concatenated -> 64 tokens of width 5632 -> `llama_proj` Linear(5632, 4096)
+  -> Llama-2-7b-chat. Without a Q-Former the original never loads BLIP-2 weights, so its `ln_vision` is
+  a freshly initialised, frozen LayerNorm (weight 1, bias 0): reproduced here.
 Here: Blip2VisionModel (its `post_layernorm` is LAVIS' `ln_vision`, eps set to the original 1e-5) +
 `query_tokens` + Blip2QFormerModel, read selectively (only the shards holding them) from a BLIP-2
-checkpoint such as Salesforce/blip2-flan-t5-xxl; `llama_proj` from the released .pth with
-torch.load(weights_only=True); LlamaForCausalLM + its tokenizer for Vicuna v0.
+checkpoint such as Salesforce/blip2-flan-t5-xxl (its vision tower is EVA-CLIP ViT-g, frozen in BLIP-2);
+`llama_proj` from the released .pth with torch.load(weights_only=True); LlamaForCausalLM + its tokenizer.
 
 cfg.model is a folder with a `minigpt4.json` manifest (paths relative to it, or hub ids):
     {"vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": "prerained_minigpt4_7b.pth",
      "llm": "vicuna-7b-v0"}
+    {"variant": "llama2", "vision_qformer": "Salesforce/blip2-flan-t5-xxl",
+     "llama_proj": "pretrained_minigpt4_llama2_7b.pth", "llm": "meta-llama/Llama-2-7b-chat-hf"}
+("variant" defaults to "vicuna0"; the llama2 variant reads only the vision tower of the BLIP-2 checkpoint.)
 Vicuna v0 is distributed as deltas on LLaMA: reconstruct it first (FastChat's apply_delta).
 
-Prompt (conv_vision_vicuna0): `{system}###Human: <Img><ImageHere></Img> {prompt}###Assistant: `; the
-image's 32 embeddings replace <ImageHere>; only the first text segment gets BOS; generation stops at
-"###". Images: 224x224 bicubic resize (no crop), CLIP mean/std (Blip2ImageEvalProcessor).
-Precision: ViT, llama_proj and Vicuna in cfg.dtype; Q-Former and query tokens in float32 (as the HF
-BLIP-2 port keeps them). Remaining difference: the official eval config loads Vicuna in 8 bit; this
-backend does not.
+Prompts (minigpt4/conversation/conversation.py, SeparatorStyle.SINGLE):
+- vicuna0 (CONV_VISION_Vicuna0): `{system}###Human: <Img><ImageHere></Img> {prompt}###Assistant: `;
+  generation stops at "###".
+- llama2 (CONV_VISION_LLama2): `{system}<s>[INST] <Img><ImageHere></Img> {prompt} [/INST] ` (the literal
+  `<s>` is the BOS token); generation stops at EOS.
+The image's embeddings replace <ImageHere>; only the first text segment gets BOS from the tokenizer.
+Images: 224x224 bicubic resize (no crop), CLIP mean/std (Blip2ImageEvalProcessor).
+Precision: ViT, llama_proj and the LLM in cfg.dtype; Q-Former and query tokens in float32 (as the HF
+BLIP-2 port keeps them). Remaining difference: the official eval configs load the LLM in 8 bit and run
+the ViT in fp16; this backend does neither.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,15 +51,29 @@ from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, ima
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
                                           use_fp8_linears, uses_fp8)
 
-SYSTEM_VICUNA0 = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
+SYSTEM = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
                   "provide it to you. Please answer my questions.")
 IMAGE_HERE = "<ImageHere>"
-TEMPLATE_STOP = ("###",)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One variant's conversation template (sep is empty or "###", SeparatorStyle.SINGLE)."""
+
+    user: str                 # system + sep + user role
+    assistant: str            # sep + assistant role
+    stop: tuple[str, ...]     # text that ends an answer besides EOS
+
+
+CONVERSATIONS = {"vicuna0": Conversation("###Human: ", "###Assistant: ", ("###",)),
+                 "llama2": Conversation("<s>[INST] ", " [/INST] ", ())}
+PATCHES_PER_TOKEN = 4  # llama2: consecutive ViT patch tokens concatenated into one LLM token
 PLACEHOLDER = -1  # token id standing for one image embedding position (never looked up)
 IMAGE_PX = 224
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 MANIFEST = "minigpt4.json"
 BLIP2_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
+VISION_PREFIXES = ("vision_model.",)
 LN_VISION_EPS = 1e-5  # LAVIS ln_vision = nn.LayerNorm(1408): torch's default eps
 
 
@@ -90,16 +118,21 @@ def _fetch(source: str, filename: str) -> Path | None:
         return None
 
 
-def load_blip2_parts(source: str) -> tuple[Any, torch.nn.Parameter, Any, Any]:
-    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint, reading only their shards."""
+def load_blip2_parts(source: str, with_qformer: bool = True) -> tuple[Any, Any, Any, Any]:
+    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint, reading only their shards.
+
+    with_qformer=False (the llama2 variant): only the vision tower is read; query_tokens and Q-Former are
+    None, and `post_layernorm` (ln_vision) is reset to the fresh LayerNorm the original uses there.
+    """
     from safetensors import safe_open
     from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
 
+    prefixes = BLIP2_PREFIXES if with_qformer else VISION_PREFIXES
     config = Blip2Config.from_pretrained(source)
     index = _fetch(source, "model.safetensors.index.json")
     if index is not None:
         weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted({f for key, f in weight_map.items() if key.startswith(BLIP2_PREFIXES)})
+        shards = sorted({f for key, f in weight_map.items() if key.startswith(prefixes)})
     else:
         shards = ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
@@ -108,19 +141,25 @@ def load_blip2_parts(source: str) -> tuple[Any, torch.nn.Parameter, Any, Any]:
         if path is None:
             raise ZeroVLMError(f"{source}: {shard} not found (safetensors weights are required)")
         with safe_open(str(path), framework="pt") as f:
-            state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(BLIP2_PREFIXES)})
+            state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)})
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
     vision = Blip2VisionModel(config.vision_config)
     vision.post_layernorm.eps = LN_VISION_EPS
-    qformer = Blip2QFormerModel(config.qformer_config)
     try:
         vision.load_state_dict(part("vision_model."), strict=True)
+    except RuntimeError as error:
+        raise ZeroVLMError(f"{source}: vision weights do not match their config ({error})") from None
+    if not with_qformer:
+        vision.post_layernorm.reset_parameters()  # weight 1, bias 0: the llama2 variant's untrained ln_vision
+        return config, None, vision.eval(), None
+    qformer = Blip2QFormerModel(config.qformer_config)
+    try:
         qformer.load_state_dict(part("qformer."), strict=True)
     except RuntimeError as error:
-        raise ZeroVLMError(f"{source}: vision / Q-Former weights do not match their config ({error})") from None
+        raise ZeroVLMError(f"{source}: Q-Former weights do not match their config ({error})") from None
     if "query_tokens" not in state:
         raise ZeroVLMError(f"{source}: no query_tokens in the checkpoint")
     return config, torch.nn.Parameter(state["query_tokens"].float()), vision.eval(), qformer.eval()
@@ -131,27 +170,34 @@ class MiniGPT4Backend(VisionLanguageModel):
     max_images_per_request = 1  # trained and evaluated on single images
 
     def __init__(self, vision, query_tokens, qformer, llama_proj, llm, tokenizer, *, model_id: str = "",
-                 batch_size: int = 16, prefetch_workers: int = 0):
+                 batch_size: int = 16, prefetch_workers: int = 0, variant: str = "vicuna0"):
+        if variant not in CONVERSATIONS:
+            raise ZeroVLMError(f"MiniGPT-4 variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
+        if (qformer is None) != (variant == "llama2"):
+            raise ZeroVLMError(f"MiniGPT-4 {variant}: the vicuna0 variant needs the Q-Former, llama2 has none")
         self.vision, self.qformer, self.llama_proj, self.llm = vision, qformer, llama_proj, llm.eval()
         self.query_tokens, self.tokenizer, self.model_id = query_tokens, tokenizer, model_id
         self.batch_size, self.prefetch_workers = batch_size, prefetch_workers
+        self.variant, self.conversation = variant, CONVERSATIONS[variant]
         self.device, self.dtype = llm.device, llm.dtype
-        self.tokens_per_image = query_tokens.shape[1]
+        patches = (vision.config.image_size // vision.config.patch_size) ** 2
+        self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
         self.forward = CausalForward(llm)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._memo: dict[int, tuple[list[int], list[list[int]]]] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_id, "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."), "qformer_dtype": "float32",
+        return {"name": self.name, "model": self.model_id, "variant": self.variant, "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "qformer_dtype": "float32" if self.qformer is not None else None,
                 "fp8_linear": uses_fp8(self.llm),
                 "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image}
 
     def render_prompt(self, request: Request) -> str:
         images = " ".join(f"<Img>{IMAGE_HERE}</Img>" for _ in request.images)
         message = f"{images} {request.prompt}" if images else request.prompt
-        return f"{SYSTEM_VICUNA0}###Human: {message}###Assistant: "
+        return f"{SYSTEM}{self.conversation.user}{message}{self.conversation.assistant}"
 
     def _ids(self, text: str) -> list[int]:
         """BOS + first segment, then per <ImageHere>: one placeholder per image embedding + next segment."""
@@ -190,14 +236,20 @@ class MiniGPT4Backend(VisionLanguageModel):
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(n, 3, 224, 224) -> (n, 32, llm hidden): ViT + ln_vision, Q-Former (float32), llama_proj."""
+        """(n, 3, 224, 224) -> (n, tokens_per_image, llm hidden): ViT + ln_vision, then the Q-Former (float32)
+        or (llama2) groups of 4 patch tokens, then llama_proj."""
         vision_device = self.vision.post_layernorm.weight.device
         image = self.vision(pixel_values=to_device(pixels, vision_device).to(self.vision.dtype)).last_hidden_state
-        queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
-        query_output = self.qformer(query_embeds=queries, encoder_hidden_states=image.float(),
-                                    encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long,
-                                                                      device=vision_device)).last_hidden_state
-        projected = self.llama_proj(query_output.to(self.llama_proj.weight.dtype))
+        if self.qformer is None:
+            patches = image[:, 1:, :]                                   # (n, 256, 1408): CLS dropped
+            n, count, width = patches.shape
+            tokens = patches.reshape(n, count // PATCHES_PER_TOKEN, width * PATCHES_PER_TOKEN)  # (n, 64, 5632)
+        else:
+            queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
+            tokens = self.qformer(query_embeds=queries, encoder_hidden_states=image.float(),
+                                  encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long,
+                                                                    device=vision_device)).last_hidden_state
+        projected = self.llama_proj(tokens.to(self.llama_proj.weight.dtype))
         return projected.to(self.device, self.dtype)
 
     def _features(self, batch: Sequence[dict]) -> torch.Tensor | None:
@@ -234,7 +286,7 @@ class MiniGPT4Backend(VisionLanguageModel):
                  temperature: float = 0.0, seed: int = 0) -> list[str]:
         if max_new_tokens < 1 or temperature < 0:
             raise ZeroVLMError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
-        stops = tuple(dict.fromkeys((*stop, *TEMPLATE_STOP)))  # the template's own "###" always ends an answer
+        stops = tuple(dict.fromkeys((*stop, *self.conversation.stop)))  # vicuna0's "###" always ends an answer
 
         @torch.no_grad()
         def compute(batch: list[dict]) -> list[str]:
@@ -270,19 +322,27 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
     missing = [k for k in ("vision_qformer", "llama_proj", "llm") if k not in manifest]
     if missing:
         raise ZeroVLMError(f"{manifest_path}: missing keys {missing}")
+    variant = manifest.get("variant", "vicuna0")
+    if variant not in CONVERSATIONS:
+        raise ZeroVLMError(f"{manifest_path}: variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    config, query_tokens, vision, qformer = load_blip2_parts(_resolve(folder, manifest["vision_qformer"]))
+    config, query_tokens, vision, qformer = load_blip2_parts(_resolve(folder, manifest["vision_qformer"]),
+                                                             with_qformer=variant == "vicuna0")
     llm = LlamaForCausalLM.from_pretrained(_resolve(folder, manifest["llm"]), dtype=dtype, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(_resolve(folder, manifest["llm"]))
     weights = load_llama_proj(folder / manifest["llama_proj"])
-    llama_proj = torch.nn.Linear(config.qformer_config.hidden_size, llm.config.hidden_size)
+    image_width = (config.qformer_config.hidden_size if qformer is not None
+                   else config.vision_config.hidden_size * PATCHES_PER_TOKEN)
+    llama_proj = torch.nn.Linear(image_width, llm.config.hidden_size)
     if tuple(weights["weight"].shape) != tuple(llama_proj.weight.shape):
-        raise ZeroVLMError(f"llama_proj.weight has shape {tuple(weights['weight'].shape)}, the Q-Former and "
-                           f"LLM need {tuple(llama_proj.weight.shape)} (a 7B .pth with a 13B Vicuna?)")
+        raise ZeroVLMError(f"llama_proj.weight has shape {tuple(weights['weight'].shape)}; the {variant} image "
+                           f"tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of another "
+                           "variant or LLM size?)")
     llama_proj.load_state_dict(weights)
     llm = llm.to(device)
     if cfg.fp8_linear:
         use_fp8_linears(llm.get_decoder(), device)
-    return MiniGPT4Backend(vision.to(device, dtype), query_tokens.to(device), qformer.to(device),
-                           llama_proj.to(device, dtype), llm, tokenizer, model_id=cfg.model,
-                           batch_size=cfg.batch_size)
+    if qformer is not None:
+        query_tokens, qformer = query_tokens.to(device), qformer.to(device)
+    return MiniGPT4Backend(vision.to(device, dtype), query_tokens, qformer, llama_proj.to(device, dtype), llm,
+                           tokenizer, model_id=cfg.model, batch_size=cfg.batch_size, variant=variant)

@@ -146,10 +146,11 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
     processor.save_pretrained(out_dir)
 
 
-def build_tiny_minigpt4(out_dir: Path, seed: int) -> None:
+def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> None:
     """Write a tiny random MiniGPT-4 folder: minigpt4.json + blip2/ (a BLIP-2 checkpoint with a tiny T5,
     sharded with an index like Salesforce/blip2-flan-t5-xxl) + llama_proj.pth (released-checkpoint
-    layout: {"model": {"llama_proj.weight", "llama_proj.bias"}}) + vicuna/ (Llama + word tokenizer)."""
+    layout: {"model": {"llama_proj.weight", "llama_proj.bias"}}) + vicuna/ (Llama + word tokenizer).
+    variant "llama2": llama_proj takes 4 concatenated ViT patch tokens instead of the Q-Former output."""
     import json
 
     import torch
@@ -169,6 +170,9 @@ def build_tiny_minigpt4(out_dir: Path, seed: int) -> None:
     blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(),
                                                       qformer_config=qformer.to_dict(),
                                                       text_config=text.to_dict(), num_query_tokens=32))
+    with torch.no_grad():  # a trained-looking ln_vision, so that tests can tell it from a fresh LayerNorm
+        blip2.vision_model.post_layernorm.weight.normal_(1.0, 0.2)
+        blip2.vision_model.post_layernorm.bias.normal_(0.0, 0.2)
     blip2.save_pretrained(out_dir / "blip2", max_shard_size="100KB")
 
     llm = LlamaForCausalLM(tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer)).eval()
@@ -178,8 +182,9 @@ def build_tiny_minigpt4(out_dir: Path, seed: int) -> None:
                 parameter.normal_(0.0, 0.2)
     llm.save_pretrained(out_dir / "vicuna")
     tokenizer.save_pretrained(out_dir / "vicuna")
-    projection = {"llama_proj.weight": torch.randn(llm.config.hidden_size, qformer.hidden_size) * 0.2,
+    image_width = qformer.hidden_size if variant == "vicuna0" else 4 * vision.hidden_size
+    projection = {"llama_proj.weight": torch.randn(llm.config.hidden_size, image_width) * 0.2,
                   "llama_proj.bias": torch.zeros(llm.config.hidden_size)}
     torch.save({"model": projection, "epoch": 0}, out_dir / "llama_proj.pth")
-    manifest = {"vision_qformer": "blip2", "llama_proj": "llama_proj.pth", "llm": "vicuna"}
+    manifest = {"variant": variant, "vision_qformer": "blip2", "llama_proj": "llama_proj.pth", "llm": "vicuna"}
     (out_dir / "minigpt4.json").write_text(json.dumps(manifest, indent=2) + "\n")
