@@ -106,3 +106,50 @@ def test_images_per_request_follows_the_model_type(backends):
             return self
     native = HFAutoBackend(Stub(), auto.processor)
     assert native.max_images_per_request > 4 and native.info()["native_multi_image"]
+
+
+# ---------------------------------------------------------------- a natively multi-image model
+@pytest.fixture(scope="module")
+def idefics3(tmp_path_factory):
+    from zerovlm.vlm.tiny import build_tiny_idefics3
+
+    folder = tmp_path_factory.mktemp("tiny_idefics3")
+    build_tiny_idefics3(folder, seed=0)
+    return lambda batch_size: load_backend(InferConfig(backend="hf_auto", model=str(folder), device="cpu",
+                                                       batch_size=batch_size))
+
+
+def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
+    from zerovlm.inference import split_by_capability
+
+    backend = idefics3(3)
+    assert backend.info()["model_type"] == "idefics3" and backend.max_images_per_request == 8
+    runnable, skipped = split_by_capability(["origin", "origin+left-separate", "all-separate"],
+                                            backend.max_images_per_request, "hf_auto")
+    assert runnable == ["origin", "origin+left-separate", "all-separate"] and not skipped
+    a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
+    request = Request((a, b), "The original image first, the left view second. Is it left?", ("Yes", "No"))
+    assert backend.render_prompt(request) == (
+        "<|im_start|>User:<image><image>The original image first, the left view second. Is it left?"
+        "<end_of_utterance>\nAssistant:")
+    seen = []
+    hook = backend.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
+                                                   with_kwargs=True)
+    try:
+        scores = backend.option_logprobs([request])[0]
+    finally:
+        hook.remove()
+    assert seen[0].shape[:2] == (2, 2)  # two options, each with both images
+    swapped = backend.option_logprobs([Request((b, a), request.prompt, request.options)])[0]
+    assert scores != pytest.approx(swapped, abs=1e-6)  # the model sees the order
+
+
+def test_native_multi_image_batched_equals_one_at_a_time(idefics3):
+    a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
+    reqs = [Request((a,), "Is it left?", ("Yes", "No")),
+            Request((a, b), "Two views. Is it left?", ("Yes", "No", "maybe so")),
+            Request((b, a, b, a), "Four views. Which caption?", ("A mug on a table", "A mug under a table"))]
+    batched, single = idefics3(3), idefics3(1)
+    for got, expected in zip(batched.option_logprobs(reqs), [single.option_logprobs([r])[0] for r in reqs]):
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert len(batched.generate(reqs, max_new_tokens=3)) == 3

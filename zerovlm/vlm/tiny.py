@@ -3,7 +3,9 @@
 `build_tiny_llava(out_dir, seed)` writes a LLaVA-1.5 folder in the llava-hf layout (config.json,
 model.safetensors, tokenizer.json, preprocessor_config.json, processor_config.json, chat_template) that
 `zerovlm.vlm.llava.load_llava` opens with the same `from_pretrained` calls as `llava-hf/llava-1.5-7b-hf`.
-The model answers at chance: its weights are random.
+The model answers at chance: its weights are random. Likewise `build_tiny_minigpt4` (both variants:
+BLIP-2 checkpoint, llama_proj .pth, Llama) and `build_tiny_idefics3` (a natively multi-image model for
+the hf_auto backend, with the PIL image processor).
 
 The tokenizer is word level (built with the `tokenizers` library, no download): text is lower-cased and
 split into words, single digits and single punctuation marks, each carrying sentencepiece's word-start
@@ -188,3 +190,38 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
     torch.save({"model": projection, "epoch": 0}, out_dir / "llama_proj.pth")
     manifest = {"variant": variant, "vision_qformer": "blip2", "llama_proj": "llama_proj.pth", "llm": "vicuna"}
     (out_dir / "minigpt4.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# Modelled on HuggingFaceM4/Idefics3-8B-Llama3's template: images inline as <image>, "User:"/"Assistant:".
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+
+
+def build_tiny_idefics3(out_dir: Path, seed: int) -> None:
+    """Write a tiny random Idefics3 (a natively multi-image model) in the hub layout: no image splitting,
+    56 px images, 4 tokens per image after the pixel shuffle; PIL image processor (no torchvision)."""
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    tokenizer = build_word_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
+                                                                "<global-img>", "<end_of_utterance>"]})
+    text = tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer).to_dict()
+    config = Idefics3Config(text_config=text, scale_factor=2,
+                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=56, patch_size=14),
+                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(seed)
+    model = Idefics3ForConditionalGeneration(config).eval()
+    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 56},
+                                                max_image_size={"longest_edge": 56})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
