@@ -3,7 +3,8 @@ prompt, and record what it answered (option log-likelihoods, or generated text).
 
 Choosing the answer is left to zerovlm.scoring: this module records evidence, not verdicts.
 Identical requests (the "origin" baseline has no view prompt, so its two prompt modes coincide) are
-computed once. Finished chunks are appended to a partial file, so an interrupted run resumes.
+computed once. Finished chunks are appended to a partial file, so an interrupted run resumes; the next
+chunk's images are decoded in a thread while the model answers the current chunk.
 
 A "-separate" configuration sends several images in one request. A model whose
 `max_images_per_request` is smaller is never fed them: the configuration is skipped for that model with
@@ -18,6 +19,7 @@ import json
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,8 +116,17 @@ def _answer(model: VisionLanguageModel, cfg: InferConfig, requests: list[Request
     return [{"output_text": text} for text in texts]
 
 
-def _run_chunk(model, cfg, jobs: list[Job], stitched: ShardReader) -> list[dict]:
-    # Deduplicate identical (image, text, answers) requests within the chunk.
+@dataclass
+class ChunkRequests:
+    """A chunk's distinct requests (identical (images, text, answers) asked once) with their images
+    decoded, and for each job the index of its request."""
+
+    jobs: list[Job]
+    requests: list[Request]
+    index: list[int]
+
+
+def load_chunk(jobs: list[Job], stitched: ShardReader) -> ChunkRequests:
     unique: dict[tuple, int] = {}
     requests: list[Request] = []
     for job in jobs:
@@ -124,18 +135,17 @@ def _run_chunk(model, cfg, jobs: list[Job], stitched: ShardReader) -> list[dict]
             unique[key] = len(requests)
             images = tuple(stitched.image(k) for k in job.image_keys)
             requests.append(Request(images=images, prompt=job.text, options=job.answers))
-    answers = _answer(model, cfg, requests)
-    if len(answers) != len(requests):
-        raise ZeroVLMError(f"backend {cfg.backend} returned {len(answers)} results for {len(requests)} requests")
-    records = []
-    for job in jobs:
-        index = unique[(job.image_keys, job.text, job.answers)]
-        records.append({
-            "record_id": job.record_id, "example_id": job.example.example_id,
-            "configuration": job.configuration, "with_view_prompt": job.with_view_prompt,
-            "answers": list(job.answers), "rendered_prompt": model.render_prompt(requests[index]),
-            **answers[index]})
-    return records
+    return ChunkRequests(jobs, requests, [unique[(j.image_keys, j.text, j.answers)] for j in jobs])
+
+
+def answer_chunk(model, cfg, chunk: ChunkRequests) -> list[dict]:
+    answers = _answer(model, cfg, chunk.requests)
+    if len(answers) != len(chunk.requests):
+        raise ZeroVLMError(f"backend {cfg.backend} returned {len(answers)} results for {len(chunk.requests)} requests")
+    return [{"record_id": job.record_id, "example_id": job.example.example_id,
+             "configuration": job.configuration, "with_view_prompt": job.with_view_prompt,
+             "answers": list(job.answers), "rendered_prompt": model.render_prompt(chunk.requests[index]),
+             **answers[index]} for job, index in zip(chunk.jobs, chunk.index)]
 
 
 def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_dir: Path,
@@ -172,10 +182,15 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
         model = load_backend(cfg)
         seconds_loading = time.perf_counter() - loading_start
     if mine:
-        stitched = ShardReader(stitched_dir)
-        with open(partial_dir / f"{worker.part_name}.jsonl", "a", encoding="utf-8") as sink:
-            for number, chunk in enumerate(mine, start=1):
-                for record in _run_chunk(model, cfg, chunk, stitched):
+        stitched = ShardReader(stitched_dir)  # read by the loader thread only
+        with open(partial_dir / f"{worker.part_name}.jsonl", "a", encoding="utf-8") as sink, \
+                ThreadPoolExecutor(max_workers=1) as loader:
+            pending = loader.submit(load_chunk, mine[0], stitched)
+            for number in range(1, len(mine) + 1):
+                chunk = pending.result()
+                if number < len(mine):  # decode the next chunk's images while the model answers this one
+                    pending = loader.submit(load_chunk, mine[number], stitched)
+                for record in answer_chunk(model, cfg, chunk):
                     sink.write(json.dumps(record, sort_keys=True) + "\n")
                 sink.flush()
                 log.info("infer [%s]: chunk %d / %d", worker.part_name, number, len(mine))
