@@ -70,19 +70,24 @@ def test_model_without_chat_template_is_refused(backends):
         HFAutoBackend(auto.model, NoTemplate())
 
 
+def scores_and_pixels(backend, request):
+    """The request's option scores and the pixel_values of every forward that computed them."""
+    seen = []
+    hook = backend.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
+                                                   with_kwargs=True)
+    try:
+        return backend.option_logprobs([request])[0], seen
+    finally:
+        hook.remove()
+
+
 def test_several_images_reach_the_model_in_order(backends):
     auto, _, _ = backends
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
     panels = tuple(Image.new("RGB", (20, 20), c) for c in colours)  # origin, left, right, random
     request = Request(panels, "The original image first, the left view image second. Is it left?", ("Yes", "No"))
     assert auto.render_prompt(request).startswith("USER: " + "<image>\n" * 4 + "The original image first")
-    seen = []
-    hook = auto.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
-                                                with_kwargs=True)
-    try:
-        scores = auto.option_logprobs([request])[0]
-    finally:
-        hook.remove()
+    scores, seen = scores_and_pixels(auto, request)
     expected = auto.processor.image_processor(images=list(panels), return_tensors="pt")["pixel_values"]
     (pixels,) = seen  # one batch: both options, each with the four images in request order
     assert pixels.shape[0] == 2 * len(panels)
@@ -132,13 +137,7 @@ def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
     assert backend.render_prompt(request) == (
         "<|im_start|>User:<image><image>The original image first, the left view second. Is it left?"
         "<end_of_utterance>\nAssistant:")
-    seen = []
-    hook = backend.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
-                                                   with_kwargs=True)
-    try:
-        scores = backend.option_logprobs([request])[0]
-    finally:
-        hook.remove()
+    scores, seen = scores_and_pixels(backend, request)
     assert seen[0].shape[:2] == (2, 2)  # two options, each with both images
     swapped = backend.option_logprobs([Request((b, a), request.prompt, request.options)])[0]
     assert scores != pytest.approx(swapped, abs=1e-6)  # the model sees the order

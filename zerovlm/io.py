@@ -67,22 +67,30 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return count
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield the records of a JSONL file; a malformed line is an error naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise ZeroVLMError(f"{path}: file not found (run the stage that produces it, e.g. `dvc repro`)")
+def parse_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) for each non-blank line of a JSONL file, or (line number, None, why)
+    for a line that is not JSON: the caller decides whether a bad line stops it or is skipped."""
     with open(path, encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_number, json.loads(line), None
             except json.JSONDecodeError as error:
-                raise ZeroVLMError(f"{path}:{line_number}: malformed JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ZeroVLMError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            yield record
+                yield line_number, None, f"malformed JSON ({error.msg})"
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield the records of a JSONL file; a malformed line is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ZeroVLMError(f"{path}: file not found (run the stage that produces it, e.g. `dvc repro`)")
+    for line_number, record, problem in parse_jsonl_lines(path):
+        if problem is not None:
+            raise ZeroVLMError(f"{path}:{line_number}: {problem}")
+        if not isinstance(record, dict):
+            raise ZeroVLMError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+        yield record
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

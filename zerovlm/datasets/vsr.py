@@ -8,7 +8,6 @@ pinned commit and checked against pinned SHA-256 sums; images come from each rec
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.parse
 from pathlib import Path
@@ -18,7 +17,7 @@ from zerovlm.config import DataConfig
 from zerovlm.datasets.download import FileRequest, fetch_all, fetch_file, policy_from_config, verify_image
 from zerovlm.datasets.sources import (BadRecords, Draft, ImageRef, fill_url, report_missing_images,
                                       source_spec)
-from zerovlm.io import ZeroVLMError, safe_join, sha256_file
+from zerovlm.io import ZeroVLMError, parse_jsonl_lines, safe_join, sha256_file
 
 RAW_FOLDER = "vsr"            # annotations: <raw>/vsr/<split_dir>/<split>.jsonl
 COCO_FOLDER = "coco"          # images:      <raw>/coco/<train2017|val2017>/<name>.jpg
@@ -90,20 +89,12 @@ def _check_record(record: Any) -> tuple[str | None, str] | None:
 def parse_records(path: Path, dataset: str, split: str, bad: BadRecords, coco_url: str) -> list[Draft]:
     """One true/false draft per valid line of a VSR split file; bad lines go to `bad`."""
     drafts = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                bad.report(path.name, line_number, None, f"malformed JSON ({error.msg})")
-                continue
-            problem = _check_record(record)
-            if problem is not None:
-                bad.report(path.name, line_number, *problem)
-                continue
-            drafts.append(_draft(record, dataset, split, line_number, coco_url, path.name))
+    for line_number, record, malformed in parse_jsonl_lines(path):
+        problem = (None, malformed) if malformed is not None else _check_record(record)
+        if problem is not None:
+            bad.report(path.name, line_number, *problem)
+            continue
+        drafts.append(_draft(record, dataset, split, line_number, coco_url, path.name))
     return drafts
 
 

@@ -23,10 +23,9 @@ import torch
 from transformers import StoppingCriteria
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed,
-                              resolve_device_dtype, run_batched)
-from zerovlm.vlm.transformers_ops import common_prefix_length, use_fp8_linears, uses_fp8
-from zerovlm.vlm.llava import check_model_source, load_processor
+from zerovlm.vlm.base import Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed, run_batched
+from zerovlm.vlm.transformers_ops import common_prefix_length, uses_fp8
+from zerovlm.vlm.llava import load_transformers_vlm
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
 NATIVE_MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava_onevision", "idefics2"}
@@ -148,15 +147,5 @@ def load_hf_auto(cfg) -> HFAutoBackend:
     """AutoModelForImageTextToText + AutoProcessor from cfg.model (hub id or folder)."""
     from transformers import AutoModelForImageTextToText
 
-    check_model_source(cfg.model)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    try:
-        processor = load_processor(cfg.model, cfg.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
-                                                            trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} as an image-text-to-text model ({error})") from None
-    model = model.to(device)
-    if cfg.fp8_linear:
-        use_fp8_linears(model.get_decoder(), device)
+    model, processor, _ = load_transformers_vlm(AutoModelForImageTextToText, cfg)
     return HFAutoBackend(model, processor, model_id=cfg.model, batch_size=cfg.batch_size)

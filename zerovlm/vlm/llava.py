@@ -329,23 +329,30 @@ def load_processor(model: str, trust_remote_code: bool = False):
     return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
 
 
-def load_llava(cfg) -> LlavaBackend:
-    """LLaVA-1.5 from cfg.model (hub id or folder) with cfg's template, preprocessing, dtype and device."""
-    from transformers import LlavaForConditionalGeneration
-
+def load_transformers_vlm(model_class, cfg):
+    """(model on its device, processor, device) for cfg.model through `model_class.from_pretrained`: SDPA
+    attention, cfg.dtype, remote code only with cfg.trust_remote_code; then cfg.fp8_linear."""
     check_model_source(cfg.model)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     try:
         processor = load_processor(cfg.model, cfg.trust_remote_code)
-        model = LlavaForConditionalGeneration.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
-                                                              trust_remote_code=cfg.trust_remote_code)
-    except OSError as error:
-        raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} ({error}); for hub ids check the network "
-                           "or the Hugging Face cache") from None
-    log.info("llava: %s on %s as %s", cfg.model, device, dtype)
+        model = model_class.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
+                                            trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} as {model_class.__name__} ({error}); for hub "
+                           "ids check the network or the Hugging Face cache") from None
+    log.info("%s: %s on %s as %s", model_class.__name__, cfg.model, device, dtype)
     model = model.to(device)
     if cfg.fp8_linear:
         use_fp8_linears(model.get_decoder(), device)
-    compile_layers = cfg.compile and device.type == "cuda"
+    return model, processor, device
+
+
+def load_llava(cfg) -> LlavaBackend:
+    """LLaVA-1.5 from cfg.model (hub id or folder) with cfg's template, preprocessing, dtype and device."""
+    from transformers import LlavaForConditionalGeneration
+
+    model, processor, device = load_transformers_vlm(LlavaForConditionalGeneration, cfg)
     return LlavaBackend(model, processor, model_id=cfg.model, chat_format=cfg.chat_format,
-                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size, compile=compile_layers)
+                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size,
+                        compile=cfg.compile and device.type == "cuda")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
