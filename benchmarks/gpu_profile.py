@@ -5,6 +5,7 @@ the device time of one call split by kernel kind (convolution, GEMM, attention, 
 Triton kernels, other) and the top kernels, so that a speed-up is aimed at what costs time:
 
     python benchmarks/gpu_profile.py zero123       # UNet eager / compiled / compiled with FP8 linears
+    python benchmarks/gpu_profile.py zero123-convs # each UNet convolution: cuDNN bf16 vs an FP8 im2col path
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
 
 The FP8 variants also print their deviation from bf16 on the same inputs.
@@ -135,6 +136,64 @@ def zero123(args) -> None:
     inductor.freezing = False
 
 
+def zero123_convs(args) -> None:
+    """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against an FP8 im2col
+    convolution (pad, 9 shifted slices, per-row e4m3 quantisation, torch._scaled_mm), compiled."""
+    import torch.nn.functional as F
+    from zero123_throughput import full_size_components
+
+    from zerovlm.fp8 import quantize_rows
+
+    pipe_unet = full_size_components(torch.bfloat16, 256).unet.to("cuda", memory_format=torch.channels_last)
+    shapes: collections.Counter = collections.Counter()
+    hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([(m, tuple(a[0].shape))]))
+             for m in pipe_unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    latent = torch.randn(2 * args.batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        pipe_unet(latent.contiguous(memory_format=torch.channels_last), torch.tensor(500, device="cuda"),
+                  encoder_hidden_states=torch.randn(2 * args.batch, 1, 768, device="cuda", dtype=torch.bfloat16))
+    for hook in hooks:
+        hook.remove()
+    torch.backends.cudnn.benchmark = True
+    torch._dynamo.config.cache_size_limit = 64
+
+    @torch.compile(dynamic=False)
+    def fp8_conv3x3(x, weight, weight_scale, bias):
+        n, c, h, w = x.shape
+        padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)                                   # (N, H+2, W+2, C)
+        cols = torch.cat([padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], dim=-1)
+        values, scale = quantize_rows(cols.reshape(n * h * w, 9 * c))
+        out = torch._scaled_mm(values, weight.t(), scale_a=scale, scale_b=weight_scale, bias=bias,
+                               out_dtype=x.dtype)
+        return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+
+    by_shape: dict = {}
+    for (module, shape), count in shapes.items():
+        key = (shape, module.in_channels, module.out_channels, module.kernel_size, module.stride)
+        by_shape.setdefault(key, [module, 0])[1] += count
+    total_bf16 = total_fp8 = other = 0.0
+    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count), FP8 relative error")
+    for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(by_shape.items(), key=lambda kv: -kv[1][1]):
+        x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            reference = module(x)
+            bf16_ms = event_ms(lambda: module(x), 5)
+            if kernel != (3, 3) or stride != (1, 1) or c_in % 16 or c_out % 16:
+                other += bf16_ms * count
+                print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  bf16 {bf16_ms:7.3f} x{count}  (no FP8 path)")
+                continue
+            weight, weight_scale = quantize_rows(module.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c_in))
+            weight_scale = weight_scale.t().contiguous()
+            fp8_ms = event_ms(lambda: fp8_conv3x3(x, weight, weight_scale, module.bias), 5)
+            error = relative_error(fp8_conv3x3(x, weight, weight_scale, module.bias), reference)
+        total_bf16 += bf16_ms * count
+        total_fp8 += fp8_ms * count
+        print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k3 s1  bf16 {bf16_ms:7.3f}  fp8 {fp8_ms:7.3f}  "
+              f"x{count}  error {error:.3f}")
+    print(f"3x3 stride-1 convolutions: bf16 {total_bf16:.1f} ms, FP8 im2col {total_fp8:.1f} ms per UNet call "
+          f"(x{total_bf16 / total_fp8:.2f}); other convolutions {other:.1f} ms (eager, not fused)")
+
+
 # ---------------------------------------------------------------- LLaVA
 def llava(args) -> None:
     import tempfile
@@ -203,11 +262,11 @@ def llava(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=("zero123", "llava"))
+    parser.add_argument("model", choices=("zero123", "zero123-convs", "llava"))
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    {"zero123": zero123, "llava": llava}[args.model](args)
+    {"zero123": zero123, "zero123-convs": zero123_convs, "llava": llava}[args.model](args)
 
 
 if __name__ == "__main__":
