@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zerovlm.fp8 import convert_linears  # noqa: E402
 
-KINDS = (("attention", r"flash|fmha|attention|mha"), ("convolution", r"conv|fprop|implicit|cudnn"),
-         ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_"), ("norm", r"norm"),
-         ("triton", r"^triton_"), ("copy", r"copy|memcpy|memset|fill"))
+# First match wins. Inductor's fused kernels come first: their names list every op they absorbed (a
+# GroupNorm + SiLU kernel feeding a convolution is called triton_..._convolution_native_group_norm_silu).
+KINDS = (("triton", r"^triton_"), ("attention", r"flash|fmha|attention|mha"),
+         ("convolution", r"conv|fprop|implicit|cudnn"), ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_"),
+         ("norm", r"norm"), ("copy", r"copy|memcpy|memset|fill"))
 
 
 def kind_of(name: str) -> str:
