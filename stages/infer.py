@@ -15,9 +15,11 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--stitched", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True, help="predictions folder")
+    parser.add_argument("--run-record", type=Path, default=None,
+                        help="JSON file for the run's timings, peak memory and versions (kept out of --out)")
     args = parser.parse_args()
     cfg = vlm_config(load_params(args.params), args.vlm) if args.vlm else load_section("infer", InferConfig, args.params)
-    infer_stage(cfg, args.prepared, args.stitched, args.out)
+    infer_stage(cfg, args.prepared, args.stitched, args.out, run_record=args.run_record)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--prepared", type=Path, required=True)
     parser.add_argument("--predictions", type=Path, required=True)
     parser.add_argument("--views-summary", type=Path, required=True, help="the views stage's run record (data/views_run.json)")
+    parser.add_argument("--infer-run", type=Path, required=True, help="the infer stage's run record")
     parser.add_argument("--metrics", type=Path, required=True, help="folder for this instance's metrics files")
     parser.add_argument("--records", type=Path, required=True, help="per-example JSONL")
     args = parser.parse_args()
@@ -25,7 +26,7 @@ def main() -> None:
                 **{name: load_section(name, SECTIONS[name], args.params).model_dump()
                    for name in ("views", "stitch", "score")}}
     score_stage(load_section("score", ScoreConfig, args.params), args.prepared, args.predictions, args.metrics,
-                args.records, args.views_summary, args.dataset, args.vlm, resolved)
+                args.records, args.views_summary, args.dataset, args.vlm, resolved, args.infer_run)
 
 
 if __name__ == "__main__":

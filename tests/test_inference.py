@@ -10,7 +10,7 @@ from zerovlm.compose import stitch_stage
 from zerovlm.config import DataConfig, InferConfig, ScoreConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table
-from zerovlm.io import load_rgb
+from zerovlm.io import load_rgb, sha256_file
 from zerovlm.report import table
 from zerovlm.scoring.metrics import score_stage
 from zerovlm.store import ShardWriter
@@ -171,3 +171,18 @@ def test_a_multi_image_model_gets_the_panels_in_order(workspace, monkeypatch):
     assert shown.startswith("USER: <image>\n<image>\nThe original image first, and the left view image second. "
                             "Based on these two images. Judging by these two pictures, ")
     assert first.images[0].size == origin.size  # sent unchanged, not squashed to a panel
+
+
+def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record(workspace):
+    """summary.json holds only what the answers determine, so re-running infer leaves score cached."""
+    cfg = _cfg(workspace, view_prompt=(True,))
+    folders = []
+    for name in ("first", "second"):
+        record = workspace / f"{name}_run.json"
+        inference.infer_stage(cfg, workspace / "prepared", workspace / "stitched", workspace / name,
+                              run_record=record)
+        folders.append({p.name: sha256_file(p) for p in sorted((workspace / name).iterdir())})
+        run = json.loads(record.read_text())
+        assert run["seconds"] > 0 and run["resumed"] == 0 and {"device", "peak_memory_bytes", "versions"} <= set(run)
+    assert folders[0] == folders[1] and set(folders[0]) == {"predictions.jsonl", "summary.json"}
+    assert "seconds" not in json.loads((workspace / "first" / "summary.json").read_text())

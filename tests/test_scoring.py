@@ -111,12 +111,14 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
     verdicts = {("origin", False): baseline, ("origin", True): baseline, ("all", True): better,
                 ("all", False): [i < 7 for i in range(20)]}  # b=1, c=0
     write_jsonl(tmp_path / "pred/predictions.jsonl", _pair_predictions(examples, verdicts))
-    write_json(tmp_path / "pred/summary.json", {"answer_mode": "loglik", "requests": 60, "resumed": 0,
-                                                "seconds": 7.0, "seconds_loading": 1.0, "peak_memory_bytes": 5})
+    write_json(tmp_path / "pred/summary.json", {"answer_mode": "loglik", "requests": 60})
+    write_json(tmp_path / "pred_run.json", {"resumed": 0, "seconds": 7.0, "seconds_loading": 1.0,
+                                            "peak_memory_bytes": 5})
     write_json(tmp_path / "views.json", {"views": 80, "images": 20, "views_generated": 40, "seconds_generating": 20.0,
                                          "peak_memory_bytes": 7})
     score_stage(ScoreConfig(bootstrap_samples=200, p_adjust="holm"), tmp_path / "prepared", tmp_path / "pred",
-                tmp_path / "metrics", tmp_path / "records.jsonl", tmp_path / "views.json", "d", "m")
+                tmp_path / "metrics", tmp_path / "records.jsonl", tmp_path / "views.json", "d", "m",
+                infer_run_path=tmp_path / "pred_run.json")
 
     tf = json.loads((tmp_path / "metrics/summary.json").read_text())["true_false"]
     assert "delta_vs_origin" not in tf["origin"]["with_view_prompt"]  # the baseline is not compared with itself

@@ -149,9 +149,14 @@ def answer_chunk(model, cfg, chunk: ChunkRequests) -> list[dict]:
 
 
 def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_dir: Path,
-                worker: Worker | None = None) -> dict | None:
+                worker: Worker | None = None, run_record: Path | None = None) -> dict | None:
     """Answer every planned request; under a multi-process launch each process answers its share
-    (by example id) and the main process merges. Returns the summary (None on non-main processes)."""
+    (by example id) and the main process merges. Returns the summary (None on non-main processes).
+
+    `out_dir/summary.json` holds the part of the summary that the same answers always give (so that
+    re-running infer with an identical result leaves score cached); `run_record`, if given, the run's
+    own facts (timings, resumed requests, processes, device, peak memory, versions).
+    """
     worker = worker or current_worker()
     examples = read_table(prepared_dir)
     stitch_summary = json.loads((stitched_dir / "summary.json").read_text())
@@ -205,19 +210,21 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     if missing:
         raise ZeroVLMError(f"infer: {len(missing)} requests have no answer (first: {missing[0]}), a process "
                            f"stopped early; re-run the stage to finish them (finished answers are kept)")
-    summary = {"requests": len(jobs), "resumed": reused, "not_evaluated": not_evaluated,
+    summary = {"requests": len(jobs), "not_evaluated": not_evaluated,
                "requests_not_evaluated": len(examples) * len(cfg.view_prompt) * len(not_evaluated),
-               "processes": worker.world_size, "seconds": round(seconds, 3),
                "backend": cfg.backend, "model": cfg.model, "answer_mode": cfg.answer_mode,
-               "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint,
-               "seconds_loading": round(seconds_loading, 3), **_runtime()}  # issue 7: overhead, provenance
+               "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint}
+    run = {"resumed": reused, "processes": worker.world_size, "seconds": round(seconds, 3),
+           "seconds_loading": round(seconds_loading, 3), **_runtime()}  # issue 7: overhead, provenance
     with atomic_dir(out_dir) as tmp:
         with open(tmp / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
             for job in jobs:  # plan order, whatever process or chunk answered it
                 f.write(json.dumps(done[job.record_id], sort_keys=True) + "\n")
         write_json(tmp / "summary.json", summary)
+    if run_record is not None:
+        write_json(run_record, run)
     shutil.rmtree(partial_dir)
-    return summary
+    return {**summary, **run}
 
 
 # ---- issue 7 (overhead and provenance, read by zerovlm.scoring): where this run ran, its peak memory

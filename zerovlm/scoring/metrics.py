@@ -171,7 +171,7 @@ def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreCo
     return results
 
 
-def overhead(examples: list[Example], views_summary: dict, infer_summary: dict) -> dict:
+def overhead(examples: list[Example], views_summary: dict, infer_summary: dict, infer_run: dict) -> dict:
     """Seconds per example of view synthesis and of inference, and each stage's peak memory.
 
     Views are synthesised once for the union of the grid's images: this dataset's share is its unique
@@ -181,8 +181,8 @@ def overhead(examples: list[Example], views_summary: dict, infer_summary: dict) 
     generated = views_summary.get("views_generated") or 0
     per_view = views_summary["seconds_generating"] / generated if generated else None
     views_per_image = views_summary["views"] / views_summary["images"] if views_summary.get("images") else 0
-    answered = infer_summary["requests"] - infer_summary.get("resumed", 0)
-    answering = infer_summary["seconds"] - infer_summary.get("seconds_loading", 0.0)
+    answered = infer_summary["requests"] - infer_run.get("resumed", 0)
+    answering = infer_run["seconds"] - infer_run.get("seconds_loading", 0.0)
     per_request = answering / answered if answered else None
 
     def rounded(value):
@@ -192,11 +192,11 @@ def overhead(examples: list[Example], views_summary: dict, infer_summary: dict) 
         "views_seconds_per_example": rounded(per_view * views_per_image * n_images / n_examples
                                              if per_view is not None else None),
         "views_peak_memory_bytes": views_summary.get("peak_memory_bytes"),
-        "infer_seconds_loading": infer_summary.get("seconds_loading"),
+        "infer_seconds_loading": infer_run.get("seconds_loading"),
         "infer_seconds_per_request": rounded(per_request),
         "infer_seconds_per_example": rounded(per_request * infer_summary["requests"] / n_examples
                                              if per_request is not None else None),
-        "infer_peak_memory_bytes": infer_summary.get("peak_memory_bytes"),
+        "infer_peak_memory_bytes": infer_run.get("peak_memory_bytes"),
     }
 
 
@@ -237,8 +237,9 @@ def rendered_prompt_hashes(predictions: list[dict]) -> dict:
 
 def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, metrics_dir: Path,
                 records_path: Path, views_summary_path: Path | None = None, dataset: str | None = None,
-                vlm: str | None = None, resolved: dict | None = None) -> dict:
-    """Score one grid instance. `resolved`: the configuration sections that produced it (provenance)."""
+                vlm: str | None = None, resolved: dict | None = None, infer_run_path: Path | None = None) -> dict:
+    """Score one grid instance. `resolved`: the configuration sections that produced it (provenance).
+    The views and infer run records (timings, peak memory) give the overhead metrics when both are given."""
     examples = read_table(prepared_dir)
     predictions = list(read_jsonl(predictions_dir / "predictions.jsonl"))
     infer_summary = json.loads((predictions_dir / "summary.json").read_text())
@@ -266,8 +267,9 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
                "not_evaluated": infer_summary.get("not_evaluated", {}),
                **_nest(metrics)}
     views_summary = json.loads(Path(views_summary_path).read_text()) if views_summary_path else None
-    if views_summary is not None:
-        summary["overhead"] = overhead(examples, views_summary, infer_summary)
+    infer_run = json.loads(Path(infer_run_path).read_text()) if infer_run_path else {}
+    if views_summary is not None and infer_run:
+        summary["overhead"] = overhead(examples, views_summary, infer_summary, infer_run)
     per_relation = _nest({key: {"accuracy": round(float(np.mean([r["correct"] for r in group])), 4),
                                 "n_total": len(group)} for key, group in relation_groups.items()})
     provenance = {
@@ -275,8 +277,8 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
         "prepare": {k: prepare_summary.get(k) for k in ("source", "split", "selection", "source_checksums")},
         "views": {k: (views_summary or {}).get(k) for k in ("fingerprint", "settings", "device", "dtype",
                                                             "batch_size", "batch_size_final")},
-        "infer": {k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint",
-                                                    "device", "versions")},
+        "infer": {**{k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint")},
+                  **{k: infer_run.get(k) for k in ("device", "versions")}},
         "prompts_sha256": infer_summary.get("prompts_sha256"),
         "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
     }
