@@ -127,7 +127,8 @@ def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypa
         assert params == {"params.yaml": ["infer", "vlms.llava_13b"]}  # granular: one VLM's knobs only
         infer = stages["infer@vsr_zeroshot-llava_7b"]
         assert "--vlm llava_7b" in infer.cmd and "data/stitched/vsr_zeroshot" in infer.cmd
-        assert [str(out) for out in infer.outs] == ["data/predictions/vsr_zeroshot/llava_7b"]
+        assert [str(out) for out in infer.outs] == ["data/predictions/vsr_zeroshot/llava_7b",
+                                                    "data/predictions/vsr_zeroshot/llava_7b_run.json"]
         views = [dep.def_path for dep in stages["views"].deps]
         assert "data/pool/images" in views  # one views stage for the union of the datasets' images
 
