@@ -7,6 +7,7 @@ Triton kernels, other) and the top kernels, so that a speed-up is aimed at what 
     python benchmarks/gpu_profile.py zero123       # UNet eager / compiled / compiled with FP8 linears
     python benchmarks/gpu_profile.py zero123-convs # each UNet convolution: cuDNN bf16 vs an FP8 im2col path
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
+    python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
 
 The FP8 variants also print their deviation from bf16 on the same inputs.
@@ -163,6 +164,29 @@ def zero123_layouts(args) -> None:
         del pipe
 
 
+def zero123_autotune(args) -> None:
+    """The UNet under torch.compile "max-autotune" (CUDA graphs, GEMMs autotuned over cuBLAS and Triton
+    templates, which can fuse epilogues) without coordinate-descent tuning (too slow to compile)."""
+    import torch._inductor.config as inductor
+    from zero123_throughput import full_size_components
+
+    from zerovlm.views.zero123 import Zero123Pipeline
+
+    pipe = Zero123Pipeline(full_size_components(torch.bfloat16, 256)).to("cuda")
+    latent = torch.randn(2 * args.batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    context = torch.randn(2 * args.batch, 1, 768, device="cuda", dtype=torch.bfloat16)
+    tick = time.perf_counter()
+    pipe.compile("max-autotune")
+    inductor.coordinate_descent_tuning = False  # read at the first call, when compilation happens
+    with torch.no_grad():
+        call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
+        call()
+        compile_s = time.perf_counter() - tick
+        print(f"max-autotune UNet {event_ms(call, 20):6.1f} ms per call of {2 * args.batch} samples "
+              f"(compile {compile_s:.0f} s)", flush=True)
+
+
 def zero123_convs(args) -> None:
     """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against an FP8 im2col
     convolution (pad, 9 shifted slices, per-row e4m3 quantisation, torch._scaled_mm), compiled."""
@@ -289,12 +313,12 @@ def llava(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-layouts", "llava"))
+    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-layouts", "zero123-autotune", "llava"))
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-layouts": zero123_layouts,
-     "llava": llava}[args.model](args)
+     "zero123-autotune": zero123_autotune, "llava": llava}[args.model](args)
 
 
 if __name__ == "__main__":
