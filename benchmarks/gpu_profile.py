@@ -140,51 +140,40 @@ def zero123(args) -> None:
     inductor.freezing = False
 
 
-def zero123_layouts(args) -> None:
-    """The compiled UNet (reduce-overhead, as `views.compile`) fed channels_last or contiguous tensors."""
-    from zero123_throughput import full_size_components
-
-    from zerovlm.views.zero123 import Zero123Pipeline
-
-    for layout in (torch.channels_last, torch.contiguous_format):
-        torch._dynamo.reset()
-        pipe = Zero123Pipeline(full_size_components(torch.bfloat16, 256)).to("cuda")
-        pipe.unet.to(memory_format=layout)
-        latent = torch.randn(2 * args.batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(
-            memory_format=layout)
-        context = torch.randn(2 * args.batch, 1, 768, device="cuda", dtype=torch.bfloat16)
-        tick = time.perf_counter()
-        pipe.compile()
-        with torch.no_grad():
-            call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
-            call()
-            compile_s = time.perf_counter() - tick
-            print(f"{str(layout):<24} UNet {event_ms(call, 20):6.1f} ms per call of {2 * args.batch} samples "
-                  f"(compile {compile_s:.0f} s)", flush=True)
-        del pipe
-
-
-def zero123_autotune(args) -> None:
-    """The UNet under torch.compile "max-autotune" (CUDA graphs, GEMMs autotuned over cuBLAS and Triton
-    templates, which can fuse epilogues) without coordinate-descent tuning (too slow to compile)."""
+def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode: str = "reduce-overhead",
+                       coordinate_descent: bool = False) -> None:
+    """Build the full-size pipeline, compile its UNet as `views.compile` does, print ms per guided call."""
     import torch._inductor.config as inductor
     from zero123_throughput import full_size_components
 
     from zerovlm.views.zero123 import Zero123Pipeline
 
+    torch._dynamo.reset()
     pipe = Zero123Pipeline(full_size_components(torch.bfloat16, 256)).to("cuda")
-    latent = torch.randn(2 * args.batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(
-        memory_format=torch.channels_last)
-    context = torch.randn(2 * args.batch, 1, 768, device="cuda", dtype=torch.bfloat16)
+    pipe.unet.to(memory_format=layout)
+    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=layout)
+    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16)
     tick = time.perf_counter()
-    pipe.compile("max-autotune")
-    inductor.coordinate_descent_tuning = False  # read at the first call, when compilation happens
+    pipe.compile(mode)
+    inductor.coordinate_descent_tuning = coordinate_descent  # read at the first call, when compilation happens
     with torch.no_grad():
         call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
         call()
         compile_s = time.perf_counter() - tick
-        print(f"max-autotune UNet {event_ms(call, 20):6.1f} ms per call of {2 * args.batch} samples "
+        print(f"{label:<24} UNet {event_ms(call, 20):6.1f} ms per call of {2 * batch} samples "
               f"(compile {compile_s:.0f} s)", flush=True)
+
+
+def zero123_layouts(args) -> None:
+    """The compiled UNet (reduce-overhead, as `views.compile`) fed channels_last or contiguous tensors."""
+    for layout in (torch.channels_last, torch.contiguous_format):
+        time_compiled_unet(str(layout), args.batch, layout=layout)
+
+
+def zero123_autotune(args) -> None:
+    """The UNet under torch.compile "max-autotune" (CUDA graphs, GEMMs autotuned over cuBLAS and Triton
+    templates, which can fuse epilogues) without coordinate-descent tuning (too slow to compile)."""
+    time_compiled_unet("max-autotune", args.batch, mode="max-autotune")
 
 
 def zero123_convs(args) -> None:
