@@ -116,12 +116,17 @@ def test_another_commit_with_the_same_view_inputs_restores_views_from_the_run_ca
     assert lock_md5(clone, "views", "data/views") == shared.views_dir
 
 
-def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
-    bad_remote = shared.base / "remote-corrupted"
-    shutil.copytree(shared.remote, bad_remote)
-    md5, bad_object = views_file_object(bad_remote, shared.views_dir)
+def corrupted_remote(shared, name):
+    """A copy of the shared remote whose first views shard object is damaged: (remote, md5, object path)."""
+    remote = shared.base / name
+    shutil.copytree(shared.remote, remote)
+    md5, bad_object = views_file_object(remote, shared.views_dir)
     corrupt(bad_object)
+    return remote, md5, bad_object
 
+
+def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
+    bad_remote, md5, bad_object = corrupted_remote(shared, "remote-corrupted")
     clone = consumer(shared, "corrupt-pull", bad_remote)
     result = run(["dvc", "pull", "views"], clone, check=False)
     assert result.returncode != 0
@@ -151,10 +156,7 @@ def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
 
 def test_without_verify_dvc_silently_uses_a_corrupted_object(shared):
     """DVC's default (verify = false): the trap README documents, checked so the README stays true."""
-    bad_remote = shared.base / "remote-corrupted-noverify"
-    shutil.copytree(shared.remote, bad_remote)
-    md5, bad_object = views_file_object(bad_remote, shared.views_dir)
-    corrupt(bad_object)
+    bad_remote, md5, _ = corrupted_remote(shared, "remote-corrupted-noverify")
     clone = consumer(shared, "noverify-pull", bad_remote)
     run(["dvc", "remote", "modify", "--local", "shared", "verify", "false"], clone)
     pulled = run(["dvc", "pull", "views"], clone)  # exit status 0, no warning

@@ -3,9 +3,10 @@
 For each sampled example: the original image, every synthesised view, and per VLM x configuration x
 prompt mode a card with the input the model saw (the stitched image, or a "-separate" configuration's
 images in the order sent), the full prompt, the model's answer and whether it was right. A
-configuration a model was not evaluated on has no records, hence no card. Filters (dataset, VLM, relation, configuration, view prompt, right/wrong) live
-in the URL hash, e.g. `index.html#relation=above&correct=wrong`, so a filtered view can be shared as a
-link (and a headless browser can open it: tests/test_report_gallery.py).
+configuration a model was not evaluated on has no records, hence no card. Filters (dataset, VLM,
+relation, configuration, view prompt, right/wrong) live in the URL hash, e.g.
+`index.html#relation=above&correct=wrong`, so a filtered view can be shared as a link (and a headless
+browser can open it: tests/test_report_gallery.py).
 
     out_dir/index.html
     out_dir/images/*.jpg   each image once, the longest side at most report.gallery_image_px

@@ -116,6 +116,7 @@ class LlavaBackend(VisionLanguageModel):
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._feature_cache_size = feature_cache_size
         self._fast_crop = self._fast_path()
+        self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device of the last batch
         self._begin_call()
 
     def info(self) -> dict[str, Any]:
@@ -216,10 +217,11 @@ class LlavaBackend(VisionLanguageModel):
         if pixels.dtype != torch.uint8:
             return pixels.float()
         ip = self.processor.image_processor
-        mean = torch.tensor(ip.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(ip.image_std, dtype=torch.float32)[:, None, None]
-        pixels = pixels.float() * float(ip.rescale_factor)
-        return (pixels - to_device(mean, pixels.device)) / to_device(std, pixels.device)
+        if self._mean_std is None or self._mean_std[0].device != pixels.device:
+            self._mean_std = tuple(to_device(torch.tensor(values, dtype=torch.float32)[:, None, None], pixels.device)
+                                   for values in (ip.image_mean, ip.image_std))
+        mean, std = self._mean_std
+        return (pixels.float() * float(ip.rescale_factor) - mean) / std
 
     def _encode(self, request: Request) -> Encoded:
         prefix, continuations = self._tokenise(request)

@@ -184,7 +184,9 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
                 parameter.normal_(0.0, 0.2)
     llm.save_pretrained(out_dir / "vicuna")
     tokenizer.save_pretrained(out_dir / "vicuna")
-    image_width = qformer.hidden_size if variant == "vicuna0" else 4 * vision.hidden_size
+    from zerovlm.vlm.minigpt4 import PATCHES_PER_TOKEN
+
+    image_width = qformer.hidden_size if variant == "vicuna0" else PATCHES_PER_TOKEN * vision.hidden_size
     projection = {"llama_proj.weight": torch.randn(llm.config.hidden_size, image_width) * 0.2,
                   "llama_proj.bias": torch.zeros(llm.config.hidden_size)}
     torch.save({"model": projection, "epoch": 0}, out_dir / "llama_proj.pth")
