@@ -335,7 +335,8 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
                    else config.vision_config.hidden_size * PATCHES_PER_TOKEN)
     llama_proj = torch.nn.Linear(image_width, llm.config.hidden_size)
     if tuple(weights["weight"].shape) != tuple(llama_proj.weight.shape):
-        raise ZeroVLMError(f"llama_proj.weight has shape {tuple(weights['weight'].shape)}; the {variant} image "
+        raise ZeroVLMError(f"{folder / manifest['llama_proj']}: llama_proj.weight has shape "
+                           f"{tuple(weights['weight'].shape)}; the {variant} image "
                            f"tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of another "
                            "variant or LLM size?)")
     llama_proj.load_state_dict(weights)
