@@ -5,7 +5,8 @@ the device time of one call split by kernel kind (convolution, GEMM, attention, 
 Triton kernels, other) and the top kernels, so that a speed-up is aimed at what costs time:
 
     python benchmarks/gpu_profile.py zero123       # UNet eager / compiled / compiled with FP8 linears
-    python benchmarks/gpu_profile.py zero123-convs # each UNet convolution: cuDNN bf16 vs an FP8 im2col path
+    python benchmarks/gpu_profile.py zero123-convs # each UNet convolution: cuDNN bf16 vs the FP8 Triton kernel
+    python benchmarks/gpu_profile.py zero123-fp8   # compiled UNet: bf16, FP8 convolutions, FP8 convs + linears
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
     python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
@@ -141,8 +142,12 @@ def zero123(args) -> None:
 
 
 def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode: str = "reduce-overhead",
-                       coordinate_descent: bool = False) -> None:
-    """Build the full-size pipeline, compile its UNet as `views.compile` does, print ms per guided call."""
+                       coordinate_descent: bool = False, fp8: str | None = None, reference=None):
+    """Build the full-size pipeline, compile its UNet as `views.compile` does, print ms per guided call.
+
+    fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.fp8.Float8Linear); reference: a bf16 eager output on
+    the same inputs, to print the deviation from it. Returns the output.
+    """
     import torch._inductor.config as inductor
     from zero123_throughput import full_size_components
 
@@ -151,8 +156,20 @@ def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode:
     torch._dynamo.reset()
     pipe = Zero123Pipeline(full_size_components(torch.bfloat16, 256)).to("cuda")
     pipe.unet.to(memory_format=layout)
-    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=layout)
-    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16)
+    if fp8:
+        from fp8_conv import convert_convs
+
+        pipe.fuse_projections()  # first: fusing concatenates the bf16 q, k, v weights
+        convert_convs(pipe.unet)
+        if fp8 == "convs+linears":
+            convert_linears(pipe.unet)
+    generator = torch.Generator("cuda").manual_seed(0)
+    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16, generator=generator)
+    latent = latent.contiguous(memory_format=layout)
+    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16, generator=generator)
+    if mode == "eager":
+        with torch.no_grad():
+            return pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context).sample
     tick = time.perf_counter()
     pipe.compile(mode)
     inductor.coordinate_descent_tuning = coordinate_descent  # read at the first call, when compilation happens
@@ -160,8 +177,19 @@ def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode:
         call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
         call()
         compile_s = time.perf_counter() - tick
+        output = call().sample.clone()
+        deviation = "" if reference is None else f"; relative error vs bf16 eager {relative_error(output, reference):.3f}"
         print(f"{label:<24} UNet {event_ms(call, 20):6.1f} ms per call of {2 * batch} samples "
-              f"(compile {compile_s:.0f} s)", flush=True)
+              f"(compile {compile_s:.0f} s){deviation}", flush=True)
+    return output
+
+
+def zero123_fp8(args) -> None:
+    """The compiled UNet (reduce-overhead, as `views.compile`) in bf16, with FP8 3x3 convolutions, and with
+    FP8 convolutions and Linear layers, each with its deviation from the bf16 eager output."""
+    reference = time_compiled_unet("bf16 eager", args.batch, mode="eager")
+    for fp8 in (None, "convs", "convs+linears"):
+        time_compiled_unet(f"fp8 {fp8}" if fp8 else "bf16", args.batch, fp8=fp8, reference=reference)
 
 
 def zero123_layouts(args) -> None:
@@ -176,62 +204,66 @@ def zero123_autotune(args) -> None:
     time_compiled_unet("max-autotune", args.batch, mode="max-autotune")
 
 
-def zero123_convs(args) -> None:
-    """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against an FP8 im2col
-    convolution (pad, 9 shifted slices, per-row e4m3 quantisation, torch._scaled_mm), compiled."""
-    import torch.nn.functional as F
-    from zero123_throughput import full_size_components
-
-    from zerovlm.fp8 import quantize_rows
-
-    pipe_unet = full_size_components(torch.bfloat16, 256).unet.to("cuda", memory_format=torch.channels_last)
+def unet_conv_shapes(unet, batch: int) -> dict:
+    """{(input shape, module type facts): [a module, count]} for every Conv2d call of one guided UNet call."""
     shapes: collections.Counter = collections.Counter()
     hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([(m, tuple(a[0].shape))]))
-             for m in pipe_unet.modules() if isinstance(m, torch.nn.Conv2d)]
-    latent = torch.randn(2 * args.batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16)
+             for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
-        pipe_unet(latent.contiguous(memory_format=torch.channels_last), torch.tensor(500, device="cuda"),
-                  encoder_hidden_states=torch.randn(2 * args.batch, 1, 768, device="cuda", dtype=torch.bfloat16))
+        unet(latent.contiguous(memory_format=torch.channels_last), torch.tensor(500, device="cuda"),
+             encoder_hidden_states=torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16))
     for hook in hooks:
         hook.remove()
-    torch.backends.cudnn.benchmark = True
-    torch._dynamo.config.cache_size_limit = 64
-
-    @torch.compile(dynamic=False)
-    def fp8_conv3x3(x, weight, weight_scale, bias):
-        n, c, h, w = x.shape
-        padded = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)                                   # (N, H+2, W+2, C)
-        cols = torch.cat([padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], dim=-1)
-        values, scale = quantize_rows(cols.reshape(n * h * w, 9 * c))
-        out = torch._scaled_mm(values, weight.t(), scale_a=scale, scale_b=weight_scale, bias=bias,
-                               out_dtype=x.dtype)
-        return out.reshape(n, h, w, -1).permute(0, 3, 1, 2)
-
     by_shape: dict = {}
     for (module, shape), count in shapes.items():
         key = (shape, module.in_channels, module.out_channels, module.kernel_size, module.stride)
         by_shape.setdefault(key, [module, 0])[1] += count
-    total_bf16 = total_fp8 = other = 0.0
-    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count), FP8 relative error")
-    for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(by_shape.items(), key=lambda kv: -kv[1][1]):
+    return by_shape
+
+
+def zero123_convs(args) -> None:
+    """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against the FP8 Triton
+    implicit GEMM (zerovlm/triton_conv.py), alone on quantised inputs and as Float8Conv2d (quantisation
+    of the input included, compiled as the UNet would be)."""
+    from zero123_throughput import full_size_components
+
+    from fp8_conv import Float8Conv2d, conv3x3_e4m3, quantize_tensor, supports_fp8_conv
+
+    unet = full_size_components(torch.bfloat16, 256).unet.to("cuda", memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = True
+    torch._dynamo.config.cache_size_limit = 64
+    totals = collections.Counter()
+    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count); FP8 kernel alone, "
+          "FP8 with input quantisation (compiled); relative error vs bf16")
+    for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(unet_conv_shapes(unet, args.batch).items(),
+                                                                        key=lambda kv: -kv[1][1]):
         x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             reference = module(x)
             bf16_ms = event_ms(lambda: module(x), 5)
-            if kernel != (3, 3) or stride != (1, 1) or c_in % 16 or c_out % 16:
-                other += bf16_ms * count
-                print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  bf16 {bf16_ms:7.3f} x{count}  (no FP8 path)")
+            if not supports_fp8_conv(module):
+                totals["other"] += bf16_ms * count
+                print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  bf16 {bf16_ms:7.3f} x{count}")
                 continue
-            weight, weight_scale = quantize_rows(module.weight.permute(0, 2, 3, 1).reshape(c_out, 9 * c_in))
-            weight_scale = weight_scale.t().contiguous()
-            fp8_ms = event_ms(lambda: fp8_conv3x3(x, weight, weight_scale, module.bias), 5)
-            error = relative_error(fp8_conv3x3(x, weight, weight_scale, module.bias), reference)
-        total_bf16 += bf16_ms * count
-        total_fp8 += fp8_ms * count
-        print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k3 s1  bf16 {bf16_ms:7.3f}  fp8 {fp8_ms:7.3f}  "
-              f"x{count}  error {error:.3f}")
-    print(f"3x3 stride-1 convolutions: bf16 {total_bf16:.1f} ms, FP8 im2col {total_fp8:.1f} ms per UNet call "
-          f"(x{total_bf16 / total_fp8:.2f}); other convolutions {other:.1f} ms (eager, not fused)")
+            fp8 = Float8Conv2d(module)
+            values, scale = quantize_tensor(x.permute(0, 2, 3, 1))
+            values = values.contiguous()
+            kernel_ms = event_ms(lambda: conv3x3_e4m3(values, scale, fp8.weight, fp8.weight_scale, fp8.bias,
+                                                      torch.bfloat16), 5)
+            compiled = torch.compile(fp8, dynamic=False)
+            layer_ms = event_ms(lambda: compiled(x), 5)
+            error = relative_error(compiled(x), reference)
+        flops = 2 * shape[0] * shape[2] * shape[3] * c_out * 9 * c_in
+        totals["bf16"] += bf16_ms * count
+        totals["kernel"] += kernel_ms * count
+        totals["layer"] += layer_ms * count
+        print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k3 s1  bf16 {bf16_ms:7.3f} ({flops / bf16_ms / 1e9:4.0f} TFLOP/s)"
+              f"  fp8 kernel {kernel_ms:7.3f} ({flops / kernel_ms / 1e9:4.0f})  fp8 layer {layer_ms:7.3f}"
+              f"  x{count}  error {error:.3f}", flush=True)
+    print(f"3x3 stride-1 convolutions per UNet call: bf16 {totals['bf16']:.1f} ms, FP8 kernel {totals['kernel']:.1f} ms "
+          f"(x{totals['bf16'] / totals['kernel']:.2f}), FP8 layer {totals['layer']:.1f} ms "
+          f"(x{totals['bf16'] / totals['layer']:.2f}); other convolutions {totals['other']:.1f} ms (eager)")
 
 
 # ---------------------------------------------------------------- LLaVA
@@ -302,11 +334,12 @@ def llava(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-layouts", "zero123-autotune", "llava"))
+    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-fp8", "zero123-layouts",
+                                          "zero123-autotune", "llava"))
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-layouts": zero123_layouts,
+    {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8, "zero123-layouts": zero123_layouts,
      "zero123-autotune": zero123_autotune, "llava": llava}[args.model](args)
 
 

@@ -10,8 +10,10 @@
 On Hopper (and Ada) GPUs the e4m3 tensor cores run at twice the bf16 rate. Every result changes slightly:
 this is opt-in (`infer.fp8_linear`), and the benchmarks print the deviation from bf16 next to the speed.
 (Not offered for Zero123: convolutions are two thirds of its UNet's FLOPs and PyTorch has no FP8
-convolution; on an H200, FP8 Linear layers alone made the compiled UNet slower (108 vs 99 ms per call)
-and an im2col FP8 convolution was twice as slow as cuDNN's bf16 one: `benchmarks/gpu_profile.py`.)
+convolution; on an H200, FP8 Linear layers alone made the compiled UNet slower (108 vs 99 ms per call),
+an im2col FP8 convolution was twice as slow as cuDNN's bf16 one, and a Triton implicit-GEMM FP8
+convolution (benchmarks/fp8_conv.py) made the UNet call 3% faster at five times the deviation from bf16
+that compilation alone causes: `benchmarks/gpu_profile.py`.)
 
 Written on the core op rather than taken from torchao because torchao refuses to run this path without
 a CUDA GPU of compute capability >= 8.9, which would leave it untested on CI; torch._scaled_mm runs on
