@@ -7,6 +7,7 @@ Triton kernels, other) and the top kernels, so that a speed-up is aimed at what 
     python benchmarks/gpu_profile.py zero123       # UNet eager / compiled / compiled with FP8 linears
     python benchmarks/gpu_profile.py zero123-convs # each UNet convolution: cuDNN bf16 vs the FP8 Triton kernel
     python benchmarks/gpu_profile.py zero123-fp8   # compiled UNet: bf16, FP8 convolutions, FP8 convs + linears
+    python benchmarks/gpu_profile.py zero123-inductor  # compiled UNet under Inductor's kernel-tuning options
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
     python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
@@ -142,11 +143,12 @@ def zero123(args) -> None:
 
 
 def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode: str = "reduce-overhead",
-                       coordinate_descent: bool = False, fp8: str | None = None, reference=None):
+                       inductor_options: dict | None = None, fp8: str | None = None, reference=None):
     """Build the full-size pipeline, compile its UNet as `views.compile` does, print ms per guided call.
 
-    fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.fp8.Float8Linear); reference: a bf16 eager output on
-    the same inputs, to print the deviation from it. Returns the output.
+    inductor_options: torch._inductor.config values on top of `compile()`'s, for this compilation only;
+    fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.fp8.Float8Linear); reference:
+    a bf16 eager output on the same inputs, to print the deviation from it. Returns the output.
     """
     import torch._inductor.config as inductor
     from zero123_throughput import full_size_components
@@ -172,10 +174,10 @@ def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode:
             return pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context).sample
     tick = time.perf_counter()
     pipe.compile(mode)
-    inductor.coordinate_descent_tuning = coordinate_descent  # read at the first call, when compilation happens
     with torch.no_grad():
         call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
-        call()
+        with inductor.patch(inductor_options or {}):  # compilation happens at the first call
+            call()
         compile_s = time.perf_counter() - tick
         output = call().sample.clone()
         deviation = "" if reference is None else f"; relative error vs bf16 eager {relative_error(output, reference):.3f}"
@@ -190,6 +192,18 @@ def zero123_fp8(args) -> None:
     reference = time_compiled_unet("bf16 eager", args.batch, mode="eager")
     for fp8 in (None, "convs", "convs+linears"):
         time_compiled_unet(f"fp8 {fp8}" if fp8 else "bf16", args.batch, fp8=fp8, reference=reference)
+
+
+def zero123_inductor(args) -> None:
+    """The compiled UNet (reduce-overhead, as `views.compile`) under Inductor options that tune its own
+    Triton kernels (the fused GroupNorm/SiLU/residual/GEGLU ones) but leave the GEMMs to cuBLAS, which
+    keeps compilation within minutes, unlike "max-autotune"."""
+    reference = time_compiled_unet("bf16 eager", args.batch, mode="eager")
+    for label, options in (("default", {}), ("coordinate descent", {"coordinate_descent_tuning": True}),
+                           ("pointwise autotune", {"max_autotune_pointwise": True}),
+                           ("aggressive fusion", {"aggressive_fusion": True}),
+                           ("benchmark fusion", {"benchmark_fusion": True})):
+        time_compiled_unet(label, args.batch, inductor_options=options, reference=reference)
 
 
 def zero123_layouts(args) -> None:
@@ -334,12 +348,13 @@ def llava(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-fp8", "zero123-layouts",
-                                          "zero123-autotune", "llava"))
+    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-fp8", "zero123-inductor",
+                                          "zero123-layouts", "zero123-autotune", "llava"))
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
     args = parser.parse_args()
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8, "zero123-layouts": zero123_layouts,
+    {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8,
+     "zero123-inductor": zero123_inductor, "zero123-layouts": zero123_layouts,
      "zero123-autotune": zero123_autotune, "llava": llava}[args.model](args)
 
 
