@@ -17,7 +17,7 @@ import logging
 import resource
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from PIL import Image
 
 from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
-from zerovlm.store import ShardReader, ShardWriter, publish
+from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
 from zerovlm.views.foreground import MaskFn, load_foreground, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FINGERPRINT_FILE = "settings.json"
+PNG_THREADS = 4
 # What the view store's own summary.json holds: the same for any run that gives the same views.
 STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallbacks", "fingerprint", "settings")
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
@@ -183,6 +184,19 @@ def plan_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     return [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
 
 
+def _view_metadata(cfg, job: Job, foreground_status: str) -> dict:
+    return {"image_id": job.image_id, "view": job.pose.name, "polar_deg": job.pose.polar_deg,
+            "azimuth_deg": job.pose.azimuth_deg, "radius": job.pose.radius, "seed": cfg.seed,
+            "foreground": foreground_status}
+
+
+def _store_encoded(writer: ShardWriter, encoding: list[tuple[Job, Future, dict]]) -> int:
+    """Add a batch's views, in plan order, once their PNG encodings are done; return how many."""
+    for job, png, metadata in encoding:
+        writer.add_png(job.key, png.result(), metadata)
+    return len(encoding)
+
+
 def _finished_keys(partial: Path) -> set[str]:
     return {key for part in sorted(partial.glob("part-*")) for key in ShardReader(part).keys()}
 
@@ -224,21 +238,25 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground,
                                                                            cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1) as loader:  # decode the next batch's images during this one
+        # Threads (both release the GIL in C): the next batch's images are decoded, and the last batch's
+        # views PNG-encoded, while the GPU computes this batch. On one core the encoding alone would idle an
+        # H200 for 1.3 s per 128 views, a fifth of the batch (benchmarks/views_stage.py).
+        with ThreadPoolExecutor(max_workers=1) as loader, ThreadPoolExecutor(max_workers=PNG_THREADS) as encoder:
             pending = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
+            encoding: list[tuple[Job, Future, dict]] = []
             for index, batch in enumerate(mine):
                 images, status = pending.result()
                 if index + 1 < len(mine):
                     pending = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
-                for job, view in zip(batch, sampler(batch, images), strict=True):
-                    if job.key in done or job.key in writer:
-                        continue  # a resumed batch: this view was finished before, with the same bytes
-                    generated += 1
-                    writer.add(job.key, view, {"image_id": job.image_id, "view": job.pose.name,
-                                               "polar_deg": job.pose.polar_deg, "azimuth_deg": job.pose.azimuth_deg,
-                                               "radius": job.pose.radius, "seed": cfg.seed,
-                                               "foreground": status[job.image_id]})
+                try:
+                    views = sampler(batch, images)
+                finally:  # the last batch's views are kept even if this one fails
+                    generated += _store_encoded(writer, encoding)
+                # a resumed batch recomputes views finished before (same bytes): only the others are new
+                encoding = [(job, encoder.submit(encode_png, view), _view_metadata(cfg, job, status[job.image_id]))
+                            for job, view in zip(batch, views, strict=True) if job.key not in done]
                 log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
+            generated += _store_encoded(writer, encoding)
         generating = time.perf_counter() - tick
     writer.close()
     worker.barrier()

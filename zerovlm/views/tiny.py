@@ -24,11 +24,14 @@ from zerovlm.io import ZeroVLMError, atomic_dir
 from zerovlm.views.checkpoints import LAYOUTS, SCHEDULER_CONFIG
 
 CONTEXT_DIM = 32  # CLIP projection_dim == UNet cross_attention_dim (768 in the real model)
-FEATURE_EXTRACTOR = {  # the hub repos' CLIPImageProcessor settings, at the tiny encoder's 32 px
-    "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": 32},
-    "resample": 3, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "do_rescale": True,
-    "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+
+
+def _feature_extractor(size_px: int) -> dict:
+    """The hub repos' CLIPImageProcessor settings at the image encoder's input size."""
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size_px},
+            "resample": 3, "do_center_crop": True, "crop_size": {"height": size_px, "width": size_px},
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
 PIPELINE_CLASS = {"kxic": ("Zero1to3StableDiffusionPipeline", "pipeline_zero1to3", "CCProjection"),
                   "bennyguo": ("Zero123Pipeline", "pipeline_zero123", "CLIPCameraProjection")}
 
@@ -72,7 +75,7 @@ def _save_projection(folder: Path, layout: str, projection: torch.nn.Linear, var
     (folder / sub).mkdir()
     config = {"_class_name": PIPELINE_CLASS[layout][2], "_diffusers_version": "0.42.1"}
     if layout == "bennyguo":
-        config.update(embedding_dim=CONTEXT_DIM, additional_embeddings=4)
+        config.update(embedding_dim=projection.out_features, additional_embeddings=4)
     (folder / sub / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     state = {f"{prefix}.weight": projection.weight.detach(), f"{prefix}.bias": projection.bias.detach()}
     if layout == "kxic":
@@ -88,16 +91,26 @@ def _save_projection(folder: Path, layout: str, projection: torch.nn.Linear, var
 
 def build_tiny_zero123(out_dir: str | os.PathLike, seed: int = 0, layout: str = "kxic") -> Path:
     """Write a tiny random Zero123 to `out_dir` (replaced atomically); return the folder."""
+    torch.manual_seed(seed)
+    parts = _unet(), _vae(), _image_encoder()
+    projection = torch.nn.Linear(CONTEXT_DIM + 4, CONTEXT_DIM)  # concat(image_embeds, pose) -> context
+    return save_zero123(out_dir, *parts, projection, layout)
+
+
+def save_zero123(out_dir: str | os.PathLike, unet: UNet2DConditionModel, vae: AutoencoderKL,
+                 image_encoder: CLIPVisionModelWithProjection, projection: torch.nn.Linear,
+                 layout: str = "kxic") -> Path:
+    """Write Zero123 components to `out_dir` in a hub layout (replaced atomically); return the folder.
+
+    Also used by benchmarks/views_stage.py for the full-size architecture with random weights.
+    """
     if layout not in LAYOUTS:
-        raise ZeroVLMError(f"tiny Zero123 layout {layout!r}: valid: {sorted(LAYOUTS)}")
+        raise ZeroVLMError(f"Zero123 layout {layout!r}: valid: {sorted(LAYOUTS)}")
     out_dir = Path(out_dir)
     # bennyguo's repos ship fp16 variant files beside the full-precision ones.
     variants = [(None, torch.float32)] + ([("fp16", torch.float16)] if layout == "bennyguo" else [])
     with atomic_dir(out_dir) as tmp:
-        torch.manual_seed(seed)
-        parts = {"unet": _unet(), "vae": _vae(), "image_encoder": _image_encoder()}
-        projection = torch.nn.Linear(CONTEXT_DIM + 4, CONTEXT_DIM)  # concat(image_embeds, pose) -> context
-        for name, model in parts.items():
+        for name, model in {"unet": unet, "vae": vae, "image_encoder": image_encoder}.items():
             for variant, dtype in variants:  # full precision first: half() converts the module in place
                 model = model.half() if dtype == torch.float16 else model
                 if name == "image_encoder":
@@ -108,6 +121,6 @@ def build_tiny_zero123(out_dir: str | os.PathLike, seed: int = 0, layout: str = 
         DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
         (tmp / "feature_extractor").mkdir()  # unused by the sampler (see zero123.clip_preprocess); layout only
         (tmp / "feature_extractor" / "preprocessor_config.json").write_text(
-            json.dumps(FEATURE_EXTRACTOR, indent=2, sort_keys=True) + "\n")
+            json.dumps(_feature_extractor(image_encoder.config.image_size), indent=2, sort_keys=True) + "\n")
         (tmp / "model_index.json").write_text(json.dumps(_model_index(layout), indent=2, sort_keys=True) + "\n")
     return out_dir

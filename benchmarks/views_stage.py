@@ -1,0 +1,132 @@
+"""The views stage end to end on one GPU, with the full-size Zero123 architecture and random weights (not a test).
+
+zero123_throughput.py times pipeline calls; this times what `dvc repro` runs for `views`
+(zerovlm.views.synthesize.synthesize_views: the model loaded from a folder in the kxic layout, images
+decoded in a thread, fixed batches through the compiled pipeline, PNG encoding, shard writing) and sets it
+beside the pipeline calls alone on the same batches, so that any time the stage adds around the GPU work
+shows:
+  stage:     views/s of the stage in steady state: (N - 1) batches / (time of an N-batch run - time of a
+             1-batch run), so model loading and compilation cancel out;
+  pipeline:  views/s of Zero123Pipeline calls alone, compiled the same way, on one batch;
+  encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
+             the GPU computes the next batch).
+
+    python benchmarks/views_stage.py --batch 128 --batches 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zero123_throughput import full_size_components  # noqa: E402
+
+from zerovlm.config import ViewsConfig  # noqa: E402
+from zerovlm.datasets.table import Example  # noqa: E402
+from zerovlm.store import ShardReader, encode_png  # noqa: E402
+from zerovlm.views.synthesize import synthesize_views  # noqa: E402
+from zerovlm.views.tiny import save_zero123  # noqa: E402
+from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
+
+VIEWS_PER_IMAGE = 4  # left, right, top, random
+
+
+def scene(index: int, size: int) -> Image.Image:
+    """A distinct picture per index: two shapes on a plain background."""
+    image = Image.new("RGB", (size, size), (240, 240, 235))
+    draw = ImageDraw.Draw(image)
+    offset = (index * 7) % (size // 3)
+    draw.rectangle([20 + offset, 80, 100 + offset, 180], fill=(200, (40 + 13 * index) % 256, 40))
+    draw.ellipse([140, 60 + offset, 220, 140 + offset], fill=(30, 60, (120 + 29 * index) % 256))
+    return image
+
+
+def prepare(folder: Path, num_images: int, size: int) -> list[Example]:
+    (folder / "images").mkdir(parents=True)
+    examples = []
+    for index in range(num_images):
+        image_id = f"{index:016x}"
+        scene(index, size).save(folder / "images" / f"{image_id}.png")
+        examples.append(Example(example_id=f"bench/test/{index}", dataset="synthetic", split="test",
+                                task="true_false", image_id=image_id, image_file=f"images/{image_id}.png",
+                                caption="the red box is left of the blue ball", options=("yes", "no"),
+                                answer_index=0, relation="left of"))
+    return examples
+
+
+def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    tick = time.perf_counter()
+    synthesize_views(cfg, examples, prepared, out)
+    torch.cuda.synchronize()
+    return time.perf_counter() - tick
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
+    parser.add_argument("--batches", type=int, default=4, help="batches in the long run")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    args = parser.parse_args()
+    if args.batch % VIEWS_PER_IMAGE or args.batches < 2:
+        parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE} and --batches at least 2")
+    size = 256
+    work = Path(tempfile.mkdtemp(prefix="views_stage_"))
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, "
+          f"guidance 3.0, eta 1.0, {args.dtype}, {args.batch} views per batch, compiled", flush=True)
+
+    tick = time.perf_counter()
+    parts = full_size_components(getattr(torch, args.dtype), size)
+    model = save_zero123(work / "zero123", parts.unet, parts.vae, parts.image_encoder, parts.pose_projection)
+    del parts
+    torch.cuda.empty_cache()
+    print(f"full-size random Zero123 written in the kxic layout: {time.perf_counter() - tick:.0f} s", flush=True)
+    cfg = ViewsConfig(model=str(model), image_size_px=size, num_inference_steps=args.steps, dtype=args.dtype,
+                      device="cuda", batch_size=args.batch, compile=True, seed=0)
+    per_batch = args.batch // VIEWS_PER_IMAGE
+    examples = prepare(work / "prepared", per_batch * args.batches, size)
+
+    run_stage(cfg, examples[:per_batch], work / "prepared", work / "warm")  # compile caches warm for both runs
+    short = run_stage(cfg, examples[:per_batch], work / "prepared", work / "short")
+    long = run_stage(cfg, examples, work / "prepared", work / "long")
+    stage_rate = (args.batches - 1) * args.batch / (long - short)
+    print(f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
+          "in steady state", flush=True)
+
+    pipe = Zero123Pipeline.from_pretrained(str(model), getattr(torch, args.dtype), "cuda")
+    pipe.compile()
+    images = [scene(i, size) for i in range(per_batch) for _ in range(VIEWS_PER_IMAGE)]
+    poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
+
+    def call():
+        generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
+        return pipe(images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0)
+
+    call()
+    tick = time.perf_counter()
+    views = call()
+    pipeline_rate = args.batch / (time.perf_counter() - tick)
+    tick = time.perf_counter()
+    for view in views:
+        encode_png(view)
+    encoding = time.perf_counter() - tick
+    reader = ShardReader(work / "long")
+    print(f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
+          f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
+          f"{len(reader.keys())} views", flush=True)
+    reader.close()
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
