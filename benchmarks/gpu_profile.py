@@ -238,7 +238,7 @@ def unet_conv_shapes(unet, batch: int) -> dict:
 
 def zero123_convs(args) -> None:
     """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against the FP8 Triton
-    implicit GEMM (zerovlm/triton_conv.py), alone on quantised inputs and as Float8Conv2d (quantisation
+    implicit GEMM (benchmarks/fp8_conv.py), alone on quantised inputs and as Float8Conv2d (quantisation
     of the input included, compiled as the UNet would be)."""
     from zero123_throughput import full_size_components
 

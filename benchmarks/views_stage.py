@@ -33,7 +33,7 @@ from zero123_throughput import full_size_components  # noqa: E402
 from zerovlm.config import ViewsConfig  # noqa: E402
 from zerovlm.datasets.table import Example  # noqa: E402
 from zerovlm.store import ShardReader, encode_png  # noqa: E402
-from zerovlm.views.synthesize import synthesize_views  # noqa: E402
+from zerovlm.views.synthesize import DTYPES, synthesize_views  # noqa: E402
 from zerovlm.views.tiny import save_zero123  # noqa: E402
 from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
@@ -86,7 +86,7 @@ def main() -> None:
           f"guidance 3.0, eta 1.0, {args.dtype}, {args.batch} views per batch, compiled", flush=True)
 
     tick = time.perf_counter()
-    parts = full_size_components(getattr(torch, args.dtype), size)
+    parts = full_size_components(DTYPES[args.dtype], size)
     model = save_zero123(work / "zero123", parts.unet, parts.vae, parts.image_encoder, parts.pose_projection)
     del parts
     torch.cuda.empty_cache()
@@ -103,7 +103,7 @@ def main() -> None:
     print(f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
           "in steady state", flush=True)
 
-    pipe = Zero123Pipeline.from_pretrained(str(model), getattr(torch, args.dtype), "cuda")
+    pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], "cuda")
     pipe.compile()
     images = [scene(i, size) for i in range(per_batch) for _ in range(VIEWS_PER_IMAGE)]
     poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
