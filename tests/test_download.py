@@ -239,6 +239,37 @@ def test_only_http_urls_are_fetched(tmp_path, url):
         fetch_file(FileRequest(url, "a.jpg"), tmp_path, FAST)
 
 
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1:{port}/etc/passwd", "file:///etc/passwd"])
+def test_a_redirect_to_another_scheme_is_refused(server, tmp_path, target):
+    with socket.socket() as listener:  # would see a connection if the ftp:// redirect were followed
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.2)
+
+        def redirect(handler, hits):
+            handler.send_response(302)
+            handler.send_header("Location", target.format(port=listener.getsockname()[1]))
+            handler.end_headers()
+
+        server.routes["/r.jsonl"] = redirect
+        with pytest.raises(DownloadError, match="only http"):
+            fetch_file(FileRequest(f"{server.url}/r.jsonl", "r.jsonl"), tmp_path, FAST)
+        with pytest.raises(socket.timeout):
+            listener.accept()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_redirect_to_http_is_followed(server, tmp_path):
+    def redirect(handler, hits):
+        handler.send_response(302)
+        handler.send_header("Location", f"{server.url}/moved.bin")
+        handler.end_headers()
+
+    server.routes["/old.bin"], server.routes["/moved.bin"] = redirect, PAYLOAD
+    path = fetch_file(FileRequest(f"{server.url}/old.bin", "moved.bin"), tmp_path, FAST)
+    assert path.read_bytes() == PAYLOAD
+
+
 def test_a_truncated_jpeg_is_rejected_and_not_kept(server, tmp_path):
     data = jpeg_bytes("t", size=(256, 256))
     server.routes["/t.jpg"] = data[: len(data) * 2 // 3]

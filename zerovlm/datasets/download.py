@@ -1,7 +1,7 @@
 """Fetching and verifying dataset files: bounded concurrency, retries, resume, checksums, image checks.
 
 Guarantees:
-- only http(s) URLs are fetched; every target path is `safe_join`ed under the download root;
+- only http(s) URLs are fetched, redirects included; every target path is `safe_join`ed under the download root;
 - a file appears at its final name only after it was verified (pinned SHA-256 where known, a full image
   decode for images), so a file at its final name is never fetched again; bytes in flight live in
   `<name>.part`, which never looks finished and is resumed with an HTTP Range request when possible;
@@ -136,12 +136,40 @@ def _confirmation_url(page: bytes, url: str) -> str:
     return check_url(f"{action}?{urllib.parse.urlencode(parser.inputs)}")
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s): urllib's own handler also follows one to ftp://."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urllib.parse.urljoin(req.full_url, headers.get("location") or headers.get("uri") or "")
+        try:
+            check_url(target)
+        except DownloadError:
+            fp.close()
+            raise
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _http_only_opener() -> urllib.request.OpenerDirector:
+    """urlopen's handlers minus ftp://, file:// and data: (a redirect cannot reach them either)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(),
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+_OPENER = _http_only_opener()
+
+
 def _open(url: str, offset: int, policy: Policy):
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    request = urllib.request.Request(check_url(url), headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
     try:
-        return urllib.request.urlopen(request, timeout=policy.timeout_seconds)
+        return _OPENER.open(request, timeout=policy.timeout_seconds)
     except urllib.error.HTTPError as error:
         error.close()
         retryable = error.code in RETRYABLE_STATUS or (error.code == 416 and offset > 0)
