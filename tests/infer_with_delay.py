@@ -18,8 +18,8 @@ class SlowBackend:
         time.sleep(0.5)
         return self.model.option_logprobs(requests)
 
-    def render_prompt(self, request):
-        return self.model.render_prompt(request)
+    def __getattr__(self, name):  # render_prompt, info, ...: the real backend's
+        return getattr(self.model, name)
 
 
 inference.CHUNK_REQUESTS = 2

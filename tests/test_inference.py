@@ -49,8 +49,8 @@ class CountingBackend:
         self.seen += requests
         return self.model.option_logprobs(requests)
 
-    def render_prompt(self, request):
-        return self.model.render_prompt(request)
+    def __getattr__(self, name):  # render_prompt, info: the real backend's
+        return getattr(self.model, name)
 
 
 def _cfg(workspace, **overrides):
@@ -111,6 +111,31 @@ def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch)
              CountingBackend(_cfg(workspace), fail_after_calls=1))
     other = _cfg(workspace, question_template="true_false")
     summary = _run(workspace, other, "changed", monkeypatch, CountingBackend(other))
+    assert summary["resumed"] == 0
+
+
+@pytest.mark.parametrize("change", ["stitched pixels", "model weights"])
+def test_a_partial_run_on_other_images_or_weights_is_not_reused(workspace, tmp_path, monkeypatch, change):
+    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    model, stitched = tmp_path / "llava", workspace / "stitched"
+    build_tiny_llava(model, seed=0)
+    cfg = InferConfig(model=str(model), dtype="float32", device="cpu")
+    monkeypatch.setattr(inference, "load_backend", lambda _: CountingBackend(cfg, fail_after_calls=1))
+    with pytest.raises(KeyboardInterrupt):
+        inference.infer_stage(cfg, workspace / "prepared", stitched, tmp_path / "answers")
+    if change == "stitched pixels":  # other views, same keys and sizes: the shard indexes are identical
+        with ShardWriter(tmp_path / "views") as views:
+            for image_id in sorted({e.image_id for e in read_table(workspace / "prepared")}):
+                views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (30, 30, 200)))
+        stitched = tmp_path / "stitched"
+        stitch_stage(StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
+                     workspace / "prepared", tmp_path / "views", stitched)
+        assert all((stitched / p.name).read_bytes() == p.read_bytes()
+                   for p in (workspace / "stitched").glob("shard-*.jsonl"))
+    else:  # the folder rebuilt in place with other weights
+        build_tiny_llava(model, seed=1)
+    monkeypatch.setattr(inference, "load_backend", lambda _: CountingBackend(cfg))
+    summary = inference.infer_stage(cfg, workspace / "prepared", stitched, tmp_path / "answers")
     assert summary["resumed"] == 0
 
 

@@ -1,6 +1,5 @@
 """Profiles: params.yaml is the composed demo profile; the paper profile is valid and faithful."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -43,6 +43,15 @@ def test_interrupted_writer_keeps_finished_shards_and_resumes(tmp_path):
     assert sorted(ShardReader(folder).keys()) == ["k0", "k1", "k2"]
 
 
+def test_a_killed_writers_temporary_files_are_not_published(tmp_path):
+    with ShardWriter(tmp_path / "partial", shard_size=2) as writer:
+        for i in range(2):
+            writer.add(f"k{i}", _image(i))
+    (tmp_path / "partial" / ".shard-00001.tar.x1y2.tmp").write_bytes(b"half a tar")  # SIGKILL mid-write
+    publish([tmp_path / "partial"], tmp_path / "final", ["k0", "k1"])
+    assert sorted(p.name for p in (tmp_path / "final").iterdir()) == ["shard-00000.jsonl", "shard-00000.tar"]
+
+
 def test_publish_keeps_exactly_the_requested_keys(tmp_path):
     with ShardWriter(tmp_path / "partial", shard_size=2) as writer:
         for i in range(4):

@@ -6,6 +6,7 @@ import logging
 import typing
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image, ImageDraw
 
@@ -83,10 +84,11 @@ def test_config_choices_match_the_registry():
 
 
 def test_foreground_settings_change_the_fingerprint():
-    base = settings_fingerprint(ViewsConfig())[0]
-    assert settings_fingerprint(ViewsConfig(foreground="border"))[0] != base
-    assert settings_fingerprint(ViewsConfig(foreground_threshold_rgb=40.0))[0] != base
-    assert settings_fingerprint(ViewsConfig(batch_size=7))[0] == base
+    cpu = torch.device("cpu")
+    base = settings_fingerprint(ViewsConfig(), cpu)[0]
+    assert settings_fingerprint(ViewsConfig(foreground="border"), cpu)[0] != base
+    assert settings_fingerprint(ViewsConfig(foreground_threshold_rgb=40.0), cpu)[0] != base
+    assert settings_fingerprint(ViewsConfig(batch_size=7), cpu)[0] == base
 
 
 def test_views_stage_records_recentring_and_fallbacks(tmp_path, tiny_models):  # noqa: F811

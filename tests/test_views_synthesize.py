@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.store import ShardReader
 from zerovlm.views import synthesize
 from zerovlm.views.poses import random_pose
+from zerovlm.views.tiny import build_tiny_zero123
 from zerovlm.views.synthesize import synthesize_views
 
 TESTS = Path(__file__).parent
@@ -151,17 +153,33 @@ def fail_at_call(monkeypatch, number: int) -> None:
     monkeypatch.setattr(synthesize._Sampler, "_run", failing_run)
 
 
-def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prepared, monkeypatch, caplog):
-    out = tmp_path / "views"
+def tilt(polar_deg: float) -> dict:
+    return {"custom": [{"name": "tilt", "polar_deg": polar_deg, "azimuth_deg": 0.0}]}
+
+
+@pytest.mark.parametrize("change", ["steps", "custom pose", "model weights"])
+def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prepared, monkeypatch, caplog, change):
+    out, model = tmp_path / "views", tmp_path / "model"
+    build_tiny_zero123(model, seed=0, layout="kxic")
+    before, after = views_config(model, **tilt(30.0)), views_config(model, **tilt(30.0))
+    if change == "steps":
+        after = views_config(model, **tilt(30.0), num_inference_steps=3)
+    elif change == "custom pose":  # the same view name with another pose
+        after = views_config(model, **tilt(45.0))
     fail_at_call(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="injected"):
-        synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+        synthesize_views(before, prepared[1], prepared[0], out, shard_size=4)
     assert (tmp_path / ".views.partial" / "part-000-of-001" / "shard-00000.jsonl").is_file()
     monkeypatch.undo()
+    if change == "model weights":  # the folder rebuilt in place, as the models stage does
+        shutil.rmtree(model)
+        build_tiny_zero123(model, seed=1, layout="kxic")
     with caplog.at_level(logging.WARNING):
-        summary = synthesize_views(views_config(tiny_models["kxic"], num_inference_steps=3), prepared[1],
-                                   prepared[0], out, shard_size=4)
+        summary = synthesize_views(after, prepared[1], prepared[0], out, shard_size=4)
     assert "discarding" in caplog.text and summary["views_reused"] == 0
+    poses = {ShardReader(out).metadata(f"{job.image_id}.tilt")["polar_deg"]
+             for job in synthesize.plan_jobs(after, prepared[1], prepared[0])}
+    assert poses == {after.custom[0].polar_deg}
 
 
 def test_an_image_that_is_not_an_image_names_file_and_example(tmp_path, tiny_models):

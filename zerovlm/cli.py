@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from zerovlm.io import ZeroVLMError
+from zerovlm.io import ZeroVLMError, read_json
 
 PROFILES_DIR = Path("conf/profile")
 
@@ -54,9 +53,8 @@ def _cmd_show(args) -> None:
         return
     from zerovlm.scoring.report import results_table
 
-    if not args.metrics.is_file():
-        raise ZeroVLMError(f"{args.metrics}: not found (instances: metrics/grid/<dataset>/<vlm>/summary.json)")
-    print(results_table(json.loads(args.metrics.read_text())))
+    print(results_table(read_json(args.metrics, "run the pipeline first (`dvc repro`); instances are "
+                                                "metrics/grid/<dataset>/<vlm>/summary.json")))
 
 
 def _cmd_export_views(args) -> None:

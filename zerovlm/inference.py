@@ -26,11 +26,12 @@ from pathlib import Path
 from zerovlm.compose import input_keys
 from zerovlm.config import CONFIGURATIONS, InferConfig, images_per_request, is_separate
 from zerovlm.datasets.table import Example, read_table
-from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, sha256_file, stable_hash, write_json
+from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, read_json, sha256_file, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.prompts import prompts_sha256, user_message
+from zerovlm.runtime import model_identity, peak_memory_bytes
 from zerovlm.store import ShardReader
-from zerovlm.vlm.base import Request, VisionLanguageModel
+from zerovlm.vlm.base import Request, VisionLanguageModel, resolve_device_dtype
 from zerovlm.vlm.registry import load_backend
 
 log = logging.getLogger(__name__)
@@ -101,11 +102,16 @@ def plan_chunks(jobs: list[Job], examples: list[Example]) -> list[list[Job]]:
 
 
 def _fingerprint(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path) -> str:
-    """What the answers depend on; a partial file from other inputs is discarded, not resumed."""
+    """What the answers depend on; a partial file from other inputs is discarded, not resumed.
+
+    The settings, the kind of device and the dtype used there, a local model folder's content, the
+    examples, the prompts, and the stitched images themselves (the shard indexes hold no pixels).
+    """
     knobs = cfg.model_dump(exclude={"batch_size", "device"})
-    stitched = sorted((p.name, sha256_file(p)) for p in stitched_dir.glob("shard-*.jsonl"))
-    stitched += sorted((p.name, p.stat().st_size) for p in stitched_dir.glob("shard-*.tar"))
-    return stable_hash([knobs, sha256_file(prepared_dir / "examples.jsonl"), stitched, prompts_sha256()])
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, warn=False)
+    stitched = sorted((p.name, sha256_file(p)) for p in stitched_dir.glob("shard-*"))
+    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model),
+                        sha256_file(prepared_dir / "examples.jsonl"), stitched, prompts_sha256()])
 
 
 def _answer(model: VisionLanguageModel, cfg: InferConfig, requests: list[Request]) -> list[dict]:
@@ -159,7 +165,7 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     """
     worker = worker or current_worker()
     examples = read_table(prepared_dir)
-    stitch_summary = json.loads((stitched_dir / "summary.json").read_text())
+    stitch_summary = read_json(stitched_dir / "summary.json", "run the stitch stage first (`dvc repro`)")
     configurations = stitch_summary["configurations"]
     start = time.perf_counter()
     seconds_loading = 0.0  # issue 7 (overhead): model loading, reported apart from answering
@@ -176,11 +182,11 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     partial_dir = out_dir.parent / f".{out_dir.name}.partial"
     fingerprint = _fingerprint(cfg, prepared_dir, stitched_dir)
     done = _resume(partial_dir, fingerprint, worker)
-    reused = len(done)
     chunks = [chunk for chunk in plan_chunks(jobs, examples) if any(job.record_id not in done for job in chunk)]
+    reused = len(jobs) - sum(len(chunk) for chunk in chunks)  # a partly done chunk is recomputed whole
     mine = worker.owned(chunks, key=lambda chunk: chunk[0].example.example_id)
     log.info("infer [%s]: %d requests planned, %d already done, %d chunks to run here",
-             worker.part_name, len(jobs), len(done), len(mine))
+             worker.part_name, len(jobs), reused, len(mine))
 
     if mine and model is None:
         loading_start = time.perf_counter()
@@ -215,7 +221,8 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
                "backend": cfg.backend, "model": cfg.model, "answer_mode": cfg.answer_mode,
                "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint}
     run = {"resumed": reused, "processes": worker.world_size, "seconds": round(seconds, 3),
-           "seconds_loading": round(seconds_loading, 3), **_runtime()}  # issue 7: overhead, provenance
+           "seconds_loading": round(seconds_loading, 3),  # issue 7: overhead, provenance
+           "model_info": model.info() if model is not None else None, **_runtime()}
     with atomic_dir(out_dir) as tmp:
         with open(tmp / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
             for job in jobs:  # plan order, whatever process or chunk answered it
@@ -229,24 +236,22 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
 
 # ---- issue 7 (overhead and provenance, read by zerovlm.scoring): where this run ran, its peak memory
 def _runtime() -> dict:
-    """Device, peak memory (CUDA: max allocated, summed over GPUs; CPU: the process' max RSS) and versions."""
-    import resource
+    """Device, peak memory (zerovlm.runtime.peak_memory_bytes) and versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
-        peak = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     else:
-        device, peak = "cpu", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        device = "cpu"
     versions = {}
     for package in ("torch", "transformers", "accelerate"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    return {"device": device, "peak_memory_bytes": int(peak), "versions": versions}
+    return {"device": device, "peak_memory_bytes": peak_memory_bytes(), "versions": versions}
 # ---- end issue 7
 
 

@@ -52,6 +52,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON document at `path`; a missing or malformed file is an error naming it and the `fix`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZeroVLMError(f"{path}: not found; {fix}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ZeroVLMError(f"{path}: not readable JSON ({error}); {fix}") from None
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -46,6 +46,16 @@ def _finished_shards(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("shard-*.jsonl") if _SHARD_PATTERN.match(p.name))
 
 
+def _remove_unfinished(folder: Path) -> None:
+    """Delete what a stopped writer left: a tar without its index, and atomic_path's temporary files
+    (a killed process never reaches their clean-up)."""
+    for orphan in folder.glob("shard-*.tar"):
+        if not orphan.with_suffix(".jsonl").exists():
+            orphan.unlink()
+    for temporary in folder.glob(".shard-*.tmp"):
+        temporary.unlink()
+
+
 class ShardWriter:
     """Append images to a shard folder; every `shard_size` images become one finished shard."""
 
@@ -57,10 +67,7 @@ class ShardWriter:
         self.shard_size = shard_size
         finished = _finished_shards(self.folder)
         self._next_index = len(finished)
-        # A tar without its JSONL was being written when the process stopped: it is not finished.
-        for orphan in self.folder.glob("shard-*.tar"):
-            if not orphan.with_suffix(".jsonl").exists():
-                orphan.unlink()
+        _remove_unfinished(self.folder)
         self._pending: list[tuple[str, bytes, dict]] = []
         self._keys = {record["key"] for shard in finished for record in read_jsonl(shard)}
 
@@ -180,6 +187,7 @@ def publish(partials: Sequence[str | os.PathLike], final: str | os.PathLike, kee
         shutil.rmtree(final)
     if len(readers) == 1 and readers[0].keys() == keep:
         readers[0].close()
+        _remove_unfinished(readers[0].folder)
         os.replace(readers[0].folder, final)
         return
     staging = final.with_name(f".{final.name}.publish")

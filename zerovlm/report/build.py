@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from zerovlm.config import ReportConfig, ScoreConfig
-from zerovlm.io import ZeroVLMError, atomic_path, write_json
+from zerovlm.io import atomic_path, read_json, write_json
 from zerovlm.report import table
 from zerovlm.report.plots import write_plots
 from zerovlm.report.provenance import git_revision, library_versions
@@ -30,10 +29,7 @@ def read_instances(grid_dir: Path, datasets: list[str], vlms: list[str]) -> dict
         for vlm in vlms:
             folder = grid_dir / dataset / vlm
             for name in INSTANCE_FILES:
-                path = folder / name
-                if not path.is_file():
-                    raise ZeroVLMError(f"{path}: missing; run `dvc repro score@{dataset}-{vlm}`")
-                found[name][(dataset, vlm)] = json.loads(path.read_text())
+                found[name][(dataset, vlm)] = read_json(folder / name, f"run `dvc repro score@{dataset}-{vlm}`")
     return found
 
 

@@ -18,7 +18,6 @@ Outputs (metrics_dir):
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, read_table
-from zerovlm.io import ZeroVLMError, read_jsonl, write_json, write_jsonl
+from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
 from zerovlm.scoring.significance import discordant_counts, holm, mcnemar_exact_p, paired_bootstrap_ci
 
@@ -242,7 +241,7 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
     The views and infer run records (timings, peak memory) give the overhead metrics when both are given."""
     examples = read_table(prepared_dir)
     predictions = list(read_jsonl(predictions_dir / "predictions.jsonl"))
-    infer_summary = json.loads((predictions_dir / "summary.json").read_text())
+    infer_summary = read_json(predictions_dir / "summary.json", "run the infer stage first (`dvc repro`)")
     rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm)
 
     cells: dict[tuple, list[dict]] = defaultdict(list)
@@ -258,7 +257,8 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
             metrics[(task, configuration, mode)].update(comparison)
 
     prepare_summary_path = prepared_dir / "summary.json"
-    prepare_summary = json.loads(prepare_summary_path.read_text()) if prepare_summary_path.is_file() else {}
+    prepare_summary = (read_json(prepare_summary_path, "re-run the prepare stage (`dvc repro`)")
+                       if prepare_summary_path.is_file() else {})
     summary = {"counts": {"n_examples": len(examples), "n_images": len({e.image_id for e in examples}),
                           "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
                           "n_requests": infer_summary["requests"],
@@ -266,8 +266,9 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
                # configurations the model was not given (more images than it takes): absent, not 0%
                "not_evaluated": infer_summary.get("not_evaluated", {}),
                **_nest(metrics)}
-    views_summary = json.loads(Path(views_summary_path).read_text()) if views_summary_path else None
-    infer_run = json.loads(Path(infer_run_path).read_text()) if infer_run_path else {}
+    rerun = "re-run the stage that writes it (`dvc repro`)"
+    views_summary = read_json(views_summary_path, rerun) if views_summary_path else None
+    infer_run = read_json(infer_run_path, rerun) if infer_run_path else {}
     if views_summary is not None and infer_run:
         summary["overhead"] = overhead(examples, views_summary, infer_summary, infer_run)
     per_relation = _nest({key: {"accuracy": round(float(np.mean([r["correct"] for r in group])), 4),

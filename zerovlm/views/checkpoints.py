@@ -18,7 +18,6 @@ A checkpoint whose *training* schedule (betas, train steps, prediction type) dif
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -30,7 +29,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPVisionModelWithProjection
 
-from zerovlm.io import ZeroVLMError
+from zerovlm.io import ZeroVLMError, read_json
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +102,7 @@ def _model_file(model: str, relative: str, required: bool = True) -> Path | None
 def detect_layout(model: str) -> str:
     """kxic or bennyguo, from model_index.json's component names."""
     index_path = _model_file(model, "model_index.json")
-    try:
-        index = json.loads(index_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ZeroVLMError(f"{index_path}: not valid JSON ({error})") from None
+    index = read_json(index_path, FIX_HINT)
     found = [name for name, (folder, _, _) in LAYOUTS.items() if folder in index]
     if len(found) != 1:
         folders = [folder for folder, _, _ in LAYOUTS.values()]
@@ -165,7 +161,7 @@ def _check_training_schedule(model: str) -> None:
     path = _model_file(model, "scheduler/scheduler_config.json", required=False)
     if path is None:
         return
-    config = json.loads(path.read_text())
+    config = read_json(path, "the model folder is damaged: download it again")
     wrong = {k: config[k] for k in _TRAINING_KEYS if k in config and config[k] != SCHEDULER_CONFIG[k]}
     if wrong:
         raise ZeroVLMError(f"{path}: training noise schedule {wrong} differs from Zero123's "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import resource
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +25,7 @@ from PIL import Image
 
 from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
+from zerovlm.runtime import model_identity, peak_memory_bytes, resolve_device
 from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
 from zerovlm.views.foreground import MaskFn, load_foreground, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
@@ -39,8 +39,10 @@ PNG_THREADS = 4
 # What the view store's own summary.json holds: the same for any run that gives the same views.
 STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallbacks", "fingerprint", "settings")
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
-PIXEL_SETTINGS = ("model", "variant", "weights_variant", "image_size_px", "num_inference_steps", "timestep_schedule",
-                  "guidance_scale", "eta", "dtype", "seed", "foreground", "foreground_threshold_rgb")
+# Presets are poses fixed in poses.py (random: drawn from the seed); custom views are poses from params.
+PIXEL_SETTINGS = ("model", "variant", "weights_variant", "custom", "image_size_px", "num_inference_steps",
+                  "timestep_schedule", "guidance_scale", "eta", "dtype", "seed", "foreground",
+                  "foreground_threshold_rgb")
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,11 @@ class Job:
         return f"{self.image_id}.{self.pose.name}"
 
 
-def settings_fingerprint(cfg) -> tuple[str, dict]:
-    settings = {name: getattr(cfg, name) for name in PIXEL_SETTINGS}
-    return stable_hash(settings), settings
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ZeroVLMError("views.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
+def settings_fingerprint(cfg, device: torch.device) -> tuple[str, dict]:
+    """(hash, settings) of what the pixels depend on: the settings, a local model folder's content, and
+    the kind of device (views are the same bytes only on the same kind of device and dtype)."""
+    settings = cfg.model_dump(mode="json", include=set(PIXEL_SETTINGS))
+    return stable_hash([settings, model_identity(cfg.model), device.type]), settings
 
 
 def view_generator(seed: int, image_id: str, view_name: str) -> torch.Generator:
@@ -172,12 +168,6 @@ def _count_fallbacks(store: Path) -> int:
         reader.close()
 
 
-def _peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
 def plan_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """Fixed batches of the whole plan: whatever process runs a batch, and whether it runs in a
     fresh or a resumed run, its views are computed in the same company (same bytes on one device)."""
@@ -213,11 +203,11 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
     worker = worker or current_worker()
     started = time.perf_counter()
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
-    device, dtype = resolve_device(cfg.device), DTYPES[cfg.dtype]
+    device, dtype = resolve_device(cfg.device, "views"), DTYPES[cfg.dtype]
     if device.type == "cpu" and dtype == torch.float16:
         log.warning("views: float16 on the CPU is several times slower than float32 (set views.dtype)")
     jobs = plan_jobs(cfg, examples, prepared_dir)
-    fingerprint, settings = settings_fingerprint(cfg)
+    fingerprint, settings = settings_fingerprint(cfg, device)
     partial = out_dir.parent / f".{out_dir.name}.partial"
     if worker.is_main:
         _open_partial(partial, fingerprint, settings)
@@ -265,15 +255,16 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
 
     publish(sorted(partial.glob("part-*")), out_dir, [job.key for job in jobs], shard_size)
     shutil.rmtree(partial)
+    reused = len({job.key for job in jobs} & done)  # the partial may hold views a changed plan dropped
     summary = {
         "examples": len(examples), "images": len({job.image_id for job in jobs}), "views": len(jobs),
-        "views_generated": len(jobs) - len(done), "views_reused": len(done), "processes": worker.world_size,
+        "views_generated": len(jobs) - reused, "views_reused": reused, "processes": worker.world_size,
         "seconds": round(time.perf_counter() - started, 3), "seconds_generating": round(generating, 3),
         "views_per_second": round(generated / generating, 3) if generating else None,
         "device": str(device), "dtype": cfg.dtype,
         "batch_size": cfg.batch_size, "batch_size_final": sampler.batch_size if sampler else cfg.batch_size,
         "oom_backoffs": sampler.backoffs if sampler else 0, "recentre_fallbacks": _count_fallbacks(out_dir),
-        "peak_memory_bytes": _peak_memory_bytes(device), "fingerprint": fingerprint, "settings": settings,
+        "peak_memory_bytes": peak_memory_bytes(), "fingerprint": fingerprint, "settings": settings,
     }
     # The store keeps only what its pixels depend on, so that re-synthesising identical views gives an
     # identical DVC output (downstream stages stay cached); timings and counts of this run go apart.

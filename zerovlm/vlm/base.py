@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
+from zerovlm.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +107,21 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-def resolve_device_dtype(device: str, dtype: str):
+def resolve_device_dtype(device: str, dtype: str, warn: bool = True):
     """(torch.device, torch.dtype) for cfg.device / cfg.dtype.
 
-    device "auto" is cuda when available, else cpu. On CPU half precision is replaced by float32 (and
-    logged): CPU bf16/fp16 matmuls are slow or unsupported for some ops, and the offline tests compare
-    scores at float32 tolerance. `info()` of each backend records the dtype actually used.
+    device "auto" is cuda when available, else cpu. On CPU half precision is replaced by float32 (logged
+    if `warn`): CPU bf16/fp16 matmuls are slow or unsupported for some ops, and the offline tests compare
+    scores at float32 tolerance. `info()` of each backend, written to the infer run record, says which
+    dtype was used.
     """
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ZeroVLMError("infer.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    resolved = resolve_device(device, "infer")
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    if device == "cpu" and torch_dtype != torch.float32:
-        log.warning("infer.dtype %s on CPU: using float32 instead", dtype)
+    if resolved.type == "cpu" and torch_dtype != torch.float32:
+        if warn:
+            log.warning("infer.dtype %s on CPU: using float32 instead", dtype)
         torch_dtype = torch.float32
-    return torch.device(device), torch_dtype
+    return resolved, torch_dtype
 
 
 @contextlib.contextmanager

@@ -35,7 +35,6 @@ the ViT in fp16; this backend does neither.
 
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zerovlm.io import ZeroVLMError
+from zerovlm.io import ZeroVLMError, read_json
 from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
                               resolve_device_dtype, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
@@ -131,7 +130,7 @@ def load_blip2_parts(source: str, with_qformer: bool = True) -> tuple[Any, Any, 
     config = Blip2Config.from_pretrained(source)
     index = _fetch(source, "model.safetensors.index.json")
     if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index, "the model folder is damaged: write it again")["weight_map"]
         shards = sorted({f for key, f in weight_map.items() if key.startswith(prefixes)})
     else:
         shards = ["model.safetensors"]
@@ -318,7 +317,7 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
     if not manifest_path.is_file():
         raise ZeroVLMError(f"infer.model: {manifest_path} not found; MiniGPT-4 needs a folder with {MANIFEST} "
                            "naming vision_qformer, llama_proj and llm (`zerovlm build-tiny-models` writes one)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path, "rewrite it (`zerovlm build-tiny-models` writes an example)")
     missing = [k for k in ("vision_qformer", "llama_proj", "llm") if k not in manifest]
     if missing:
         raise ZeroVLMError(f"{manifest_path}: missing keys {missing}")
