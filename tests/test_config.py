@@ -8,6 +8,7 @@ import yaml
 
 from zerovlm.config import ViewsConfig, load_section, parse_section, validate_all
 from zerovlm.io import ZeroVLMError
+from zerovlm.prompts import check_answer_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,23 @@ def test_unknown_configuration_is_rejected():
         parse_section("stitch", {"configurations": ["origin+top+left"]})
 
 
+@pytest.mark.parametrize("section, values, message", [
+    ("infer", {"view_prompt": [True, True]}, "view_prompt: give true, false or both, each once"),
+    ("infer", {"view_prompt": []}, "view_prompt: give true, false or both, each once"),
+    ("stitch", {"configurations": ["all", "all"]}, "configurations: each once"),
+])
+def test_a_repeated_value_would_count_answers_twice_and_is_rejected(section, values, message):
+    with pytest.raises(ZeroVLMError, match=message):
+        parse_section(section, values)
+
+
+def test_paper_answer_mode_needs_a_yes_no_template():
+    check_answer_mode("yes_no", "paper")
+    check_answer_mode("true_false", "loglik")
+    with pytest.raises(ZeroVLMError, match="template 'true_false' answers \\['true', 'false'\\]"):
+        check_answer_mode("true_false", "paper")
+
+
 def test_unknown_section_is_rejected(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"viewz": {}}))
@@ -40,7 +58,7 @@ def test_committed_params_file_is_valid():
 
 
 def test_separate_configurations_mirror_the_multi_panel_ones():
-    from zerovlm.config import CONFIGURATIONS, images_per_request, is_separate
+    from zerovlm.configurations import CONFIGURATIONS, images_per_request, is_separate
     assert parse_section("stitch", {"configurations": ["all", "all-separate"]}).configurations[1] == "all-separate"
     assert CONFIGURATIONS["all-separate"] == CONFIGURATIONS["all"] == ("origin", "left", "right", "random")
     assert is_separate("origin+left-separate") and not is_separate("all")

@@ -7,8 +7,9 @@ import pytest
 
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, write_table
-from zerovlm.io import write_json, write_jsonl
-from zerovlm.scoring.metrics import bootstrap_ci, option_relation, predicted_index, score_stage
+from zerovlm.io import ZeroVLMError, write_json, write_jsonl
+from zerovlm.scoring.metrics import (bootstrap_ci, compare_with_baseline, option_relation, predicted_index,
+                                     score_stage)
 
 
 def _tf(i, label_true=True, relation="left of"):
@@ -101,6 +102,16 @@ def _pair_predictions(examples, verdicts):
                             "configuration": configuration, "with_view_prompt": prompt, "answers": ["Yes", "No"],
                             "option_logprobs": scores, "rendered_prompt": f"{configuration} {prompt}"})
     return records
+
+
+@pytest.mark.parametrize("cell", [["a", "a"], ["a"], ["a", "b", "c"]], ids=["duplicate", "missing", "extra"])
+def test_a_cell_must_pair_one_to_one_with_the_baseline(cell):
+    def rows(ids):
+        return [{"example_id": i, "correct": True} for i in ids]
+
+    cells = {("origin", "without_view_prompt"): rows(["a", "b"]), ("all", "with_view_prompt"): rows(cell)}
+    with pytest.raises(ZeroVLMError, match="not the baseline's examples once each"):
+        compare_with_baseline(cells, ScoreConfig(bootstrap_samples=0))
 
 
 def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_path):

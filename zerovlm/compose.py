@@ -21,7 +21,8 @@ from typing import Sequence
 
 from PIL import Image
 
-from zerovlm.config import CONFIGURATIONS, StitchConfig, is_separate
+from zerovlm.config import StitchConfig
+from zerovlm.configurations import CONFIGURATIONS, is_separate
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, safe_join, write_json
 from zerovlm.store import ShardReader, ShardWriter

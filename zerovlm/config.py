@@ -16,40 +16,10 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
+from zerovlm.configurations import CONFIGURATIONS, STITCHED_CONFIGURATIONS
 from zerovlm.io import ZeroVLMError
 
 VIEW_PRESETS = ("left", "right", "top", "random")
-# Stitched configurations of the paper (figure DataSet.png) plus "top": the panels each one shows.
-STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
-    "origin": ("origin",),
-    "left": ("left",),
-    "right": ("right",),
-    "random": ("random",),
-    "top": ("top",),
-    "no-origin": ("left", "right", "random"),
-    "origin+left": ("origin", "left"),
-    "origin+left+right": ("origin", "left", "right"),
-    "all": ("origin", "left", "right", "random"),
-}
-# Every multi-panel configuration also exists as "<name>-separate": the same panels in the same order,
-# sent to the VLM as several images in one request instead of one stitched image (issue 4, item 3).
-SEPARATE_SUFFIX = "-separate"
-CONFIGURATIONS: dict[str, tuple[str, ...]] = {
-    **STITCHED_CONFIGURATIONS,
-    **{name + SEPARATE_SUFFIX: panels for name, panels in STITCHED_CONFIGURATIONS.items() if len(panels) > 1},
-}
-
-
-def is_separate(configuration: str) -> bool:
-    """True when the configuration's panels reach the VLM as separate images, not one stitched image."""
-    return configuration.endswith(SEPARATE_SUFFIX)
-
-
-def images_per_request(configuration: str) -> int:
-    """How many images one VLM request of this configuration holds."""
-    return len(CONFIGURATIONS[configuration]) if is_separate(configuration) else 1
-
-
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -153,6 +123,8 @@ class StitchConfig(Section):
         for name in self.configurations:
             if name not in CONFIGURATIONS:
                 raise ValueError(_unknown("configuration", name, CONFIGURATIONS))
+        if len(set(self.configurations)) != len(self.configurations):
+            raise ValueError(f"configurations: each once, got {list(self.configurations)}")
         return self
 
 
@@ -175,6 +147,12 @@ class InferConfig(Section):
                                                       # capability >= 8.9; scores change slightly: zerovlm/fp8.py)
     seed: int = 0
     trust_remote_code: bool = False                   # never on by default
+
+    @model_validator(mode="after")
+    def _unique_view_prompt(self):
+        if len(set(self.view_prompt)) != len(self.view_prompt) or not self.view_prompt:
+            raise ValueError(f"view_prompt: give true, false or both, each once; got {list(self.view_prompt)}")
+        return self
 
 
 # ---------------------------------------------------------------- score

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zerovlm.compose import input_keys
-from zerovlm.config import CONFIGURATIONS, InferConfig, images_per_request, is_separate
+from zerovlm.config import InferConfig
+from zerovlm.configurations import CONFIGURATIONS, images_per_request, is_separate
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, read_json, sha256_file, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
-from zerovlm.prompts import prompts_sha256, user_message
+from zerovlm.prompts import check_answer_mode, prompts_sha256, user_message
 from zerovlm.runtime import model_identity, peak_memory_bytes
 from zerovlm.store import ShardReader
 from zerovlm.vlm.base import Request, VisionLanguageModel, resolve_device_dtype
@@ -164,6 +165,7 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     own facts (timings, resumed requests, processes, device, peak memory, versions).
     """
     worker = worker or current_worker()
+    check_answer_mode(cfg.question_template, cfg.answer_mode)
     examples = read_table(prepared_dir)
     stitch_summary = read_json(stitched_dir / "summary.json", "run the stitch stage first (`dvc repro`)")
     configurations = stitch_summary["configurations"]

@@ -74,6 +74,16 @@ def _template(name: str) -> dict:
     return templates[name]
 
 
+def check_answer_mode(template_name: str, answer_mode: str) -> None:
+    """answer_mode "paper" reads a yes/no verdict by the authors' rule ("yes" anywhere in the answer),
+    so its template must ask for Yes or No; with True/False answers every verdict would read "no"."""
+    answers = [a.lower() for a in _template(template_name)["true_false"]["answers"]]
+    if answer_mode == "paper" and answers != ["yes", "no"]:
+        raise ZeroVLMError(f"infer.answer_mode 'paper' applies the authors' \"yes\" rule, but template "
+                           f"{template_name!r} answers {answers}; use question_template: yes_no, or answer_mode "
+                           f"loglik / generate")
+
+
 def question(example: Example, template_name: str) -> Question:
     template = _template(template_name)[example.task]
     if example.task == "true_false":

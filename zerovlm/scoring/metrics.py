@@ -18,6 +18,7 @@ Outputs (metrics_dir):
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -29,6 +30,8 @@ from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
 from zerovlm.scoring.significance import discordant_counts, holm, mcnemar_exact_p, paired_bootstrap_ci
+
+log = logging.getLogger(__name__)
 
 BASELINE = ("origin", "without_view_prompt")
 PROMPT_MODES = ("with_view_prompt", "without_view_prompt")
@@ -149,12 +152,13 @@ def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreCo
     baseline = {row["example_id"]: row["correct"] for row in cells[BASELINE]}
     results: dict[tuple[str, str], dict] = {}
     for key, rows in cells.items():
+        ids = [row["example_id"] for row in rows]
+        if len(set(ids)) != len(ids) or set(ids) != set(baseline):  # paired tests need a 1:1 pairing
+            raise ZeroVLMError(f"{key}: not the baseline's examples once each ({len(ids) - len(set(ids))} "
+                               f"answered twice, {len(set(baseline) - set(ids))} missing, "
+                               f"{len(set(ids) - set(baseline))} extra); re-run infer (`dvc repro -f infer`)")
         if key[0] == BASELINE[0]:
             continue
-        ids = [row["example_id"] for row in rows]
-        missing = [i for i in ids if i not in baseline]
-        if missing or len(ids) != len(baseline):
-            raise ZeroVLMError(f"{key}: not the baseline's examples ({len(missing)} missing); re-run infer")
         treatment = np.array([row["correct"] for row in rows], dtype=float)
         reference = np.array([baseline[i] for i in ids], dtype=float)
         b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
@@ -253,6 +257,9 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
     metrics = {key: summarise(group, cfg) for key, group in cells.items()}
     for task in sorted({key[0] for key in cells}):
         task_cells = {key[1:]: group for key, group in cells.items() if key[0] == task}
+        if BASELINE not in task_cells:
+            log.warning("score %s: no %s cell for %s, so nothing is compared with the baseline; keep origin "
+                        "in stitch.configurations and false in infer.view_prompt", vlm, BASELINE, task)
         for (configuration, mode), comparison in compare_with_baseline(task_cells, cfg).items():
             metrics[(task, configuration, mode)].update(comparison)
 

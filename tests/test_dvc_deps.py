@@ -1,0 +1,114 @@
+"""dvc.yaml lists every library file a stage's outputs depend on, so that editing one re-runs the stage.
+
+A stage's code is the import closure of its script (stages/<name>.py) inside the zerovlm package, plus
+the backends the registry imports by name and the data files modules read; each file must be covered
+by one of the stage's deps (the file itself or a folder holding it), unless it is listed below as
+unable to change any output.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zerovlm.config import (DataConfig, GridConfig, InferConfig, ModelsConfig, ReportConfig, ScoreConfig,
+                            StitchConfig, ViewsConfig)
+from zerovlm.vlm.registry import BACKENDS
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT_NEUTRAL = {
+    "zerovlm/stage.py": "turns an error into one line on stderr; writes nothing",
+    "zerovlm/parallel.py": "splits work between processes; the merged outputs are the same bytes (test_parallel)",
+    "zerovlm/config.py": "the params schema: a stage's values come from params.yaml, which dvc.yaml lists as "
+                         "its params (see test_params_yaml_states_every_value_that_changes_outputs)",
+}
+DATA_FILES = {  # read at run time, not imported
+    "zerovlm/prompts.py": ["zerovlm/prompts.yaml"],
+    "zerovlm/datasets/sources.py": ["zerovlm/datasets/sources.yaml"],
+}
+def _module_file(name: str) -> Path | None:
+    path = ROOT / Path(*name.split("."))
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """zerovlm modules a file imports, at any depth of its code (lazy imports inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}  # submodules imported by name
+    return {name for name in names if name.split(".")[0] == "zerovlm" and _module_file(name)}
+
+
+def _closure(script: Path) -> set[str]:
+    """Library files a stage script runs, not following the imports of an output-neutral module."""
+    seen, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        relative = path.relative_to(ROOT).as_posix()
+        if relative in seen:
+            continue
+        seen.add(relative)
+        if relative in OUTPUT_NEUTRAL:
+            continue
+        names = _imports(path)
+        if relative == "zerovlm/vlm/registry.py":  # backends are imported by name when chosen
+            names |= {target.split(":")[0] for target in BACKENDS.values()}
+        for name in names:  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+            parts = name.split(".")
+            todo += [_module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)
+                     if _module_file(".".join(parts[:i]))]
+    files = {f for f in seen if f.startswith("zerovlm/")}
+    files |= {data for module in files for data in DATA_FILES.get(module, [])}
+    # a package's __init__ holding only a docstring (and __version__) cannot change an output
+    return {f for f in files if not (f.endswith("__init__.py") and _is_docstring_only(ROOT / f))}
+
+
+def _is_docstring_only(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+               or isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
+               for node in tree.body)
+
+
+def _stages() -> list[tuple[str, Path, list[str]]]:
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stages = []
+    for name, stage in spec.items():
+        body = stage.get("do", stage)
+        script = re.search(r"python -m stages\.(\w+)", body["cmd"]).group(1)
+        stages.append((name, ROOT / "stages" / f"{script}.py", body["deps"]))
+    return stages
+
+
+@pytest.mark.parametrize("name, script, deps", _stages(), ids=[s[0] for s in _stages()])
+def test_every_library_file_a_stage_runs_is_one_of_its_deps(name, script, deps):
+    code_deps = [d.rstrip("/") for d in deps if d.startswith(("zerovlm", "stages"))]
+    uncovered = sorted(f for f in _closure(script) - set(OUTPUT_NEUTRAL)
+                       if not any(f == d or f.startswith(d + "/") for d in code_deps))
+    assert not uncovered, f"dvc.yaml stage {name!r}: add to its deps {uncovered}"
+    assert script.relative_to(ROOT).as_posix() in code_deps
+
+
+def test_params_yaml_states_every_value_that_changes_outputs():
+    """Defaults in config.py reach a stage only for keys params.yaml leaves out: allowed only for the
+    data sources' download knobs and locations, which change how files are fetched, not what they are
+    (pinned checksums and URLs in sources.yaml, a dependency of prepare)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    fetch_only = {"annotations_dir", "images_dir", "vsr_annotations_url", "coco_images_url", "gdrive_url",
+                  "download_workers", "download_retries", "retry_backoff_seconds", "timeout_seconds"}
+    sections = {"models": ModelsConfig, "views": ViewsConfig, "stitch": StitchConfig, "infer": InferConfig,
+                "score": ScoreConfig, "grid": GridConfig, "report": ReportConfig, "data": DataConfig}
+    missing = {name: sorted(set(cls.model_fields) - set(params[name]) - (fetch_only if name == "data" else set()))
+               for name, cls in sections.items()}
+    assert not any(missing.values()), f"params.yaml leaves these to config.py's defaults: {missing}"

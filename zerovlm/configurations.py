@@ -1,0 +1,37 @@
+"""The view configurations: which panels each VLM input shows, and in which order.
+
+Read by the stitch stage (one image per configuration) and the infer stage (its prompts and, for the
+"-separate" configurations, its images): dvc.yaml lists this file as a dependency of both.
+"""
+
+from __future__ import annotations
+
+# Stitched configurations of the paper (figure DataSet.png) plus "top": the panels each one shows.
+STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
+    "origin": ("origin",),
+    "left": ("left",),
+    "right": ("right",),
+    "random": ("random",),
+    "top": ("top",),
+    "no-origin": ("left", "right", "random"),
+    "origin+left": ("origin", "left"),
+    "origin+left+right": ("origin", "left", "right"),
+    "all": ("origin", "left", "right", "random"),
+}
+# Every multi-panel configuration also exists as "<name>-separate": the same panels in the same order,
+# sent to the VLM as several images in one request instead of one stitched image (issue 4, item 3).
+SEPARATE_SUFFIX = "-separate"
+CONFIGURATIONS: dict[str, tuple[str, ...]] = {
+    **STITCHED_CONFIGURATIONS,
+    **{name + SEPARATE_SUFFIX: panels for name, panels in STITCHED_CONFIGURATIONS.items() if len(panels) > 1},
+}
+
+
+def is_separate(configuration: str) -> bool:
+    """True when the configuration's panels reach the VLM as separate images, not one stitched image."""
+    return configuration.endswith(SEPARATE_SUFFIX)
+
+
+def images_per_request(configuration: str) -> int:
+    """How many images one VLM request of this configuration holds."""
+    return len(CONFIGURATIONS[configuration]) if is_separate(configuration) else 1
