@@ -137,7 +137,7 @@ def test_download_from_drive_keeps_whole_sets_and_extracts_safely(drive, tmp_pat
     assert summary["source_checksums"] == {
         "controlled_images_dataset.json": sha256_file(A_JSON),
         "controlled_images.tar.gz": sha256_file(raw / "controlled_images.tar.gz")}
-    extracted = sorted(p.name for p in (raw / "controlled_images").iterdir())
+    extracted = sorted(p.name for p in (raw / "controlled_images").iterdir() if not p.name.startswith("."))
     assert len(extracted) == 412 and "link_on_table.jpeg" not in extracted
     assert not list(tmp_path.rglob("evil_on_table.jpeg"))
     hits = dict(drive.hits)
@@ -178,6 +178,17 @@ def test_a_missing_image_is_strict_by_default_and_a_counted_skip_with_skip_bad(t
         prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
     summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
     assert summary["skipped"]["count"] == 1 and summary["examples"] == 411
+
+
+def test_another_archive_is_extracted_afresh(tmp_path):
+    names = a_names()
+    partial, complete = tmp_path / "partial.tar.gz", tmp_path / "complete.tar.gz"
+    partial.write_bytes(archive_bytes(names[1:], hostile=False))
+    complete.write_bytes(archive_bytes(names, hostile=False))
+    cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(partial), skip_bad=True)
+    assert prepare_dataset(cfg, tmp_path / "first", tmp_path / "raw")["examples"] == 411
+    cfg = cfg.model_copy(update={"images_dir": str(complete)})  # the same raw folder, another archive
+    assert prepare_dataset(cfg, tmp_path / "second", tmp_path / "raw")["examples"] == 412
 
 
 def test_bad_records_name_file_position_and_field(tmp_path):

@@ -17,10 +17,9 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from zerovlm.datasets.download import (DownloadError, FileRequest, Policy, fetch_all, fetch_file,
-                                       image_as_rgb, verify_image)
+from zerovlm.datasets.download import DownloadError, FileRequest, Policy, fetch_all, fetch_file, verify_image
 from zerovlm.datasets.prepare import store_image_file
-from zerovlm.io import ZeroVLMError
+from zerovlm.io import ZeroVLMError, image_as_rgb
 
 STALL_LIMIT_SECONDS = 5.0  # a stalled response is released after this long at the latest
 FAST = Policy(workers=4, retries=2, backoff_seconds=0.01, timeout_seconds=2.0)

@@ -225,3 +225,8 @@ def test_another_repo_imports_a_view_set_and_updates_it(shared):
     new_views = lock_md5(source, "views", "data/views")
     assert new_views != shared.views_dir and new_views in updated
     assert len(ShardReader(other / "data/shared-views")) == shared.n_views
+
+
+def test_check_remote_outside_a_dvc_repository_is_a_clear_error(tmp_path):
+    with pytest.raises(ZeroVLMError, match="not inside of a DVC repository"):
+        check_remote(tmp_path)

@@ -109,3 +109,24 @@ def test_unknown_backend_lists_closest():
     with pytest.raises(ZeroVLMError, match=r"unknown backend 'lava'.*Did you mean 'llava'"):
         load_backend(InferConfig(backend="lava"))
     assert {"llava", "minigpt4", "hf_auto"} <= set(BACKENDS)
+
+
+def test_option_scores_use_a_float32_output_projection():
+    """bf16 logits are spaced 1/16 apart near 10: rounded, the options of an uncertain example would
+    often tie exactly, and a tie goes to the first option. The output projection runs in float32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zerovlm.vlm.transformers_ops import CausalForward
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)  # logits of magnitude about 10
+    prefix = [1, 5, 7, 9]
+    scores = CausalForward(model).option_logprobs([prefix], [[[3], [4]]])[0]
+    with torch.no_grad():
+        hidden = model.model(input_ids=torch.tensor([prefix])).last_hidden_state[0, -1]
+    reference = torch.log_softmax(hidden.double() @ model.lm_head.weight.double().T, -1)[[3, 4]]
+    assert scores == pytest.approx(reference.tolist(), abs=1e-4)

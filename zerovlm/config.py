@@ -115,7 +115,7 @@ class StitchConfig(Section):
                                                       # "all-separate" (several images: multi-image VLMs only)
     layout: Literal["grid", "strip"] = "grid"         # grid: 2 columns, paper figure; strip: authors' code
                                                       # (-separate configurations are not stitched)
-    gap_px: int = Field(25, ge=0)                     # black gap between strip panels (authors' code: 25)
+    gap_px: int = Field(25, ge=0)                     # black gap between panels, strip or grid (authors' code: 25)
     panel_size_px: int = Field(256, ge=16)            # every panel is resized to this square size
 
     @model_validator(mode="after")

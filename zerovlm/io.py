@@ -137,31 +137,39 @@ def safe_join(root: str | os.PathLike, relative: str) -> Path:
     return candidate
 
 
-def visible_files(folder: str | os.PathLike) -> list[Path]:
-    """Files of a folder in sorted order, skipping dotfiles (DVC writes .gitignore files into outputs)."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+def image_as_rgb(image: "Image.Image", name: str = "image") -> "Image.Image":
+    """Convert any mode to 8-bit RGB explicitly: alpha is composited on white, CMYK / palette /
+    16-bit / float go through Pillow's documented conversions."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit / 32-bit grey: scale to 0..255 (a plain convert("L") clips everything above 255).
+        extrema = image.getextrema()
+        high = max(float(extrema[1]), 1.0)
+        grey = image.point(lambda value: value * (255.0 / high)).convert("L")
+        return grey.convert("RGB")
+    if image.mode in ("CMYK", "P", "L", "1", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB")
+    raise ZeroVLMError(f"{name}: unsupported image mode {image.mode!r}")
 
 
 def load_rgb(path: str | os.PathLike, context: str = "") -> "Image.Image":
-    """Decode an image fully and return it as RGB; a missing, corrupt or odd file is a clear error.
-
-    Modes are converted explicitly: alpha is composited on white (Zero123's convention), palette,
-    CMYK, greyscale and 16-bit images go through RGB conversion. Pillow's decompression-bomb guard
-    stays on.
-    """
+    """Decode an image fully and return it as RGB (`image_as_rgb`); a missing or corrupt file is a clear
+    error. Pillow's decompression-bomb guard stays on."""
     from PIL import Image, UnidentifiedImageError
 
     where = f" ({context})" if context else ""
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                image = image.point(lambda value: value * (1 / 256)).convert("L")
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                rgba = image.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                return Image.alpha_composite(white, rgba).convert("RGB")
-            return image.convert("RGB")
+            return image_as_rgb(image, str(path))
     except FileNotFoundError:
         raise ZeroVLMError(f"{path}: image file not found{where}; re-run the prepare stage") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:

@@ -133,7 +133,11 @@ def check_remote(repo_root: str | Path = ".", stages: Iterable[str] | None = Non
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(repo_root)) as repo:
+    try:
+        repo = Repo(str(repo_root))
+    except DvcException as error:  # not a DVC repository
+        raise ZeroVLMError(f"{repo_root}: {error}") from None
+    with repo:
         try:
             odb = repo.cloud.get_remote_odb(remote, "check-remote")
         except DvcException as error:  # no such remote, no default remote, missing dvc-ssh/dvc-s3 ...

@@ -20,7 +20,7 @@ import re
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from PIL import Image
 
@@ -199,13 +199,3 @@ def publish(partials: Sequence[str | os.PathLike], final: str | os.PathLike, kee
     for reader in readers:
         reader.close()
     os.replace(staging, final)
-
-
-def iter_images(folder: str | os.PathLike) -> Iterator[tuple[str, Image.Image, dict]]:
-    """Every (key, image, metadata) of a store, in index order."""
-    reader = ShardReader(folder)
-    try:
-        for key in reader.keys():
-            yield key, reader.image(key), reader.metadata(key)
-    finally:
-        reader.close()

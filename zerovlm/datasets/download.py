@@ -69,27 +69,6 @@ class Failure:
 
 
 # ---------------------------------------------------------------- images
-def image_as_rgb(image: Image.Image, name: str = "image") -> Image.Image:
-    """Convert any mode to 8-bit RGB explicitly: alpha is composited on white, CMYK / palette /
-    16-bit / float go through Pillow's documented conversions."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16-bit / 32-bit grey: scale to 0..255 (a plain convert("L") clips everything above 255).
-        extrema = image.getextrema()
-        high = max(float(extrema[1]), 1.0)
-        grey = image.point(lambda value: value * (255.0 / high)).convert("L")
-        return grey.convert("RGB")
-    if image.mode in ("CMYK", "P", "L", "1", "YCbCr", "LAB", "HSV"):
-        return image.convert("RGB")
-    raise ZeroVLMError(f"{name}: unsupported image mode {image.mode!r}")
-
-
 def verify_image(path: Path) -> None:
     """Decode the whole file once (truncation shows only on a full decode); bombs are refused."""
     if Image.MAX_IMAGE_PIXELS is None:

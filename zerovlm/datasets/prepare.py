@@ -21,10 +21,9 @@ from PIL import Image
 
 from zerovlm.config import DataConfig
 from zerovlm.datasets import synthetic
-from zerovlm.datasets.download import image_as_rgb
 from zerovlm.datasets.sources import BadRecords, Draft
 from zerovlm.datasets.table import Example, write_table
-from zerovlm.io import ZeroVLMError, atomic_dir, sha256_bytes, write_json
+from zerovlm.io import ZeroVLMError, atomic_dir, image_as_rgb, sha256_bytes, write_json
 from zerovlm.store import encode_png
 
 IMAGES_FOLDER = "images"

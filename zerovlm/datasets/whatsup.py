@@ -140,14 +140,17 @@ def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[D
 
 
 # ---------------------------------------------------------------- images
-def extract_images(archive: Path, destination: Path) -> Path:
-    """Extract the image files of a tar archive flat into `destination`, once and atomically.
+EXTRACTED_FROM = ".extracted-from-sha256"  # a dotfile: never an image name
+def extract_images(archive: Path, destination: Path, archive_sha256: str) -> Path:
+    """Extract the image files of a tar archive flat into `destination`, once per archive, atomically.
 
     Only regular files with an image extension are taken (no links, devices, absolute or `..` names,
-    or dotfiles such as macOS `._` resource forks); every name also goes through safe_join.
+    or dotfiles such as macOS `._` resource forks); every name also goes through safe_join. The folder
+    records the archive's SHA-256, so another archive (data.images_dir changed) is extracted afresh.
     """
-    if destination.is_dir():
-        return destination  # atomic_dir renamed it into place: the extraction finished
+    stamp = destination / EXTRACTED_FROM
+    if stamp.is_file() and stamp.read_text() == archive_sha256:
+        return destination  # atomic_dir renamed it into place: the extraction of this archive finished
     try:
         with tarfile.open(archive, "r:*") as tar, atomic_dir(destination) as tmp:
             for member in tar:
@@ -161,6 +164,7 @@ def extract_images(archive: Path, destination: Path) -> Path:
                     raise ZeroVLMError(f"{archive}: two members are named {name!r}")
                 with tar.extractfile(member) as source, open(target, "wb") as out:
                     shutil.copyfileobj(source, out)
+            (tmp / EXTRACTED_FROM).write_text(archive_sha256)
     except (tarfile.TarError, EOFError, OSError) as error:
         raise ZeroVLMError(f"{archive}: not a readable tar archive ({error}); delete it to fetch it again") from None
     return destination
@@ -180,7 +184,8 @@ def image_folder(cfg: DataConfig, raw_dir: Path) -> tuple[list[Path], dict[str, 
     else:
         request = _drive_request(cfg, spec["archive_id"], spec["archive"])
         archive = fetch_file(request, raw_dir, policy_from_config(cfg))
-    return [extract_images(archive, extracted)], {spec["archive"]: sha256_file(archive)}
+    checksum = sha256_file(archive)
+    return [extract_images(archive, extracted, checksum)], {spec["archive"]: checksum}
 
 
 def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],

@@ -1,8 +1,9 @@
 """The score stage: per-example verdicts and the metrics of one grid instance (dataset x VLM).
 
 An answer that cannot be parsed counts as wrong and is counted (`n_unparseable`); it is never replaced
-by a guess. Accuracy is over all examples of a group (`n_total`), so a skipped or unparseable
-example lowers it instead of silently shrinking the denominator.
+by a guess. Accuracy is over all examples of a group (`n_total`), so an unparseable answer lowers
+it instead of silently shrinking the denominator. Examples the prepare stage skipped (`data.skip_bad`)
+are not in the table at all: they are counted apart (`counts.n_skipped`), outside every accuracy.
 
 Every (task, configuration, prompt mode) cell is compared with the origin baseline (the plain VLM on
 the original image, no view prompt) of the same dataset, VLM and task on the same examples: difference
