@@ -90,8 +90,10 @@ def plan_chunks(jobs: list[Job], examples: list[Example]) -> list[list[Job]]:
 
     Chunks depend only on the plan, never on what is done or on the number of processes, and a chunk
     is always computed whole (a partly finished one is recomputed), so every request is answered in
-    the same batch composition and the output is bitwise the same for 1 or N processes and after a
-    resume (on the same device, dtype, batch size and thread count).
+    the same batch composition: the output is bitwise the same for 1 or N processes and after a resume
+    on the CPU (same dtype, batch size and thread count; tested). On a GPU, low-order bits can still
+    differ: LLaVA caches image features across chunks, so which images share a vision-tower batch
+    depends on what the process answered before.
     """
     jobs_per_example = max(1, len(jobs) // len(examples))
     block = max(1, CHUNK_REQUESTS // jobs_per_example)
