@@ -38,7 +38,7 @@ def test_single_panel_passes_the_original_through_unchanged():
 
 
 def test_missing_view_names_the_fix():
-    cfg = StitchConfig(configurations=("all",))
+    cfg = StitchConfig(configurations=("origin", "all"))
     with pytest.raises(ZeroVLMError, match="add 'random' to views.presets"):
         compose_configuration("all", Image.new("RGB", (4, 4)), {"left": Image.new("RGB", (4, 4)),
                                                                 "right": Image.new("RGB", (4, 4))}, cfg)
@@ -59,9 +59,10 @@ def test_separate_configuration_stores_each_panel_in_order(tmp_path):
         for image_id in {e.image_id for e in examples}:
             for name, colour in views.items():
                 writer.add(f"{image_id}.{name}", Image.new("RGB", (16, 16), colour))
-    summary = stitch_stage(StitchConfig(configurations=("all", "all-separate"), panel_size_px=16, gap_px=0),
+    summary = stitch_stage(StitchConfig(configurations=("origin", "all", "all-separate"), panel_size_px=16, gap_px=0),
                            tmp_path / "prepared", tmp_path / "views", tmp_path / "stitched")
-    assert (summary["stitched"], summary["separate"]) == (len({e.image_id for e in examples}),) * 2
+    images = len({e.image_id for e in examples})
+    assert (summary["stitched"], summary["separate"]) == (2 * images, images)  # origin and all; all-separate
     example = examples[0]
     keys = input_keys(example.image_id, "all-separate")
     assert keys == [f"{example.image_id}.all-separate.{p}" for p in ("origin", "left", "right", "random")]

@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zerovlm.config import ViewsConfig, load_section, parse_section, validate_all
+from zerovlm.config import ViewsConfig, load_section, parse_section, validate_all, vlm_config
 from zerovlm.io import ZeroVLMError
-from zerovlm.prompts import check_answer_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +30,8 @@ def test_unknown_configuration_is_rejected():
 @pytest.mark.parametrize("section, values, message", [
     ("infer", {"view_prompt": [True, True]}, "view_prompt: give true, false or both, each once"),
     ("infer", {"view_prompt": []}, "view_prompt: give true, false or both, each once"),
-    ("stitch", {"configurations": ["all", "all"]}, "configurations: each once"),
+    ("stitch", {"configurations": ["origin", "all", "all"]}, "configurations: each once"),
+    ("stitch", {"configurations": ["all"]}, "configurations: include 'origin', the baseline"),
 ])
 def test_a_repeated_value_would_count_answers_twice_and_is_rejected(section, values, message):
     with pytest.raises(ZeroVLMError, match=message):
@@ -39,10 +39,29 @@ def test_a_repeated_value_would_count_answers_twice_and_is_rejected(section, val
 
 
 def test_paper_answer_mode_needs_a_yes_no_template():
-    check_answer_mode("yes_no", "paper")
-    check_answer_mode("true_false", "loglik")
-    with pytest.raises(ZeroVLMError, match="template 'true_false' answers \\['true', 'false'\\]"):
-        check_answer_mode("true_false", "paper")
+    parse_section("infer", {"answer_mode": "paper", "question_template": "yes_no"})
+    parse_section("infer", {"answer_mode": "loglik", "question_template": "true_false"})
+    with pytest.raises(ZeroVLMError, match="question_template 'true_false' answers \\['true', 'false'\\]"):
+        parse_section("infer", {"answer_mode": "paper", "question_template": "true_false"})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"backend": "lava"}, "infer: Value error, unknown backend 'lava'. Did you mean 'llava'"),
+    ({"question_template": "yes_n"}, "infer: Value error, unknown question_template 'yes_n'. Did you mean 'yes_no'"),
+])
+def test_backend_and_template_names_are_checked_with_the_params(values, message):
+    with pytest.raises(ZeroVLMError, match=re.escape(message)):
+        parse_section("infer", values)
+
+
+def test_a_mistake_is_reported_in_the_section_that_holds_it():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    typo = {**params, "infer": {**params["infer"], "question_templat": "yes_no"}}
+    with pytest.raises(ZeroVLMError, match=r"infer.question_templat: unknown key"):
+        vlm_config(typo, params["grid"]["vlms"][0])
+    bad_backend = {**params, "vlms": {**params["vlms"], "x": {"backend": "lava"}}}
+    with pytest.raises(ZeroVLMError, match=r"vlms.x: Value error, unknown backend 'lava'"):
+        vlm_config(bad_backend, "x")
 
 
 def test_unknown_section_is_rejected(tmp_path):
@@ -59,10 +78,21 @@ def test_committed_params_file_is_valid():
 
 def test_separate_configurations_mirror_the_multi_panel_ones():
     from zerovlm.configurations import CONFIGURATIONS, images_per_request, is_separate
-    assert parse_section("stitch", {"configurations": ["all", "all-separate"]}).configurations[1] == "all-separate"
+    stitch = parse_section("stitch", {"configurations": ["origin", "all", "all-separate"]})
+    assert stitch.configurations[2] == "all-separate"
     assert CONFIGURATIONS["all-separate"] == CONFIGURATIONS["all"] == ("origin", "left", "right", "random")
     assert is_separate("origin+left-separate") and not is_separate("all")
     assert (images_per_request("all"), images_per_request("all-separate"), images_per_request("no-origin-separate")) \
         == (1, 4, 3)
     with pytest.raises(ZeroVLMError, match=re.escape("unknown configuration 'left-separate'")):
         parse_section("stitch", {"configurations": ["left-separate"]})  # one panel: nothing to separate
+
+
+def test_the_report_method_must_be_a_configuration_that_runs(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["report"]["method_configuration"] = "origin+left"
+    params["stitch"]["configurations"] = ["origin", "all"]
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ZeroVLMError, match=r"report.method_configuration 'origin\+left' is not in stitch"):
+        validate_all(path)

@@ -81,6 +81,14 @@ def test_every_job_gets_a_record_and_the_baseline_is_computed_once(workspace, mo
     assert all(len(r["option_logprobs"]) == len(r["answers"]) for r in records)
 
 
+def test_the_baseline_is_asked_even_with_the_view_prompt_only(workspace):
+    examples = read_table(workspace / "prepared")
+    jobs = inference.plan_jobs(_cfg(workspace, view_prompt=(True,)), examples, list(CONFIGURATIONS), "grid")
+    asked = {(job.configuration, job.with_view_prompt) for job in jobs}
+    assert asked == {(c, True) for c in CONFIGURATIONS} | {("origin", False)}
+    assert len(jobs) == len(examples) * (len(CONFIGURATIONS) + 1)
+
+
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):
     monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
     cfg = _cfg(workspace)

@@ -53,11 +53,6 @@ def test_multiple_choice_lists_lettered_options():
     assert asked.answers == ("A", "B")
 
 
-def test_unknown_template_names_the_closest():
-    with pytest.raises(ZeroVLMError, match="did you mean 'yes_no'"):
-        question(_true_false(), "yes_noo")
-
-
 def test_separate_images_are_described_by_their_order():
     # golden: the wording of prompts.yaml with the "separate" positions (the images in the order sent)
     assert view_prompt(("origin", "left", "right", "random"), "separate") == (

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
-from zerovlm.configurations import CONFIGURATIONS, STITCHED_CONFIGURATIONS
+from zerovlm.configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, STITCHED_CONFIGURATIONS
 from zerovlm.io import ZeroVLMError
 
 VIEW_PRESETS = ("left", "right", "top", "random")
@@ -125,6 +125,9 @@ class StitchConfig(Section):
                 raise ValueError(_unknown("configuration", name, CONFIGURATIONS))
         if len(set(self.configurations)) != len(self.configurations):
             raise ValueError(f"configurations: each once, got {list(self.configurations)}")
+        if BASELINE_CONFIGURATION not in self.configurations:
+            raise ValueError(f"configurations: include {BASELINE_CONFIGURATION!r}, the baseline every "
+                             f"configuration is compared with")
         return self
 
 
@@ -149,9 +152,23 @@ class InferConfig(Section):
     trust_remote_code: bool = False                   # never on by default
 
     @model_validator(mode="after")
-    def _unique_view_prompt(self):
+    def _consistent(self):
+        from zerovlm.prompts import load_prompts  # lazy: both modules import this one
+        from zerovlm.vlm.registry import BACKENDS
+
         if len(set(self.view_prompt)) != len(self.view_prompt) or not self.view_prompt:
             raise ValueError(f"view_prompt: give true, false or both, each once; got {list(self.view_prompt)}")
+        if self.backend not in BACKENDS:
+            raise ValueError(_unknown("backend", self.backend, sorted(BACKENDS)) + " (zerovlm/vlm/registry.py)")
+        templates = load_prompts()["question_templates"]
+        if self.question_template not in templates:
+            raise ValueError(_unknown("question_template", self.question_template, templates)
+                             + " (zerovlm/prompts.yaml)")
+        answers = [a.lower() for a in templates[self.question_template]["true_false"]["answers"]]
+        if self.answer_mode == "paper" and answers != ["yes", "no"]:  # the authors' rule looks for "yes"
+            raise ValueError(f"answer_mode 'paper' reads a verdict by the authors' \"yes\" rule, but "
+                             f"question_template {self.question_template!r} answers {answers}; use "
+                             f"question_template yes_no, or answer_mode loglik or generate")
         return self
 
 
@@ -283,10 +300,19 @@ def load_section(name: str, cls: type[S], path: str | Path = "params.yaml") -> S
     return section
 
 
+def check_report_method(report: ReportConfig, configurations: tuple[str, ...]) -> None:
+    """The method the headline and plots compare with the baseline must be one the pipeline runs."""
+    if report.method_configuration not in configurations:
+        raise ZeroVLMError(f"report.method_configuration {report.method_configuration!r} is not in "
+                           f"stitch.configurations {list(configurations)}; pick one of those")
+
+
 def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
     params = load_params(path)
     sections = {name: parse_section(name, params.get(name)) for name in SECTIONS if name in params
                 or name not in GRID_SECTIONS}
+    if "report" in sections:
+        check_report_method(sections["report"], sections["stitch"].configurations)
     if "grid" in params:  # every dataset and VLM of the grid resolves to a valid section
         for name in sections["grid"].datasets:
             dataset_config(params, name)
@@ -313,6 +339,7 @@ def _instance(params: dict, catalog: str, base: str, name: str) -> BaseModel:
     if name not in entries:
         raise ZeroVLMError(f"{catalog}: " + _unknown("name", name, entries) + f" (the names under `{catalog}:` "
                            f"in params.yaml)")
+    parse_section(base, params.get(base))  # a mistake in the base section is reported under its own name
     model = SECTIONS[base]
     try:
         return model.model_validate(deep_merge(params.get(base) or {}, entries[name]))

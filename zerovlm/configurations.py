@@ -6,6 +6,9 @@ Read by the stitch stage (one image per configuration) and the infer stage (its 
 
 from __future__ import annotations
 
+# The baseline every configuration is compared with: the plain VLM on the original image, asked without
+# the view prompt (the infer stage always asks it, whatever infer.view_prompt says).
+BASELINE_CONFIGURATION = "origin"
 # Stitched configurations of the paper (figure DataSet.png) plus "top": the panels each one shows.
 STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     "origin": ("origin",),

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from zerovlm.compose import input_keys
 from zerovlm.config import InferConfig
-from zerovlm.configurations import CONFIGURATIONS, images_per_request, is_separate
+from zerovlm.configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, images_per_request, is_separate
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, read_json, sha256_file, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
-from zerovlm.prompts import check_answer_mode, prompts_sha256, user_message
+from zerovlm.prompts import prompts_sha256, user_message
 from zerovlm.runtime import model_identity, peak_memory_bytes
 from zerovlm.store import ShardReader
 from zerovlm.vlm.base import Request, VisionLanguageModel, resolve_device_dtype
@@ -60,10 +60,15 @@ class Job:
 
 
 def plan_jobs(cfg: InferConfig, examples: list[Example], configurations: list[str], layout: str) -> list[Job]:
+    """Every (configuration, view prompt on/off, example); the baseline (origin without the view prompt)
+    is asked even when infer.view_prompt is [true]: every comparison is made against it."""
     jobs = []
     for configuration in configurations:
         prompt_layout = "separate" if is_separate(configuration) else layout
-        for with_view_prompt in cfg.view_prompt:
+        modes = cfg.view_prompt
+        if configuration == BASELINE_CONFIGURATION and False not in modes:
+            modes = (*modes, False)
+        for with_view_prompt in modes:
             for example in examples:
                 text, asked = user_message(example, cfg.question_template, CONFIGURATIONS[configuration],
                                            prompt_layout, with_view_prompt)
@@ -167,7 +172,6 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
     own facts (timings, resumed requests, processes, device, peak memory, versions).
     """
     worker = worker or current_worker()
-    check_answer_mode(cfg.question_template, cfg.answer_mode)
     examples = read_table(prepared_dir)
     stitch_summary = read_json(stitched_dir / "summary.json", "run the stitch stage first (`dvc repro`)")
     configurations = stitch_summary["configurations"]

@@ -9,7 +9,6 @@ image first, the left view image second, ...").
 
 from __future__ import annotations
 
-import difflib
 import functools
 import string
 from dataclasses import dataclass
@@ -65,23 +64,8 @@ class Question:
 
 
 def _template(name: str) -> dict:
-    templates = load_prompts()["question_templates"]
-    if name not in templates:
-        close = difflib.get_close_matches(name, list(templates), n=2)
-        raise ZeroVLMError(f"infer.question_template: unknown template {name!r}"
-                           f"{' (did you mean ' + repr(close[0]) + '?)' if close else ''}; "
-                           f"valid: {', '.join(templates)} (defined in {PROMPTS_FILE})")
-    return templates[name]
-
-
-def check_answer_mode(template_name: str, answer_mode: str) -> None:
-    """answer_mode "paper" reads a yes/no verdict by the authors' rule ("yes" anywhere in the answer),
-    so its template must ask for Yes or No; with True/False answers every verdict would read "no"."""
-    answers = [a.lower() for a in _template(template_name)["true_false"]["answers"]]
-    if answer_mode == "paper" and answers != ["yes", "no"]:
-        raise ZeroVLMError(f"infer.answer_mode 'paper' applies the authors' \"yes\" rule, but template "
-                           f"{template_name!r} answers {answers}; use question_template: yes_no, or answer_mode "
-                           f"loglik / generate")
+    """A question template by name (InferConfig checked the name against prompts.yaml)."""
+    return load_prompts()["question_templates"][name]
 
 
 def question(example: Example, template_name: str) -> Question:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from zerovlm.config import ReportConfig, ScoreConfig
+from zerovlm.config import ReportConfig, ScoreConfig, check_report_method
 from zerovlm.io import atomic_path, read_json, write_json
 from zerovlm.report import table
 from zerovlm.report.plots import write_plots
@@ -35,6 +35,7 @@ def read_instances(grid_dir: Path, datasets: list[str], vlms: list[str]) -> dict
 
 def report_stage(datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig,
                  cfg: ReportConfig, grid_dir: Path, out_dir: Path) -> dict:
+    check_report_method(cfg, tuple(configurations))
     instances = read_instances(Path(grid_dir), datasets, vlms)
     summaries = instances["summary.json"]
     method = (cfg.method_configuration, "with_view_prompt" if cfg.method_view_prompt else "without_view_prompt")

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from zerovlm.config import ScoreConfig
+from zerovlm.configurations import BASELINE_CONFIGURATION
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
@@ -34,7 +35,7 @@ from zerovlm.scoring.significance import discordant_counts, holm, mcnemar_exact_
 
 log = logging.getLogger(__name__)
 
-BASELINE = ("origin", "without_view_prompt")
+BASELINE = (BASELINE_CONFIGURATION, "without_view_prompt")
 PROMPT_MODES = ("with_view_prompt", "without_view_prompt")
 UNPARSED = "(unparsed)"
 
