@@ -269,6 +269,19 @@ def test_a_redirect_to_http_is_followed(server, tmp_path):
     assert path.read_bytes() == PAYLOAD
 
 
+@pytest.mark.parametrize("content", [b"not an image at all", "truncated"])
+def test_a_bad_image_put_at_the_final_name_by_hand_is_an_error_naming_it(server, tmp_path, content):
+    if content == "truncated":
+        data = jpeg_bytes("t", size=(256, 256))
+        content = data[: len(data) // 2]
+    (tmp_path / "h.jpg").write_bytes(content)
+    server.routes["/h.jpg"] = jpeg_bytes("h")
+    done, failures = fetch_all([FileRequest(f"{server.url}/h.jpg", "h.jpg", is_image=True)], tmp_path, FAST)
+    assert not done and str(tmp_path / "h.jpg") in failures[0].reason and "delete it to fetch it again" in \
+        failures[0].reason
+    assert (tmp_path / "h.jpg").read_bytes() == content and server.hits == {}  # never replaced silently
+
+
 def test_a_truncated_jpeg_is_rejected_and_not_kept(server, tmp_path):
     data = jpeg_bytes("t", size=(256, 256))
     server.routes["/t.jpg"] = data[: len(data) * 2 // 3]

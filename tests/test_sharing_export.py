@@ -104,3 +104,10 @@ def test_cli_defaults_to_a_folder_under_data_exports(store, tmp_path, monkeypatc
         cli.main(["export-views"])  # the folder is not empty now
     assert exit_info.value.code == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_folder_of_stores_is_refused_naming_them(tmp_path):
+    (tmp_path / "stitched" / "vsr_random").mkdir(parents=True)
+    with pytest.raises(ZeroVLMError, match=r"not a shard store.*--store .*stitched/vsr_random"):
+        export_views(tmp_path / "stitched", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -84,3 +84,26 @@ def test_unreachable_hub_id_names_the_model_and_the_fix(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, minus retries
     with pytest.raises(ZeroVLMError, match=r"cannot reach the Hugging Face hub for 'kxic/zero123-105000'"):
         load_components("kxic/zero123-105000")
+
+
+def test_unreachable_vlm_hub_id_fails_at_once_naming_the_model(monkeypatch):
+    import huggingface_hub.constants
+
+    from zerovlm.config import InferConfig
+    from zerovlm.vlm.registry import load_backend
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, minus retries
+    with pytest.raises(ZeroVLMError, match=r"cannot fetch config.json of hub repo 'llava-hf/llava-1.5-7b-hf'"):
+        load_backend(InferConfig(model="llava-hf/llava-1.5-7b-hf", device="cpu"))
+
+
+def test_ctrl_c_is_one_line_saying_what_is_kept(capsys):
+    from zerovlm.stage import run_stage
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(interrupted)
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.startswith("interrupted: this stage published no output")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,8 +19,14 @@ def compose_params(profile: str, out: Path, overrides: list[str]) -> None:
     available = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
     if profile not in available:
         raise ZeroVLMError(f"unknown profile {profile!r}; valid: {', '.join(available)} (files in {PROFILES_DIR})")
-    compose_and_dump(out, str(Path("conf").resolve()), None, "config", str(Path(".dvc").resolve()),
-                     [f"profile={profile}", *overrides])
+    from hydra.errors import HydraException
+
+    try:
+        compose_and_dump(out, str(Path("conf").resolve()), None, "config", str(Path(".dvc").resolve()),
+                         [f"profile={profile}", *overrides])
+    except HydraException as error:  # an unknown key or a malformed override
+        raise ZeroVLMError(f"{' '.join(overrides)}: {str(error).splitlines()[0]} (a key not in conf/config.yaml "
+                           f"needs '+', e.g. +vlms.NAME.KEY=VALUE)") from None
 
 
 def _cmd_build_tiny_models(args) -> None:
@@ -129,6 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     except ZeroVLMError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # `zerovlm show | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        sys.exit(0)
 
 
 if __name__ == "__main__":

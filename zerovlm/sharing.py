@@ -58,6 +58,10 @@ def export_views(store: str | Path, out: str | Path, image_ids: Iterable[str] | 
     """
     store, out = Path(store), Path(out)
     reader = ShardReader(store)
+    if not len(reader):
+        subfolders = sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+        hint = f"; its subfolders: {', '.join(subfolders)} (e.g. --store {store / subfolders[0]})" if subfolders else ""
+        raise ZeroVLMError(f"{store}: not a shard store (no shard-*.jsonl){hint}")
     try:
         keys = _select(reader, store, image_ids)
         _check_out_dir(store, out, force)

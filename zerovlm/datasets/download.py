@@ -3,7 +3,8 @@
 Guarantees:
 - only http(s) URLs are fetched, redirects included; every target path is `safe_join`ed under the download root;
 - a file appears at its final name only after it was verified (pinned SHA-256 where known, a full image
-  decode for images), so a file at its final name is never fetched again; bytes in flight live in
+  decode for images), so a file at its final name is never fetched again (its checks are repeated on
+  each run: a file put there by hand that fails them is an error naming it); bytes in flight live in
   `<name>.part`, which never looks finished and is resumed with an HTTP Range request when possible;
 - timeouts, dropped connections, 429 and 5xx are retried with exponential back-off; 4xx are not;
 - failures are collected into one summary, and an unreachable URL says how to supply the file locally.
@@ -205,8 +206,17 @@ def _verify(request: FileRequest, part: Path) -> None:
 
 
 def is_finished(request: FileRequest, path: Path) -> bool:
-    """A file at its final name was verified when it arrived; a pinned sum is re-checked (cheap)."""
-    return path.is_file() and (request.sha256 is None or sha256_file(path) == request.sha256)
+    """Whether a file at its final name is done: its pinned sum is re-checked (a mismatch fetches it
+    again), and an image is decoded again, since a user may have put it there by hand (a bad one is an
+    error naming the file, never silently replaced)."""
+    if not path.is_file() or (request.sha256 is not None and sha256_file(path) != request.sha256):
+        return False
+    if request.is_image:
+        try:
+            verify_image(path)
+        except DownloadError as error:
+            raise DownloadError(f"{path}: {error}; replace it, or delete it to fetch it again") from None
+    return True
 
 
 def fetch_file(request: FileRequest, root: Path, policy: Policy) -> Path:
@@ -242,16 +252,11 @@ def fetch_all(requests: Iterable[FileRequest], root: Path, policy: Policy,
     todo = []
     for relative, request in unique.items():
         try:
-            path = safe_join(root, relative)
+            safe_join(root, relative)
         except ZeroVLMError as error:  # a hostile or corrupt name from an annotation file
             failures.append(Failure(request, str(error)))
             continue
-        if path.is_file() and not request.sha256:
-            done[relative] = path  # verified when it arrived
-        else:
-            todo.append(request)
-    if not todo:
-        return done, sorted(failures, key=lambda failure: failure.request.relative)
+        todo.append(request)  # a file already there is checked by fetch_file, in the pool's threads
     with ThreadPoolExecutor(max_workers=policy.workers) as pool, \
             tqdm(total=len(todo), desc=description, unit="file", mininterval=1.0) as progress:
         futures = {pool.submit(fetch_file, request, root, policy): request for request in todo}

@@ -317,12 +317,24 @@ class LlavaBackend(VisionLanguageModel):
 
 # ---------------------------------------------------------------- loading
 def check_model_source(model: str) -> None:
-    """A local-looking path must exist; anything else is treated as a hub id (loaded by transformers)."""
+    """A local-looking path must exist; anything else is a hub id, whose config.json is fetched (or found
+    in the cache) once here: offline, transformers would retry each file for minutes before failing."""
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] \
         or Path(model).exists()
     if looks_local and not Path(model).expanduser().is_dir():
         raise ZeroVLMError(f"infer.model: folder {model!r} not found (build the tiny models first, "
                            "`zerovlm build-tiny-models`, or give a hub id such as llava-hf/llava-1.5-7b-hf)")
+    if looks_local:
+        return
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(model, "config.json")
+    except OSError as error:  # offline and not cached, unknown or gated repo: huggingface_hub's errors
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise ZeroVLMError(f"infer.model: cannot fetch config.json of hub repo {model!r} ({type(error).__name__}: "
+                           f"{reason}); without network, download the model where there is one and give its "
+                           f"folder, or point HF_HOME at a cache holding it") from None
 
 
 def load_processor(model: str, trust_remote_code: bool = False):
