@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from zerovlm.config import InferConfig
+from zerovlm.config import parse_section
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, cut_at_stop, image_fingerprint, request_seed, run_batched
-from zerovlm.vlm.registry import BACKENDS, load_backend
+from zerovlm.vlm.registry import BACKENDS
 
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 100])
@@ -107,7 +107,7 @@ def test_cut_at_stop():
 
 def test_unknown_backend_lists_closest():
     with pytest.raises(ZeroVLMError, match=r"unknown backend 'lava'.*Did you mean 'llava'"):
-        load_backend(InferConfig(backend="lava"))
+        parse_section("infer", {"backend": "lava"})
     assert {"llava", "minigpt4", "hf_auto"} <= set(BACKENDS)
 
 
