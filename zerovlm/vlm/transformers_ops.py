@@ -11,7 +11,6 @@ import logging
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from zerovlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 from zerovlm.io import ZeroVLMError
@@ -165,11 +164,16 @@ class CausalForward:
         hidden = self.body(inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids,
                            use_cache=False).last_hidden_state                              # (B, L, D)
         row_index, column, target, option = (to_device(torch.tensor(x), device) for x in zip(*sources))
-        # The head in float32 for the N scored positions only: bf16 logits are spaced 1/16 apart near 10,
-        # so the options of an uncertain example would often tie exactly (and a tie goes to the first).
-        bias = None if self.head.bias is None else self.head.bias.float()
-        logits = F.linear(hidden[row_index, column].float(), self.head.weight.float(), bias)  # (N, V)
-        picked = logits.log_softmax(-1).gather(-1, target[:, None]).squeeze(-1)            # (N,)
+        selected = hidden[row_index, column]                                               # (N, D)
+        normaliser = self.head(selected).float().logsumexp(-1)                             # (N,)
+        # The target tokens' logits in float32 (a dot product per row; a float32 head would cost a
+        # float32 GEMM over the vocabulary): bf16 logits are spaced 1/16 apart near 10, so the options
+        # of an uncertain example would often tie exactly, and a tie goes to the first option.
+        weight = self.head.weight[target].float()                                          # (N, D)
+        target_logits = (selected.float() * weight).sum(-1)
+        if self.head.bias is not None:
+            target_logits = target_logits + self.head.bias[target].float()
+        picked = target_logits - normaliser                                                # (N,)
         widest = max(len(c) for c in continuations)
         sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
         sums.index_add_(0, row_index * widest + option, picked.double())
