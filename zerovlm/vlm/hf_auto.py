@@ -8,7 +8,10 @@ this backend only uses the processor and the model's plain forward and generate:
 - option scores: each (request, option) pair is one left-padded sequence `prompt + sep + option`,
   and the option's tokens are the last n of it, n = len(tokens(prompt + sep + option)) minus the
   tokens it shares with tokens(prompt) (exact when BPE merges across the boundary); no prefix sharing
-  (LLaVA and MiniGPT-4 have dedicated backends that share the prefix);
+  (LLaVA and MiniGPT-4 have dedicated backends that share the prefix). The logits come from the
+  model's own head in infer.dtype (models scale or cap them differently), so in bf16 two options can
+  tie exactly and the first wins; the dedicated backends score in float32. Use float32 to compare
+  options exactly with this backend;
 - sep is "" when the rendered prompt ends in whitespace (e.g. Qwen's "assistant\\n"), else " ";
 - generation: transformers' generate, greedy, stop strings; sampling runs one request at a time
   with a per-request seed so that its text does not depend on the batch.
