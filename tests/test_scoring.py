@@ -8,8 +8,8 @@ import pytest
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, write_table
 from zerovlm.io import ZeroVLMError, write_json, write_jsonl
-from zerovlm.scoring.metrics import (bootstrap_ci, compare_with_baseline, option_relation, predicted_index,
-                                     score_stage)
+from zerovlm.scoring.metrics import (bootstrap_ci, cluster_ids, compare_with_baseline, option_relation,
+                                     predicted_index, score_stage)
 
 
 def _tf(i, label_true=True, relation="left of"):
@@ -149,3 +149,9 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
     provenance = json.loads((tmp_path / "metrics/provenance.json").read_text())
     hashes = provenance["rendered_prompts_sha256"]
     assert hashes["all"]["with_view_prompt"] != hashes["all"]["without_view_prompt"]
+
+
+def test_the_bootstrap_unit_is_the_set_or_else_the_image():
+    rows = [{"group_id": "whatsup/mug_table", "image_id": "i1"}, {"group_id": None, "image_id": "i2"}]
+    assert cluster_ids(rows, ScoreConfig()) == ["whatsup/mug_table", "i2"]
+    assert cluster_ids(rows, ScoreConfig(bootstrap_unit="example")) is None

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from zerovlm.scoring.significance import (discordant_counts, holm, mcnemar_exact_p, paired_bootstrap_ci,
-                                          significance_mark)
+from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_exact_p,
+                                          paired_bootstrap_ci, significance_mark)
 
 
 @pytest.mark.parametrize("b, c, expected", [
@@ -66,3 +66,22 @@ def test_holm_step_down():
 
 def test_significance_marks():
     assert [significance_mark(p, 0.05) for p in (0.0005, 0.005, 0.03, 0.05, None)] == ["***", "**", "*", "", ""]
+
+
+def test_a_cluster_is_resampled_whole():
+    values = np.array([1.0, 1.0, 1.0, 0.0])  # cluster a: three right answers; cluster b: one wrong
+    means = bootstrap_means(values, samples=500, seed=0, clusters=["a", "a", "a", "b"])
+    assert set(np.unique(means)) <= {0.0, 0.75, 1.0}  # (b, b), (a, b) or (b, a), (a, a)
+    assert len(set(np.unique(bootstrap_means(values, samples=500, seed=0)))) > 3  # one by one: more means
+
+
+def test_correlated_clusters_widen_the_interval():
+    """20 images with 4 captions each, all answered alike: 20 independent verdicts, not 80."""
+    rng = np.random.default_rng(1)
+    per_image = rng.random(20) < 0.6
+    baseline = np.zeros(80)
+    treatment = np.repeat(per_image, 4).astype(float)
+    images = np.repeat([f"image{i}" for i in range(20)], 4)
+    low, high = paired_bootstrap_ci(baseline, treatment, samples=2000, seed=0)
+    cluster_low, cluster_high = paired_bootstrap_ci(baseline, treatment, samples=2000, seed=0, clusters=images)
+    assert cluster_high - cluster_low > 1.6 * (high - low)  # about 2 = sqrt(80 / 20)

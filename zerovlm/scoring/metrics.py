@@ -31,7 +31,8 @@ from zerovlm.configurations import BASELINE_CONFIGURATION
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
-from zerovlm.scoring.significance import discordant_counts, holm, mcnemar_exact_p, paired_bootstrap_ci
+from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_exact_p,
+                                          paired_bootstrap_ci, percentile_interval)
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def score_records(examples: list[Example], predictions: list[dict], answer_mode:
             "record_id": record["record_id"], "example_id": example.example_id,
             "dataset": dataset or example.dataset, "vlm": vlm, "source_dataset": example.dataset,
             "task": example.task, "relation": example.relation, "num_objects": example.num_objects,
-            "group_id": example.group_id, "pair_id": example.pair_id,
+            "group_id": example.group_id, "pair_id": example.pair_id, "image_id": example.image_id,
             "configuration": record["configuration"],
             "prompt_mode": "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt",
             "predicted_index": choice, "answer_index": example.answer_index,
@@ -104,13 +105,21 @@ def score_records(examples: list[Example], predictions: list[dict], answer_mode:
     return scored
 
 
-def bootstrap_ci(correct: np.ndarray, samples: int, seed: int) -> list[float] | None:
-    """Percentile bootstrap 95% interval of the mean of a 0/1 vector (None when disabled)."""
+def bootstrap_ci(correct: np.ndarray, samples: int, seed: int,
+                 clusters: list[str] | None = None) -> list[float] | None:
+    """Percentile bootstrap 95% interval of the mean of a 0/1 vector, resampling values or, with
+    `clusters`, whole clusters (None when disabled)."""
     if samples == 0 or len(correct) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), size=(samples, len(correct)))].mean(axis=1)
-    return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+    return percentile_interval(bootstrap_means(correct, samples, seed, clusters))
+
+
+def cluster_ids(rows: list[dict], cfg: ScoreConfig) -> list[str] | None:
+    """The bootstrap's resampling unit per row: None (each example), or the What'sUp set (group_id)
+    where there is one, else the image (VSR's captions of one image)."""
+    if cfg.bootstrap_unit == "example" or cfg.bootstrap_samples == 0:
+        return None
+    return [row["group_id"] or row["image_id"] for row in rows]
 
 
 def _all_correct_rate(rows: list[dict], key: str) -> float | None:
@@ -130,7 +139,7 @@ def summarise(rows: list[dict], cfg: ScoreConfig) -> dict:
     correct = np.array([row["correct"] for row in rows], dtype=float)
     summary = {
         "accuracy": round(float(correct.mean()), 4),
-        "accuracy_ci95": bootstrap_ci(correct, cfg.bootstrap_samples, cfg.seed),
+        "accuracy_ci95": bootstrap_ci(correct, cfg.bootstrap_samples, cfg.seed, cluster_ids(rows, cfg)),
         "chance": round(float(np.mean([row["chance"] for row in rows])), 4),
         "n_total": len(rows),
         "n_evaluated": sum(row["parsed"] for row in rows),
@@ -166,7 +175,8 @@ def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreCo
         b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
         results[key] = {
             "delta_vs_origin": round(float(treatment.mean() - reference.mean()), 4),
-            "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed),
+            "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed,
+                                              cluster_ids(rows, cfg)),
             "mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": mcnemar_exact_p(b, c)}
     keys = sorted(results)
     adjusted = holm([results[k]["mcnemar_p"] for k in keys]) if cfg.p_adjust == "holm" else \
