@@ -73,6 +73,8 @@ def test_a_cluster_is_resampled_whole():
     means = bootstrap_means(values, samples=500, seed=0, clusters=["a", "a", "a", "b"])
     assert set(np.unique(means)) <= {0.0, 0.75, 1.0}  # (b, b), (a, b) or (b, a), (a, a)
     assert len(set(np.unique(bootstrap_means(values, samples=500, seed=0)))) > 3  # one by one: more means
+    one_each = bootstrap_means(values, samples=500, seed=0, clusters=["d", "c", "b", "a"])
+    assert np.array_equal(one_each, bootstrap_means(values, samples=500, seed=0))  # same draws as example-wise
 
 
 def test_correlated_clusters_widen_the_interval():

@@ -49,8 +49,12 @@ def bootstrap_means(values: np.ndarray, samples: int, seed: int,
     rng = np.random.default_rng(seed)
     if clusters is None:
         return values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
-    _, cluster_of = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
-    count = int(cluster_of.max()) + 1
+    # clusters numbered by first appearance: one-example clusters draw exactly the example-wise resamples
+    _, first, cluster_of = np.unique(np.asarray(clusters, dtype=str), return_index=True, return_inverse=True)
+    number = np.empty(len(first), dtype=int)
+    number[np.argsort(first)] = np.arange(len(first))
+    cluster_of = number[cluster_of]
+    count = len(first)
     sums = np.bincount(cluster_of, weights=values, minlength=count)            # per cluster
     sizes = np.bincount(cluster_of, minlength=count)
     drawn = rng.integers(0, count, size=(samples, count))                      # (samples, clusters)
