@@ -30,6 +30,7 @@ from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, read_json, sha256_file, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.prompts import prompts_sha256, user_message
+from zerovlm.report.provenance import library_versions
 from zerovlm.runtime import model_identity, peak_memory_bytes
 from zerovlm.store import ShardReader
 from zerovlm.vlm.base import Request, VisionLanguageModel, resolve_device_dtype
@@ -244,21 +245,15 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
 
 # ---- issue 7 (overhead and provenance, read by zerovlm.scoring): where this run ran, its peak memory
 def _runtime() -> dict:
-    """Device, peak memory (zerovlm.runtime.peak_memory_bytes) and versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
+    """Device, peak memory (zerovlm.runtime.peak_memory_bytes) and the versions the model ran with."""
     import torch
 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         device = f"cuda ({torch.cuda.get_device_name(0)})"
     else:
         device = "cpu"
-    versions = {}
-    for package in ("torch", "transformers", "accelerate"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
+    installed = library_versions()
+    versions = {package: installed[package] for package in ("torch", "transformers", "accelerate")}
     return {"device": device, "peak_memory_bytes": peak_memory_bytes(), "versions": versions}
 # ---- end issue 7
 

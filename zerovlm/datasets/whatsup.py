@@ -141,6 +141,8 @@ def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[D
 
 # ---------------------------------------------------------------- images
 EXTRACTED_FROM = ".extracted-from-sha256"  # a dotfile: never an image name
+
+
 def extract_images(archive: Path, destination: Path, archive_sha256: str) -> Path:
     """Extract the image files of a tar archive flat into `destination`, once per archive, atomically.
 
