@@ -1,12 +1,15 @@
 """The request collator, Request validation and the backend registry (no model needed)."""
 
+import gc
+import weakref
+
 import pytest
 import torch
 from PIL import Image
 
 from zerovlm.config import parse_section
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import Request, cut_at_stop, image_fingerprint, request_seed, run_batched
+from zerovlm.vlm.base import IdentityMemo, Request, cut_at_stop, image_fingerprint, request_seed, run_batched
 from zerovlm.vlm.registry import BACKENDS
 
 
@@ -97,6 +100,23 @@ def test_seed_and_fingerprint_depend_on_content_only():
     a, b = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (4, 4), "red")
     assert image_fingerprint(a) == image_fingerprint(b) != image_fingerprint(Image.new("RGB", (4, 4), "blue"))
     assert request_seed(0, Request((a,), "q")) == request_seed(0, Request((b,), "q")) != request_seed(1, Request((a,), "q"))
+
+
+def test_identity_memo_keeps_its_objects_so_no_id_is_reused():
+    """An id-keyed memo whose objects are freed hands their values to new objects at the same address (a CI
+    failure: a fresh request received a freed request's tokens). The memo holds each object until clear()."""
+    calls = []
+    memo = IdentityMemo(lambda request: calls.append(request.prompt) or request.prompt)
+    first = Request((), "first")
+    assert memo(first) == memo(first) == "first" and calls == ["first"]
+    alive = weakref.ref(first)
+    del first
+    gc.collect()
+    assert alive() is not None  # still in the memo: its id cannot go to another object
+    memo.clear()
+    gc.collect()
+    assert alive() is None
+    assert [memo(Request((), str(k))) for k in range(1000)] == [str(k) for k in range(1000)]
 
 
 def test_cut_at_stop():

@@ -43,6 +43,15 @@ def test_scores_equal_the_dedicated_llava_backend(backends):
         assert a == pytest.approx(b, abs=1e-4) and a == pytest.approx(c, abs=1e-4)
 
 
+def test_the_same_request_object_asked_twice_gets_its_scores_twice(backends):
+    auto, llava, _ = backends
+    request = requests()[0]
+    twice = auto.option_logprobs([request, request])
+    assert twice[0] == twice[1] and len(twice[0]) == len(request.options)
+    for dedicated in llava.option_logprobs([request, request]):
+        assert dedicated == pytest.approx(twice[0], abs=1e-4)
+
+
 def test_generation_matches_and_stops(backends):
     auto, llava, _ = backends
     reqs = requests()[:3]

@@ -14,7 +14,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+if TYPE_CHECKING:  # Pillow is imported where images are decoded, not by every stage that imports io
+    from PIL import Image
 
 
 class ZeroVLMError(RuntimeError):
@@ -137,7 +140,7 @@ def safe_join(root: str | os.PathLike, relative: str) -> Path:
     return candidate
 
 
-def image_as_rgb(image: "Image.Image", name: str = "image") -> "Image.Image":
+def image_as_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """Convert any mode to 8-bit RGB explicitly: alpha is composited on white, CMYK / palette /
     16-bit / float go through Pillow's documented conversions."""
     from PIL import Image
@@ -160,7 +163,7 @@ def image_as_rgb(image: "Image.Image", name: str = "image") -> "Image.Image":
     raise ZeroVLMError(f"{name}: unsupported image mode {image.mode!r}")
 
 
-def load_rgb(path: str | os.PathLike, context: str = "") -> "Image.Image":
+def load_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
     """Decode an image fully and return it as RGB (`image_as_rgb`); a missing or corrupt file is a clear
     error. Pillow's decompression-bomb guard stays on."""
     from PIL import Image, UnidentifiedImageError

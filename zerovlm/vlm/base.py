@@ -22,7 +22,7 @@ import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 import torch
 from PIL import Image
@@ -83,6 +83,29 @@ class VisionLanguageModel(ABC):
 
 
 # ---------------------------------------------------------------- helpers shared by backends
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class IdentityMemo(Generic[K, V]):
+    """`compute(obj)` once per object, keyed by identity (requests and PIL images are not hashable by content
+    cheaply). Each entry keeps its object alive, so a later object can never inherit a freed one's id, and with it
+    the wrong value; `clear()` at the start of a call lets the previous call's objects go."""
+
+    def __init__(self, compute: Callable[[K], V]):
+        self._compute = compute
+        self._entries: dict[int, tuple[K, V]] = {}
+
+    def __call__(self, obj: K) -> V:
+        entry = self._entries.get(id(obj))
+        if entry is None:
+            entry = self._entries[id(obj)] = (obj, self._compute(obj))
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 def image_fingerprint(image: Image.Image) -> str:
     """A content hash of a PIL image (mode, size, pixels): equal images share cached features."""
     digest = hashlib.sha1(f"{image.mode}:{image.size}".encode())

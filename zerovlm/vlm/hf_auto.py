@@ -90,18 +90,23 @@ class HFAutoBackend(VisionLanguageModel):
         return [picked[b, widest - n:].sum().item() for b, (_, n, _) in enumerate(batch)]
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        pairs = [(r, pair) for r in requests for pair in self._pairs(r)]
-        scores: dict[int, list[float]] = {id(r): [] for r in requests}
+        # keyed by position, not by object: one Request object may be asked twice
+        pairs = [(i, r, pair) for i, r in enumerate(requests) for pair in self._pairs(r)]
+        scores: list[list[float]] = [[] for _ in requests]
+
+        def image_count(entry: tuple) -> int:
+            return len(entry[1].images)
+
         with cpu_threads_for(self.model):
             # one image count per batch: processors cannot mix text-only and image prompts
-            for _, group in groupby(sorted(pairs, key=lambda p: len(p[0].images)), key=lambda p: len(p[0].images)):
+            for _, group in groupby(sorted(pairs, key=image_count), key=image_count):
                 group = list(group)
-                values = run_batched([pair for _, pair in group], self._score, batch_size=self.batch_size,
+                values = run_batched([pair for _, _, pair in group], self._score, batch_size=self.batch_size,
                                      length=lambda pair: len(pair[0]))
-                for (request, _), value in zip(group, values):
-                    scores[id(request)].append(value)
+                for (i, _, _), value in zip(group, values):
+                    scores[i].append(value)
         # pairs were grouped stably, so each request's options stay in order
-        return [scores[id(r)] for r in requests]
+        return scores
 
     def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
                  temperature: float = 0.0, seed: int = 0) -> list[str]:

@@ -44,8 +44,8 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
-                              resolve_device_dtype, run_batched)
+from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
+                              request_seed, resolve_device_dtype, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
                                           decode_loop, expand_token, to_device, use_fp8_linears, uses_fp8)
 
@@ -117,7 +117,8 @@ class LlavaBackend(VisionLanguageModel):
         self._feature_cache_size = feature_cache_size
         self._fast_crop = self._fast_path()
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device of the last batch
-        self._begin_call()
+        self._tokenise = IdentityMemo(self._tokenise_uncached)
+        self._image_key = IdentityMemo(image_fingerprint)
 
     def info(self) -> dict[str, Any]:
         import transformers
@@ -141,19 +142,9 @@ class LlavaBackend(VisionLanguageModel):
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
     def _begin_call(self) -> None:
-        """Per-call memos keyed by object id (valid only while the caller holds the requests)."""
-        self._memo_tokens: dict[int, tuple[list[int], list[list[int]]]] = {}
-        self._memo_keys: dict[int, str] = {}
-
-    def _tokenise(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        if id(request) not in self._memo_tokens:
-            self._memo_tokens[id(request)] = self._tokenise_uncached(request)
-        return self._memo_tokens[id(request)]
-
-    def _image_key(self, image: Image.Image) -> str:
-        if id(image) not in self._memo_keys:
-            self._memo_keys[id(image)] = image_fingerprint(image)
-        return self._memo_keys[id(image)]
+        """Per-call memos: each request is tokenised and each image hashed once per call."""
+        self._tokenise.clear()
+        self._image_key.clear()
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         text = self.render_prompt(request)

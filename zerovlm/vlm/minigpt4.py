@@ -45,8 +45,8 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError, read_json
-from zerovlm.vlm.base import (Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, request_seed,
-                              resolve_device_dtype, run_batched)
+from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
+                              request_seed, resolve_device_dtype, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
                                           use_fp8_linears, uses_fp8)
 
@@ -184,7 +184,9 @@ class MiniGPT4Backend(VisionLanguageModel):
         self.forward = CausalForward(llm)
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._memo: dict[int, tuple[list[int], list[list[int]]]] = {}
+        # Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so prefetch
+        # threads never touch the tokenizer (fast tokenizers are not safe to share across threads).
+        self._tokenise = IdentityMemo(self._tokenise_uncached)
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "model": self.model_id, "variant": self.variant, "device": str(self.device),
@@ -206,13 +208,6 @@ class MiniGPT4Backend(VisionLanguageModel):
             ids += [PLACEHOLDER] * self.tokens_per_image
             ids += self.tokenizer(segment, add_special_tokens=False)["input_ids"]
         return ids
-
-    def _tokenise(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        """Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so
-        prefetch threads never touch the tokenizer (fast tokenizers are not safe to share across threads)."""
-        if id(request) not in self._memo:
-            self._memo[id(request)] = self._tokenise_uncached(request)
-        return self._memo[id(request)]
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         text = self.render_prompt(request)
@@ -264,7 +259,7 @@ class MiniGPT4Backend(VisionLanguageModel):
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
         scored = [i for i, r in enumerate(requests) if r.options]
-        self._memo = {}
+        self._tokenise.clear()
 
         @torch.no_grad()
         def compute(batch: list[dict]) -> PendingScores:
@@ -297,7 +292,7 @@ class MiniGPT4Backend(VisionLanguageModel):
                                seeds=[e["seed"] for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
 
         plain = [Request(r.images, r.prompt) for r in requests]
-        self._memo = {}
+        self._tokenise.clear()
         with cpu_threads_for(self.llm):
             return run_batched(plain, compute, batch_size=self.batch_size, length=self._length,
                                prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
