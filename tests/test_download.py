@@ -21,7 +21,7 @@ from zerovlm.datasets.download import DownloadError, FileRequest, Policy, fetch_
 from zerovlm.datasets.prepare import store_image_file
 from zerovlm.io import ZeroVLMError, image_as_rgb
 
-STALL_LIMIT_SECONDS = 5.0  # a stalled response is released after this long at the latest
+STALL_LIMIT_SECONDS = 30.0  # a stalled response is released after this long at the latest
 FAST = Policy(workers=4, retries=2, backoff_seconds=0.01, timeout_seconds=2.0)
 
 
@@ -211,7 +211,7 @@ def test_a_stalled_server_times_out_within_bounds(server, tmp_path):
     start = time.perf_counter()
     with pytest.raises(DownloadError):
         fetch_file(FileRequest(f"{server.url}/stall.bin", "stall.bin"), tmp_path, policy)
-    assert time.perf_counter() - start < 3.0
+    assert time.perf_counter() - start < 10.0  # two 0.3 s timeouts, far below the 30 s stall
     assert server.hits["/stall.bin"] == 2
     assert not (tmp_path / "stall.bin").exists()
 
