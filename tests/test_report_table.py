@@ -15,7 +15,7 @@ def _metrics(accuracy, delta=None, p=None, n=100):
             "n_total": n, "n_evaluated": n, "n_unparseable": 0}
     if delta is not None:
         cell.update(delta_vs_origin=delta, delta_ci95=[delta - 0.05, delta + 0.05], mcnemar_b=1, mcnemar_c=2,
-                    mcnemar_p=p, mcnemar_p_adjusted=p)
+                    mcnemar_p=p, mcnemar_p_adjusted=p, mcnemar_test="obuchowski")
     return cell
 
 
@@ -53,6 +53,7 @@ def test_csv_has_numbers_for_every_column():
     left = next(r for r in rows if r["configuration"] == "left" and r["view_prompt"] == "yes")
     assert float(left["vsr_random: accuracy"]) == 0.7 and float(left["vsr_random: delta_vs_origin"]) == 0.1
     assert left["vsr_random: mark"] == "**" and float(left["vsr_random: delta_ci95_low"]) == 0.05
+    assert left["vsr_random: mcnemar_test"] == "obuchowski"
     assert rows[0]["configuration"] == "origin" and rows[0]["vsr_random: delta_vs_origin"] == ""
 
 

@@ -114,6 +114,22 @@ def test_a_cell_must_pair_one_to_one_with_the_baseline(cell):
         compare_with_baseline(cells, ScoreConfig(bootstrap_samples=0))
 
 
+def test_captions_of_one_image_are_tested_as_one_cluster():
+    def rows(right):  # 3 captions per image
+        return [{"example_id": f"e{i}", "image_id": f"i{i // 3}", "group_id": None, "correct": r}
+                for i, r in enumerate(right)]
+
+    baseline, better = [False] * 24, [i < 12 for i in range(24)]        # 4 images gain all 3 captions
+    cells = {("origin", "without_view_prompt"): rows(baseline), ("all", "with_view_prompt"): rows(better)}
+    clustered = compare_with_baseline(cells, ScoreConfig(bootstrap_samples=0))[("all", "with_view_prompt")]
+    independent = compare_with_baseline(cells, ScoreConfig(bootstrap_samples=0, sampling_unit="example"))
+    independent = independent[("all", "with_view_prompt")]
+    assert (clustered["mcnemar_b"], clustered["mcnemar_c"]) == (0, 12)
+    assert clustered["mcnemar_test"] == "obuchowski" and independent["mcnemar_test"] == "exact"
+    assert independent["mcnemar_p"] == 2 / 2 ** 12                    # 12 independent wins
+    assert clustered["mcnemar_p"] > 10 * independent["mcnemar_p"]     # 4 images' wins, not 12 examples'
+
+
 def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_path):
     examples = [_tf(i, label_true=i % 2 == 0, relation="left of" if i < 10 else "above") for i in range(20)]
     write_table(tmp_path / "prepared", examples)
@@ -151,7 +167,8 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
     assert hashes["all"]["with_view_prompt"] != hashes["all"]["without_view_prompt"]
 
 
-def test_the_bootstrap_unit_is_the_set_or_else_the_image():
+def test_the_sampling_unit_is_the_set_or_else_the_image():
     rows = [{"group_id": "whatsup/mug_table", "image_id": "i1"}, {"group_id": None, "image_id": "i2"}]
     assert cluster_ids(rows, ScoreConfig()) == ["whatsup/mug_table", "i2"]
-    assert cluster_ids(rows, ScoreConfig(bootstrap_unit="example")) is None
+    assert cluster_ids(rows, ScoreConfig(bootstrap_samples=0)) == ["whatsup/mug_table", "i2"]  # McNemar uses it
+    assert cluster_ids(rows, ScoreConfig(sampling_unit="example")) is None

@@ -175,8 +175,8 @@ class InferConfig(Section):
 # ---------------------------------------------------------------- score
 class ScoreConfig(Section):
     bootstrap_samples: int = Field(1000, ge=0)        # resamples for 95% intervals (accuracy, difference); 0 disables
-    bootstrap_unit: Literal["cluster", "example"] = "cluster"  # cluster: an image's captions (VSR) or a
-                                                      # What'sUp set are resampled together; example: one by one
+    sampling_unit: Literal["cluster", "example"] = "cluster"  # the independent unit of intervals and McNemar:
+                                                      # cluster = an image's captions (VSR) or a What'sUp set
     seed: int = 0
     p_adjust: Literal["holm", "none"] = "holm"        # correction of the McNemar p-values within (dataset, VLM, task)
     alpha: float = Field(0.05, gt=0.0, lt=1.0)        # significance level of the marks (* alpha, ** alpha/5, *** alpha/50)

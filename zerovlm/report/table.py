@@ -121,8 +121,8 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
 
 
 CSV_FIELDS = ("accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "delta_vs_origin", "delta_ci95_low",
-              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mark", "n_total", "n_unparseable",
-              NOT_EVALUATED)
+              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mcnemar_test", "mark", "n_total",
+              "n_unparseable", NOT_EVALUATED)
 
 
 def _csv_values(metrics: dict | None, alpha: float) -> list:
@@ -133,7 +133,7 @@ def _csv_values(metrics: dict | None, alpha: float) -> list:
     accuracy_ci = metrics.get("accuracy_ci95") or ["", ""]
     delta_ci = metrics.get("delta_ci95") or ["", ""]
     return [metrics["accuracy"], *accuracy_ci, metrics.get("delta_vs_origin", ""), *delta_ci,
-            metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""),
+            metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""), metrics.get("mcnemar_test", ""),
             significance_mark(metrics.get("mcnemar_p_adjusted"), alpha) if "delta_vs_origin" in metrics else "",
             metrics["n_total"], metrics["n_unparseable"], ""]
 

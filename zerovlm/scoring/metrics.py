@@ -31,8 +31,8 @@ from zerovlm.configurations import BASELINE_CONFIGURATION
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring import answers as parse
-from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_exact_p,
-                                          paired_bootstrap_ci, percentile_interval)
+from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_p, paired_bootstrap_ci,
+                                          percentile_interval)
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,9 @@ def bootstrap_ci(correct: np.ndarray, samples: int, seed: int,
 
 
 def cluster_ids(rows: list[dict], cfg: ScoreConfig) -> list[str] | None:
-    """The bootstrap's resampling unit per row: None (each example), or the What'sUp set (group_id)
-    where there is one, else the image (VSR's captions of one image)."""
-    if cfg.bootstrap_unit == "example" or cfg.bootstrap_samples == 0:
+    """The independent unit of the intervals and tests per row: None (each example), or the What'sUp set
+    (group_id) where there is one, else the image (VSR's captions of one image)."""
+    if cfg.sampling_unit == "example":
         return None
     return [row["group_id"] or row["image_id"] for row in rows]
 
@@ -172,12 +172,13 @@ def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreCo
             continue
         treatment = np.array([row["correct"] for row in rows], dtype=float)
         reference = np.array([baseline[i] for i in ids], dtype=float)
+        clusters = cluster_ids(rows, cfg)
         b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
+        p, test = mcnemar_p(reference.astype(bool), treatment.astype(bool), clusters)
         results[key] = {
             "delta_vs_origin": round(float(treatment.mean() - reference.mean()), 4),
-            "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed,
-                                              cluster_ids(rows, cfg)),
-            "mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": mcnemar_exact_p(b, c)}
+            "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed, clusters),
+            "mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": p, "mcnemar_test": test}
     keys = sorted(results)
     adjusted = holm([results[k]["mcnemar_p"] for k in keys]) if cfg.p_adjust == "holm" else \
         [results[k]["mcnemar_p"] for k in keys]

@@ -5,6 +5,12 @@
   p-value is min(1, 2 * P[X <= min(b, c)]), computed here in exact integer arithmetic (equal to
   scipy.stats.binomtest(min(b, c), b + c).pvalue, which tests/test_scoring_significance.py checks;
   doing it by hand saves the 1.6 s import of scipy.stats in every score process).
+- With clusters of correlated examples (the captions of one image, a What'sUp set of four), Obuchowski's
+  (1998) cluster-adjusted McNemar statistic instead, on d_k = b_k - c_k per cluster k of K:
+  X2 = (K - 1) / K * (sum d_k)^2 / sum d_k^2, chi-square with 1 degree of freedom (in the simplified
+  form of Yang, Sun and Hardin 2010, doi:10.1002/bimj.201000035). Its variance comes from the spread between clusters, so four identical
+  answers per image count as one piece of evidence, not four; with one-example clusters it is the
+  asymptotic McNemar test times (K - 1) / K, and the exact test is used instead.
 - The difference of accuracies with a paired percentile bootstrap 95% interval: examples are resampled
   with replacement and both verdicts of a resampled example move together. Given cluster ids, whole
   clusters are resampled instead (the captions of one image, a What'sUp set of four): examples of a
@@ -39,6 +45,31 @@ def mcnemar_exact_p(b: int, c: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))  # P[X <= min(b, c)] * 2**n
     return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
+
+
+def clustered_mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence) -> float:
+    """Two-sided p-value of Obuchowski's cluster-adjusted McNemar test (module docstring); 1.0 when no
+    cluster leans either way or there is only one cluster."""
+    if not len(baseline) == len(treatment) == len(clusters):
+        raise ValueError(f"paired verdicts and clusters differ in length: {len(baseline)}, {len(treatment)}, "
+                         f"{len(clusters)}")
+    _, cluster_of = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    lean = np.asarray(baseline, dtype=int) - np.asarray(treatment, dtype=int)   # +1: b, -1: c, 0: concordant
+    d = np.bincount(cluster_of, weights=lean)                                    # b_k - c_k per cluster
+    count = len(d)
+    if count < 2 or not d.any():
+        return 1.0
+    statistic = (count - 1) / count * d.sum() ** 2 / (d ** 2).sum()
+    return math.erfc(math.sqrt(statistic / 2))  # chi-square(1) upper tail
+
+
+def mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool],
+              clusters: Sequence | None = None) -> tuple[float, str]:
+    """(p-value, test name): the exact test ("exact") when examples are independent (no clusters, or every
+    cluster holds one example), else the cluster-adjusted test ("obuchowski")."""
+    if clusters is None or len(set(clusters)) == len(clusters):
+        return mcnemar_exact_p(*discordant_counts(baseline, treatment)), "exact"
+    return clustered_mcnemar_p(baseline, treatment, clusters), "obuchowski"
 
 
 def bootstrap_means(values: np.ndarray, samples: int, seed: int,
