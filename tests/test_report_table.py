@@ -10,12 +10,12 @@ from zerovlm.report import table
 from zerovlm.report.build import report_stage
 
 
-def _metrics(accuracy, delta=None, p=None, n=100):
+def _metrics(accuracy, delta=None, p=None, n=100, test="obuchowski"):
     cell = {"accuracy": accuracy, "accuracy_ci95": [accuracy - 0.1, accuracy + 0.1], "chance": 0.5,
             "n_total": n, "n_evaluated": n, "n_unparseable": 0}
     if delta is not None:
         cell.update(delta_vs_origin=delta, delta_ci95=[delta - 0.05, delta + 0.05], mcnemar_b=1, mcnemar_c=2,
-                    mcnemar_p=p, mcnemar_p_adjusted=p, mcnemar_test="obuchowski")
+                    mcnemar_p=p, mcnemar_p_adjusted=p, mcnemar_test=test)
     return cell
 
 
@@ -38,6 +38,18 @@ def test_markdown_table_has_the_papers_shape():
     assert lines[4] == "| llava_7b | left | no | 55.0 (-5.0) | - |"
     assert len([line for line in lines if line.startswith("| llava_7b")]) == 3  # "all" was never run
     assert "Holm-corrected" in text and "true/false 50%" in text and "choice 25%" in text
+    assert "McNemar test adjusted for clusters (Obuchowski 1998" in text and "exact McNemar" not in text
+
+
+def test_the_footnote_names_every_mcnemar_test_used():
+    exact = {("whatsup_a", "llava_7b"): {"multiple_choice": {
+        "origin": {"without_view_prompt": _metrics(0.3)},
+        "left": {"with_view_prompt": _metrics(0.35, 0.05, 0.03, test="exact")}}}}
+    mixed = {**SUMMARIES, **exact}
+    text = table.markdown(mixed, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left"], 0.05, "none")
+    assert "exact McNemar test; McNemar test adjusted for clusters" in text
+    only_exact = table.markdown(exact, ["whatsup_a"], ["llava_7b"], ["origin", "left"], 0.05, "none")
+    assert "; exact McNemar test (uncorrected)" in only_exact and "Obuchowski" not in only_exact
 
 
 def test_a_dataset_with_two_tasks_gets_two_columns():

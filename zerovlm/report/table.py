@@ -97,21 +97,35 @@ def format_cell(metrics: dict | None, alpha: float) -> str:
     return text
 
 
+MCNEMAR_TESTS = {"exact": "exact McNemar test",
+                 "obuchowski": "McNemar test adjusted for clusters (Obuchowski 1998: the examples of one image "
+                               "or What'sUp set form a cluster)"}
+
+
+def mcnemar_description(cells: list[dict]) -> str:
+    """Which McNemar test(s) the table's marks come from (each comparison's `mcnemar_test`)."""
+    used = sorted({metrics["mcnemar_test"] for metrics in cells if "mcnemar_test" in metrics})
+    return "; ".join(MCNEMAR_TESTS[name] for name in used) or MCNEMAR_TESTS["exact"]
+
+
 def markdown(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str],
              alpha: float, p_adjust: str) -> str:
     cols = columns(summaries, datasets)
     lines = ["| model | configuration | view prompt | " + " | ".join(c.label for c in cols) + " |",
              "|---|---|---|" + "---:|" * len(cols)]
     table_rows = rows(summaries, vlms, configurations)
+    shown: list[dict] = []
     for row in table_rows:
         name = f"{row.configuration} (baseline)" if row.is_baseline else row.configuration
-        cells = [format_cell(cell(summaries, row, c), alpha) for c in cols]
-        lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
+        metrics = [cell(summaries, row, c) for c in cols]
+        shown += [m for m in metrics if m]
+        lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(format_cell(m, alpha) for m in metrics)
+                     + " |")
     correction = "Holm-corrected within each model x dataset x task" if p_adjust == "holm" else "uncorrected"
     chance = sorted({f"{TASK_LABELS[c.task]} {100 * cell(summaries, Row(v, *BASELINE), c)['chance']:.0f}%"
                      for c in cols for v in vlms if cell(summaries, Row(v, *BASELINE), c)})
     lines += ["", f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "
-                  f"dataset and task in percentage points; exact McNemar test ({correction}): "
+                  f"dataset and task in percentage points; {mcnemar_description(shown)} ({correction}): "
                   f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
                   f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json."]
     if any(row.prompt_mode == NOT_EVALUATED for row in table_rows):
