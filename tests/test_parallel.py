@@ -1,5 +1,6 @@
 """Data-parallel stages: several processes (accelerate launch, gloo on CPU) give the one-process output."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -92,9 +93,10 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
         time.sleep(0.05)
     # torchrun's workers run in sessions of their own: kill the launcher's whole process tree
     launcher = psutil.Process(process.pid)
-    tree = [*launcher.children(recursive=True), launcher]
+    tree = [launcher, *launcher.children(recursive=True)]  # the launcher first: it cannot restart or reap them
     for member in tree:
-        member.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):  # a worker may exit as its peer dies
+            member.kill()
     psutil.wait_procs(tree, timeout=30)
     process.wait()
     assert part.exists(), "the launch never wrote a finished chunk"

@@ -115,11 +115,13 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
         from zerovlm.datasets.table import Example
         from zerovlm.views import zero123
         from zerovlm.views.synthesize import synthesize_views
-        call = zero123.Zero123Pipeline.__call__
-        def slow(self, *args, **kwargs):  # leave time to kill it mid-run
-            time.sleep(0.5)
+        call, calls = zero123.Zero123Pipeline.__call__, [0]
+        def hang_at_the_third_call(self, *args, **kwargs):  # the first shard is on disk once call 2 returns:
+            calls[0] += 1                                   # the test kills the run while it waits here
+            if calls[0] >= 3:
+                time.sleep(600)
             return call(self, *args, **kwargs)
-        zero123.Zero123Pipeline.__call__ = slow
+        zero123.Zero123Pipeline.__call__ = hang_at_the_third_call
         examples = {[e.to_record() for e in prepared[1]]!r}
         synthesize_views(views_config(Path({str(tiny_models["kxic"])!r})),
                          [Example.from_record(r) for r in examples], Path({str(prepared[0])!r}),
