@@ -147,7 +147,7 @@ def corrupt(path: Path) -> None:
 # uploading file number CRASH_AFTER + 1; to a local remote it first writes half of that file to a temp
 # name, as a copy cut short leaves it.
 CRASHING_DVC = """
-import os, sys
+import errno, os, sys
 import dvc_objects.fs.local as local
 crash_after, started = int(os.environ["CRASH_AFTER"]), 0
 def starting_upload(lpath, half_copy_to=None):
@@ -163,6 +163,9 @@ def put_file(self, lpath, rpath, *args, **kwargs):
     starting_upload(lpath, os.path.join(os.path.dirname(rpath), ".interrupted.tmp"))
     return local_put(self, lpath, rpath, *args, **kwargs)
 local.FsspecLocalFileSystem.put_file = put_file
+def no_reflink(self, path1, path2):  # on btrfs / XFS a local push would clone files, never calling put_file
+    raise OSError(errno.EOPNOTSUPP, "reflink disabled by the test")
+local.FsspecLocalFileSystem.reflink = no_reflink
 try:
     import dvc_ssh.spec
     ssh_put = dvc_ssh.spec.SSHFileSystem._put_file
