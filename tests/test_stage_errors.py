@@ -76,23 +76,27 @@ def test_empty_dataset_is_refused(tmp_path):
     assert not (tmp_path / "examples.jsonl").exists()
 
 
-def test_unreachable_hub_id_names_the_model_and_the_fix(monkeypatch):
+def offline_with_an_empty_hub_cache(monkeypatch, tmp_path):
+    """As with no network (minus the retries), and without the weights a researcher may have cached."""
     import huggingface_hub.constants
 
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_unreachable_hub_id_names_the_model_and_the_fix(monkeypatch, tmp_path):
     from zerovlm.views.checkpoints import load_components
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, minus retries
+    offline_with_an_empty_hub_cache(monkeypatch, tmp_path)
     with pytest.raises(ZeroVLMError, match=r"cannot reach the Hugging Face hub for 'kxic/zero123-105000'"):
         load_components("kxic/zero123-105000")
 
 
-def test_unreachable_vlm_hub_id_fails_at_once_naming_the_model(monkeypatch):
-    import huggingface_hub.constants
-
+def test_unreachable_vlm_hub_id_fails_at_once_naming_the_model(monkeypatch, tmp_path):
     from zerovlm.config import InferConfig
     from zerovlm.vlm.registry import load_backend
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as with no network, minus retries
+    offline_with_an_empty_hub_cache(monkeypatch, tmp_path)
     with pytest.raises(ZeroVLMError, match=r"cannot fetch config.json of hub repo 'llava-hf/llava-1.5-7b-hf'"):
         load_backend(InferConfig(model="llava-hf/llava-1.5-7b-hf", device="cpu"))
 
