@@ -17,6 +17,12 @@ def test_unknown_key_names_the_closest_valid_key():
         parse_section("views", {"guidance_scal": 3.0})
 
 
+def test_a_renamed_key_gets_its_new_name():
+    with pytest.raises(ZeroVLMError, match=r"score.bootstrap_unit: renamed to score.sampling_unit") as error:
+        parse_section("score", {"bootstrap_unit": "cluster"})
+    assert "bootstrap_samples" not in str(error.value)  # not the look-alike
+
+
 def test_bad_choice_lists_the_valid_ones():
     with pytest.raises(ZeroVLMError, match=r"stitch.layout: Input should be 'grid' or 'strip'"):
         parse_section("stitch", {"layout": "mosaic"})

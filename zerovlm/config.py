@@ -255,11 +255,17 @@ def _unknown(kind: str, name: str, valid) -> str:
     return f"unknown {kind} {name!r}.{hint} Valid: {', '.join(map(str, valid))}"
 
 
+# Renamed keys: an older params file is told the new name, not pointed at a look-alike.
+RENAMED = {"score.bootstrap_unit": "score.sampling_unit (it now also selects McNemar's clustered test)"}
+
+
 def _explain(section: str, model: type[Section], error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         where = ".".join([section, *map(str, problem["loc"])])
-        if problem["type"] == "extra_forbidden":
+        if where in RENAMED:
+            lines.append(f"{where}: renamed to {RENAMED[where]}")
+        elif problem["type"] == "extra_forbidden":
             parent = model
             for part in problem["loc"][:-1]:
                 field = parent.model_fields.get(str(part))
