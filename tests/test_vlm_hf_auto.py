@@ -12,9 +12,15 @@ from zerovlm.vlm.tiny import build_tiny_llava
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory):
+def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_llava_auto")
     build_tiny_llava(folder, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_folder):
+    folder = tiny_folder
     make = lambda name, bs: load_backend(InferConfig(backend=name, model=str(folder), device="cpu", batch_size=bs))
     return make("hf_auto", 3), make("llava", 16), make("hf_auto", 1)
 
@@ -50,6 +56,35 @@ def test_the_same_request_object_asked_twice_gets_its_scores_twice(backends):
     assert twice[0] == twice[1] and len(twice[0]) == len(request.options)
     for dedicated in llava.option_logprobs([request, request]):
         assert dedicated == pytest.approx(twice[0], abs=1e-4)
+
+
+def test_bf16_option_logits_are_float32(tiny_folder, backends):
+    """In bf16 the head's logits would be rounded (two options could tie exactly, the first winning); the
+    backend swaps in a float32 copy of the head, so the logits equal a float64 product of its input."""
+    from transformers import AutoModelForImageTextToText
+
+    from zerovlm.vlm.hf_auto import HFAutoBackend
+    from zerovlm.vlm.transformers_ops import Float32Head
+
+    # infer.dtype bfloat16 becomes float32 on a CPU, so the bf16 model is built by hand
+    model = AutoModelForImageTextToText.from_pretrained(tiny_folder, dtype=torch.bfloat16)
+    backend = HFAutoBackend(model, backends[0].processor)
+    head = backend.model.get_output_embeddings()
+    assert isinstance(head, Float32Head) and backend.info()["float32_logits"]
+    assert backend.model.get_input_embeddings().weight.dtype == torch.bfloat16  # the rest stays bf16
+    seen = []
+    hook = head.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0], output)))
+    try:
+        backend.option_logprobs(requests()[:2])
+    finally:
+        hook.remove()
+    assert seen
+    for hidden, logits in seen:
+        assert hidden.dtype == torch.bfloat16 and logits.dtype == torch.float32
+        reference = hidden.double() @ head.weight.double().T
+        assert torch.allclose(logits.double(), reference, atol=1e-5)
+        assert not torch.allclose(hidden.double() @ head.weight.to(torch.bfloat16).double().T,
+                                  (hidden @ head.weight.to(torch.bfloat16).T).double(), atol=1e-5)  # bf16 rounds
 
 
 def test_generation_matches_and_stops(backends):
@@ -118,6 +153,9 @@ def test_images_per_request_follows_the_model_type(backends):
 
         def eval(self):
             return self
+
+        def get_output_embeddings(self):
+            return torch.nn.Linear(2, 2)
     native = HFAutoBackend(Stub(), auto.processor)
     assert native.max_images_per_request > 4 and native.info()["native_multi_image"]
 

@@ -8,10 +8,9 @@ this backend only uses the processor and the model's plain forward and generate:
 - option scores: each (request, option) pair is one left-padded sequence `prompt + sep + option`,
   and the option's tokens are the last n of it, n = len(tokens(prompt + sep + option)) minus the
   tokens it shares with tokens(prompt) (exact when BPE merges across the boundary); no prefix sharing
-  (LLaVA and MiniGPT-4 have dedicated backends that share the prefix). The logits come from the
-  model's own head in infer.dtype (models scale or cap them differently), so in bf16 two options can
-  tie exactly and the first wins; the dedicated backends score in float32. Use float32 to compare
-  options exactly with this backend;
+  (LLaVA and MiniGPT-4 have dedicated backends that share the prefix). The model's output head runs
+  in float32 whatever infer.dtype (transformers_ops.Float32Head: in bf16 two options' logits could
+  tie exactly, and the first would win); the model's own scaling or capping of the logits applies after it;
 - sep is "" when the rendered prompt ends in whitespace (e.g. Qwen's "assistant\\n"), else " ";
 - generation: transformers' generate, greedy, stop strings; sampling runs one request at a time
   with a per-request seed so that its text does not depend on the batch.
@@ -27,7 +26,7 @@ from transformers import StoppingCriteria
 
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed, run_batched
-from zerovlm.vlm.transformers_ops import common_prefix_length, uses_fp8
+from zerovlm.vlm.transformers_ops import common_prefix_length, use_float32_head, uses_fp8
 from zerovlm.vlm.llava import load_transformers_vlm
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
@@ -46,6 +45,7 @@ class HFAutoBackend(VisionLanguageModel):
         self.tokenizer.padding_side = "left"
         self.model_id, self.batch_size = model_id, batch_size
         self.device, self.dtype = model.device, model.dtype
+        self.float32_logits = use_float32_head(self.model)
         self.native_multi_image = model.config.model_type in NATIVE_MULTI_IMAGE
         self.max_images_per_request = NATIVE_MAX_IMAGES if self.native_multi_image else 1
 
@@ -53,6 +53,7 @@ class HFAutoBackend(VisionLanguageModel):
         return {"name": self.name, "model": self.model_id, "model_type": self.model.config.model_type,
                 "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
                 "native_multi_image": self.native_multi_image, "fp8_linear": uses_fp8(self.model),
+                "float32_logits": self.float32_logits,
                 "max_images_per_request": self.max_images_per_request}
 
     def render_prompt(self, request: Request) -> str:

@@ -193,6 +193,36 @@ def use_fp8_linears(decoder: torch.nn.Module, device: torch.device) -> int:
     return count
 
 
+class Float32Head(torch.nn.Module):
+    """An output head computing its logits in float32, from a float32 copy of a low-precision head's weights.
+
+    bf16 logits near 10 are 1/16 apart: rounded, two options' scores can tie exactly, and a tie goes to the
+    first option. The copy costs vocab x hidden x 4 bytes (0.5 GB for a 32k x 4096 head); the model's own
+    post-processing of the logits (scaling, capping) still applies, to float32 values."""
+
+    def __init__(self, head: torch.nn.Linear):
+        super().__init__()
+        self.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+        self.bias = None if head.bias is None else torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden.float(), self.weight, self.bias)
+
+
+def use_float32_head(model) -> bool:
+    """Give a transformers model a Float32Head when its output head is a low-precision Linear; returns whether
+    the logits are float32 now."""
+    head = model.get_output_embeddings()
+    if isinstance(head, Float32Head) or (isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32):
+        return True
+    if not isinstance(head, torch.nn.Linear):
+        log.warning("%s: output head %s is not a Linear layer; option logits stay in %s",
+                    type(model).__name__, type(head).__name__, model.dtype)
+        return False
+    model.set_output_embeddings(Float32Head(head))
+    return True
+
+
 def uses_fp8(model) -> bool:
     """Whether any layer of `model` runs as an FP8 matmul (recorded in the backends' info())."""
     return isinstance(model, torch.nn.Module) and any(isinstance(m, Float8Linear) for m in model.modules())
