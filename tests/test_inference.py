@@ -122,6 +122,16 @@ def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch)
     assert summary["resumed"] == 0
 
 
+def test_a_partial_run_from_other_backend_code_is_not_reused(workspace, monkeypatch):
+    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    with pytest.raises(KeyboardInterrupt):
+        _run(workspace, _cfg(workspace), "recoded", monkeypatch, CountingBackend(_cfg(workspace), fail_after_calls=1))
+    before = inference.backend_code_identity()
+    monkeypatch.setattr(inference, "backend_code_identity", lambda: before + " after an edit")
+    summary = _run(workspace, _cfg(workspace), "recoded", monkeypatch, CountingBackend(_cfg(workspace)))
+    assert summary["resumed"] == 0
+
+
 @pytest.mark.parametrize("change", ["stitched pixels", "model weights"])
 def test_a_partial_run_on_other_images_or_weights_is_not_reused(workspace, tmp_path, monkeypatch, change):
     monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
@@ -179,7 +189,7 @@ def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, 
     assert score["not_evaluated"] == {"origin+left-separate": reason}
     assert score["counts"]["n_requests_not_evaluated"] == len(examples) * 2
     assert all("origin+left-separate" not in score[task] for task in ("true_false", "multiple_choice"))
-    text = table.markdown({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05, "holm")
+    text = table.markdown({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), ScoreConfig())
     assert "| tiny | origin+left-separate | - | n/e | n/e |" in text and "n/e: not evaluated" in text
     csv_text = table.to_csv({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05)
     assert reason in csv_text

@@ -10,12 +10,12 @@ from zerovlm.report import table
 from zerovlm.report.build import report_stage
 
 
-def _metrics(accuracy, delta=None, p=None, n=100, test="obuchowski"):
+def _metrics(accuracy, delta=None, p=None, n=100):
     cell = {"accuracy": accuracy, "accuracy_ci95": [accuracy - 0.1, accuracy + 0.1], "chance": 0.5,
             "n_total": n, "n_evaluated": n, "n_unparseable": 0}
     if delta is not None:
         cell.update(delta_vs_origin=delta, delta_ci95=[delta - 0.05, delta + 0.05], mcnemar_b=1, mcnemar_c=2,
-                    mcnemar_p=p, mcnemar_p_adjusted=p, mcnemar_test=test)
+                    mcnemar_p=p, mcnemar_p_adjusted=p)
     return cell
 
 
@@ -30,7 +30,8 @@ SUMMARIES = {
 
 
 def test_markdown_table_has_the_papers_shape():
-    text = table.markdown(SUMMARIES, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left", "all"], 0.05, "holm")
+    text = table.markdown(SUMMARIES, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left", "all"],
+                          ScoreConfig())
     lines = text.splitlines()
     assert lines[0] == "| model | configuration | view prompt | vsr_random | whatsup_a |"
     assert lines[2] == "| llava_7b | origin (baseline) | - | 60.0 | 30.0 |"
@@ -38,24 +39,21 @@ def test_markdown_table_has_the_papers_shape():
     assert lines[4] == "| llava_7b | left | no | 55.0 (-5.0) | - |"
     assert len([line for line in lines if line.startswith("| llava_7b")]) == 3  # "all" was never run
     assert "Holm-corrected" in text and "true/false 50%" in text and "choice 25%" in text
-    assert "McNemar test adjusted for clusters (Obuchowski 1998" in text and "exact McNemar" not in text
 
 
-def test_the_footnote_names_every_mcnemar_test_used():
-    exact = {("whatsup_a", "llava_7b"): {"multiple_choice": {
-        "origin": {"without_view_prompt": _metrics(0.3)},
-        "left": {"with_view_prompt": _metrics(0.35, 0.05, 0.03, test="exact")}}}}
-    mixed = {**SUMMARIES, **exact}
-    text = table.markdown(mixed, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left"], 0.05, "none")
-    assert "exact McNemar test; McNemar test adjusted for clusters" in text
-    only_exact = table.markdown(exact, ["whatsup_a"], ["llava_7b"], ["origin", "left"], 0.05, "none")
-    assert "; exact McNemar test (uncorrected)" in only_exact and "Obuchowski" not in only_exact
+def test_the_footnote_names_the_test_and_its_unit():
+    args = SUMMARIES, ["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left"]
+    clustered = table.markdown(*args, ScoreConfig(p_adjust="none"))
+    assert "McNemar's exact test over clusters: the examples of one image, or one What'sUp set" in clustered
+    assert "(uncorrected)" in clustered
+    examples = table.markdown(*args, ScoreConfig(sampling_unit="example"))
+    assert "McNemar's exact test (Holm-corrected" in examples and "clusters" not in examples
 
 
 def test_a_dataset_with_two_tasks_gets_two_columns():
     both = {("synthetic_sparse", "tiny"): {"true_false": SUMMARIES[("vsr_random", "llava_7b")]["true_false"],
                                            "multiple_choice": SUMMARIES[("whatsup_a", "llava_7b")]["multiple_choice"]}}
-    header = table.markdown(both, ["synthetic_sparse"], ["tiny"], ["origin", "left"], 0.05, "none").splitlines()[0]
+    header = table.markdown(both, ["synthetic_sparse"], ["tiny"], ["origin", "left"], ScoreConfig()).splitlines()[0]
     assert header.endswith("| synthetic_sparse (true/false) | synthetic_sparse (choice) |")
 
 
@@ -65,7 +63,6 @@ def test_csv_has_numbers_for_every_column():
     left = next(r for r in rows if r["configuration"] == "left" and r["view_prompt"] == "yes")
     assert float(left["vsr_random: accuracy"]) == 0.7 and float(left["vsr_random: delta_vs_origin"]) == 0.1
     assert left["vsr_random: mark"] == "**" and float(left["vsr_random: delta_ci95_low"]) == 0.05
-    assert left["vsr_random: mcnemar_test"] == "obuchowski"
     assert rows[0]["configuration"] == "origin" and rows[0]["vsr_random: delta_vs_origin"] == ""
 
 

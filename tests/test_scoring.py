@@ -125,9 +125,8 @@ def test_captions_of_one_image_are_tested_as_one_cluster():
     independent = compare_with_baseline(cells, ScoreConfig(bootstrap_samples=0, sampling_unit="example"))
     independent = independent[("all", "with_view_prompt")]
     assert (clustered["mcnemar_b"], clustered["mcnemar_c"]) == (0, 12)
-    assert clustered["mcnemar_test"] == "obuchowski" and independent["mcnemar_test"] == "exact"
     assert independent["mcnemar_p"] == 2 / 2 ** 12                    # 12 independent wins
-    assert clustered["mcnemar_p"] > 10 * independent["mcnemar_p"]     # 4 images' wins, not 12 examples'
+    assert clustered["mcnemar_p"] == 2 / 2 ** 4                       # 4 images' wins
 
 
 def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_path):

@@ -1,13 +1,13 @@
-"""McNemar's exact and cluster-adjusted tests, the paired bootstrap interval of a difference, Holm's correction,
-the marks."""
+"""McNemar's exact test (on examples and over clusters), the paired bootstrap interval of a difference,
+Holm's correction, the marks."""
 
-import math
+import itertools
 
 import numpy as np
 import pytest
 
-from zerovlm.scoring.significance import (bootstrap_means, clustered_mcnemar_p, discordant_counts, holm,
-                                          mcnemar_exact_p, mcnemar_p, paired_bootstrap_ci, significance_mark)
+from zerovlm.scoring.significance import (bootstrap_means, cluster_leans, discordant_counts, holm, mcnemar_exact_p,
+                                          mcnemar_p, paired_bootstrap_ci, sign_flip_p, significance_mark)
 
 
 @pytest.mark.parametrize("b, c, expected", [
@@ -33,69 +33,84 @@ def test_mcnemar_exact_matches_scipy_binomtest():
     assert mcnemar_exact_p(900, 1000) == pytest.approx(stats.binomtest(900, 1900, 0.5).pvalue, rel=1e-6)
 
 
-def test_clustered_mcnemar_matches_a_hand_computed_value():
-    # clusters a: b-only twice (d = +2), b: c-only once (d = -1), c: concordant (d = 0), d: b-only once (+1)
+def test_mcnemar_over_clusters_matches_a_hand_computed_value():
+    # cluster a: baseline-only twice (lean +2), b: configuration-only once (-1), c: concordant (0), d: +1
     baseline = [1, 1, 0, 1, 1, 1, 0]
     treatment = [0, 0, 1, 1, 0, 1, 0]
     clusters = ["a", "a", "b", "c", "d", "c", "c"]
-    # K = 4, sum d = 2, sum d^2 = 6: X2 = 3/4 * 4/6 = 0.5
-    assert clustered_mcnemar_p(baseline, treatment, clusters) == pytest.approx(math.erfc(math.sqrt(0.25)), rel=1e-12)
-    assert mcnemar_p(baseline, treatment, clusters) == (clustered_mcnemar_p(baseline, treatment, clusters),
-                                                         "obuchowski")
-    stats = pytest.importorskip("scipy.stats", reason="scipy not installed (it comes with scikit-learn)")
-    assert clustered_mcnemar_p(baseline, treatment, clusters) == pytest.approx(stats.chi2.sf(0.5, 1), rel=1e-12)
+    assert sorted(cluster_leans(baseline, treatment, clusters)) == [-1, 0, 1, 2]
+    # sums of +-2 +-1 +-1: 4, 2, 2, 0, 0, -2, -2, -4; |sum| >= 2 in 6 of 8
+    assert mcnemar_p(baseline, treatment, clusters) == pytest.approx(0.75, rel=1e-12)
 
 
-def test_clustered_mcnemar_without_evidence_is_one():
-    assert clustered_mcnemar_p([1, 0], [0, 1], ["a", "a"]) == 1.0           # the one cluster balances out
-    assert clustered_mcnemar_p([1, 1], [0, 0], ["a", "a"]) == 1.0           # one cluster: no spread to measure
-    assert clustered_mcnemar_p([1, 1, 0], [1, 1, 0], ["a", "a", "b"]) == 1.0  # never disagree
+def test_without_evidence_the_p_value_is_one():
+    assert mcnemar_p([1, 0], [0, 1], ["a", "a"]) == 1.0           # the one cluster balances out
+    assert mcnemar_p([1, 1], [0, 0], ["a", "a"]) == 1.0           # one cluster: +2 and -2 equally likely
+    assert mcnemar_p([1, 1, 0], [1, 1, 0], ["a", "a", "b"]) == 1.0  # never disagree
     with pytest.raises(ValueError, match="differ in length"):
-        clustered_mcnemar_p([1], [1], ["a", "b"])
+        mcnemar_p([1], [1], ["a", "b"])
 
 
-def test_independent_examples_keep_the_exact_test():
+def test_one_example_per_cluster_is_mcnemars_exact_test():
     baseline, treatment = [1, 1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 1, 1]
     exact = mcnemar_exact_p(*discordant_counts(baseline, treatment))
-    assert mcnemar_p(baseline, treatment) == (exact, "exact")
-    assert mcnemar_p(baseline, treatment, [str(i) for i in range(8)]) == (exact, "exact")  # one example each
+    assert mcnemar_p(baseline, treatment) == exact
+    assert mcnemar_p(baseline, treatment, [str(i) for i in range(8)]) == exact
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_sign_flip_distribution_matches_enumerating_every_sign(seed):
+    rng = np.random.default_rng(seed)
+    leans = rng.integers(-4, 5, size=rng.integers(1, 12)).tolist()
+    observed = abs(sum(leans))
+    signs = itertools.product((-1, 1), repeat=len(leans))
+    hits = sum(abs(sum(s * abs(d) for s, d in zip(flip, leans))) >= observed for flip in signs)
+    assert sign_flip_p(leans) == pytest.approx(hits / 2 ** len(leans), rel=1e-12)
+
+
+def test_a_concordant_example_anywhere_leaves_the_p_value_alone():
+    # 100 captions of 100 images; 4 images lean to the baseline. A second, concordant caption of an
+    # unrelated image must not change the test (it did when two tests were switched on cluster sizes).
+    baseline, treatment = [True] * 4 + [False] * 96, [False] * 100
+    clusters = [str(i) for i in range(100)]
+    alone = mcnemar_p(baseline, treatment, clusters)
+    assert alone == mcnemar_p(baseline + [True], treatment + [True], clusters + ["50"]) == 0.125
 
 
 def test_four_identical_answers_per_image_are_one_piece_of_evidence():
     rng = np.random.default_rng(0)
     baseline, treatment = rng.random(60) < 0.6, rng.random(60) < 0.5
     clusters = [str(i) for i in range(60)]
-    once = clustered_mcnemar_p(baseline, treatment, clusters)
-    four = clustered_mcnemar_p(np.repeat(baseline, 4), np.repeat(treatment, 4), np.repeat(clusters, 4))
-    assert four == pytest.approx(once, rel=1e-12)
-    naive = mcnemar_exact_p(*discordant_counts(np.repeat(baseline, 4), np.repeat(treatment, 4)))
+    once = mcnemar_p(baseline, treatment, clusters)
+    four = mcnemar_p(np.repeat(baseline, 4), np.repeat(treatment, 4), np.repeat(clusters, 4))
+    assert four == pytest.approx(once, rel=1e-9)
+    naive = mcnemar_p(np.repeat(baseline, 4), np.repeat(treatment, 4))
     assert naive < once / 10  # what counting the copies as independent would claim
 
 
-def _null_rejection_rates(sizes, shared, simulations=400, alpha=0.05, seed=0):
-    """Share of simulated no-difference comparisons rejected at alpha, by the exact test on examples and by
-    the clustered test. Per cluster one outcome (baseline only right, treatment only right, both equal) is drawn;
-    each example copies it with probability `shared`, else draws its own (within-cluster correlation)."""
+def _null_rejection_rates(sizes, seed, simulations=400, alpha=0.05):
+    """Share of simulated no-difference comparisons rejected at alpha, by the test on examples and by the
+    test on clusters. Per cluster one outcome (baseline only right, configuration only right, both equal)
+    is drawn, and every example of the cluster has it (answers that do not vary within an image)."""
     rng = np.random.default_rng(seed)
-    clusters = np.repeat(np.arange(len(sizes)), sizes).astype(str)
+    cluster_of = np.repeat(np.arange(len(sizes)), sizes)
     naive = clustered = 0
     for _ in range(simulations):
-        cluster_outcome = rng.choice(3, size=len(sizes), p=[0.15, 0.15, 0.7])[clusters.astype(int)]
-        own = rng.choice(3, size=len(clusters), p=[0.15, 0.15, 0.7])
-        outcome = np.where(rng.random(len(clusters)) < shared, cluster_outcome, own)
-        right = rng.random(len(clusters)) < 0.5                      # concordant: both right or both wrong
+        outcome = rng.choice(3, size=len(sizes), p=[0.15, 0.15, 0.7])[cluster_of]
+        right = rng.random(len(cluster_of)) < 0.5                      # concordant: both right or both wrong
         baseline = np.where(outcome == 0, True, np.where(outcome == 1, False, right))
         treatment = np.where(outcome == 1, True, np.where(outcome == 0, False, right))
-        naive += mcnemar_exact_p(*discordant_counts(baseline, treatment)) < alpha
-        clustered += clustered_mcnemar_p(baseline, treatment, clusters) < alpha
+        naive += mcnemar_p(baseline, treatment) < alpha
+        clustered += mcnemar_p(baseline, treatment, cluster_of.astype(str)) < alpha
     return naive / simulations, clustered / simulations
 
 
+@pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("sizes", [np.full(200, 4),                                          # What'sUp sets
                                    np.random.default_rng(1).integers(1, 5, size=300)])      # VSR captions
-def test_clustered_mcnemar_holds_its_level_where_the_exact_test_does_not(sizes):
-    naive, clustered = _null_rejection_rates(sizes, shared=1.0)
-    assert 0.02 <= clustered <= 0.09          # nominal 0.05 (400 simulations: standard error 0.011)
+def test_the_test_over_clusters_holds_its_level_where_the_test_on_examples_does_not(sizes, seed):
+    naive, clustered = _null_rejection_rates(sizes, seed)
+    assert clustered <= 0.075                 # nominal 0.05, an exact test (400 simulations: standard error 0.011)
     assert naive >= 0.18                      # counting correlated examples as independent rejects far too often
 
 

@@ -117,6 +117,9 @@ def test_identity_memo_keeps_its_objects_so_no_id_is_reused():
     gc.collect()
     assert alive() is None
     assert [memo(Request((), str(k))) for k in range(1000)] == [str(k) for k in range(1000)]
+    with memo.scope():  # a backend call: starts empty, lets its requests go at the end
+        assert memo(Request((), "inside")) == "inside" and len(memo._entries) == 1
+    assert not memo._entries
 
 
 def test_cut_at_stop():

@@ -256,7 +256,7 @@ def _unknown(kind: str, name: str, valid) -> str:
 
 
 # Renamed keys: an older params file is told the new name, not pointed at a look-alike.
-RENAMED = {"score.bootstrap_unit": "score.sampling_unit (it now also selects McNemar's clustered test)"}
+RENAMED = {"score.bootstrap_unit": "score.sampling_unit (it now also sets the unit of McNemar's test)"}
 
 
 def _explain(section: str, model: type[Section], error: ValidationError) -> str:

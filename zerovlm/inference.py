@@ -110,16 +110,25 @@ def plan_chunks(jobs: list[Job], examples: list[Example]) -> list[list[Job]]:
     return [chunks[key] for key in sorted(chunks)]
 
 
+def backend_code_identity() -> str:
+    """A content hash of the backends' code (zerovlm/vlm/*.py, zerovlm/fp8.py): a partial run written before
+    a change to how answers are computed (e.g. float32 option logits) must not be finished by the new code."""
+    package = Path(__file__).parent
+    files = sorted([*(package / "vlm").glob("*.py"), package / "fp8.py"])
+    return stable_hash([(p.name, sha256_file(p)) for p in files])
+
+
 def _fingerprint(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path) -> str:
     """What the answers depend on; a partial file from other inputs is discarded, not resumed.
 
     The settings, the kind of device and the dtype used there, a local model folder's content, the
-    examples, the prompts, and the stitched images themselves (the shard indexes hold no pixels).
+    backends' code, the examples, the prompts, and the stitched images themselves (the shard indexes
+    hold no pixels).
     """
     knobs = cfg.model_dump(exclude={"batch_size", "device"})
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, warn=False)
     stitched = sorted((p.name, sha256_file(p)) for p in stitched_dir.glob("shard-*"))
-    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model),
+    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model), backend_code_identity(),
                         sha256_file(prepared_dir / "examples.jsonl"), stitched, prompts_sha256()])
 
 

@@ -42,7 +42,7 @@ def report_stage(datasets: list[str], vlms: list[str], configurations: list[str]
     out_dir = Path(out_dir)
 
     with atomic_path(out_dir / "results.md") as tmp:
-        tmp.write_text(table.markdown(summaries, datasets, vlms, configurations, score.alpha, score.p_adjust))
+        tmp.write_text(table.markdown(summaries, datasets, vlms, configurations, score))
     with atomic_path(out_dir / "results.csv") as tmp:
         tmp.write_text(table.to_csv(summaries, datasets, vlms, configurations, score.alpha))
     headline = table.headline(summaries, method)

@@ -2,10 +2,11 @@
 
 A cell is the accuracy in percent; every configuration other than the baseline also shows its
 difference to the origin baseline of the same model, dataset and task in percentage points, with a
-significance mark from the exact McNemar test (p-values as corrected by score.p_adjust). A dataset
-with two tasks (the synthetic scenes: true/false and 4-way choice) gets one column per task.
-A configuration the model could not be given (a "-separate" configuration for a one-image model,
-listed in the instance summary's `not_evaluated`) gets one row whose cells read "n/e", not 0%.
+significance mark from McNemar's exact test over clusters (score.sampling_unit; p-values as corrected by
+score.p_adjust). A dataset with two tasks (the synthetic scenes: true/false and 4-way choice) gets one
+column per task. A configuration the model could not be given (a "-separate" configuration for a
+one-image model, listed in the instance summary's `not_evaluated`) gets one row whose cells read "n/e",
+not 0%.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import csv
 import io
 from dataclasses import dataclass
 
+from zerovlm.config import ScoreConfig
 from zerovlm.scoring.metrics import BASELINE
 from zerovlm.scoring.significance import significance_mark
 
@@ -97,35 +99,31 @@ def format_cell(metrics: dict | None, alpha: float) -> str:
     return text
 
 
-MCNEMAR_TESTS = {"exact": "exact McNemar test",
-                 "obuchowski": "McNemar test adjusted for clusters (Obuchowski 1998: the examples of one image "
-                               "or What'sUp set form a cluster)"}
-
-
-def mcnemar_description(cells: list[dict]) -> str:
-    """Which McNemar test(s) the table's marks come from (each comparison's `mcnemar_test`)."""
-    used = sorted({metrics["mcnemar_test"] for metrics in cells if "mcnemar_test" in metrics})
-    return "; ".join(MCNEMAR_TESTS[name] for name in used) or MCNEMAR_TESTS["exact"]
+def significance_footnote(score: ScoreConfig) -> str:
+    """The footnote's words for the test behind the marks (zerovlm/scoring/significance.py)."""
+    correction = "Holm-corrected within each model x dataset x task" if score.p_adjust == "holm" else "uncorrected"
+    if score.sampling_unit == "example":
+        return f"McNemar's exact test ({correction})"
+    return (f"McNemar's exact test over clusters: the examples of one image, or one What'sUp set, count as one "
+            f"unit ({correction})")
 
 
 def markdown(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str],
-             alpha: float, p_adjust: str) -> str:
+             score: ScoreConfig) -> str:
+    """The table; `score` (ScoreConfig) gives the significance level, the correction and the sampling unit."""
     cols = columns(summaries, datasets)
     lines = ["| model | configuration | view prompt | " + " | ".join(c.label for c in cols) + " |",
              "|---|---|---|" + "---:|" * len(cols)]
     table_rows = rows(summaries, vlms, configurations)
-    shown: list[dict] = []
+    alpha = score.alpha
     for row in table_rows:
         name = f"{row.configuration} (baseline)" if row.is_baseline else row.configuration
-        metrics = [cell(summaries, row, c) for c in cols]
-        shown += [m for m in metrics if m]
-        lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(format_cell(m, alpha) for m in metrics)
-                     + " |")
-    correction = "Holm-corrected within each model x dataset x task" if p_adjust == "holm" else "uncorrected"
+        cells = [format_cell(cell(summaries, row, c), alpha) for c in cols]
+        lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
     chance = sorted({f"{TASK_LABELS[c.task]} {100 * cell(summaries, Row(v, *BASELINE), c)['chance']:.0f}%"
                      for c in cols for v in vlms if cell(summaries, Row(v, *BASELINE), c)})
     lines += ["", f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "
-                  f"dataset and task in percentage points; {mcnemar_description(shown)} ({correction}): "
+                  f"dataset and task in percentage points; {significance_footnote(score)}: "
                   f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
                   f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json."]
     if any(row.prompt_mode == NOT_EVALUATED for row in table_rows):
@@ -135,8 +133,8 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
 
 
 CSV_FIELDS = ("accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "delta_vs_origin", "delta_ci95_low",
-              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mcnemar_test", "mark", "n_total",
-              "n_unparseable", NOT_EVALUATED)
+              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mark", "n_total", "n_unparseable",
+              NOT_EVALUATED)
 
 
 def _csv_values(metrics: dict | None, alpha: float) -> list:
@@ -147,7 +145,7 @@ def _csv_values(metrics: dict | None, alpha: float) -> list:
     accuracy_ci = metrics.get("accuracy_ci95") or ["", ""]
     delta_ci = metrics.get("delta_ci95") or ["", ""]
     return [metrics["accuracy"], *accuracy_ci, metrics.get("delta_vs_origin", ""), *delta_ci,
-            metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""), metrics.get("mcnemar_test", ""),
+            metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""),
             significance_mark(metrics.get("mcnemar_p_adjusted"), alpha) if "delta_vs_origin" in metrics else "",
             metrics["n_total"], metrics["n_unparseable"], ""]
 

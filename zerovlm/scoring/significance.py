@@ -1,16 +1,18 @@
 """Paired comparisons of a configuration with the origin baseline on the same examples.
 
-- McNemar's exact test: of the examples on which the two disagree, b are right only with the baseline
-  and c only with the configuration; under "no difference" c ~ Binomial(b + c, 1/2). The two-sided
-  p-value is min(1, 2 * P[X <= min(b, c)]), computed here in exact integer arithmetic (equal to
-  scipy.stats.binomtest(min(b, c), b + c).pvalue, which tests/test_scoring_significance.py checks;
-  doing it by hand saves the 1.6 s import of scipy.stats in every score process).
-- With clusters of correlated examples (the captions of one image, a What'sUp set of four), Obuchowski's
-  (1998) cluster-adjusted McNemar statistic instead, on d_k = b_k - c_k per cluster k of K:
-  X2 = (K - 1) / K * (sum d_k)^2 / sum d_k^2, chi-square with 1 degree of freedom (in the simplified
-  form of Yang, Sun and Hardin 2010, doi:10.1002/bimj.201000035). Its variance comes from the spread between clusters, so four identical
-  answers per image count as one piece of evidence, not four; with one-example clusters it is the
-  asymptotic McNemar test times (K - 1) / K, and the exact test is used instead.
+- McNemar's exact test, over clusters of correlated examples (the captions of one image, a What'sUp set
+  of four; each example on its own with `score.sampling_unit: example`). Per cluster k, b_k examples are
+  right only with the baseline and c_k only with the configuration. Under "no difference" the two
+  methods' verdicts are exchangeable within a cluster, so each lean d_k = b_k - c_k is as likely as -d_k:
+  the two-sided p-value is P[|sum_k s_k |d_k|| >= |sum_k d_k|] over independent random signs s_k (an
+  exact sign-flip test). Four identical answers per image thus count as one piece of evidence, not four.
+  When every |d_k| <= 1 (always with one example per cluster) this is McNemar's exact test on the
+  clusters that lean, b to the baseline and c to the configuration: min(1, 2 * P[X <= min(b, c)]),
+  X ~ Binomial(b + c, 1/2), computed in exact integer arithmetic (equal to scipy.stats.binomtest, which
+  tests/test_scoring_significance.py checks; by hand it saves the 1.6 s import of scipy.stats in every
+  score process). Otherwise the null distribution is a convolution of binomials, one per distinct |d_k|,
+  in float64. One test for every clustering, so a p-value never jumps between two tests when one
+  cluster gains an example.
 - The difference of accuracies with a paired percentile bootstrap 95% interval: examples are resampled
   with replacement and both verdicts of a resampled example move together. Given cluster ids, whole
   clusters are resampled instead (the captions of one image, a What'sUp set of four): examples of a
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from fractions import Fraction
 from typing import Sequence
 
@@ -47,29 +50,39 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
 
 
-def clustered_mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence) -> float:
-    """Two-sided p-value of Obuchowski's cluster-adjusted McNemar test (module docstring); 1.0 when no
-    cluster leans either way or there is only one cluster."""
-    if not len(baseline) == len(treatment) == len(clusters):
+def cluster_leans(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence | None) -> list[int]:
+    """d_k = b_k - c_k per cluster (each example its own cluster when `clusters` is None)."""
+    if not len(baseline) == len(treatment) == (len(clusters) if clusters is not None else len(baseline)):
         raise ValueError(f"paired verdicts and clusters differ in length: {len(baseline)}, {len(treatment)}, "
-                         f"{len(clusters)}")
+                         f"{len(clusters) if clusters is not None else '-'}")
+    lean = np.asarray(baseline, dtype=np.int64) - np.asarray(treatment, dtype=np.int64)  # +1 b, -1 c, 0 neither
+    if clusters is None:
+        return lean.tolist()
     _, cluster_of = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
-    lean = np.asarray(baseline, dtype=int) - np.asarray(treatment, dtype=int)   # +1: b, -1: c, 0: concordant
-    d = np.bincount(cluster_of, weights=lean)                                    # b_k - c_k per cluster
-    count = len(d)
-    if count < 2 or not d.any():
-        return 1.0
-    statistic = (count - 1) / count * d.sum() ** 2 / (d ** 2).sum()
-    return math.erfc(math.sqrt(statistic / 2))  # chi-square(1) upper tail
+    return np.bincount(cluster_of, weights=lean).astype(np.int64).tolist()
 
 
-def mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool],
-              clusters: Sequence | None = None) -> tuple[float, str]:
-    """(p-value, test name): the exact test ("exact") when examples are independent (no clusters, or every
-    cluster holds one example), else the cluster-adjusted test ("obuchowski")."""
-    if clusters is None or len(set(clusters)) == len(clusters):
-        return mcnemar_exact_p(*discordant_counts(baseline, treatment)), "exact"
-    return clustered_mcnemar_p(baseline, treatment, clusters), "obuchowski"
+def sign_flip_p(leans: Sequence[int]) -> float:
+    """Two-sided exact p-value of sum(leans) when each lean's sign is a fair coin (module docstring)."""
+    leans = [int(d) for d in leans if d]
+    if all(abs(d) == 1 for d in leans):
+        to_baseline = sum(d > 0 for d in leans)
+        return mcnemar_exact_p(to_baseline, len(leans) - to_baseline)
+    # sum over the m clusters of lean magnitude a: a * (2j - m), j ~ Binomial(m, 1/2)
+    magnitudes = Counter(abs(d) for d in leans)
+    total = sum(a * m for a, m in magnitudes.items())
+    pmf = np.ones(1)                                                  # index i: a sum of i - total
+    for a, m in sorted(magnitudes.items()):
+        binomial = np.zeros(2 * a * m + 1)
+        binomial[::2 * a] = [math.comb(m, j) / 2 ** m for j in range(m + 1)]
+        pmf = np.convolve(pmf, binomial)
+    sums = np.arange(len(pmf)) - total
+    return float(min(1.0, pmf[np.abs(sums) >= abs(sum(leans))].sum()))
+
+
+def mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence | None = None) -> float:
+    """McNemar's exact test over clusters of paired 0/1 verdicts (module docstring)."""
+    return sign_flip_p(cluster_leans(baseline, treatment, clusters))
 
 
 def bootstrap_means(values: np.ndarray, samples: int, seed: int,

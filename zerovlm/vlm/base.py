@@ -90,7 +90,7 @@ V = TypeVar("V")
 class IdentityMemo(Generic[K, V]):
     """`compute(obj)` once per object, keyed by identity (requests and PIL images are not hashable by content
     cheaply). Each entry keeps its object alive, so a later object can never inherit a freed one's id, and with it
-    the wrong value; `clear()` at the start of a call lets the previous call's objects go."""
+    the wrong value; `scope()` around a call lets the call's objects go when it ends."""
 
     def __init__(self, compute: Callable[[K], V]):
         self._compute = compute
@@ -104,6 +104,14 @@ class IdentityMemo(Generic[K, V]):
 
     def clear(self) -> None:
         self._entries.clear()
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        self.clear()
+        try:
+            yield
+        finally:
+            self.clear()
 
 
 def image_fingerprint(image: Image.Image) -> str:

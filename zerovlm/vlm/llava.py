@@ -37,7 +37,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -141,10 +141,11 @@ class LlavaBackend(VisionLanguageModel):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
 
-    def _begin_call(self) -> None:
-        """Per-call memos: each request is tokenised and each image hashed once per call."""
-        self._tokenise.clear()
-        self._image_key.clear()
+    @contextlib.contextmanager
+    def _call_memos(self) -> Iterator[None]:
+        """Each request is tokenised and each image hashed once per call; the memos let go of them after."""
+        with self._tokenise.scope(), self._image_key.scope():
+            yield
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         text = self.render_prompt(request)
@@ -258,10 +259,9 @@ class LlavaBackend(VisionLanguageModel):
 
     # ------------------------------------------------------------ option scoring
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        self._begin_call()
         scored = [i for i, r in enumerate(requests) if r.options]
         results: list[list[float]] = [[] for _ in requests]
-        with cpu_threads_for(self.model):
+        with self._call_memos(), cpu_threads_for(self.model):
             outputs = run_batched([requests[i] for i in scored], self._score_batch, batch_size=self.batch_size,
                                   length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
                                   finish=PendingScores.result)
@@ -284,7 +284,6 @@ class LlavaBackend(VisionLanguageModel):
         if temperature < 0:
             raise ZeroVLMError(f"temperature must be >= 0, got {temperature}")
         plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
-        self._begin_call()
 
         def encode(request: Request) -> Encoded:
             encoded = self._encode(request)
@@ -301,7 +300,7 @@ class LlavaBackend(VisionLanguageModel):
                                         seeds=[e.seed for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
 
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
-        with cpu_threads_for(self.model), eager:  # compiled layers are for scoring's cache-free forwards
+        with self._call_memos(), cpu_threads_for(self.model), eager:  # compiled layers: scoring's cache-free forwards
             return run_batched(plain, compute, batch_size=self.batch_size, length=self._length, prepare=encode,
                                prefetch_workers=self.prefetch_workers)
 

@@ -259,7 +259,6 @@ class MiniGPT4Backend(VisionLanguageModel):
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
         scored = [i for i, r in enumerate(requests) if r.options]
-        self._tokenise.clear()
 
         @torch.no_grad()
         def compute(batch: list[dict]) -> PendingScores:
@@ -267,7 +266,7 @@ class MiniGPT4Backend(VisionLanguageModel):
                                                        [e["continuations"] for e in batch],
                                                        placeholder=PLACEHOLDER, features=self._features(batch))
 
-        with cpu_threads_for(self.llm):
+        with self._tokenise.scope(), cpu_threads_for(self.llm):
             outputs = run_batched([requests[i] for i in scored], compute, batch_size=self.batch_size,
                                   length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
                                   finish=PendingScores.result)
@@ -292,8 +291,7 @@ class MiniGPT4Backend(VisionLanguageModel):
                                seeds=[e["seed"] for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
 
         plain = [Request(r.images, r.prompt) for r in requests]
-        self._tokenise.clear()
-        with cpu_threads_for(self.llm):
+        with self._tokenise.scope(), cpu_threads_for(self.llm):
             return run_batched(plain, compute, batch_size=self.batch_size, length=self._length,
                                prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
 

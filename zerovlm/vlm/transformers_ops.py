@@ -197,11 +197,12 @@ class Float32Head(torch.nn.Module):
     """An output head computing its logits in float32, from a float32 copy of a low-precision head's weights.
 
     bf16 logits near 10 are 1/16 apart: rounded, two options' scores can tie exactly, and a tie goes to the
-    first option. The copy costs vocab x hidden x 4 bytes (0.5 GB for a 32k x 4096 head); the model's own
-    post-processing of the logits (scaling, capping) still applies, to float32 values."""
+    first option. The bf16 head is freed unless tied to the input embeddings: vocab x hidden x 2 bytes more
+    (4 when tied). The model's own post-processing of the logits (scaling, capping) still applies."""
 
     def __init__(self, head: torch.nn.Linear):
         super().__init__()
+        self.in_features, self.out_features = head.in_features, head.out_features  # read by some loss paths
         self.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
         self.bias = None if head.bias is None else torch.nn.Parameter(head.bias.detach().float(), requires_grad=False)
 
