@@ -159,7 +159,7 @@ def tilt(polar_deg: float) -> dict:
     return {"custom": [{"name": "tilt", "polar_deg": polar_deg, "azimuth_deg": 0.0}]}
 
 
-@pytest.mark.parametrize("change", ["steps", "custom pose", "model weights"])
+@pytest.mark.parametrize("change", ["steps", "custom pose", "model weights", "sampler code"])
 def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prepared, monkeypatch, caplog, change):
     out, model = tmp_path / "views", tmp_path / "model"
     build_tiny_zero123(model, seed=0, layout="kxic")
@@ -176,6 +176,9 @@ def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prep
     if change == "model weights":  # the folder rebuilt in place, as the models stage does
         shutil.rmtree(model)
         build_tiny_zero123(model, seed=1, layout="kxic")
+    if change == "sampler code":  # zerovlm/views edited between the interrupted run and this one
+        edited = synthesize.sampler_code_identity() + " after an edit"
+        monkeypatch.setattr(synthesize, "sampler_code_identity", lambda: edited)
     with caplog.at_level(logging.WARNING):
         summary = synthesize_views(after, prepared[1], prepared[0], out, shard_size=4)
     assert "discarding" in caplog.text and summary["views_reused"] == 0

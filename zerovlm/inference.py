@@ -31,7 +31,7 @@ from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, read_json, sha256_
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.prompts import prompts_sha256, user_message
 from zerovlm.report.provenance import library_versions
-from zerovlm.runtime import model_identity, peak_memory_bytes
+from zerovlm.runtime import code_identity, model_identity, peak_memory_bytes
 from zerovlm.store import ShardReader
 from zerovlm.vlm.base import Request, VisionLanguageModel, resolve_device_dtype
 from zerovlm.vlm.registry import load_backend
@@ -114,8 +114,7 @@ def backend_code_identity() -> str:
     """A content hash of the backends' code (zerovlm/vlm/*.py, zerovlm/fp8.py): a partial run written before
     a change to how answers are computed (e.g. float32 option logits) must not be finished by the new code."""
     package = Path(__file__).parent
-    files = sorted([*(package / "vlm").glob("*.py"), package / "fp8.py"])
-    return stable_hash([(p.name, sha256_file(p)) for p in files])
+    return code_identity(package / "vlm", package / "fp8.py")
 
 
 def _fingerprint(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path) -> str:

@@ -43,3 +43,10 @@ def model_identity(model: str) -> str | None:
         return None
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     return stable_hash([(p.relative_to(folder).as_posix(), sha256_file(p)) for p in files])
+
+
+def code_identity(*paths: Path) -> str:
+    """A content hash of source files (a folder stands for its *.py files): a partial run written by other
+    code is discarded, not finished by this code."""
+    files = sorted(f for path in paths for f in (sorted(path.glob("*.py")) if path.is_dir() else [path]))
+    return stable_hash([(f"{f.parent.name}/{f.name}", sha256_file(f)) for f in files])

@@ -25,7 +25,7 @@ from PIL import Image
 
 from zerovlm.io import ZeroVLMError, safe_join, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
-from zerovlm.runtime import model_identity, peak_memory_bytes, resolve_device
+from zerovlm.runtime import code_identity, model_identity, peak_memory_bytes, resolve_device
 from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
 from zerovlm.views.foreground import MaskFn, load_foreground, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
@@ -90,18 +90,25 @@ def load_image(job: Job) -> Image.Image:
                            f"({type(error).__name__}: {error}); re-run the prepare stage") from None
 
 
+def sampler_code_identity() -> str:
+    """A content hash of the views code (zerovlm/views/*.py). It guards resuming only: it stays out of the
+    store's fingerprint, which colleagues compare when they share view sets."""
+    return code_identity(Path(__file__).parent)
+
+
 def _open_partial(partial: Path, fingerprint: str, settings: dict) -> None:
-    """Keep a partial folder written with the same settings; otherwise start it afresh."""
+    """Keep a partial folder written with the same settings and code; otherwise start it afresh."""
     stamp = partial / FINGERPRINT_FILE
+    key = {"fingerprint": fingerprint, "code": sampler_code_identity()}
     if partial.exists():
-        previous = json.loads(stamp.read_text()).get("fingerprint") if stamp.is_file() else None
-        if previous == fingerprint:
+        previous = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if all(previous.get(k) == v for k, v in key.items()):
             log.info("views: resuming from %s", partial)
             return
-        log.warning("views: discarding %s (written with other settings: %s != %s)", partial, previous, fingerprint)
+        log.warning("views: discarding %s (written with other settings or code)", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    write_json(stamp, {"fingerprint": fingerprint, "settings": settings})
+    write_json(stamp, {**key, "settings": settings})
 
 
 class _Sampler:
