@@ -41,12 +41,16 @@ def model_identity(model: str) -> str | None:
     folder = Path(model)
     if not folder.is_dir():
         return None
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return stable_hash([(p.relative_to(folder).as_posix(), sha256_file(p)) for p in files])
+    return _files_hash((p for p in folder.rglob("*") if p.is_file()), folder)
 
 
 def code_identity(*paths: Path) -> str:
-    """A content hash of source files (a folder stands for its *.py files): a partial run written by other
-    code is discarded, not finished by this code."""
-    files = sorted(f for path in paths for f in (sorted(path.glob("*.py")) if path.is_dir() else [path]))
-    return stable_hash([(f"{f.parent.name}/{f.name}", sha256_file(f)) for f in files])
+    """A content hash of zerovlm source files (a folder stands for its *.py files): a partial run written by
+    other code is discarded, not finished by this code."""
+    files = (f for path in paths for f in (path.glob("*.py") if path.is_dir() else [path]))
+    return _files_hash(files, Path(__file__).parent)
+
+
+def _files_hash(files, root: Path) -> str:
+    """One hash of the files' names (relative to root) and contents, in name order."""
+    return stable_hash([(p.relative_to(root).as_posix(), sha256_file(p)) for p in sorted(files)])

@@ -174,7 +174,7 @@ def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreCo
         reference = np.array([baseline[i] for i in ids], dtype=float)
         clusters = cluster_ids(rows, cfg)
         b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
-        p = mcnemar_p(reference.astype(bool), treatment.astype(bool), clusters)
+        p = mcnemar_p(reference, treatment, clusters)
         results[key] = {
             "delta_vs_origin": round(float(treatment.mean() - reference.mean()), 4),
             "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed, clusters),

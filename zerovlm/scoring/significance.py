@@ -52,12 +52,13 @@ def mcnemar_exact_p(b: int, c: int) -> float:
 
 def cluster_leans(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence | None) -> list[int]:
     """d_k = b_k - c_k per cluster (each example its own cluster when `clusters` is None)."""
-    if not len(baseline) == len(treatment) == (len(clusters) if clusters is not None else len(baseline)):
-        raise ValueError(f"paired verdicts and clusters differ in length: {len(baseline)}, {len(treatment)}, "
-                         f"{len(clusters) if clusters is not None else '-'}")
+    if len(baseline) != len(treatment):
+        raise ValueError(f"paired verdicts differ in length: {len(baseline)} != {len(treatment)}")
     lean = np.asarray(baseline, dtype=np.int64) - np.asarray(treatment, dtype=np.int64)  # +1 b, -1 c, 0 neither
     if clusters is None:
         return lean.tolist()
+    if len(clusters) != len(lean):
+        raise ValueError(f"cluster ids and paired verdicts differ in length: {len(clusters)} != {len(lean)}")
     _, cluster_of = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
     return np.bincount(cluster_of, weights=lean).astype(np.int64).tolist()
 

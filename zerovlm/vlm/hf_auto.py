@@ -92,19 +92,19 @@ class HFAutoBackend(VisionLanguageModel):
 
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
         # keyed by position, not by object: one Request object may be asked twice
-        pairs = [(i, r, pair) for i, r in enumerate(requests) for pair in self._pairs(r)]
+        pairs = [(i, pair) for i, r in enumerate(requests) for pair in self._pairs(r)]
         scores: list[list[float]] = [[] for _ in requests]
 
         def image_count(entry: tuple) -> int:
-            return len(entry[1].images)
+            return len(entry[1][2])  # pair = (text, option token count, images)
 
         with cpu_threads_for(self.model):
             # one image count per batch: processors cannot mix text-only and image prompts
             for _, group in groupby(sorted(pairs, key=image_count), key=image_count):
                 group = list(group)
-                values = run_batched([pair for _, _, pair in group], self._score, batch_size=self.batch_size,
+                values = run_batched([pair for _, pair in group], self._score, batch_size=self.batch_size,
                                      length=lambda pair: len(pair[0]))
-                for (i, _, _), value in zip(group, values):
+                for (i, _), value in zip(group, values):
                     scores[i].append(value)
         # pairs were grouped stably, so each request's options stay in order
         return scores
