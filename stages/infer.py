@@ -5,6 +5,7 @@ from pathlib import Path
 
 from zerovlm.config import InferConfig, load_params, load_section, vlm_config
 from zerovlm.inference import infer_stage
+from zerovlm.runtime import pin_revision
 from zerovlm.stage import run_stage
 
 
@@ -17,8 +18,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="predictions folder")
     parser.add_argument("--run-record", type=Path, default=None,
                         help="JSON file for the run's timings, peak memory and versions (kept out of --out)")
+    parser.add_argument("--model-source", type=Path, default=None,
+                        help="the check stage's record of the VLM (data/inputs/vlm-<name>.json): a hub id is "
+                             "loaded at the commit it pins (without it: at the revision param as it stands)")
     args = parser.parse_args()
     cfg = vlm_config(load_params(args.params), args.vlm) if args.vlm else load_section("infer", InferConfig, args.params)
+    if args.model_source is not None:
+        cfg = pin_revision(cfg, args.model_source)
     infer_stage(cfg, args.prepared, args.stitched, args.out, run_record=args.run_record)
 
 

@@ -28,7 +28,7 @@ SMALL_DEMO = {
     "datasets": {"sparse": {"source": "synthetic"},
                  "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}}},
     "vlms": {"tiny": {"model": "data/models/llava-1.5-tiny"},
-             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_original"}},
+             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_v1"}},
     "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
     "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
               "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},

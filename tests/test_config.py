@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from zerovlm.cli import compose_params, main
 from zerovlm.config import ViewsConfig, load_section, parse_section, validate_all, vlm_config
 from zerovlm.io import ZeroVLMError
 
@@ -102,3 +103,41 @@ def test_the_report_method_must_be_a_configuration_that_runs(tmp_path):
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(ZeroVLMError, match=r"report.method_configuration 'origin\+left' is not in stitch"):
         validate_all(path)
+
+
+def test_the_old_llava_template_name_names_its_replacement(tmp_path, capsys):
+    with pytest.raises(ZeroVLMError, match=r"infer.chat_format: 'llava_original' was renamed to 'llava_v1'"):
+        parse_section("infer", {"chat_format": "llava_original"})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["vlms"]["llava_tiny"]["chat_format"] = "llava_original"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(SystemExit) as exit_status:
+        main(["validate", "--params", str(path)])
+    problems = capsys.readouterr().err.splitlines()[1:-1]  # between "error: invalid params:" and the merge note
+    assert exit_status.value.code == 2 and len(problems) == 1
+    assert problems[0].startswith("  vlms.llava_tiny.chat_format: 'llava_original' was renamed to 'llava_v1' (the "
+                                  "same prompt") and "'vicuna_v1' is conv_vicuna_v1" in problems[0]
+
+
+def test_max_new_tokens_is_one_value_per_generating_answer_mode():
+    assert parse_section("infer", {}).max_new_tokens.model_dump() == {"generate": 16, "paper": 512}
+    assert parse_section("infer", {"max_new_tokens": {"paper": 64}}).max_new_tokens.generate == 16
+    with pytest.raises(ZeroVLMError, match=re.escape("infer.max_new_tokens: Value error, give one value per answer "
+                                                     "mode, e.g. {generate: 16, paper: 512}")):
+        parse_section("infer", {"max_new_tokens": 16})
+
+
+def test_the_paper_profile_runs_llava_as_the_authors_did(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    compose_params("paper", tmp_path / "paper.yaml", [])
+    params = yaml.safe_load((tmp_path / "paper.yaml").read_text())
+    llavas = [name for name in params["grid"]["vlms"] if params["vlms"][name]["backend"] == "llava"]
+    assert llavas
+    for name in llavas:  # run_llava.py: conv_llava_v1, image_aspect_ratio pad; answers by log-likelihood
+        infer = vlm_config(params, name)
+        assert (infer.chat_format, infer.image_preprocess, infer.answer_mode) == ("llava_v1", "pad", "loglik")
+    compose_params("paper", tmp_path / "evaluator.yaml", ["infer.answer_mode=paper"])
+    evaluator = vlm_config(yaml.safe_load((tmp_path / "evaluator.yaml").read_text()), llavas[0])
+    assert (evaluator.answer_mode, evaluator.temperature, evaluator.max_new_tokens.paper) == ("paper", 0.2, 512)
+    assert evaluator.question_template == "yes_no"

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import socket
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from tests.test_download import LoopbackServer, jpeg_bytes
+from tests.test_datasets_images import picture, picture_jpeg
+from tests.test_download import LoopbackServer
 from zerovlm.config import DataConfig
 from zerovlm.datasets import vsr
 from zerovlm.datasets.prepare import prepare_dataset
@@ -33,7 +38,7 @@ def server():
                 file = SHARED_VSR / parts[4] / parts[5]
                 return file.read_bytes() if file.is_file() else None
             if parts[0] == "coco" and len(parts) == 3:  # /coco/<train2017|val2017>/<name>.jpg
-                return jpeg_bytes(parts[2])
+                return picture_jpeg(parts[2])
             return None
         running.fallback = serve
         yield running
@@ -83,7 +88,7 @@ def test_download_select_and_store_with_a_stratified_limit(server, tmp_path):
     assert max(per_relation.values()) <= 3 and len(per_relation) >= 40  # spread over relations
     assert summary["source_checksums"] == {"random/test.jsonl": source_spec("vsr")["sha256"]["random/test.jsonl"]}
     for e in examples:
-        assert (tmp_path / "prepared" / e.image_file).read_bytes() == jpeg_bytes(e.source["image"])
+        assert (tmp_path / "prepared" / e.image_file).read_bytes() == picture_jpeg(e.source["image"])
     assert (tmp_path / "raw/vsr/random/test.jsonl").is_file()
     assert list((tmp_path / "raw/coco").glob("*/*.jpg"))
     hits_before = sum(server.hits.values())
@@ -143,7 +148,7 @@ def test_local_folders_mean_no_download(tmp_path):
         record = json.loads(line)
         target = coco / record["image_link"].split("/")[-2] / record["image"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(jpeg_bytes(record["image"]))
+        target.write_bytes(picture_jpeg(record["image"]))
     with socket.socket() as probe:  # URLs point at a closed port: any fetch would fail
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
@@ -161,3 +166,55 @@ def test_offline_error_names_the_url_and_the_local_alternative(tmp_path):
                      download_retries=0, timeout_seconds=1.0)
     with pytest.raises(ZeroVLMError, match=rf"could not reach {dead}/random/test.jsonl.*data.annotations_dir"):
         prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _huge_png() -> bytes:
+    """144 megapixels (1-bit, so 18 MB in memory): over twice data.max_image_pixels' default."""
+    return _png_bytes(picture((12000, 12000), "huge", mode="1"))
+
+
+BAD_IMAGES = {  # where the bad image comes from -> (its bytes, the check, what the error states)
+    "download": (lambda: picture_jpeg("one", size=(1, 1)), "min_image_side_px", r"1x1 px: shorter side 1 < "),
+    "raw folder by hand": (_huge_png, "max_image_pixels", r"more than 100000000 pixels"),
+    "images_dir": (lambda: _png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))), "blank_max_range",
+                   r"64x64 px, blank: every channel's max - min is 0"),
+}
+
+
+@pytest.mark.parametrize("where", list(BAD_IMAGES))
+def test_images_are_checked_wherever_they_come_from(server, tmp_path, where):
+    """Strict: one line naming the record, the file, the check and its param. skip_bad: every caption of
+    that image skipped and counted under the check."""
+    make, check, stated = BAD_IMAGES[where]
+    lines = [json.loads(line) for line in (SHARED_VSR / "zeroshot/dev.jsonl").open()]
+    relative = f"{lines[0]['image_link'].split('/')[-2]}/{lines[0]['image']}"
+    cfg = _config(server, source="vsr_zeroshot", split="dev")
+    if where == "download":
+        server.routes[f"/coco/{relative}"] = make()
+    elif where == "raw folder by hand":
+        (tmp_path / "raw/coco" / relative).parent.mkdir(parents=True)
+        (tmp_path / "raw/coco" / relative).write_bytes(make())
+    else:
+        for record in lines:
+            target = tmp_path / "coco" / record["image_link"].split("/")[-2] / record["image"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(picture_jpeg(record["image"]))
+        (tmp_path / "coco" / relative).write_bytes(make())
+        cfg = cfg.model_copy(update={"images_dir": str(tmp_path / "coco")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Pillow warning may pre-empt the check
+        with pytest.raises(ZeroVLMError) as error:
+            prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
+        message = str(error.value)
+        assert "\n" not in message and message.startswith("dev.jsonl:1: field 'image': ")
+        assert re.search(rf"{re.escape(relative)}: {stated}.*data\.{check}", message), message
+        summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
+    same_image = sum(1 for record in lines if record["image"] == lines[0]["image"])
+    assert summary["skipped"]["count"] == same_image and summary["skipped"]["by_check"] == {check: same_image}
+    assert summary["examples"] == len(lines) - same_image

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_download import LoopbackServer, jpeg_bytes, send_bytes
+from tests.test_datasets_images import picture_jpeg
+from tests.test_download import LoopbackServer, send_bytes
 from zerovlm.config import DataConfig
 from zerovlm.datasets import whatsup
 from zerovlm.datasets.prepare import prepare_dataset
@@ -42,8 +43,9 @@ def subset_b_stand_in(path: Path) -> Path:
     return path
 
 
-def archive_bytes(names: list[str], hostile: bool = True) -> bytes:
-    """A controlled_images.tar.gz: one JPEG per name (the real sample where it exists), plus hostile members."""
+def archive_bytes(names: list[str], hostile: bool = True, replaced: dict[str, bytes] | None = None) -> bytes:
+    """A controlled_images.tar.gz: one JPEG per name (the real sample where it exists, `replaced` where given),
+    plus hostile members."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         def add(name: str, data: bytes):
@@ -51,7 +53,8 @@ def archive_bytes(names: list[str], hostile: bool = True) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
         for name in names:
-            add(f"controlled_images/{name}", SAMPLE.read_bytes() if name == SAMPLE.name else jpeg_bytes(name))
+            data = SAMPLE.read_bytes() if name == SAMPLE.name else picture_jpeg(name)
+            add(f"controlled_images/{name}", (replaced or {}).get(name, data))
         if hostile:
             add("../evil_on_table.jpeg", b"evil")
             add("controlled_images/._mug_on_table.jpeg", b"macos resource fork")
@@ -208,3 +211,15 @@ def test_bad_records_name_file_position_and_field(tmp_path):
     assert [(b.line, b.field) for b in bad.records] == [
         (1, "image_path"), (2, "caption_options"), (3, "image_path"), (4, "caption_options"),
         (6, "image_path"), (7, "caption_options")]
+
+
+def test_an_archived_image_that_fails_a_check_is_strict_by_default_and_a_counted_skip_with_skip_bad(tmp_path):
+    names = a_names()
+    archive = tmp_path / "controlled_images.tar.gz"
+    archive.write_bytes(archive_bytes(names, hostile=False, replaced={names[1]: picture_jpeg("one", size=(1, 1))}))
+    cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(archive))
+    with pytest.raises(ZeroVLMError, match=rf"controlled_images_dataset\.json:2: field 'image_path': \S*{names[1]}: "
+                                           rf"1x1 px: shorter side 1 < data\.min_image_side_px=32"):
+        prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
+    summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
+    assert summary["skipped"]["by_check"] == {"min_image_side_px": 1} and summary["examples"] == 411

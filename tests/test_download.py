@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
+import re
 import socket
 import threading
 import time
@@ -17,11 +20,16 @@ from typing import Callable
 import pytest
 from PIL import Image
 
-from zerovlm.datasets.download import DownloadError, FileRequest, Policy, fetch_all, fetch_file, verify_image
+from zerovlm.config import DataConfig
+from zerovlm.datasets import download
+from zerovlm.datasets.download import (DownloadError, FileRequest, Policy, SizeCaps, fetch_all, fetch_file,
+                                       policy_from_config, verify_image)
 from zerovlm.datasets.prepare import store_image_file
 from zerovlm.io import ZeroVLMError, image_as_rgb
 
 STALL_LIMIT_SECONDS = 30.0  # a stalled response is released after this long at the latest
+TRICKLE_LIMIT_SECONDS = 5.0  # a trickling response closes after this long at the latest
+ENDLESS_LIMIT_BYTES = 32 << 20  # an "endless" body ends here, so that a downloader without a cap still stops
 FAST = Policy(workers=4, retries=2, backoff_seconds=0.01, timeout_seconds=30.0)  # no test here times out
 
 
@@ -344,7 +352,10 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     path.write_bytes(_png(Image.new("RGB", (64, 64))))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4096 pixels > 2 x 100: Pillow refuses
-    with pytest.raises(DownloadError, match="too many pixels"):
+    with pytest.raises(DownloadError, match=r"more than 200 pixels; raise data.max_image_pixels"):
+        verify_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # within Pillow's 2x margin: refused from the header
+    with pytest.raises(DownloadError, match=r"64x64 pixels exceed 4000; raise data.max_image_pixels"):
         verify_image(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(ZeroVLMError, match="guard is off"):
@@ -388,3 +399,152 @@ def test_a_stale_partial_file_past_the_end_starts_over(server, tmp_path):
     server.routes["/a.bin"] = range_aware
     path = fetch_file(FileRequest(f"{server.url}/a.bin", "a.bin"), tmp_path, FAST)
     assert path.read_bytes() == PAYLOAD and server.hits["/a.bin"] == 2
+
+
+# ---------------------------------------------------------------- deadline, size caps, local disk
+def trickle(server: LoopbackServer, data: bytes, interval_seconds=0.02):
+    """Announce the whole body, then send a byte per interval: every read gets data, none times out."""
+    def route(handler, hits):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        stop = time.monotonic() + TRICKLE_LIMIT_SECONDS
+        for i in range(len(data)):
+            if server.release.wait(interval_seconds) or time.monotonic() > stop:
+                return
+            try:
+                handler.wfile.write(data[i:i + 1])
+                handler.wfile.flush()
+            except OSError:  # the client gave up
+                return
+    return route
+
+
+def endless(handler, hits):
+    """No Content-Length: the body lasts until the connection closes, which the server never does."""
+    handler.send_response(200)
+    handler.end_headers()
+    try:
+        for _ in range(ENDLESS_LIMIT_BYTES // len(PAYLOAD)):
+            handler.wfile.write(PAYLOAD)
+    except OSError:  # the client gave up
+        pass
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline_and_resumed_next_run(server, tmp_path):
+    server.routes["/slow.bin"] = trickle(server, PAYLOAD)
+    policy = Policy(workers=1, retries=2, backoff_seconds=0.01, timeout_seconds=5.0, deadline_seconds=1.0)
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"/slow.bin: not finished within data.download_deadline_seconds=1 "):
+        fetch_file(FileRequest(f"{server.url}/slow.bin", "slow.bin"), tmp_path, policy)
+    assert time.perf_counter() - start < 3.0 and server.hits["/slow.bin"] == 1  # not retried
+    kept = (tmp_path / "slow.bin.part").stat().st_size
+    assert 0 < kept < len(PAYLOAD)
+    server.routes["/slow.bin"] = PAYLOAD
+    assert fetch_file(FileRequest(f"{server.url}/slow.bin", "slow.bin"), tmp_path, FAST).read_bytes() == PAYLOAD
+    assert server.ranges == [("/slow.bin", f"bytes={kept}-")]
+
+
+def test_back_off_never_runs_past_the_deadline(server, tmp_path):
+    server.routes["/down.bin"] = fail_first(503, PAYLOAD, times=99)
+    policy = Policy(workers=1, retries=5, backoff_seconds=0.4, deadline_seconds=1.0)  # waits 0.4, 0.8, ...
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"HTTP 503; not retried: .* data.download_deadline_seconds=1$"):
+        fetch_file(FileRequest(f"{server.url}/down.bin", "down.bin"), tmp_path, policy)
+    assert time.perf_counter() - start < 1.0 and server.hits["/down.bin"] == 2
+
+
+CAPS = SizeCaps(annotation=1000, image=2000, archive=3000, checkpoint=4000)
+
+
+@pytest.mark.parametrize("kind, fields", [("annotation", {}), ("image", {"is_image": True}),
+                                          ("archive", {"kind": "archive"}), ("checkpoint", {"kind": "checkpoint"})])
+def test_an_endless_body_stops_at_the_size_cap_of_its_kind(server, tmp_path, kind, fields):
+    server.routes["/endless"] = endless
+    cap_mb = getattr(CAPS, kind) / 1e6
+    with pytest.raises(DownloadError) as error:
+        fetch_file(FileRequest(f"{server.url}/endless", "e.bin", **fields), tmp_path, Policy(max_bytes=CAPS))
+    assert str(error.value) == (f"{server.url}/endless: larger than the {kind} size cap of {cap_mb:g} MB; if it "
+                                f"really is this big, raise data.download_max_mb.{kind}")
+    assert server.hits["/endless"] == 1 and list(tmp_path.iterdir()) == []
+
+
+def test_a_content_length_over_the_cap_is_refused_before_writing(server, tmp_path, monkeypatch):
+    server.routes["/big.bin"] = PAYLOAD
+    opened = []
+    monkeypatch.setattr(download, "open", lambda *args, **kwargs: opened.append(args) or open(*args, **kwargs),
+                        raising=False)
+    with pytest.raises(DownloadError, match="larger than the annotation size cap of 0.001 MB"):
+        fetch_file(FileRequest(f"{server.url}/big.bin", "big.bin"), tmp_path, Policy(max_bytes=CAPS))
+    assert opened == [] and server.hits["/big.bin"] == 1 and list(tmp_path.iterdir()) == []
+
+
+def _disk_with_free_bytes(monkeypatch, free: int) -> None:
+    """Files the downloader writes share `free` bytes; a write past them fails with ENOSPC, as a full disk."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file = file
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            nonlocal free
+            self.file.write(data[:free])
+            if len(data) > free:
+                free = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            free -= len(data)
+            return len(data)
+
+    def disk_open(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        return FullDisk(file) if "w" in mode or "a" in mode else file
+    monkeypatch.setattr(download, "open", disk_open, raising=False)
+
+
+def test_disk_full_is_reported_as_such_and_not_retried(server, tmp_path, monkeypatch):
+    server.routes["/a.bin"] = PAYLOAD
+    _disk_with_free_bytes(monkeypatch, 5000)
+    url = f"{server.url}/a.bin"
+    with pytest.raises(DownloadError, match=re.escape(f"disk full in {tmp_path / 'x'} after writing 5000 bytes "
+                                                      f"of {url}; free space there")) as error:
+        fetch_file(FileRequest(url, "x/a.bin"), tmp_path, FAST)
+    assert not error.value.retryable and server.hits["/a.bin"] == 1
+    assert (tmp_path / "x/a.bin.part").stat().st_size == 5000  # resumed once there is room
+
+
+def test_disk_full_stops_fetch_all_instead_of_failing_file_by_file(server, tmp_path, monkeypatch):
+    server.fallback = lambda path: PAYLOAD
+    _disk_with_free_bytes(monkeypatch, 5000)
+    requests = [FileRequest(f"{server.url}/{i}.bin", f"{i}.bin") for i in range(8)]
+    with pytest.raises(DownloadError, match="disk full"):
+        fetch_all(requests, tmp_path, Policy(workers=1, retries=0))
+    assert sum(server.hits.values()) < len(requests)
+
+
+def test_a_stall_before_the_first_byte_leaves_no_empty_part_file(server, tmp_path):
+    def headers_then_nothing(handler, hits):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "1000")
+        handler.end_headers()
+        handler.wfile.flush()
+        server.release.wait(STALL_LIMIT_SECONDS)
+    server.routes["/stall.bin"] = headers_then_nothing
+    policy = Policy(workers=1, retries=1, backoff_seconds=0.01, timeout_seconds=0.5)
+    with pytest.raises(DownloadError, match="connection lost"):
+        fetch_file(FileRequest(f"{server.url}/stall.bin", "stall.bin"), tmp_path, policy)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_download_params_reach_the_policy_with_the_same_defaults():
+    assert policy_from_config(DataConfig()) == Policy()  # conf's defaults and the library's agree
+    policy = policy_from_config(DataConfig(download_deadline_seconds=5, download_max_mb={"checkpoint": 0.5}))
+    assert policy.deadline_seconds == 5 and policy.max_bytes == SizeCaps(checkpoint=500_000)
+    with pytest.raises(ValueError, match="use one of annotation, image, archive, checkpoint"):
+        FileRequest("http://x/a", "a", kind="model")

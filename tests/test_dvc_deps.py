@@ -22,6 +22,7 @@ from zerovlm.vlm.registry import BACKENDS
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT_NEUTRAL = {
     "zerovlm/stage.py": "turns an error into one line on stderr; writes nothing",
+    "zerovlm/pickles.py": "turns torch's refusal to unpickle a weights file into an error; loads nothing itself",
     "zerovlm/parallel.py": "splits work between processes; the merged outputs are the same bytes (test_parallel)",
     "zerovlm/config.py": "the params schema: a stage's values come from params.yaml, which dvc.yaml lists as "
                          "its params (see test_params_yaml_states_every_value_that_changes_outputs)",

@@ -190,7 +190,7 @@ def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, 
     assert score["counts"]["n_requests_not_evaluated"] == len(examples) * 2
     assert all("origin+left-separate" not in score[task] for task in ("true_false", "multiple_choice"))
     text = table.markdown({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), ScoreConfig())
-    assert "| tiny | origin+left-separate | - | n/e | n/e |" in text and "n/e: not evaluated" in text
+    assert "| ZeroVLM (tiny) | origin+left-separate | - | n/e | n/e |" in text and "n/e: not evaluated" in text
     csv_text = table.to_csv({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05)
     assert reason in csv_text
 
@@ -229,3 +229,39 @@ def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record
         assert run["seconds"] > 0 and run["resumed"] == 0 and {"device", "peak_memory_bytes", "versions"} <= set(run)
     assert folders[0] == folders[1] and set(folders[0]) == {"predictions.jsonl", "summary.json"}
     assert "seconds" not in json.loads((workspace / "first" / "summary.json").read_text())
+
+
+class GeneratingBackend(CountingBackend):
+    """The real backend's prompts, with generate recorded (the answer's text does not matter here)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.calls_kwargs = []
+
+    def generate(self, requests, **kwargs):
+        self.calls_kwargs.append(kwargs)
+        self.seen += requests
+        return ["Yes"] * len(requests)
+
+
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "  # conversation.py
+                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+@pytest.mark.parametrize("answer_mode, tokens, temperature", [("paper", 512, 0.2), ("generate", 16, 0.0)])
+def test_paper_mode_asks_the_authors_evaluator_question_with_the_image(workspace, monkeypatch, answer_mode, tokens,
+                                                                        temperature):
+    cfg = _cfg(workspace, answer_mode=answer_mode, chat_format="llava_v1", view_prompt=(False,))
+    backend = GeneratingBackend(cfg)
+    _run(workspace, cfg, f"{answer_mode}_mode", monkeypatch, backend)
+    assert {tuple(sorted(k.items())) for k in backend.calls_kwargs} == {
+        (("max_new_tokens", tokens), ("seed", 0), ("temperature", temperature))}  # no stop string: until EOS
+    assert backend.seen and all(len(r.images) == 1 for r in backend.seen)  # unlike their evaluator: the image
+    records = [json.loads(line) for line in (workspace / f"{answer_mode}_mode/predictions.jsonl").open()]
+    examples = {e.example_id: e for e in read_table(workspace / "prepared") if e.task == "true_false"}
+    asked = [r for r in records if r["example_id"] in examples and r["configuration"] == "origin"]
+    assert asked
+    for record in asked:  # run_llava.py's llava_v1 prompt around the evaluator's question
+        caption = examples[record["example_id"]].caption
+        assert record["rendered_prompt"] == (LLAVA_V1_SYSTEM + " USER: <image>\n" + caption
+                                             + ", please answer me yes or no ASSISTANT:")

@@ -50,3 +50,11 @@ def test_corrupt_image_is_a_clear_error(tmp_path):
     path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with pytest.raises(ZeroVLMError, match="bad.jpg: not a readable image"):
         load_rgb(path, "example 3")
+
+
+def test_an_image_over_pillows_limit_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: Pillow refuses to read it
+    with pytest.raises(ZeroVLMError, match=r"big\.png: not a readable image \(example 3\) \(Image size \(1600 pix"):
+        load_rgb(path, "example 3")

@@ -103,7 +103,7 @@ def test_experiment_on_a_prompt_knob_is_compared_by_dvc(repo):
 
 # ---------------------------------------------------------------- the paper grid, expanded, not run
 PAPER_DATASETS = ("vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b")
-PAPER_VLMS = ("llava_7b", "llava_13b")
+PAPER_VLMS = ("llava_7b", "llava_13b", "minigpt4_7b", "minigpt4_13b")
 
 
 def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypa
         per_dataset = {f"{s}@{d}" for s in ("prepare", "stitch") for d in PAPER_DATASETS}
         per_instance = {f"{s}@{d}-{v}" for s in ("infer", "score") for d in PAPER_DATASETS for v in PAPER_VLMS}
         assert set(stages) == {"models", "pool", "views", "report", "gallery"} | per_dataset | per_instance
-        assert len(stages) == 5 + 2 * 4 + 2 * 4 * 2 == 29
+        assert len(stages) == 5 + 2 * 4 + 2 * 4 * 4 == 45
         params = {dep.def_path: list(dep.params) for dep in stages["infer@whatsup_b-llava_13b"].deps
                   if hasattr(dep, "params")}
         assert params == {"params.yaml": ["infer", "vlms.llava_13b"]}  # granular: one VLM's knobs only

@@ -25,7 +25,7 @@ def test_paper_prompts_are_verbatim():
 def test_baseline_has_no_view_prompt():
     assert view_prompt(("origin",), "grid") == ""
     text, _ = user_message(_true_false(), "yes_no", ("origin",), "grid", with_view_prompt=True)
-    assert text == "The keyboard is at the bottom of the computer screen, please answer me yes or no?"
+    assert text == "The keyboard is at the bottom of the computer screen., please answer me yes or no"
 
 
 def test_derived_prompts_follow_the_panels_present():
@@ -36,13 +36,23 @@ def test_derived_prompts_follow_the_panels_present():
         "at the bottom. Based on these three images.")
 
 
+@pytest.mark.parametrize("caption", ["The keyboard is at the bottom of the computer screen.",
+                                     "There are no white horses around the brown horses"])
+def test_yes_no_asks_the_authors_evaluator_text(caption):
+    # their evaluator: inp = caption + ", please answer me yes or no" (the caption verbatim, no question mark)
+    asked = question(_true_false(caption), "yes_no")
+    assert asked.text == caption + ", please answer me yes or no"
+    assert asked.answers == ("Yes", "No")
+
+
 def test_paper_example_question_with_four_panels():
+    # the paper figure's example with the evaluator's question text: only the view prompt and the lead differ
     text, asked = user_message(_true_false(), "yes_no", ("origin", "left", "right", "random"), "grid", True)
     assert text == PAPER_ALL + (" Judging by these four pictures, the keyboard is at the bottom of the computer "
-                                "screen, please answer me yes or no?")
+                                "screen., please answer me yes or no")
     assert asked.answers == ("Yes", "No")
     plain, _ = user_message(_true_false(), "yes_no", ("origin", "left", "right", "random"), "grid", False)
-    assert plain == "The keyboard is at the bottom of the computer screen, please answer me yes or no?"
+    assert plain == "The keyboard is at the bottom of the computer screen., please answer me yes or no"
 
 
 def test_multiple_choice_lists_lettered_options():
@@ -60,7 +70,7 @@ def test_separate_images_are_described_by_their_order():
         "view image fourth. Based on these four images.")
     text, _ = user_message(_true_false(), "yes_no", ("origin", "left"), "separate", True)
     assert text == ("The original image first, and the left view image second. Based on these two images. "
-                    "Judging by these two pictures, the keyboard is at the bottom of the computer screen, "
-                    "please answer me yes or no?")
+                    "Judging by these two pictures, the keyboard is at the bottom of the computer screen., "
+                    "please answer me yes or no")
     with pytest.raises(ZeroVLMError, match="unknown layout 'mosaic'"):
         view_prompt(("origin", "left"), "mosaic")

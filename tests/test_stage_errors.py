@@ -1,5 +1,6 @@
 """Bad input at the stage boundary: one clear `error:` line, exit status 2, no finished-looking output."""
 
+import errno
 import os
 import subprocess
 import sys
@@ -8,10 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.test_store import fill_disk_after
+from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
 from zerovlm.config import DataConfig, SyntheticSource
 from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import write_table
 from zerovlm.io import ZeroVLMError
+from zerovlm.stage import run_stage
+from zerovlm.views.synthesize import synthesize_views
 from zerovlm.views.tiny import build_tiny_zero123
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +107,6 @@ def test_unreachable_vlm_hub_id_fails_at_once_naming_the_model(monkeypatch, tmp_
 
 
 def test_ctrl_c_is_one_line_saying_what_is_kept(capsys):
-    from zerovlm.stage import run_stage
-
     def interrupted():
         raise KeyboardInterrupt
 
@@ -111,3 +114,66 @@ def test_ctrl_c_is_one_line_saying_what_is_kept(capsys):
         run_stage(interrupted)
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.startswith("interrupted: this stage published no output")
+
+
+def _stage_error(capsys, main) -> str:
+    """Run `main` as a stage does; the one line it printed (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
+
+
+def test_a_full_disk_while_writing_views_is_one_line_and_a_rerun_resumes(tmp_path, tiny_models, monkeypatch,
+                                                                        capsys):
+    prepared, out = tmp_path / "prepared", tmp_path / "views"
+    examples, cfg = make_prepared(prepared, num_images=3), views_config(tiny_models["kxic"])
+    fill_disk_after(monkeypatch, finished_tars=1)
+    line = _stage_error(capsys, lambda: synthesize_views(cfg, examples, prepared, out, shard_size=4))
+    partial = tmp_path / ".views.partial" / "part-000-of-001"
+    assert line.startswith(f"error: {partial / 'shard-00001.tar'}: No space left on device; free space on that "
+                           "disk") and "a re-run resumes" in line
+    assert sorted(p.name for p in partial.iterdir()) == ["shard-00000.jsonl", "shard-00000.tar"]
+    monkeypatch.undo()
+    summary = synthesize_views(cfg, examples, prepared, out, shard_size=4)
+    assert summary["views_reused"] == 4 and summary["views_generated"] == 8
+
+
+def read_only(folder: Path, monkeypatch) -> None:
+    """Make `folder` refuse new entries. chmod does not bind root: then refuse them as the kernel does for any
+    other user, in os.mkdir and os.open (how pathlib and tempfile create folders and files)."""
+    folder.chmod(0o555)
+    probe = folder / ".probe"
+    try:
+        probe.mkdir()
+    except PermissionError:
+        return
+    probe.rmdir()
+
+    def refusing(create):
+        def guarded(path, *args, **kwargs):
+            if isinstance(path, (str, os.PathLike)) and Path(path).parent == folder:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return create(path, *args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(os, "mkdir", refusing(os.mkdir))
+    monkeypatch.setattr(os, "open", refusing(os.open))
+
+
+def test_a_read_only_data_folder_is_one_line_naming_the_folder(tmp_path, tiny_models, monkeypatch, capsys):
+    data = tmp_path / "data"
+    examples = make_prepared(data / "prepared", num_images=1)
+    read_only(data, monkeypatch)
+    try:
+        views = _stage_error(capsys, lambda: synthesize_views(views_config(tiny_models["kxic"]), examples,
+                                                              data / "prepared", data / "views"))
+        prepared = _stage_error(capsys, lambda: prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=1)),
+                                                                data / "more"))
+    finally:
+        data.chmod(0o755)
+    fix = f"let this user read and write there (e.g. `chmod u+w {data}`) and re-run"
+    assert views.startswith(f"error: {data / '.views.partial'}: Permission denied; {fix}")
+    assert prepared.startswith(f"error: {data / 'more'}: Permission denied; {fix}")  # the output, not a temporary
+    assert sorted(p.name for p in data.iterdir()) == ["prepared"]

@@ -1,4 +1,8 @@
-"""The image shard store: round trips, resume after interruption, publishing."""
+"""The image shard store: round trips, resume after interruption or a full disk, publishing."""
+
+import errno
+import os
+import tarfile
 
 import pytest
 from PIL import Image
@@ -82,3 +86,45 @@ def test_bad_key_and_missing_key_are_clear_errors(tmp_path):
         writer.add("k0", _image(0))
     with pytest.raises(ZeroVLMError, match="no image with key 'k9'"):
         ShardReader(tmp_path / "s").image("k9")
+
+
+class _FullDisk:
+    """A file on a full disk: every write fails as the kernel's does (ENOSPC, naming no file)."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def fill_disk_after(monkeypatch, finished_tars: int) -> None:
+    """The disk fills up once `finished_tars` shard tars are written: writes to any later tar fail."""
+    opened = []
+
+    def open_tar(name, mode):
+        opened.append(name)
+        file = open(name, mode)
+        return file if len(opened) <= finished_tars else _FullDisk(file)
+
+    monkeypatch.setattr(tarfile, "bltn_open", open_tar)
+
+
+def test_a_full_disk_names_the_shard_and_keeps_the_finished_ones(tmp_path, monkeypatch):
+    folder = tmp_path / "s"
+    fill_disk_after(monkeypatch, finished_tars=1)
+    writer = ShardWriter(folder, shard_size=2)
+    with pytest.raises(OSError) as error:
+        for i in range(4):
+            writer.add(f"k{i}", _image(i))
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(folder / "shard-00001.tar")
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-00000.jsonl", "shard-00000.tar"]  # no temporary
+    monkeypatch.undo()
+    with ShardWriter(folder, shard_size=2) as writer:
+        assert "k1" in writer and "k2" not in writer
+        for i in (2, 3):
+            writer.add(f"k{i}", _image(i))
+    assert ShardReader(folder).keys() == ["k0", "k1", "k2", "k3"]

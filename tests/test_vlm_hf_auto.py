@@ -1,5 +1,8 @@
 """The generic AutoModelForImageTextToText backend, on the tiny LLaVA (a model it must handle like any other)."""
 
+import os
+import shutil
+
 import pytest
 import torch
 from PIL import Image
@@ -199,3 +202,40 @@ def test_native_multi_image_batched_equals_one_at_a_time(idefics3):
     for got, expected in zip(batched.option_logprobs(reqs), [single.option_logprobs([r])[0] for r in reqs]):
         assert got == pytest.approx(expected, abs=1e-4)
     assert len(batched.generate(reqs, max_new_tokens=3)) == 3
+
+
+# ---------------------------------------------------------------- a tokenizer that merges across spaces
+@pytest.fixture(scope="module")
+def unsplit_bpe(tiny_folder, backends, tmp_path_factory):
+    """hf_auto on the tiny LLaVA with a BPE tokenizer that does not split at spaces, trained on the prompts and
+    on answers that say yes: "? ASSISTANT: Y" becomes one token, so "Yes" reaches back into the prompt and "No"
+    does not."""
+    from zerovlm.vlm.tiny import build_unsplit_bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_llava_unsplit_bpe")
+    shutil.copytree(tiny_folder, folder, dirs_exist_ok=True)
+    corpus = [backends[0].render_prompt(r) for r in requests()] + ["? ASSISTANT: Yes, it is."] * 8
+    build_unsplit_bpe_tokenizer(corpus, vocab_size=200).save_pretrained(folder)
+    return load_backend(InferConfig(backend="hf_auto", model=str(folder), device="cpu", batch_size=3))
+
+
+def test_options_are_scored_from_one_prefix_when_merges_cross_the_boundary(unsplit_bpe):
+    """Each option's score is the sum of the log-probabilities of its tokens after the longest prefix that the
+    prompt's tokens share with every option's tokens, computed here by a plain forward of one unpadded sequence."""
+    backend = unsplit_bpe
+    reqs = requests()[:4]
+    prefixes_differ = False
+    for request, scores in zip(reqs, backend.option_logprobs(reqs)):
+        text = backend.render_prompt(request)
+        prompt = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        joints = [backend.tokenizer(text + " " + o, add_special_tokens=False)["input_ids"] for o in request.options]
+        shared = len(os.path.commonprefix([prompt, *joints]))
+        prefixes_differ |= len({len(os.path.commonprefix([prompt, j])) for j in joints}) > 1
+        for option, joint, score in zip(request.options, joints, scores):
+            inputs = backend.processor(text=text + " " + option, images=list(request.images) or None,
+                                       return_tensors="pt")
+            with torch.no_grad():
+                logprobs = backend.model(**inputs).logits[0, :-1].float().log_softmax(-1)
+            picked = logprobs.gather(-1, inputs["input_ids"][0, 1:, None]).squeeze(-1)
+            assert score == pytest.approx(picked[-(len(joint) - shared):].sum().item(), abs=1e-4)
+    assert prefixes_differ  # the case in point: some option's merges reach back into the prompt

@@ -2,7 +2,9 @@
 
 import hashlib
 import logging
+import typing
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -10,7 +12,7 @@ from PIL import Image
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, resolve_device_dtype
-from zerovlm.vlm.llava import VICUNA_V1_SYSTEM, LlavaBackend, expand_to_square
+from zerovlm.vlm.llava import CHAT_FORMATS, LlavaBackend, expand_to_square
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
 
@@ -62,11 +64,28 @@ def test_rendered_prompts_match_golden_strings(backend):
     one, two = Request((image,), "Is it left?"), Request((image, image), "Is it left?")
     assert backend.render_prompt(one) == "USER: <image>\nIs it left? ASSISTANT:"
     assert backend.render_prompt(two) == "USER: <image>\n<image>\nIs it left? ASSISTANT:"
-    original = LlavaBackend(backend.model, backend.processor, chat_format="llava_original")
-    assert original.render_prompt(one) == (
-        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-        "detailed, and polite answers to the human's questions. USER: <image>\nIs it left? ASSISTANT:")
-    assert original.render_prompt(one).startswith(VICUNA_V1_SYSTEM + " USER: ")
+
+
+# The system sentences of conv_vicuna_v1 and conv_llava_v1, copied from haotian-liu/LLaVA llava/conversation.py
+# (commit 053c284); with sep " " and roles USER / ASSISTANT, run_llava.py's prompt for one image is
+# system + " USER: <image>\n" + question + " ASSISTANT:".
+CONV_VICUNA_V1 = ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+CONV_LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+
+
+@pytest.mark.parametrize("chat_format, system", [("vicuna_v1", CONV_VICUNA_V1), ("llava_v1", CONV_LLAVA_V1)])
+def test_original_templates_render_as_the_original_conversations(backend, chat_format, system):
+    question = "The cat is left of the dog., please answer me yes or no"
+    original = LlavaBackend(backend.model, backend.processor, chat_format=chat_format)
+    assert original.render_prompt(Request(tuple(images(1)), question)) == (
+        system + " USER: <image>\n" + question + " ASSISTANT:")
+    assert original.info()["chat_format"] == chat_format
+
+
+def test_the_config_offers_exactly_the_backends_chat_formats():
+    assert typing.get_args(InferConfig.model_fields["chat_format"].annotation) == CHAT_FORMATS
 
 
 def test_input_ids_match_the_processor(backend):
@@ -197,7 +216,7 @@ def test_fast_preprocessing_equals_the_image_processor(backend, tmp_path, side):
                    tokenizer=backend.tokenizer, patch_size=14, vision_feature_select_strategy="default",
                    num_additional_image_tokens=1).save_pretrained(tmp_path)
     processor = load_processor(str(tmp_path))
-    fast = LlavaBackend(backend.model, processor, chat_format="llava_original")
+    fast = LlavaBackend(backend.model, processor, chat_format="llava_v1")
     assert fast._fast_crop == (side, side, side)
     generator = torch.Generator().manual_seed(0)
     for width, height in [(640, 480), (480, 640), (333, 333), (10, 7), (1001, 57)]:
@@ -205,4 +224,46 @@ def test_fast_preprocessing_equals_the_image_processor(backend, tmp_path, side):
         image = Image.fromarray(array)
         expected = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
         got = fast._normalise(fast._preprocess([image]))
+        assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5), (width, height)
+
+
+def original_pad_and_process(image, image_processor):
+    """LLaVA-1.5's preprocessing, transcribed independently of zerovlm: haotian-liu/LLaVA llava/mm_utils.py
+    `process_images` with image_aspect_ratio "pad" (`expand2square` with the mean colour, then
+    CLIPImageProcessor.preprocess: shortest edge resized with PIL bicubic, centre crop, x / 255, (x - mean) / std)."""
+    mean, std = np.array(image_processor.image_mean), np.array(image_processor.image_std)
+    background = tuple(int(x * 255) for x in image_processor.image_mean)
+    width, height = image.size
+    if width > height:
+        square = Image.new(image.mode, (width, width), background)
+        square.paste(image, (0, (width - height) // 2))
+    else:
+        square = Image.new(image.mode, (height, height), background)
+        square.paste(image, ((height - width) // 2, 0))
+    side = image_processor.size["shortest_edge"]  # a square stays square: (side, side)
+    square = square.resize((side, side), Image.BICUBIC)
+    crop_h, crop_w = image_processor.crop_size["height"], image_processor.crop_size["width"]
+    top, left = (side - crop_h) // 2, (side - crop_w) // 2
+    pixels = np.asarray(square, dtype=np.float64)[top:top + crop_h, left:left + crop_w] / 255
+    return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).astype(np.float32))
+
+
+@pytest.mark.parametrize("side", [56, 336])
+def test_pad_equals_the_original_llava_preprocessing(backend, tmp_path, side):
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from zerovlm.vlm.llava import load_processor
+    LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": side},
+                                                         crop_size={"height": side, "width": side}),
+                   tokenizer=backend.tokenizer, patch_size=14, vision_feature_select_strategy="default",
+                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+    processor = load_processor(str(tmp_path))
+    padded = LlavaBackend(backend.model, processor, image_preprocess="pad")
+    generator = torch.Generator().manual_seed(1)
+    for width, height in [(61, 40), (40, 77), (500, 333)]:  # odd differences: the paste offset rounds down
+        array = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8).numpy()
+        image = Image.fromarray(array)
+        expected = original_pad_and_process(image, processor.image_processor)
+        got = padded._normalise(padded._preprocess([image]))[0]
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5), (width, height)

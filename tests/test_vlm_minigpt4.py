@@ -1,13 +1,21 @@
-"""MiniGPT-4 assembled from parts, on the tiny offline build: loading, prompt, scores, checkpoint safety."""
+"""MiniGPT-4 assembled from parts, on the tiny offline build: loading, prompt, scores, checkpoint safety,
+the image path against an independent computation, and the paper's manifests served from a hub cache and a
+loopback Google Drive."""
 
 import hashlib
+import importlib.util
 import json
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 
+from tests.test_download import LoopbackServer, send_bytes
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request
@@ -145,6 +153,138 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
         load_backend(InferConfig(backend="minigpt4", model=str(tmp_path), device="cpu"))
 
 
+# ---------------------------------------------------------------- the image path, computed independently
+EVA_EPS = 1e-6     # eva_vit.py: norm_layer=partial(nn.LayerNorm, eps=1e-6)
+BERT_EPS = 1e-12   # Qformer.py: BertConfig (bert-base-uncased) layer_norm_eps
+LN_VISION_EPS = 1e-5  # minigpt4.py: ln_vision = LayerNorm(num_features), torch's default eps
+TOLERANCE = 2e-5   # float32; the embeddings' entries reach about 5
+
+
+def checkpoint_state(folder):
+    """Every tensor of the tiny BLIP-2 checkpoint (all shards), read without the backend's loader."""
+    state = {}
+    for shard in sorted((folder / "blip2").glob("*.safetensors")):
+        state.update(load_file(shard))
+    return state
+
+
+def eva_vit(state, pixels, heads, patch_px):
+    """VisionTransformer.forward_features of Vision-CAIR/MiniGPT-4 minigpt4/models/eva_vit.py (no final norm;
+    commit f1a33af), on the weights under their HF Blip2 names: (n, 1 + patches, width)."""
+    def w(name):
+        return state[f"vision_model.{name}"]
+
+    x = F.conv2d(pixels, w("embeddings.patch_embedding.weight"), w("embeddings.patch_embedding.bias"),
+                 stride=patch_px).flatten(2).transpose(1, 2)                      # PatchEmbed: (n, patches, width)
+    n, _, width = x.shape
+    x = torch.cat([w("embeddings.class_embedding").expand(n, -1, -1), x], 1) + w("embeddings.position_embedding")
+    layers = {key.split(".")[3] for key in state if key.startswith("vision_model.encoder.layers.")}
+    for i in range(len(layers)):
+        def b(name):
+            return w(f"encoder.layers.{i}.{name}")
+        h = F.layer_norm(x, (width,), b("layer_norm1.weight"), b("layer_norm1.bias"), EVA_EPS)
+        bias = b("self_attn.qkv.bias")
+        qkv_bias = torch.cat([bias[:width], torch.zeros(width), bias[2 * width:]])  # q_bias, no key bias, v_bias
+        qkv = F.linear(h, b("self_attn.qkv.weight"), qkv_bias).reshape(n, -1, 3, heads, width // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attention = (q * (width // heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
+        mixed = (attention @ v).transpose(1, 2).reshape(n, -1, width)
+        x = x + F.linear(mixed, b("self_attn.projection.weight"), b("self_attn.projection.bias"))
+        h = F.layer_norm(x, (width,), b("layer_norm2.weight"), b("layer_norm2.bias"), EVA_EPS)
+        x = x + F.linear(F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))),
+                         b("mlp.fc2.weight"), b("mlp.fc2.bias"))
+    return x
+
+
+def qformer(state, image, heads, cross_attention_frequency):
+    """BertModel of minigpt4/models/Qformer.py given only query_embeds: the embeddings' LayerNorm, then per
+    layer self-attention, cross-attention to the image (every `cross_attention_frequency` layers) and the
+    queries' feed-forward, each post-norm with a residual: (n, queries, width)."""
+    def w(name):
+        return state[f"qformer.{name}"]
+
+    queries = state["query_tokens"].expand(image.shape[0], -1, -1)
+    width = queries.shape[-1]
+    x = F.layer_norm(queries, (width,), w("layernorm.weight"), w("layernorm.bias"), BERT_EPS)
+
+    def attend(prefix, hidden, context):  # BertAttention: BertSelfAttention + BertSelfOutput
+        def a(name):
+            return w(f"{prefix}.{name}")
+
+        def heads_of(t):
+            return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+        q = heads_of(F.linear(hidden, a("attention.query.weight"), a("attention.query.bias")))
+        k = heads_of(F.linear(context, a("attention.key.weight"), a("attention.key.bias")))
+        v = heads_of(F.linear(context, a("attention.value.weight"), a("attention.value.bias")))
+        probabilities = (q @ k.transpose(-1, -2) / (width // heads) ** 0.5).softmax(-1)
+        mixed = (probabilities @ v).transpose(1, 2).reshape(hidden.shape)
+        return F.layer_norm(F.linear(mixed, a("output.dense.weight"), a("output.dense.bias")) + hidden, (width,),
+                            a("output.LayerNorm.weight"), a("output.LayerNorm.bias"), BERT_EPS)
+
+    layers = {key.split(".")[3] for key in state if key.startswith("qformer.encoder.layer.")}
+    for i in range(len(layers)):
+        x = attend(f"encoder.layer.{i}.attention", x, x)
+        if i % cross_attention_frequency == 0:
+            x = attend(f"encoder.layer.{i}.crossattention", x, image)
+        h = F.gelu(F.linear(x, w(f"encoder.layer.{i}.intermediate_query.dense.weight"),
+                            w(f"encoder.layer.{i}.intermediate_query.dense.bias")))
+        x = F.layer_norm(F.linear(h, w(f"encoder.layer.{i}.output_query.dense.weight"),
+                                  w(f"encoder.layer.{i}.output_query.dense.bias")) + x, (width,),
+                         w(f"encoder.layer.{i}.output_query.LayerNorm.weight"),
+                         w(f"encoder.layer.{i}.output_query.LayerNorm.bias"), BERT_EPS)
+    return x
+
+
+@torch.no_grad()
+def reference_embeddings(folder, pixels, ln_vision_eps=LN_VISION_EPS, state=None):
+    """MiniGPT-4's encode_img (minigpt4/models/minigpt4.py) on a tiny build: EVA ViT -> ln_vision -> Q-Former
+    (vicuna0) or, for llama2, a fresh ln_vision, CLS dropped and 4 consecutive patch tokens concatenated ->
+    llama_proj. `state`: the BLIP-2 weights to use instead of the checkpoint's."""
+    manifest = json.loads((folder / "minigpt4.json").read_text())
+    config = json.loads((folder / "blip2" / "config.json").read_text())
+    vision = config["vision_config"]
+    state = state if state is not None else checkpoint_state(folder)
+    hidden = eva_vit(state, pixels, vision["num_attention_heads"], vision["patch_size"])
+    width = hidden.shape[-1]
+    if manifest["variant"] == "vicuna0":
+        image = F.layer_norm(hidden, (width,), state["vision_model.post_layernorm.weight"],
+                             state["vision_model.post_layernorm.bias"], ln_vision_eps)
+        tokens = qformer(state, image, config["qformer_config"]["num_attention_heads"],
+                         config["qformer_config"]["cross_attention_frequency"])
+    else:
+        patches = F.layer_norm(hidden, (width,), eps=ln_vision_eps)[:, 1:]
+        tokens = torch.stack([torch.cat([row[i + k] for k in range(4)]) for row in patches
+                              for i in range(0, row.shape[0], 4)]).reshape(len(patches), -1, 4 * width)
+    projection = torch.load(folder / "llama_proj.pth", weights_only=True)["model"]
+    return F.linear(tokens, projection["llama_proj.weight"], projection["llama_proj.bias"])
+
+
+def varied_pixels():
+    """Two noise images and a flat one, preprocessed: (3, 3, 224, 224)."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)) for _ in range(2)]
+    return torch.stack([preprocess(image) for image in (*images, Image.new("RGB", (90, 50), (200, 20, 20)))])
+
+
+def test_image_embeddings_are_eva_vit_ln_vision_qformer_llama_proj(backend, tiny_dir):
+    pixels = varied_pixels()
+    got = backend.image_embeddings(pixels)
+    assert got.shape == (3, 32, backend.llm.config.hidden_size)
+    assert (got - reference_embeddings(tiny_dir, pixels)).abs().max() < TOLERANCE
+
+
+def test_a_wrong_ln_vision_eps_vit_weight_or_image_moves_the_embeddings_far_beyond_the_tolerance(backend, tiny_dir):
+    """The tiny build's image path is alive: each mistake shows at 100x the tolerance of the test above."""
+    pixels = varied_pixels()
+    got = backend.image_embeddings(pixels)
+    state = checkpoint_state(tiny_dir)
+    fc1 = "vision_model.encoder.layers.1.mlp.fc1.weight"
+    for wrong in (reference_embeddings(tiny_dir, pixels, ln_vision_eps=1e-6),      # Blip2VisionConfig's eps
+                  reference_embeddings(tiny_dir, pixels, state={**state, fc1: state[fc1] * 1.02}),  # one ViT weight
+                  got[[1, 2, 0]]):                                                  # other images
+        assert (wrong - got).abs().max() > 100 * TOLERANCE
+
+
 # ---------------------------------------------------------------- the Llama-2 variant
 @pytest.fixture(scope="module")
 def llama2_dir(tmp_path_factory):
@@ -167,24 +307,17 @@ def test_llama2_prompt_matches_conv_vision_llama2(llama2):
     assert prefix.count(llama2.tokenizer.bos_token_id) == 2  # the tokenizer's BOS and the template's "<s>"
 
 
-def test_llama2_image_tokens_are_four_patches_after_a_fresh_ln_vision(llama2, backend):
+def test_llama2_image_tokens_are_four_patches_after_a_fresh_ln_vision(llama2, llama2_dir, backend):
     """encode_img without a Q-Former: ln_vision (never loaded: weight 1, bias 0), CLS dropped, every 4
     consecutive patch tokens concatenated, llama_proj."""
     vision = llama2.vision
     assert torch.equal(vision.post_layernorm.weight, torch.ones_like(vision.post_layernorm.weight))
     assert torch.equal(vision.post_layernorm.bias, torch.zeros_like(vision.post_layernorm.bias))
     assert not torch.allclose(backend.vision.post_layernorm.weight, vision.post_layernorm.weight)  # vicuna0 loads it
-    pixels = torch.stack([preprocess(Image.new("RGB", (50, 30), (200, 30, 30))),
-                          preprocess(Image.new("RGB", (30, 50), (30, 30, 200)))])
-    with torch.no_grad():
-        hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]  # before ln_vision
-        normed = torch.nn.functional.layer_norm(hidden, hidden.shape[-1:], eps=1e-5)[:, 1:]
-        grouped = torch.stack([torch.cat([row[i + k] for k in range(4)]) for row in normed
-                               for i in range(0, row.shape[0], 4)]).reshape(2, -1, 4 * hidden.shape[-1])
-        expected = llama2.llama_proj(grouped)
+    pixels = varied_pixels()
     got = llama2.image_embeddings(pixels)
-    assert got.shape == (2, llama2.tokens_per_image, llama2.llm.config.hidden_size) and llama2.tokens_per_image == 16
-    assert torch.allclose(got, expected, atol=1e-5)
+    assert got.shape == (3, llama2.tokens_per_image, llama2.llm.config.hidden_size) and llama2.tokens_per_image == 16
+    assert (got - reference_embeddings(llama2_dir, pixels)).abs().max() < TOLERANCE
 
 
 def test_llama2_scores_match_the_original_and_batching(llama2):
@@ -218,3 +351,91 @@ def test_bad_variant_or_projection_is_a_clear_error(tiny_dir, llama2_dir, tmp_pa
     (copy / "minigpt4.json").write_text(json.dumps(manifest))
     with pytest.raises(ZeroVLMError, match=message):
         load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu"))
+
+
+def test_an_llm_whose_tokenizer_cannot_be_read_is_one_line_naming_the_setting(tiny_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (copy / "vicuna" / name).unlink()
+    (copy / "vicuna" / "tokenizer.model").write_bytes(b"not a sentencepiece model")
+    (copy / "vicuna" / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: llm: cannot load .*vicuna' as a Llama model and its "
+                                           r"tokenizer") as error:
+        load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu"))
+    if importlib.util.find_spec("sentencepiece") is None:
+        assert str(error.value).endswith("needs `pip install sentencepiece protobuf`")
+
+
+# ---------------------------------------------------------------- the paper's manifests, served offline
+MANIFESTS = Path(__file__).resolve().parents[1] / "zerovlm" / "vlm" / "manifests"
+
+
+def put_in_hub_cache(cache, repo_id, folder):
+    """`folder` as the main revision of hub repo `repo_id` in the hub cache layout
+    (models--owner--name/refs/main naming a snapshots/<commit>/ folder)."""
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "hub"
+
+
+@pytest.mark.parametrize("name, variant", [("minigpt4-7b", "vicuna0"), ("minigpt4-13b", "vicuna0"),
+                                           ("minigpt4-llama2-7b", "llama2")])
+def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(request, offline_hub, monkeypatch, tmp_path,
+                                                                        name, variant):
+    """The manifest as committed, through the code path of a GPU run: its hub ids come from a hub cache holding
+    the tiny build's parts, its Drive file (llama_proj) from a loopback server standing in for Google Drive,
+    which asks to confirm the download as Drive does for large files. The result equals the tiny build loaded
+    from its folder; a second load is served by the zerovlm cache alone."""
+    folder = request.getfixturevalue("tiny_dir" if variant == "vicuna0" else "llama2_dir")
+    local = request.getfixturevalue("backend" if variant == "vicuna0" else "llama2")
+    manifest = json.loads((MANIFESTS / name / "minigpt4.json").read_text())
+    assert manifest["variant"] == variant and manifest["llama_proj"].startswith("gdrive:")
+    put_in_hub_cache(offline_hub, manifest["vision_qformer"], folder / "blip2")
+    put_in_hub_cache(offline_hub, manifest["llm"], folder / "vicuna")
+    payload = (folder / "llama_proj.pth").read_bytes()
+    file_id = manifest["llama_proj"].removeprefix("gdrive:")
+    cfg = InferConfig(backend="minigpt4", model=str(MANIFESTS / name), device="cpu", batch_size=3)
+    with LoopbackServer() as drive:
+        def uc(handler, hits):
+            page = (f'<form id="download-form" action="/download" method="get">'
+                    f'<input type="hidden" name="id" value="{file_id}"></form>').encode()
+            send_bytes(handler, page, "text/html; charset=utf-8")
+        drive.routes["/uc"] = uc
+        drive.routes["/download"] = lambda handler, hits: (send_bytes(handler, payload) if f"id={file_id}" in
+                                                           handler.path else handler.send_error(404))
+        monkeypatch.setenv("ZEROVLM_GDRIVE_URL", f"{drive.url}/uc?export=download&id={{file_id}}")
+        served = load_backend(cfg)
+        assert drive.hits == {"/uc": 1, "/download": 1}  # the confirmation page, then the file
+    for got, expected in zip(served.option_logprobs(requests()), local.option_logprobs(requests())):
+        assert got == pytest.approx(expected, abs=1e-6)
+    assert served.generate(requests()[:2], max_new_tokens=4) == local.generate(requests()[:2], max_new_tokens=4)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    assert served.info()["parts"] == {"vision_qformer": manifest["vision_qformer"], "llm": manifest["llm"],
+                                      "llama_proj": manifest["llama_proj"], "llama_proj_sha256": sha256}
+    assert load_backend(cfg).info()["parts"]["llama_proj_sha256"] == sha256  # the server is gone: from the cache
+
+
+def test_a_part_missing_from_an_offline_hub_cache_is_one_line_naming_it(offline_hub):
+    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: vision_qformer: cannot reach the Hugging Face hub for "
+                                           r"'Salesforce/blip2-flan-t5-xxl' \(config.json\) and it is not in the "
+                                           r"local cache"):
+        load_backend(InferConfig(backend="minigpt4", model=str(MANIFESTS / "minigpt4-7b"), device="cpu"))
+
+
+def test_info_names_the_parts_and_the_checksum_of_a_local_llama_proj(backend, tiny_dir):
+    assert backend.info()["parts"] == {"vision_qformer": "blip2", "llm": "vicuna", "llama_proj": "llama_proj.pth",
+                                       "llama_proj_sha256": hashlib.sha256((tiny_dir / "llama_proj.pth")
+                                                                           .read_bytes()).hexdigest()}

@@ -51,6 +51,14 @@ def _cmd_validate(args) -> None:
     print(f"{args.params}: valid")
 
 
+def _cmd_lock(args) -> None:
+    from zerovlm.inputs import lock_models
+
+    for line in lock_models(args.params, args.lock, args.built_models, args.names, args.update):
+        print(line)
+    print(f"{args.lock} written: commit it (`dvc repro` loads these commits)")
+
+
 def _cmd_show(args) -> None:
     """The paper-shaped results table of the whole grid, or one instance's detailed metrics."""
     if args.metrics is None:
@@ -108,6 +116,17 @@ def main(argv: list[str] | None = None) -> None:
     validate = commands.add_parser("validate", help="check every params section (types, keys, choices)")
     validate.add_argument("--params", type=Path, default=Path("params.yaml"))
     validate.set_defaults(func=_cmd_validate)
+
+    lock = commands.add_parser("lock", help="pin the grid's hub models to commits in models.lock (`dvc repro` "
+                                            "pins new ones itself); --update re-resolves")
+    lock.add_argument("names", nargs="*", help="`views` and/or grid VLM names (default: every model of the grid)")
+    lock.add_argument("--update", action="store_true",
+                      help="resolve the revisions again (e.g. main moved on) instead of keeping the pinned commits")
+    lock.add_argument("--params", type=Path, default=Path("params.yaml"))
+    lock.add_argument("--lock", type=Path, default=Path("models.lock"))
+    lock.add_argument("--built-models", type=Path, default=Path("data/models"),
+                      help="the models stage's output folder (as in dvc.yaml)")
+    lock.set_defaults(func=_cmd_lock)
 
     show = commands.add_parser("show", help="print the results table (or one grid instance's metrics)")
     show.add_argument("--results", type=Path, default=Path("metrics/results.md"), help="the report stage's table")

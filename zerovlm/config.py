@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from zerovlm.configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, STITCHED_CONFIGURATIONS
 from zerovlm.io import ZeroVLMError
 
 VIEW_PRESETS = ("left", "right", "top", "random")
+PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
 
@@ -42,6 +43,14 @@ class SyntheticSource(Section):
         return self
 
 
+class DownloadSizeCaps(Section):
+    """The largest file accepted per kind, in MB (10^6 bytes), > 0: a body past it is an error, not retried."""
+    annotation: float = Field(500.0, gt=0.0)          # VSR JSONL, What'sUp JSON: a few MB
+    image: float = Field(100.0, gt=0.0)               # one COCO image: well under 1 MB
+    archive: float = Field(20000.0, gt=0.0)           # What'sUp image archives
+    checkpoint: float = Field(20000.0, gt=0.0)        # model files fetched by URL: about 100-1000 MB
+
+
 class DataConfig(Section):
     source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b"] = "synthetic"
     split: Literal["train", "dev", "test"] = "test"   # VSR split (What'sUp has one split: test)
@@ -49,6 +58,16 @@ class DataConfig(Section):
     stratify_by_relation: bool = True                 # when limiting, sample evenly across relations
     seed: int = 0                                     # scene rendering, sampling, option shuffling
     skip_bad: bool = False                            # False: a bad record stops the stage; True: count it
+    # Image checks, on every dataset image prepare stores (zerovlm/datasets/prepare.py: image_problem);
+    # a failing image is a bad record (skip_bad). Synthetic scenes are rendered, not read: not checked.
+    min_image_side_px: int = Field(32, ge=1)          # shorter side below this: refused (1: any size)
+    max_aspect_ratio: float = Field(5.0, ge=1.0)      # longer / shorter side above this: refused
+    max_image_pixels: int = Field(50_000_000, ge=1, le=PILLOW_MAX_IMAGE_PIXELS)  # width x height above
+                                                      # this: refused before decoding; <= Pillow's default
+                                                      # limit, which the later stages keep
+    blank_max_range: int | None = Field(2, ge=0, le=254)  # blank (refused): every RGB channel's max - min
+                                                      # (0..255) <= this after compositing transparency on
+                                                      # white, so fully transparent is blank; null: no check
     # Real datasets (vsr_*, whatsup_*). Downloads go under the prepare stage's raw folder only.
     annotations_dir: str | None = None   # local annotation files; None: download. VSR: {split}.jsonl (or
                                          # random/ zeroshot/ subfolders); What'sUp: controlled_*_dataset.json
@@ -62,6 +81,9 @@ class DataConfig(Section):
     download_retries: int = Field(3, ge=0, le=10)      # extra attempts on timeouts, dropped links, 429, 5xx
     retry_backoff_seconds: float = Field(1.0, ge=0.0, le=60.0)  # first wait; doubles per retry
     timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)      # per connect and per read
+    download_deadline_seconds: float = Field(3600.0, gt=0.0, le=86400.0)  # per file, over all attempts;
+                                                      # past it the file fails, not retried (resumed next run)
+    download_max_mb: DownloadSizeCaps = DownloadSizeCaps()  # size cap per kind of file
     synthetic: SyntheticSource = SyntheticSource()
 
 
@@ -80,6 +102,8 @@ class CustomView(Section):
 
 class ViewsConfig(Section):
     model: str = "kxic/zero123-165000"                 # hub id or local folder (kxic or bennyguo layout)
+    revision: str | None = None                       # hub id: branch, tag or commit; null: main. `dvc repro`
+                                                      # loads the commit models.lock pins (local folder: unused)
     variant: Literal["zero123", "stable_zero123"] = "zero123"  # pose vector's 4th element: radius or polar
     weights_variant: Literal["fp16", "fp16_ema"] | None = None  # bennyguo/ashawkey files *.fp16[_ema].*;
                                                       # null: the main weights (the only ones kxic/* has)
@@ -87,7 +111,8 @@ class ViewsConfig(Section):
     custom: tuple[CustomView, ...] = ()               # extra named poses
     image_size_px: int = Field(256, ge=16)            # Zero123 works at 256
     num_inference_steps: int = Field(50, ge=1, le=1000)
-    timestep_schedule: Literal["diffusers", "ldm"] = "diffusers"  # ldm: the original's list (75 -> 77 steps)
+    timestep_schedule: Literal["diffusers", "ldm"] = "diffusers"  # ldm: the steps the original runs, one
+                                                      # fewer than requested (50 -> 49: 961..1; 75 -> 76: 976..1)
     guidance_scale: float = Field(3.0, ge=1.0)        # 1.0 disables classifier-free guidance
     eta: float = Field(1.0, ge=0.0, le=1.0)           # DDIM eta; the original demo uses 1.0
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"
@@ -99,6 +124,13 @@ class ViewsConfig(Section):
                                                       # colour, recentre as the demo (zerovlm/views/foreground.py)
     foreground_threshold_rgb: float = Field(30.0, ge=0.0, le=442.0)  # border: Euclidean 8-bit RGB distance
                                                       # (0..441) beyond which a pixel is object
+
+    @field_validator("image_size_px")
+    @classmethod
+    def _whole_latents(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError("must be a multiple of 8 (the VAE encodes 8x8 pixels per latent)")
+        return value
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -132,15 +164,23 @@ class StitchConfig(Section):
 
 
 # ---------------------------------------------------------------- infer
+class MaxNewTokens(Section):
+    generate: int = Field(16, ge=1)                   # greedy answers: a word or two
+    paper: int = Field(512, ge=1)                     # the authors' evaluator (its --max_new_tokens default)
+
+
 class InferConfig(Section):
     backend: str = "llava"                            # a registered backend name (see zerovlm/vlm/registry.py)
     model: str = "llava-hf/llava-1.5-7b-hf"           # hub id or local folder
-    chat_format: Literal["hub", "llava_original"] = "hub"  # llava_original adds the Vicuna system sentence
-    image_preprocess: Literal["crop", "pad"] = "crop"  # pad: the original LLaVA pad-to-square
+    revision: str | None = None                       # hub id: branch, tag or commit; null: main. `dvc repro`
+                                                      # loads the commit models.lock pins (local folder: unused)
+    chat_format: Literal["hub", "vicuna_v1", "llava_v1"] = "hub"  # llava: hub = the model's chat template;
+                                                      # vicuna_v1 | llava_v1 = the original LLaVA templates
+    image_preprocess: Literal["crop", "pad"] = "crop"  # llava: pad = the original LLaVA pad-to-square
     view_prompt: tuple[bool, ...] = (True, False)     # run with and/or without the view prompt
     question_template: str = "yes_no"                 # a template name in zerovlm/prompts.yaml
     answer_mode: Literal["loglik", "generate", "paper"] = "loglik"  # paper: authors' sampling + "yes" rule
-    max_new_tokens: int = Field(16, ge=1)             # generate / paper modes
+    max_new_tokens: MaxNewTokens = MaxNewTokens()     # per generating answer mode
     temperature: float = Field(0.2, ge=0.0)           # paper mode only; other modes are greedy
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -150,6 +190,13 @@ class InferConfig(Section):
                                                       # capability >= 8.9; scores change slightly: zerovlm/fp8.py)
     seed: int = 0
     trust_remote_code: bool = False                   # never on by default
+
+    @field_validator("max_new_tokens", mode="before")
+    @classmethod
+    def _one_per_mode(cls, value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(f"give one value per answer mode, e.g. {{generate: {value}, paper: 512}}")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -257,14 +304,24 @@ def _unknown(kind: str, name: str, valid) -> str:
 
 # Renamed keys: an older params file is told the new name, not pointed at a look-alike.
 RENAMED = {"score.bootstrap_unit": "score.sampling_unit (it now also sets the unit of McNemar's test)"}
+# Renamed values, by (section model, key, old value): the new value, named after the original code.
+RENAMED_VALUES = {
+    (InferConfig, "chat_format", "llava_original"): (
+        "'llava_v1' (the same prompt: the original LLaVA conv_llava_v1, \"a curious human\"); 'vicuna_v1' is "
+        "conv_vicuna_v1 (\"a curious user\"), used by LLaVA-1.5's evaluation scripts"),
+}
 
 
 def _explain(section: str, model: type[Section], error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
         where = ".".join([section, *map(str, problem["loc"])])
+        value = problem.get("input")
+        old_value = (model, ".".join(map(str, problem["loc"])), value if isinstance(value, str) else None)
         if where in RENAMED:
             lines.append(f"{where}: renamed to {RENAMED[where]}")
+        elif old_value in RENAMED_VALUES:
+            lines.append(f"{where}: {value!r} was renamed to {RENAMED_VALUES[old_value]}")
         elif problem["type"] == "extra_forbidden":
             parent = model
             for part in problem["loc"][:-1]:
@@ -274,7 +331,7 @@ def _explain(section: str, model: type[Section], error: ValidationError) -> str:
         else:
             got = f" (got {problem.get('input')!r})" if problem["loc"] else ""
             lines.append(f"{where}: {problem['msg']}{got}")
-    return "invalid params:\n  " + "\n  ".join(lines)
+    return "invalid params: " + lines[0] if len(lines) == 1 else "invalid params:\n  " + "\n  ".join(lines)
 
 
 def parse_section(name: str, values: Any) -> BaseModel:
@@ -316,22 +373,22 @@ def check_report_method(report: ReportConfig, configurations: tuple[str, ...]) -
 
 
 def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
+    """Every section of a pipeline params file, checked together (what the `check` stage runs first)."""
     params = load_params(path)
-    sections = {name: parse_section(name, params.get(name)) for name in SECTIONS if name in params
-                or name not in GRID_SECTIONS}
-    if "report" in sections:
-        check_report_method(sections["report"], sections["stitch"].configurations)
-    if "grid" in params:  # every dataset and VLM of the grid resolves to a valid section
-        for name in sections["grid"].datasets:
-            dataset_config(params, name)
-        for name in sections["grid"].vlms:
-            vlm_config(params, name)
+    missing = [name for name in SECTIONS if name not in params]
+    if missing:  # a stage would silently run on config.py's defaults
+        raise ZeroVLMError(f"{path}: no section {', '.join(missing)}; compose the file from conf/ with "
+                           f"`zerovlm params --profile demo` (or paper)")
+    sections = {name: parse_section(name, params[name]) for name in SECTIONS}
+    check_report_method(sections["report"], sections["stitch"].configurations)
+    for name in sections["grid"].datasets:  # every dataset and VLM of the grid resolves to a valid section
+        dataset_config(params, name)
+    for name in sections["grid"].vlms:
+        vlm_config(params, name)
     return sections
 
 
 # ---------------------------------------------------------------- grid instances (issue 7)
-GRID_SECTIONS = ("grid", "datasets", "vlms", "report")  # optional in a params file without a grid
-
 
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` over `base`; nested mappings merge, everything else (lists included) is replaced."""

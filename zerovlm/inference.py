@@ -120,22 +120,28 @@ def backend_code_identity() -> str:
 def _fingerprint(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path) -> str:
     """What the answers depend on; a partial file from other inputs is discarded, not resumed.
 
-    The settings, the kind of device and the dtype used there, a local model folder's content, the
-    backends' code, the examples, the prompts, and the stitched images themselves (the shard indexes
+    The settings, the kind of device and the dtype used there, a local model folder's content or a hub
+    model's commit, the backends' code, the examples, the prompts, and the stitched images themselves (the shard indexes
     hold no pixels).
     """
     knobs = cfg.model_dump(exclude={"batch_size", "device"})
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, warn=False)
     stitched = sorted((p.name, sha256_file(p)) for p in stitched_dir.glob("shard-*"))
-    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model), backend_code_identity(),
-                        sha256_file(prepared_dir / "examples.jsonl"), stitched, prompts_sha256()])
+    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model, cfg.revision),
+                        backend_code_identity(), sha256_file(prepared_dir / "examples.jsonl"), stitched,
+                        prompts_sha256()])
 
 
 def _answer(model: VisionLanguageModel, cfg: InferConfig, requests: list[Request]) -> list[dict]:
     if cfg.answer_mode == "loglik":
         return [{"option_logprobs": scores} for scores in model.option_logprobs(requests)]
+    # paper: the authors' evaluator sampled at its temperature until EOS ("</s>", also the stop string of the
+    # llava_v1 template: its sep2) or until the answer held its question's ", please answer me yes or no", which
+    # it kept in the answer. That text contains "yes", so decoding on to EOS gives the same verdict by its
+    # "contains yes" rule: no stop string is needed.
     temperature = cfg.temperature if cfg.answer_mode == "paper" else 0.0
-    texts = model.generate(requests, max_new_tokens=cfg.max_new_tokens, temperature=temperature, seed=cfg.seed)
+    texts = model.generate(requests, max_new_tokens=getattr(cfg.max_new_tokens, cfg.answer_mode),
+                           temperature=temperature, seed=cfg.seed)
     return [{"output_text": text} for text in texts]
 
 
@@ -239,7 +245,9 @@ def infer_stage(cfg: InferConfig, prepared_dir: Path, stitched_dir: Path, out_di
                "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint}
     run = {"resumed": reused, "processes": worker.world_size, "seconds": round(seconds, 3),
            "seconds_loading": round(seconds_loading, 3),  # issue 7: overhead, provenance
-           "model_info": model.info() if model is not None else None, **_runtime()}
+           "model_info": model.info() if model is not None else None,
+           "model_revision": cfg.revision,  # a hub model's commit under `dvc repro` (pinned by the check stage)
+           **_runtime()}
     with atomic_dir(out_dir) as tmp:
         with open(tmp / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
             for job in jobs:  # plan order, whatever process or chunk answered it

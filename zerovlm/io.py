@@ -8,11 +8,13 @@ place only once complete (rename is atomic on POSIX within one file system).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -25,16 +27,32 @@ class ZeroVLMError(RuntimeError):
 
 
 @contextlib.contextmanager
+def _reported_as(path: Path, tmp: Path | None) -> Iterator[None]:
+    """An OSError of writing the output `path` names `path`, the name the user knows: a full disk names no
+    file, and the temporary sibling (`tmp`; while it is created, tmp is None) has a random name."""
+    try:
+        yield
+    except OSError as error:
+        named = Path(os.fsdecode(error.filename)) if isinstance(error.filename, (str, bytes)) else None
+        if tmp is None or (named is None and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+                named is not None and (named == tmp or tmp in named.parents)):
+            error.filename, error.filename2 = os.fspath(path), None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; rename it onto `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with _reported_as(path, None):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _reported_as(path, tmp):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -44,12 +62,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to `path`; it replaces `path` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with _reported_as(path, None):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        with _reported_as(path, tmp):
+            yield tmp
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -165,7 +185,8 @@ def image_as_rgb(image: Image.Image, name: str = "image") -> Image.Image:
 
 def load_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
     """Decode an image fully and return it as RGB (`image_as_rgb`); a missing or corrupt file is a clear
-    error. Pillow's decompression-bomb guard stays on."""
+    error. Pillow's decompression-bomb guard stays on: prepared images are within it (data.max_image_pixels
+    is at most Pillow's default limit), so only a file replaced by hand can meet it."""
     from PIL import Image, UnidentifiedImageError
 
     where = f" ({context})" if context else ""
@@ -175,6 +196,28 @@ def load_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
             return image_as_rgb(image, str(path))
     except FileNotFoundError:
         raise ZeroVLMError(f"{path}: image file not found{where}; re-run the prepare stage") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ZeroVLMError(f"{path}: not a readable image{where} ({error}); replace or remove the "
                            f"file and re-run the prepare stage") from None
+
+
+@contextlib.contextmanager
+def pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Set Pillow's decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS) to `max_pixels` for the block,
+    with its warning silenced; restore both afterwards.
+
+    Pillow warns above its limit and refuses twice the limit before decoding a pixel. The caller refuses
+    every image above `max_pixels` itself, by name (prepare's image checks), so the warning would only
+    repeat that; Pillow's refusal stays as the backstop for a decode that comes first (a download's
+    verification). Process-wide, like the setting itself: not for concurrent blocks with other limits.
+    """
+    from PIL import Image
+
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous

@@ -72,7 +72,8 @@ def question(example: Example, template_name: str) -> Question:
     template = _template(template_name)[example.task]
     if example.task == "true_false":
         statement = example.caption.strip().rstrip(".")
-        return Question(template["text"].format(statement=statement), tuple(template["answers"]))
+        text = template["text"].format(caption=example.caption, statement=statement)
+        return Question(text, tuple(template["answers"]))
     letters = string.ascii_uppercase[: len(example.options)]
     choices = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, example.options))
     return Question(template["text"].format(choices=choices), tuple(letters))

@@ -1,17 +1,22 @@
-"""Where a stage runs and with what: its device, its peak memory, and the identity of a local model.
+"""Where a stage runs and with what: its device, its peak memory, and the identity of its model.
 
-Shared by the views and infer stages, which record these facts and refuse to resume a partial run
-made with other weights or on another device.
+Shared by the views and infer stages, which load a hub model at the commit the check stage pinned, record
+these facts and refuse to resume a partial run made with other weights or on another device.
 """
 
 from __future__ import annotations
 
 import resource
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
-from zerovlm.io import ZeroVLMError, sha256_file, stable_hash
+from pydantic import BaseModel
+
+from zerovlm.io import ZeroVLMError, read_json, sha256_file, stable_hash
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def resolve_device(name: str, section: str) -> torch.device:
@@ -31,16 +36,27 @@ def peak_memory_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def model_identity(model: str) -> str | None:
-    """A content hash of a local model folder (every file), None for a hub id.
+def pin_revision(cfg: M, source_path: Path) -> M:
+    """`cfg` (views or infer) with `revision` set to the commit the check stage recorded for cfg.model in
+    `source_path` (None for a local folder), so that every file the stage fetches comes from that commit."""
+    source = read_json(source_path, "run `dvc repro`: its check stage writes it")
+    recorded = source.get("repo", source.get("path"))
+    if recorded != cfg.model:
+        raise ZeroVLMError(f"{source_path}: records model {recorded!r}, not {cfg.model!r}; run `dvc repro`, whose "
+                           f"check stage rewrites it from params.yaml")
+    return cfg.model_copy(update={"revision": source.get("commit")})
 
-    A folder rebuilt with other weights (e.g. the tiny models after a `models` params change) must not
-    let a partial run resume. A hub id is taken to name its weights (to pin a revision, download it to a
-    folder and give the folder).
+
+def model_identity(model: str, revision: str | None = None) -> str | None:
+    """A content hash of a local model folder (every file); for a hub id the revision it is loaded at
+    (under `dvc repro` the pinned commit; None: main as it stands).
+
+    A folder rebuilt with other weights (e.g. the tiny models after a `models` params change), or another
+    commit of a hub model, must not let a partial run resume.
     """
     folder = Path(model)
     if not folder.is_dir():
-        return None
+        return revision
     return _files_hash((p for p in folder.rglob("*") if p.is_file()), folder)
 
 

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from zerovlm.io import ZeroVLMError
 
+KEPT = ("this stage published no output (views and infer keep their finished work in a partial store beside it, "
+        "and a re-run resumes from there)")
+# Failures of the machine rather than of the code, each with its fix (the folder is the named file's); any
+# other OSError is a bug and keeps its traceback.
+_ACCESS_FIX = "let this user read and write there (e.g. `chmod u+w {folder}`) and re-run"
+STORAGE_FIXES = {
+    errno.ENOSPC: "free space on that disk (or move the project to a larger one) and re-run",
+    errno.EDQUOT: "free space within your disk quota and re-run",
+    errno.EROFS: "that file system is mounted read-only: run the pipeline where {folder} is writable",
+    errno.EACCES: _ACCESS_FIX,
+    errno.EPERM: _ACCESS_FIX,
+}
+
+
+def _storage_error_line(error: OSError) -> str | None:
+    """The one line for an OSError a user can remove (a full disk, a read-only folder), else None."""
+    fix = STORAGE_FIXES.get(error.errno)
+    if fix is None:
+        return None
+    name = os.fsdecode(error.filename) if isinstance(error.filename, (str, bytes)) else None
+    folder = Path(name).parent if name else "data/"  # stages write under data/ (and metrics/)
+    return f"error: {name or 'an output file'}: {error.strerror}; {fix.format(folder=folder)}; {KEPT}"
+
 
 def run_stage(main: Callable[[], object]) -> None:
-    """Run a stage's main(); a ZeroVLMError becomes `error: ...` on stderr and exit status 2, Ctrl-C one
-    line saying that finished work is kept (exit status 130, as the shell reports an interrupt)."""
+    """Run a stage's main(); a ZeroVLMError becomes `error: ...` on stderr and exit status 2, and so does an
+    OSError of a full disk or a read-only folder (naming the file); Ctrl-C is one line saying that finished
+    work is kept (exit status 130, as the shell reports an interrupt)."""
     logging.basicConfig(level=os.environ.get("ZEROVLM_LOG", "INFO"),
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
@@ -20,7 +46,12 @@ def run_stage(main: Callable[[], object]) -> None:
     except ZeroVLMError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:
+        line = _storage_error_line(error)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: this stage published no output (views and infer keep their finished work in a "
-              "partial store beside it, and a re-run resumes from there)", file=sys.stderr)
+        print(f"interrupted: {KEPT}", file=sys.stderr)
         sys.exit(130)

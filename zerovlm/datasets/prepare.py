@@ -7,7 +7,9 @@
 
 Real datasets are parsed into drafts first, then selected (limit, seeded sample stratified by
 relation), and only the selected examples' images are fetched: a 50-example run downloads 50 images.
-Downloads go under `raw_dir` (default: <out_dir's parent>/raw), never elsewhere.
+Downloads go under `raw_dir` (default: <out_dir's parent>/raw), never elsewhere. Every real image is
+checked once, as it is stored (`image_problem`): wherever it came from (a download, data.images_dir, an
+archive, a file put in the raw folder by hand), one that fails is a bad record of its example.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from zerovlm.config import DataConfig
+from zerovlm.config import PILLOW_MAX_IMAGE_PIXELS, DataConfig
 from zerovlm.datasets import synthetic
 from zerovlm.datasets.sources import BadRecords, Draft
 from zerovlm.datasets.table import Example, write_table
-from zerovlm.io import ZeroVLMError, atomic_dir, image_as_rgb, sha256_bytes, write_json
+from zerovlm.io import ZeroVLMError, atomic_dir, image_as_rgb, pillow_pixel_limit, sha256_bytes, write_json
 from zerovlm.store import encode_png
 
 IMAGES_FOLDER = "images"
@@ -49,6 +51,47 @@ def store_image_file(prepared_dir: Path, path: Path) -> tuple[str, str]:
         if image.format == "JPEG" and image.mode == "RGB":
             return store_image_bytes(prepared_dir, path.read_bytes(), "jpg")
         return store_image_bytes(prepared_dir, encode_png(image_as_rgb(image, str(path))), "png")
+
+
+# ---------------------------------------------------------------- image checks
+def image_problem(path: Path, cfg: DataConfig) -> tuple[str, str] | None:
+    """(check, problem) for the first check the image at `path` fails, or None; the check is named by the
+    param that sets it, and the problem states the value and the param to change.
+
+    Sizes are read from the header, so an image too large is never decoded. Run it inside
+    `pillow_pixel_limit(cfg.max_image_pixels)`: Pillow then refuses more than twice the limit before it
+    even reports a size. Blank means every RGB channel's max - min is <= data.blank_max_range after
+    compositing transparency on white (image_as_rgb), so a fully transparent image is blank too.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            size, shorter = f"{width}x{height} px", min(width, height)
+            ratio = max(width, height) / shorter if shorter else float("inf")
+            if width * height > cfg.max_image_pixels:
+                return "max_image_pixels", (f"{size} = {width * height} pixels > data.max_image_pixels="
+                                            f"{cfg.max_image_pixels}; raise it (at most {PILLOW_MAX_IMAGE_PIXELS}) "
+                                            f"to accept the image")
+            if ratio > cfg.max_aspect_ratio:  # Zero123 resizes its input to a square: a strip comes out squashed
+                return "max_aspect_ratio", (f"{size}: aspect ratio {ratio:.2f} > data.max_aspect_ratio="
+                                            f"{cfg.max_aspect_ratio:g}; raise it to accept the image")
+            if shorter < cfg.min_image_side_px:
+                return "min_image_side_px", (f"{size}: shorter side {shorter} < data.min_image_side_px="
+                                             f"{cfg.min_image_side_px}; lower it to accept the image")
+            image.load()
+            rgb = image_as_rgb(image, str(path))
+    except Image.DecompressionBombError:
+        return "max_image_pixels", (f"more than {2 * cfg.max_image_pixels} pixels (Pillow stops reading at twice "
+                                    f"data.max_image_pixels={cfg.max_image_pixels}); raise it (at most "
+                                    f"{PILLOW_MAX_IMAGE_PIXELS}) to accept a smaller image")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ZeroVLMError) as error:
+        return "readable", f"not a readable image ({error}); replace the file, or delete a downloaded one"
+    spread = max(high - low for low, high in rgb.getextrema())
+    if cfg.blank_max_range is not None and spread <= cfg.blank_max_range:
+        return "blank_max_range", (f"{size}, blank: every channel's max - min is {spread} <= "
+                                   f"data.blank_max_range={cfg.blank_max_range} after compositing transparency "
+                                   f"on white; set it to null to accept blank images")
+    return None
 
 
 # ---------------------------------------------------------------- selection
@@ -133,16 +176,26 @@ def real_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path,
     drafts, checksums = module.load_drafts(cfg, raw_dir, bad)
     available = len(drafts)
     drafts = select_drafts(drafts, cfg.limit, cfg.seed, cfg.stratify_by_relation)
-    files, image_checksums = module.image_files(cfg, raw_dir, drafts, bad)  # relative name -> verified file
+    files, image_checksums = module.image_files(cfg, raw_dir, drafts, bad)  # relative name -> local file
     stored: dict[str, tuple[str, str]] = {}
+    refused: dict[str, tuple[str, str]] = {}  # relative name -> (check, problem)
     examples = []
     for draft in drafts:
-        path = files.get(draft.image.relative)
+        relative = draft.image.relative
+        path = files.get(relative)
         if path is None:  # reported (strictly or as a skip) by image_files
             continue
-        if draft.image.relative not in stored:
-            stored[draft.image.relative] = store_image_file(prepared_dir, path)
-        image_id, image_file = stored[draft.image.relative]
+        if relative not in stored and relative not in refused:
+            problem = image_problem(path, cfg)  # once per image: captions sharing it share the verdict
+            if problem is None:
+                stored[relative] = store_image_file(prepared_dir, path)
+            else:
+                refused[relative] = problem
+        if relative in refused:
+            check, problem = refused[relative]
+            bad.report_draft(draft, module.IMAGE_FIELD, f"{path}: {problem}", check)
+            continue
+        image_id, image_file = stored[relative]
         examples.append(Example(image_id=image_id, image_file=image_file, **draft.fields))
     return examples, {"available": available, "source_checksums": {**checksums, **image_checksums}}
 
@@ -172,7 +225,7 @@ def prepare_dataset(cfg: DataConfig, out_dir: Path, raw_dir: Path | None = None)
     out_dir = Path(out_dir)
     raw_dir = Path(raw_dir) if raw_dir is not None else out_dir.parent / "raw"
     bad = BadRecords(skip_bad=cfg.skip_bad)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp, pillow_pixel_limit(cfg.max_image_pixels):
         (tmp / IMAGES_FOLDER).mkdir()
         if cfg.source == "synthetic":
             examples, details = synthetic_examples(cfg, tmp)

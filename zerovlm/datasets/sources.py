@@ -65,6 +65,7 @@ class BadRecord:
     line: int | None     # 1-based line (JSONL) or record position (JSON list); None for a whole file
     field: str | None
     reason: str
+    check: str | None = None  # the image check it failed (its param's name), for an image refused by prepare
 
     def describe(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
@@ -77,18 +78,27 @@ class BadRecords:
     skip_bad: bool
     records: list[BadRecord] = field(default_factory=list)
 
-    def report(self, file: str | Path, line: int | None, field_name: str | None, reason: str) -> None:
-        bad = BadRecord(str(file), line, field_name, reason)
+    def report(self, file: str | Path, line: int | None, field_name: str | None, reason: str,
+               check: str | None = None) -> None:
+        bad = BadRecord(str(file), line, field_name, reason, check)
         if not self.skip_bad:
             raise ZeroVLMError(f"{bad.describe()} (set data.skip_bad: true to skip and count bad records)")
         self.records.append(bad)
 
+    def report_draft(self, draft: Draft, field_name: str, reason: str, check: str | None = None) -> None:
+        """Report the record a draft came from (its origin, "<file>:<line or position>")."""
+        file_name, _, line = draft.origin.rpartition(":")
+        self.report(file_name, int(line) if line.isdigit() else None, field_name, reason, check)
+
     def summary(self) -> dict[str, Any]:
         by_field: dict[str, int] = {}
+        by_check: dict[str, int] = {}
         for bad in self.records:
             by_field[bad.field or "record"] = by_field.get(bad.field or "record", 0) + 1
+            if bad.check:
+                by_check[bad.check] = by_check.get(bad.check, 0) + 1
         return {"count": len(self.records), "by_field": dict(sorted(by_field.items())),
-                "records": [bad.__dict__ for bad in self.records]}
+                "by_check": dict(sorted(by_check.items())), "records": [bad.__dict__ for bad in self.records]}
 
 
 def report_missing_images(drafts: list[Draft], problems: dict[str, str], bad: BadRecords,
@@ -108,6 +118,4 @@ def report_missing_images(drafts: list[Draft], problems: dict[str, str], bad: Ba
                                       "files and set data.images_dir)"]))
     for draft in drafts:
         if draft.image.relative in problems:
-            file_name, _, line = draft.origin.rpartition(":")
-            bad.report(file_name, int(line) if line.isdigit() else None, field_name,
-                       problems[draft.image.relative])
+            bad.report_draft(draft, field_name, problems[draft.image.relative])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from zerovlm.config import DataConfig
-from zerovlm.datasets.download import FileRequest, fetch_all, fetch_file, policy_from_config, verify_image
+from zerovlm.datasets.download import FileRequest, fetch_all, fetch_file, policy_from_config
 from zerovlm.datasets.sources import (BadRecords, Draft, ImageRef, fill_url, report_missing_images,
                                       source_spec)
 from zerovlm.io import ZeroVLMError, parse_jsonl_lines, safe_join, sha256_file
@@ -22,6 +22,7 @@ from zerovlm.io import ZeroVLMError, parse_jsonl_lines, safe_join, sha256_file
 RAW_FOLDER = "vsr"            # annotations: <raw>/vsr/<split_dir>/<split>.jsonl
 COCO_FOLDER = "coco"          # images:      <raw>/coco/<train2017|val2017>/<name>.jpg
 _IMAGE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,64}\.jpe?g$")
+IMAGE_FIELD = "image"         # the record field an image check's bad record names (the COCO file name)
 
 
 def split_dir(dataset: str) -> str:
@@ -119,7 +120,8 @@ def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[D
 
 # ---------------------------------------------------------------- images
 def _local_images(images_dir: Path, drafts: list[Draft]) -> tuple[dict[str, Path], dict[str, str]]:
-    """A COCO folder: <dir>/train2017/NAME.jpg, or all files flat in <dir>. Returns (found, problems)."""
+    """A COCO folder: <dir>/train2017/NAME.jpg, or all files flat in <dir>. Returns (found, problems);
+    prepare decodes and checks what is found (image_problem)."""
     found: dict[str, Path] = {}
     problems: dict[str, str] = {}
     for relative in dict.fromkeys(d.image.relative for d in drafts):
@@ -128,24 +130,39 @@ def _local_images(images_dir: Path, drafts: list[Draft]) -> tuple[dict[str, Path
         if path is None:
             problems[relative] = f"{relative} not found in data.images_dir={images_dir}"
             continue
-        try:
-            verify_image(path)  # the one full decode of a local image
-        except ZeroVLMError as error:
-            problems[relative] = str(error)
-            continue
         found[relative] = path
     return found, problems
 
 
+def _already_there(root: Path, drafts: list[Draft]) -> dict[str, Path]:
+    """The drafts' images already in the raw COCO folder (fetched before, or put there by hand)."""
+    found = {}
+    for relative in dict.fromkeys(d.image.relative for d in drafts):
+        try:
+            path = safe_join(root, relative)
+        except ZeroVLMError:  # left to fetch_all, which reports it
+            continue
+        if path.is_file():
+            found[relative] = path
+    return found
+
+
 def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
                 bad: BadRecords) -> tuple[dict[str, Path], dict[str, str]]:
-    """Verified local files of the drafts' images (relative name -> path); failures go to `bad`.
-    Image checksums are not listed (COCO has thousands); each image's content hash is its image_id."""
+    """Local files of the drafts' images (relative name -> path); failures go to `bad`. Prepare decodes
+    and checks each (image_problem), so a file already in the raw folder is not handed to the downloader,
+    whose verification would decode it first under Pillow's limit alone; a downloaded one is verified by
+    the downloader too. Image checksums are not listed (COCO has thousands); each image's content hash is
+    its image_id."""
     if cfg.images_dir:
         found, problems = _local_images(Path(cfg.images_dir), drafts)
     else:
-        requests = [FileRequest(url=d.image.url, relative=d.image.relative, is_image=True) for d in drafts]
-        found, failures = fetch_all(requests, raw_dir / COCO_FOLDER, policy_from_config(cfg), "COCO images")
+        root = raw_dir / COCO_FOLDER
+        found = _already_there(root, drafts)
+        requests = [FileRequest(url=d.image.url, relative=d.image.relative, is_image=True)
+                    for d in drafts if d.image.relative not in found]
+        fetched, failures = fetch_all(requests, root, policy_from_config(cfg), "COCO images")
+        found.update(fetched)
         problems = {failure.request.relative: failure.reason for failure in failures}
     report_missing_images(drafts, problems, bad, "image" if cfg.images_dir else "image_link")
     return found, {}

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from zerovlm.config import DataConfig
-from zerovlm.datasets.download import FileRequest, fetch_file, policy_from_config, verify_image
+from zerovlm.datasets.download import FileRequest, fetch_file, policy_from_config
 from zerovlm.datasets.sources import (BadRecords, Draft, ImageRef, fill_url, report_missing_images,
                                       source_spec)
 from zerovlm.io import ZeroVLMError, atomic_dir, safe_join, sha256_file
 
 RAW_FOLDER = "whatsup"        # <raw>/whatsup/<annotation json>, <archive>, <image_folder>/<files>
+IMAGE_FIELD = "image_path"    # the record field an image check's bad record names
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(jpe?g|png)$")
 # The word of a caption that states each file-name relation (the upstream evaluator's keywords).
 _CAPTION_WORD = {"on": "on", "under": "under", "left": "left", "right": "right",
@@ -37,10 +38,10 @@ def subset_spec(dataset: str) -> dict[str, Any]:
     return source_spec("whatsup")["datasets"][dataset]
 
 
-def _drive_request(cfg: DataConfig, file_id: str, name: str) -> FileRequest:
+def _drive_request(cfg: DataConfig, file_id: str, name: str, kind: str) -> FileRequest:
     template = cfg.gdrive_url or source_spec("whatsup")["drive_url"]
     return FileRequest(url=fill_url(template, file_id=file_id), relative=f"{RAW_FOLDER}/{name}",
-                       follow_html_form=True)
+                       follow_html_form=True, kind=kind)
 
 
 # ---------------------------------------------------------------- annotation file
@@ -52,7 +53,7 @@ def annotation_file(cfg: DataConfig, raw_dir: Path) -> Path:
             if (Path(cfg.annotations_dir) / name).is_file():
                 return Path(cfg.annotations_dir) / name
         raise ZeroVLMError(f"data.annotations_dir={cfg.annotations_dir}: none of {names} exists there")
-    request = _drive_request(cfg, spec["annotation_id"], spec["annotation"])
+    request = _drive_request(cfg, spec["annotation_id"], spec["annotation"], "annotation")
     return fetch_file(request, raw_dir, policy_from_config(cfg))
 
 
@@ -184,7 +185,7 @@ def image_folder(cfg: DataConfig, raw_dir: Path) -> tuple[list[Path], dict[str, 
         if not archive.is_file():
             raise ZeroVLMError(f"data.images_dir={archive}: neither a folder nor an archive file")
     else:
-        request = _drive_request(cfg, spec["archive_id"], spec["archive"])
+        request = _drive_request(cfg, spec["archive_id"], spec["archive"], "archive")
         archive = fetch_file(request, raw_dir, policy_from_config(cfg))
     checksum = sha256_file(archive)
     return [extract_images(archive, extracted, checksum)], {spec["archive"]: checksum}
@@ -192,7 +193,8 @@ def image_folder(cfg: DataConfig, raw_dir: Path) -> tuple[list[Path], dict[str, 
 
 def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
                 bad: BadRecords) -> tuple[dict[str, Path], dict[str, str]]:
-    """Verified local files of the drafts' images (relative name -> path), and the archive's checksum."""
+    """Local files of the drafts' images (relative name -> path), and the archive's checksum; prepare
+    decodes and checks each (image_problem)."""
     folders, checksums = image_folder(cfg, raw_dir)
     found, problems = {}, {}
     for draft in drafts:
@@ -202,11 +204,6 @@ def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
         if path is None:
             problems[relative] = f"{name} not found in {', '.join(map(str, folders))}"
             continue
-        try:
-            verify_image(path)
-        except ZeroVLMError as error:
-            problems[relative] = str(error)
-            continue
         found[relative] = path
-    report_missing_images(drafts, problems, bad, "image_path")
+    report_missing_images(drafts, problems, bad, IMAGE_FIELD)
     return found, checksums

@@ -1,5 +1,9 @@
 """The results table shaped like the paper's: rows model x configuration (x view prompt), columns datasets.
 
+Rows are labelled as in the paper: the VLM alone for its origin baseline, "ZeroVLM (<VLM>)" for every
+configuration of the method (the VLM is the grid name, e.g. "ZeroVLM (minigpt4_7b)"; the CSV keeps the
+grid name alone in its `model` column).
+
 A cell is the accuracy in percent; every configuration other than the baseline also shows its
 difference to the origin baseline of the same model, dataset and task in percentage points, with a
 significance mark from McNemar's exact test over clusters (score.sampling_unit; p-values as corrected by
@@ -119,7 +123,8 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
     for row in table_rows:
         name = f"{row.configuration} (baseline)" if row.is_baseline else row.configuration
         cells = [format_cell(cell(summaries, row, c), alpha) for c in cols]
-        lines.append(f"| {row.vlm} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
+        model = row.vlm if row.is_baseline else f"ZeroVLM ({row.vlm})"
+        lines.append(f"| {model} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
     chance = sorted({f"{TASK_LABELS[c.task]} {100 * cell(summaries, Row(v, *BASELINE), c)['chance']:.0f}%"
                      for c in cols for v in vlms if cell(summaries, Row(v, *BASELINE), c)})
     lines += ["", f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "

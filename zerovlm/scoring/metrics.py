@@ -297,9 +297,9 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
         "dataset": dataset, "vlm": vlm, "params": resolved or {},
         "prepare": {k: prepare_summary.get(k) for k in ("source", "split", "selection", "source_checksums")},
         "views": {k: (views_summary or {}).get(k) for k in ("fingerprint", "settings", "device", "dtype",
-                                                            "batch_size", "batch_size_final")},
+                                                            "batch_size", "batch_size_final", "model_revision")},
         "infer": {**{k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint")},
-                  **{k: infer_run.get(k) for k in ("device", "versions")}},
+                  **{k: infer_run.get(k) for k in ("device", "versions", "model_revision")}},
         "prompts_sha256": infer_summary.get("prompts_sha256"),
         "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
     }

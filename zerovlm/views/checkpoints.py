@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPVisionModelWithProjection
 
 from zerovlm.io import ZeroVLMError, read_json
+from zerovlm.pickles import refused_pickles
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Zero123Components:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
-    pose_projection: torch.nn.Linear   # (projection_dim + 4) -> cross_attention_dim
+    pose_projection: torch.nn.Linear   # (projection_dim + 4) -> cross_attention_dim, float32 in any dtype
     scheduler: DDIMScheduler
     layout: str                         # "kxic" or "bennyguo"
 
@@ -72,7 +72,7 @@ def _is_local(model: str) -> bool:
     raise ZeroVLMError(f"model folder {model!r} not found (looked in {Path(model).resolve()}); {FIX_HINT}")
 
 
-def _model_file(model: str, relative: str, required: bool = True) -> Path | None:
+def _model_file(model: str, relative: str, required: bool = True, revision: str | None = None) -> Path | None:
     """A file of the model, from the local folder or the hub (cache first); None if absent and optional."""
     if _is_local(model):
         path = Path(model) / relative
@@ -85,7 +85,7 @@ def _model_file(model: str, relative: str, required: bool = True) -> Path | None
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(model, relative))
+        return Path(hf_hub_download(model, relative, revision=revision))
     except LocalEntryNotFoundError:  # offline (or the hub unreachable) and nothing in the local cache
         raise ZeroVLMError(f"cannot reach the Hugging Face hub for {model!r} ({relative}) and it is not in "
                            f"the local cache (HF_HOME); download it where there is network, or point "
@@ -99,9 +99,9 @@ def _model_file(model: str, relative: str, required: bool = True) -> Path | None
                            f"{str(error).splitlines()[0] if str(error) else ''}); {FIX_HINT}") from None
 
 
-def detect_layout(model: str) -> str:
+def detect_layout(model: str, revision: str | None = None) -> str:
     """kxic or bennyguo, from model_index.json's component names."""
-    index_path = _model_file(model, "model_index.json")
+    index_path = _model_file(model, "model_index.json", revision=revision)
     index = read_json(index_path, FIX_HINT)
     found = [name for name, (folder, _, _) in LAYOUTS.items() if folder in index]
     if len(found) != 1:
@@ -116,11 +116,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
+    with refused_pickles(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ZeroVLMError(f"{path}: refused: the pickle holds objects other than tensors, and pickles are "
-                           f"only read with weights_only=True ({str(error).splitlines()[0]})") from None
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ZeroVLMError(f"{path}: refused: expected a mapping of names to tensors, got "
@@ -128,12 +125,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _projection_file(model: str, folder: str, stem: str, variant: str | None) -> Path:
+def _projection_file(model: str, folder: str, stem: str, variant: str | None, revision: str | None = None) -> Path:
     names = [f"{stem}.safetensors", f"{stem}.bin"]
     if variant:
         names = [f"{stem}.{variant}.safetensors", f"{stem}.{variant}.bin"] + names
     for name in names:
-        path = _model_file(model, f"{folder}/{name}", required=False)
+        path = _model_file(model, f"{folder}/{name}", required=False, revision=revision)
         if path is not None:
             if variant and f".{variant}." not in name:
                 log.info("%s: no %s variant of the pose projection, using %s", model, variant, name)
@@ -141,10 +138,11 @@ def _projection_file(model: str, folder: str, stem: str, variant: str | None) ->
     raise ZeroVLMError(f"{model}: no pose projection weights in {folder}/ (looked for {names}); {FIX_HINT}")
 
 
-def load_pose_projection(model: str, layout: str, variant: str | None = None) -> torch.nn.Linear:
+def load_pose_projection(model: str, layout: str, variant: str | None = None,
+                         revision: str | None = None) -> torch.nn.Linear:
     """The camera projection Linear(projection_dim + 4, cross_attention_dim), from either key naming."""
     folder, stem, prefix = LAYOUTS[layout]
-    path = _projection_file(model, folder, stem, variant)
+    path = _projection_file(model, folder, stem, variant, revision)
     state = _read_state_dict(path)
     expected = {f"{prefix}.weight", f"{prefix}.bias"}
     if set(state) != expected:
@@ -157,8 +155,8 @@ def load_pose_projection(model: str, layout: str, variant: str | None = None) ->
     return projection
 
 
-def _check_training_schedule(model: str) -> None:
-    path = _model_file(model, "scheduler/scheduler_config.json", required=False)
+def _check_training_schedule(model: str, revision: str | None = None) -> None:
+    path = _model_file(model, "scheduler/scheduler_config.json", required=False, revision=revision)
     if path is None:
         return
     config = read_json(path, "the model folder is damaged: download it again")
@@ -171,7 +169,8 @@ def _check_training_schedule(model: str) -> None:
 def _load(cls, model: str, subfolder: str, dtype: torch.dtype, variant: str | None, **kwargs):
     dtype_arg = "dtype" if cls is CLIPVisionModelWithProjection else "torch_dtype"
     try:
-        return cls.from_pretrained(model, subfolder=subfolder, variant=variant, **{dtype_arg: dtype}, **kwargs)
+        with refused_pickles(f"{model}/{subfolder}"):  # diffusers wraps the refusal in an OSError without its reason
+            return cls.from_pretrained(model, subfolder=subfolder, variant=variant, **{dtype_arg: dtype}, **kwargs)
     except (OSError, ValueError) as error:
         raise ZeroVLMError(f"{model}: cannot load {subfolder}/ as {cls.__name__} "
                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
@@ -179,16 +178,17 @@ def _load(cls, model: str, subfolder: str, dtype: torch.dtype, variant: str | No
 
 
 def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    variant: str | None = None) -> Zero123Components:
-    """Every part of a Zero123 checkpoint, on the CPU in `dtype` (variant: e.g. "fp16", "fp16_ema")."""
+                    variant: str | None = None, revision: str | None = None) -> Zero123Components:
+    """Every part of a Zero123 checkpoint, on the CPU in `dtype` but the pose projection in float32
+    (variant: e.g. "fp16", "fp16_ema"; revision: a hub id's branch, tag or commit, None: main)."""
     model = str(model)
-    layout = detect_layout(model)
-    _check_training_schedule(model)
-    unet = _load(UNet2DConditionModel, model, "unet", dtype, variant)
-    vae = _load(AutoencoderKL, model, "vae", dtype, variant)
+    layout = detect_layout(model, revision)
+    _check_training_schedule(model, revision)
+    unet = _load(UNet2DConditionModel, model, "unet", dtype, variant, revision=revision)
+    vae = _load(AutoencoderKL, model, "vae", dtype, variant, revision=revision)
     image_encoder = _load(CLIPVisionModelWithProjection, model, "image_encoder", dtype, variant,
-                          attn_implementation="sdpa")
-    projection = load_pose_projection(model, layout, variant).to(dtype)
+                          attn_implementation="sdpa", revision=revision)
+    projection = load_pose_projection(model, layout, variant, revision)  # float32: the original projects in fp32
     _check_shapes(model, unet, vae, image_encoder, projection)
     return Zero123Components(unet.eval(), vae.eval(), image_encoder.eval(), projection.eval(),
                              make_scheduler(), layout)

@@ -1,8 +1,10 @@
 """Optional background removal and recentring of the input image, as the official Zero-1-to-3 demo.
 
-The demo (gradio_new.py `preprocess_image` -> ldm/util.py `load_and_preprocess`) removes the background
-with carvekit, whitens it, crops to the object's bounding box, thumbnails the crop to 200x200 and pads it
-to 256x256 on white. Here the mask comes from a pluggable backend (`views.foreground`):
+The demo (cvlab-columbia/zero123 gradio_new.py `main_run` -> `preprocess_image` -> ldm/util.py
+`load_and_preprocess`) shrinks the input to fit 1536 px, masks it with carvekit (alpha > 127), whitens the
+background of the RGB image, crops to the mask's bounding box, thumbnails the crop to 200x200 and pastes it
+centred on a 256x256 white canvas. `recentre` does exactly that after the mask; the mask comes from a
+pluggable backend (`views.foreground`):
 
 | backend | downloads | suited to |
 |---|---|---|
@@ -11,7 +13,8 @@ to 256x256 on white. Here the mask comes from a pluggable backend (`views.foregr
 
 `border` takes the median colour of the image's outermost pixel ring as the background and marks every
 pixel farther than `views.foreground_threshold_rgb` (Euclidean distance of 8-bit RGB, 0..441) from it as
-object. Transparent pixels are composited on white first, as the sampler does.
+object. To decide, it composites transparent pixels on white first, as the sampler does (the cropped pixels
+themselves are the RGB values, alpha dropped, as the demo's `convert('RGB')`).
 
 Adding a learned backend (e.g. rembg's U^2-Net or carvekit's tracer-b7, as the demo): write a factory
 `make_<name>(threshold_rgb: float) -> MaskFn` that loads the model ONCE and returns a function
@@ -31,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
+from zerovlm.views.zero123 import demo_input
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +91,12 @@ def demo_object_px(size_px: int) -> int:
 
 
 def recentre(image: Image.Image, mask: np.ndarray, size_px: int, object_px: int) -> Image.Image | None:
-    """RGBA size_px x size_px: the object cropped to its box, fitted to object_px, centred on white.
+    """RGB size_px x size_px: the object cropped to its box, shrunk to fit object_px, centred on white.
 
-    As the demo: background pixels whitened, crop to the mask's bounding box, LANCZOS resize keeping the
-    aspect ratio so the longer side is object_px, paste centred ((size - w) // 2) on white. Unlike the
-    demo's `thumbnail`, a crop smaller than object_px is enlarged too, so the object always has the same
-    size (the demo's inputs are photos larger than 200 px, where both agree). Alpha = the mask (0 in the
-    padding). None when the mask is empty (nothing to centre on).
+    The demo's load_and_preprocess after its mask: the image's RGB (alpha dropped, nothing composited)
+    with the pixels of mask <= 127 set to white, cropped to the mask's bounding box, `thumbnail`ed
+    (LANCZOS; a crop that already fits keeps its size) and pasted at ((size - w) // 2, (size - h) // 2)
+    on white. None when the mask is empty (nothing to centre on).
     """
     if not 1 <= object_px <= size_px:
         raise ZeroVLMError(f"object_px must be in [1, size_px={size_px}], got {object_px}")
@@ -103,24 +106,22 @@ def recentre(image: Image.Image, mask: np.ndarray, size_px: int, object_px: int)
     if not foreground.any():
         return None
     rows, cols = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    rgb = _on_white(image)
-    rgb[~foreground] = 255.0                                                      # whiten the background
-    crop = np.concatenate([rgb, mask[:, :, None].astype(np.float32)], axis=-1)[top:bottom, left:right]
-    crop = Image.fromarray(np.rint(crop).astype(np.uint8), "RGBA")
-    scale = object_px / max(crop.width, crop.height)
-    width, height = max(1, round(crop.width * scale)), max(1, round(crop.height * scale))
-    crop = crop.resize((width, height), Image.Resampling.LANCZOS)
-    canvas = Image.new("RGBA", (size_px, size_px), (255, 255, 255, 0))
-    canvas.paste(crop, ((size_px - width) // 2, (size_px - height) // 2))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1    # cv2.boundingRect's box
+    rgb = np.array(image.convert("RGB"))                                          # (H, W, 3) uint8
+    rgb[~foreground] = 255                                                        # whiten the background
+    crop = Image.fromarray(rgb[top:bottom, left:right])
+    crop.thumbnail((object_px, object_px), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (size_px, size_px), (255, 255, 255))
+    canvas.paste(crop, ((size_px - crop.width) // 2, (size_px - crop.height) // 2))
     return canvas
 
 
 def remove_background(image: Image.Image, mask_fn: MaskFn, size_px: int,
                       name: str = "") -> tuple[Image.Image, bool]:
-    """(input for the sampler, recentred?): recentred at the demo's ratio, or the image unchanged (with a
-    warning) when the backend finds no object."""
-    centred = recentre(image, mask_fn(image), size_px, demo_object_px(size_px))
+    """(input for the sampler, recentred?): the demo's input (shrunk to fit 1536 px) masked and recentred
+    at the demo's ratio, or the image unchanged (with a warning) when the backend finds no object."""
+    demo = demo_input(image)
+    centred = recentre(demo, mask_fn(demo), size_px, demo_object_px(size_px))
     if centred is None:
         log.warning("views.foreground: no object found in %s; using the image as it is", name or "an image")
         return image, False

@@ -58,10 +58,10 @@ class Job:
 
 
 def settings_fingerprint(cfg, device: torch.device) -> tuple[str, dict]:
-    """(hash, settings) of what the pixels depend on: the settings, a local model folder's content, and
-    the kind of device (views are the same bytes only on the same kind of device and dtype)."""
+    """(hash, settings) of what the pixels depend on: the settings, a local model folder's content or a hub
+    model's commit, and the kind of device (views are the same bytes only on the same kind of device and dtype)."""
     settings = cfg.model_dump(mode="json", include=set(PIXEL_SETTINGS))
-    return stable_hash([settings, model_identity(cfg.model), device.type]), settings
+    return stable_hash([settings, model_identity(cfg.model, cfg.revision), device.type]), settings
 
 
 def view_generator(seed: int, image_id: str, view_name: str) -> torch.Generator:
@@ -228,7 +228,8 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
     writer = ShardWriter(partial / worker.part_name, shard_size)
     sampler, generating, generated = None, 0.0, 0
     if mine:
-        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device, variant=cfg.weights_variant)
+        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device, variant=cfg.weights_variant,
+                                                   revision=cfg.revision)
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
         sampler = _Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
@@ -272,6 +273,7 @@ def synthesize_views(cfg, examples, prepared_dir: Path, out_dir: Path, shard_siz
         "batch_size": cfg.batch_size, "batch_size_final": sampler.batch_size if sampler else cfg.batch_size,
         "oom_backoffs": sampler.backoffs if sampler else 0, "recentre_fallbacks": _count_fallbacks(out_dir),
         "peak_memory_bytes": peak_memory_bytes(), "fingerprint": fingerprint, "settings": settings,
+        "model_revision": cfg.revision,  # a hub model's commit under `dvc repro` (pinned by the check stage)
     }
     # The store keeps only what its pixels depend on, so that re-synthesising identical views gives an
     # identical DVC output (downstream stages stay cached); timings and counts of this run go apart.

@@ -1,10 +1,12 @@
 """The Zero-1-to-3 sampler as numbered steps, on diffusers/transformers building blocks.
 
 It follows the original (cvlab-columbia/zero123: gradio_new.py `sample_model`, ldm DDIMSampler):
-  1. encode: the input view on white in [-1, 1]; CLIP embedding of it (bicubic, align_corners, no
-     antialias, CLIP mean/std) concatenated with the pose and projected to the cross-attention context
-     (B, 1, 768); the conditioning latent = VAE posterior mode, NOT scaled.
-  2. timesteps: diffusers' "leading" DDIM steps, or any uniform list such as LDM's (`ldm_timesteps`).
+  1. encode: the input view (thumbnailed to 1536 px, as the demo's main_run) resized and put on white in
+     [-1, 1]; CLIP embedding of it (bicubic, align_corners, no antialias, CLIP mean/std) concatenated with
+     the pose and projected to the cross-attention context (B, 1, 768) in float32 whatever the pipeline's
+     dtype, as the original's fp32 demo; the conditioning latent = VAE posterior mode, NOT scaled.
+  2. timesteps: diffusers' "leading" DDIM steps, or any uniform list such as the steps the original
+     sampler runs (`ldm_timesteps`).
   3. prepare latents: N(0, I) from one torch.Generator per sample, so a view does not depend on its batch.
   4. denoise: classifier-free guidance folded into one UNet batch [unconditional; conditional], where the
      unconditional branch is a zero context (after the projection) and a zero conditioning latent.
@@ -32,19 +34,33 @@ from zerovlm.views.checkpoints import Zero123Components, load_components
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, as the original's FrozenCLIPImageEmbedder
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEMO_MAX_INPUT_PX = 1536  # gradio_new.py main_run: raw_im.thumbnail([1536, 1536], LANCZOS) before anything else
 
 
 def ldm_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> list[int]:
-    """LDM's "uniform" DDIM discretisation, descending: range(0, T, T // n) + 1 (75 -> 77 steps, 989..1)."""
-    if not 1 <= num_inference_steps <= num_train_timesteps:
-        raise ZeroVLMError(f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}")
+    """The timesteps the original sampler runs, descending, each step going back c = T // n.
+
+    LDM's "uniform" discretisation is range(0, T, c) + 1 (make_ddim_timesteps), but zero123's
+    DDIMSampler.ddim_sampling(t_start=-1) runs `timesteps[:t_start]`, dropping the highest one:
+    50 requested -> 49 steps (961..1), 75 -> 76 steps (976..1).
+    """
+    if not 2 <= num_inference_steps <= num_train_timesteps:
+        raise ZeroVLMError(f"views.num_inference_steps: the ldm schedule runs one step fewer than requested (as "
+                           f"the original sampler), so it needs 2..{num_train_timesteps}, got {num_inference_steps}")
     stride = num_train_timesteps // num_inference_steps
-    return [t + 1 for t in range(0, num_train_timesteps, stride)][::-1]
+    return [t + 1 for t in range(0, num_train_timesteps, stride)][-2::-1]
+
+
+def demo_input(image: Image.Image) -> Image.Image:
+    """The demo's input image: RGBA (its upload widget's mode), shrunk to fit 1536 px (a smaller one is kept)."""
+    image = image.convert("RGBA")  # a new image: thumbnail works in place
+    image.thumbnail((DEMO_MAX_INPUT_PX, DEMO_MAX_INPUT_PX), Image.Resampling.LANCZOS)
+    return image
 
 
 def prepare_image(image: Image.Image, size_px: int) -> torch.Tensor:
-    """(3, size, size) float32 in [-1, 1]: LANCZOS resize of the RGBA image, then alpha-composite on white."""
-    rgba = image.convert("RGBA").resize((size_px, size_px), Image.Resampling.LANCZOS)
+    """(3, size, size) float32 in [-1, 1]: the demo's input, LANCZOS-resized, then alpha-composited on white."""
+    rgba = demo_input(image).resize((size_px, size_px), Image.Resampling.LANCZOS)
     array = np.asarray(rgba, dtype=np.float32) / 255.0     # (H, W, 4) in [0, 1]
     alpha = array[:, :, 3:4]
     rgb = alpha * array[:, :, :3] + (1.0 - alpha)          # on white, as the demo's "new method"
@@ -58,6 +74,11 @@ def clip_preprocess(x: torch.Tensor, size_px: int) -> torch.Tensor:
     mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+def _stride(timesteps: list[int], num_inference_steps: int, num_train_timesteps: int) -> int:
+    """How far back each step of a timestep list goes: its spacing, or T // n for a single timestep."""
+    return timesteps[0] - timesteps[1] if len(timesteps) > 1 else num_train_timesteps // num_inference_steps
 
 
 def _randn(generators: list[torch.Generator], shape: tuple[int, ...], device) -> torch.Tensor:
@@ -93,7 +114,8 @@ class Zero123Pipeline:
 
     def __init__(self, components: Zero123Components):
         self.unet, self.vae = components.unet, components.vae
-        self.image_encoder, self.pose_projection = components.image_encoder, components.pose_projection
+        self.image_encoder = components.image_encoder
+        self.pose_projection = components.pose_projection.float()  # see encode
         self.scheduler = components.scheduler
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.unet_multiple = 2 ** (len(self.unet.config.block_out_channels) - 1)  # latent side must divide
@@ -107,9 +129,10 @@ class Zero123Pipeline:
 
     @classmethod
     def from_pretrained(cls, model, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
-                        variant: str | None = None) -> "Zero123Pipeline":
-        """Load a hub id or local folder (kxic or bennyguo layout) onto `device` in `dtype`."""
-        return cls(load_components(model, dtype, variant)).to(device)
+                        variant: str | None = None, revision: str | None = None) -> "Zero123Pipeline":
+        """Load a hub id (at `revision`; None: main) or local folder (kxic or bennyguo layout) onto `device`
+        in `dtype`."""
+        return cls(load_components(model, dtype, variant, revision)).to(device)
 
     def to(self, device: str | torch.device) -> "Zero123Pipeline":
         for module in (self.unet, self.vae):
@@ -151,7 +174,8 @@ class Zero123Pipeline:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pose_projection.weight.dtype
+        """The dtype of the UNet, VAE and CLIP; the pose projection stays float32 (see encode)."""
+        return self.vae.dtype
 
     def check_inputs(self, images, poses, generators, num_inference_steps, guidance_scale, eta,
                      image_size_px, timesteps, latents) -> None:
@@ -182,6 +206,11 @@ class Zero123Pipeline:
                     or not 0 <= min(timesteps) <= max(timesteps) < train):
                 raise ZeroVLMError(f"timesteps: expected a descending list with one stride in [0, {train}), "
                                    f"got {timesteps}")
+            stride = _stride(timesteps, num_inference_steps, train)
+            if train // (train // stride) != stride:  # DDIMScheduler.step goes back T // (its step count)
+                raise ZeroVLMError(f"timesteps: stride {stride} cannot be stepped (DDIM goes back {train} // "
+                                   f"{train // stride} = {train // (train // stride)} per step); use a stride "
+                                   f"{train} // n for some n, as ldm_timesteps(n) does")
         if latents is not None:
             side = image_size_px // self.vae_scale_factor
             expected = (batch, self.vae.config.latent_channels, side, side)
@@ -192,10 +221,9 @@ class Zero123Pipeline:
         if timesteps is None:
             scheduler.set_timesteps(num_inference_steps)
             return scheduler.timesteps
-        # DDIMScheduler.step goes back T // num_inference_steps: pick n giving the list's stride (75 -> 76).
+        # DDIMScheduler.step goes back T // num_inference_steps: pick n giving the list's stride (ldm 75 -> 76).
         train = scheduler.config.num_train_timesteps
-        stride = timesteps[0] - timesteps[1] if len(timesteps) > 1 else train // num_inference_steps
-        scheduler.set_timesteps(train // stride)
+        scheduler.set_timesteps(train // _stride(timesteps, num_inference_steps, train))
         scheduler.timesteps = torch.tensor(timesteps, dtype=torch.long)
         return scheduler.timesteps
 
@@ -215,9 +243,11 @@ class Zero123Pipeline:
         cond_latent = self.vae.encode(x).latent_dist.mode()                                      # (U, 4, h, w)
         index = torch.tensor(index, device=self.device)
         embeds, cond_latent = embeds[index], cond_latent[index]                                  # (B, ...)
-        pose = poses.to(self.device, self.dtype)[:, None, :]                                      # (B, 1, 4)
-        context = self.pose_projection(torch.cat([embeds[:, None, :], pose], dim=-1))           # (B, 1, D)
-        return context, cond_latent
+        # The pose and its projection in float32, cast afterwards, as the original (an fp32 demo): half
+        # precision would round the pose angles, the projection weights and its (E + 4)-term sums.
+        pose = poses.to(self.device, torch.float32)[:, None, :]                                   # (B, 1, 4)
+        context = self.pose_projection(torch.cat([embeds[:, None, :].float(), pose], dim=-1))   # (B, 1, D)
+        return context.to(self.dtype), cond_latent
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -6,9 +6,11 @@ several images (`native_multi_image`: `max_images_per_request` > 1, so the infer
 "-separate" configurations; other models get 1). Models differ in how they place image tokens and positions, so
 this backend only uses the processor and the model's plain forward and generate:
 - option scores: each (request, option) pair is one left-padded sequence `prompt + sep + option`,
-  and the option's tokens are the last n of it, n = len(tokens(prompt + sep + option)) minus the
-  tokens it shares with tokens(prompt) (exact when BPE merges across the boundary); no prefix sharing
-  (LLaVA and MiniGPT-4 have dedicated backends that share the prefix). The model's output head runs
+  and the option's score sums the log-probabilities of its last n tokens, n = len(tokens(prompt + sep +
+  option)) minus the shortest prefix that tokens(prompt) shares with every option's tokens: all options
+  are continuations of one prefix even when BPE merges cross the prompt/option boundary differently for
+  different options (as in llava.py). Each pair runs its whole sequence (LLaVA and MiniGPT-4 have
+  dedicated backends that run the shared prefix once). The model's output head runs
   in float32 whatever infer.dtype (transformers_ops.Float32Head: in bf16 two options' logits could
   tie exactly, and the first would win); the model's own scaling or capping of the logits applies after it;
 - sep is "" when the rendered prompt ends in whitespace (e.g. Qwen's "assistant\\n"), else " ";
@@ -71,15 +73,14 @@ class HFAutoBackend(VisionLanguageModel):
         text = self.render_prompt(request)
         separator = "" if text[-1:].isspace() else " "
         prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        pairs = []
-        for option in request.options:
-            joint = text + separator + option
-            ids = self.tokenizer(joint, add_special_tokens=False)["input_ids"]
-            count = len(ids) - common_prefix_length(prompt_ids, ids)
-            if count < 1:
+        joints = [text + separator + option for option in request.options]
+        joint_ids = [self.tokenizer(joint, add_special_tokens=False)["input_ids"] for joint in joints]
+        # one prefix for all options (as llava.py): the shortest they share with the prompt
+        shared = min([len(prompt_ids)] + [common_prefix_length(prompt_ids, ids) for ids in joint_ids])
+        for option, ids in zip(request.options, joint_ids):
+            if len(ids) <= shared:
                 raise ZeroVLMError(f"option {option!r} adds no tokens to the prompt")
-            pairs.append((joint, count, request.images))
-        return pairs
+        return [(joint, len(ids) - shared, request.images) for joint, ids in zip(joints, joint_ids)]
 
     @torch.no_grad()
     def _score(self, batch: list[tuple[str, int, tuple]]) -> list[float]:

@@ -5,10 +5,14 @@ no torchvision) and LlavaForConditionalGeneration (SDPA attention); remote code 
 cfg.trust_remote_code.
 
 Prompts (cfg.chat_format):
-- "hub": the model's own chat template -> `USER: <image>\\n{prompt} ASSISTANT:`
-- "llava_original": the original repo's conv_vicuna_v1 -> `{system} USER: <image>\\n{prompt} ASSISTANT:`
+- "hub": the model's own chat template -> `USER: <image>\\n{prompt} ASSISTANT:` (no system sentence)
+- "vicuna_v1", "llava_v1": the original repo's templates of those names (haotian-liu/LLaVA llava/conversation.py,
+  conv_vicuna_v1 and conv_llava_v1, SeparatorStyle.TWO) -> `{system} USER: <image>\\n{prompt} ASSISTANT:`;
+  they differ only in the system sentence ("a curious user" / "a curious human"). LLaVA-1.5's evaluation
+  scripts pass `--conv-mode vicuna_v1`; run_llava.py (also the ZeroVLM authors' copy) picks `llava_v1`.
 Images (cfg.image_preprocess): "crop" is the HF processor (resize + centre crop); "pad" first pads to a
-square with the processor's mean colour, as the original repo's `expand2square` (image_aspect_ratio=pad).
+square with the processor's mean colour, as the original repo's `expand2square` in `process_images`
+(llava/mm_utils.py, image_aspect_ratio=pad, LLaVA-1.5's setting), then the same CLIP pipeline.
 
 Algorithm, one batch (`_score_batch`):
 1. Tokenise prompt and prompt+" "+option jointly; the longest token prefix shared by the prompt and every
@@ -44,6 +48,7 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
+from zerovlm.pickles import refused_pickles
 from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
                               request_seed, resolve_device_dtype, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
@@ -51,8 +56,16 @@ from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_p
 
 log = logging.getLogger(__name__)
 
-VICUNA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                    "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+# The original templates' system sentences (llava/conversation.py); both render
+# system + sep + "USER: " + "<image>\n" + question + sep + "ASSISTANT:" with sep " " (sep2 "</s>" ends a reply).
+ORIGINAL_SYSTEMS = {
+    "vicuna_v1": ("A chat between a curious user and an artificial intelligence assistant. "
+                  "The assistant gives helpful, detailed, and polite answers to the user's questions."),
+    "llava_v1": ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions."),
+}
+ORIGINAL_SEP = " "
+CHAT_FORMATS = ("hub", *ORIGINAL_SYSTEMS)
 OPTION_SEPARATOR = " "  # "ASSISTANT:" + " Yes": the answer follows the colon after one space
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -87,15 +100,15 @@ class LlavaBackend(VisionLanguageModel):
     def __init__(self, model, processor, *, model_id: str = "", chat_format: str = "hub",
                  image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "right",
                  prefetch_workers: int | None = None, feature_cache_size: int = 256, compile: bool = False):
-        if chat_format not in ("hub", "llava_original"):
-            raise ZeroVLMError(f"chat_format must be 'hub' or 'llava_original', got {chat_format!r}")
+        if chat_format not in CHAT_FORMATS:
+            raise ZeroVLMError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, got {chat_format!r}")
         if image_preprocess not in ("crop", "pad"):
             raise ZeroVLMError(f"image_preprocess must be 'crop' or 'pad', got {image_preprocess!r}")
         if padding_side not in ("left", "right"):
             raise ZeroVLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if chat_format == "hub" and not getattr(processor, "chat_template", None):
             raise ZeroVLMError(f"{model_id or 'model'}: the processor has no chat template; "
-                               "use infer.chat_format 'llava_original'")
+                               "use infer.chat_format 'llava_v1' or 'vicuna_v1'")
         self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
         self.device, self.dtype = model.device, model.dtype
         self.model_id, self.chat_format, self.image_preprocess = model_id, chat_format, image_preprocess
@@ -136,7 +149,8 @@ class LlavaBackend(VisionLanguageModel):
             return self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                       add_generation_prompt=True, tokenize=False)
         images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in request.images)
-        return f"{VICUNA_V1_SYSTEM} USER: {images}{request.prompt} ASSISTANT:"
+        system = ORIGINAL_SYSTEMS[self.chat_format]
+        return f"{system}{ORIGINAL_SEP}USER: {images}{request.prompt}{ORIGINAL_SEP}ASSISTANT:"
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -306,7 +320,7 @@ class LlavaBackend(VisionLanguageModel):
 
 
 # ---------------------------------------------------------------- loading
-def check_model_source(model: str) -> None:
+def check_model_source(model: str, revision: str | None = None) -> None:
     """A local-looking path must exist; anything else is a hub id, whose config.json is fetched (or found
     in the cache) once here: offline, transformers would retry each file for minutes before failing."""
     looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] \
@@ -319,7 +333,7 @@ def check_model_source(model: str) -> None:
     from huggingface_hub import hf_hub_download
 
     try:
-        hf_hub_download(model, "config.json")
+        hf_hub_download(model, "config.json", revision=revision)
     except OSError as error:  # offline and not cached, unknown or gated repo: huggingface_hub's errors
         reason = str(error).splitlines()[0] if str(error) else ""
         raise ZeroVLMError(f"infer.model: cannot fetch config.json of hub repo {model!r} ({type(error).__name__}: "
@@ -327,21 +341,23 @@ def check_model_source(model: str) -> None:
                            f"folder, or point HF_HOME at a cache holding it") from None
 
 
-def load_processor(model: str, trust_remote_code: bool = False):
+def load_processor(model: str, trust_remote_code: bool = False, revision: str | None = None):
     """AutoProcessor with the PIL image processors (identical preprocessing on CPU and GPU, no torchvision)."""
     from transformers import AutoProcessor
-    return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
+    return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code, revision=revision)
 
 
 def load_transformers_vlm(model_class, cfg):
     """(model on its device, processor, device) for cfg.model through `model_class.from_pretrained`: SDPA
-    attention, cfg.dtype, remote code only with cfg.trust_remote_code; then cfg.fp8_linear."""
-    check_model_source(cfg.model)
+    attention, cfg.dtype, remote code only with cfg.trust_remote_code; then cfg.fp8_linear. A hub id is read at
+    cfg.revision (the commit the check stage pinned)."""
+    check_model_source(cfg.model, cfg.revision)
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     try:
-        processor = load_processor(cfg.model, cfg.trust_remote_code)
-        model = model_class.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
-                                            trust_remote_code=cfg.trust_remote_code)
+        processor = load_processor(cfg.model, cfg.trust_remote_code, cfg.revision)
+        with refused_pickles(cfg.model):
+            model = model_class.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
+                                                trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     except (OSError, ValueError) as error:
         raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} as {model_class.__name__} ({error}); for hub "
                            "ids check the network or the Hugging Face cache") from None

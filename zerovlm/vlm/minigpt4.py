@@ -13,13 +13,18 @@ Here: Blip2VisionModel (its `post_layernorm` is LAVIS' `ln_vision`, eps set to t
 checkpoint such as Salesforce/blip2-flan-t5-xxl (its vision tower is EVA-CLIP ViT-g, frozen in BLIP-2);
 `llama_proj` from the released .pth with torch.load(weights_only=True); LlamaForCausalLM + its tokenizer.
 
-cfg.model is a folder with a `minigpt4.json` manifest (paths relative to it, or hub ids):
-    {"vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": "prerained_minigpt4_7b.pth",
-     "llm": "vicuna-7b-v0"}
+cfg.model is a folder with a `minigpt4.json` manifest naming the parts. `vision_qformer` and `llm`: a folder
+(relative to the manifest) or a hub id; `llama_proj`: a file (relative to the manifest) or `gdrive:<file_id>`,
+a Google Drive file fetched once into the zerovlm cache and checked against the SHA-256 recorded on its
+first download (zerovlm/vlm/model_files.py; the sum is in info(), hence in the run records):
+    {"vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": "gdrive:1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R",
+     "llm": "Vision-CAIR/vicuna-7b"}
     {"variant": "llama2", "vision_qformer": "Salesforce/blip2-flan-t5-xxl",
      "llama_proj": "pretrained_minigpt4_llama2_7b.pth", "llm": "meta-llama/Llama-2-7b-chat-hf"}
 ("variant" defaults to "vicuna0"; the llama2 variant reads only the vision tower of the BLIP-2 checkpoint.)
-Vicuna v0 is distributed as deltas on LLaMA: reconstruct it first (FastChat's apply_delta).
+The paper's models are committed manifests under zerovlm/vlm/manifests/ (the `vlms:` entries name them):
+the released checkpoints on Google Drive and Vicuna v0 as the MiniGPT-4 README links it, already merged
+with LLaMA (Vision-CAIR/vicuna-7b, Vision-CAIR/vicuna for 13B).
 
 Prompts (minigpt4/conversation/conversation.py, SeparatorStyle.SINGLE):
 - vicuna0 (CONV_VISION_Vicuna0): `{system}###Human: <Img><ImageHere></Img> {prompt}###Assistant: `;
@@ -35,6 +40,7 @@ the ViT in fp16; this backend does neither.
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +51,10 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError, read_json
+from zerovlm.pickles import refused_pickles
 from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
                               request_seed, resolve_device_dtype, run_batched)
+from zerovlm.vlm.model_files import repository, repository_file, single_file
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
                                           use_fp8_linears, uses_fp8)
 
@@ -71,6 +79,7 @@ PLACEHOLDER = -1  # token id standing for one image embedding position (never lo
 IMAGE_PX = 224
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 MANIFEST = "minigpt4.json"
+PARTS = ("vision_qformer", "llama_proj", "llm")  # the manifest's keys besides "variant"
 BLIP2_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
 VISION_PREFIXES = ("vision_model.",)
 LN_VISION_EPS = 1e-5  # LAVIS ln_vision = nn.LayerNorm(1408): torch's default eps
@@ -104,21 +113,10 @@ def load_llama_proj(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("llama_proj."): state[key] for key in wanted}
 
 
-def _fetch(source: str, filename: str) -> Path | None:
-    """A file of a local folder or a hub repository; None when the repository does not have it."""
-    if Path(source).is_dir():
-        path = Path(source) / filename
-        return path if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-    try:
-        return Path(hf_hub_download(source, filename))
-    except EntryNotFoundError:
-        return None
-
-
-def load_blip2_parts(source: str, with_qformer: bool = True) -> tuple[Any, Any, Any, Any]:
-    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint, reading only their shards.
+def load_blip2_parts(source: str, with_qformer: bool = True,
+                     where: str = "vision_qformer") -> tuple[Any, Any, Any, Any]:
+    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint (folder or hub id), reading only
+    their shards; `where` names the setting in errors.
 
     with_qformer=False (the llama2 variant): only the vision tower is read; query_tokens and Q-Former are
     None, and `post_layernorm` (ln_vision) is reset to the fresh LayerNorm the original uses there.
@@ -127,8 +125,12 @@ def load_blip2_parts(source: str, with_qformer: bool = True) -> tuple[Any, Any, 
     from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
 
     prefixes = BLIP2_PREFIXES if with_qformer else VISION_PREFIXES
-    config = Blip2Config.from_pretrained(source)
-    index = _fetch(source, "model.safetensors.index.json")
+    config_path = repository_file(source, "config.json", where)
+    if config_path is None:
+        raise ZeroVLMError(f"{where}: {source} has no config.json; name a BLIP-2 checkpoint "
+                           "(e.g. Salesforce/blip2-flan-t5-xxl)")
+    config = Blip2Config.from_pretrained(config_path.parent)
+    index = repository_file(source, "model.safetensors.index.json", where)
     if index is not None:
         weight_map = read_json(index, "the model folder is damaged: write it again")["weight_map"]
         shards = sorted({f for key, f in weight_map.items() if key.startswith(prefixes)})
@@ -136,9 +138,9 @@ def load_blip2_parts(source: str, with_qformer: bool = True) -> tuple[Any, Any, 
         shards = ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
-        path = _fetch(source, shard)
+        path = repository_file(source, shard, where)
         if path is None:
-            raise ZeroVLMError(f"{source}: {shard} not found (safetensors weights are required)")
+            raise ZeroVLMError(f"{where}: {source} has no {shard} (safetensors weights are required)")
         with safe_open(str(path), framework="pt") as f:
             state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)})
 
@@ -169,7 +171,8 @@ class MiniGPT4Backend(VisionLanguageModel):
     max_images_per_request = 1  # trained and evaluated on single images
 
     def __init__(self, vision, query_tokens, qformer, llama_proj, llm, tokenizer, *, model_id: str = "",
-                 batch_size: int = 16, prefetch_workers: int = 0, variant: str = "vicuna0"):
+                 batch_size: int = 16, prefetch_workers: int = 0, variant: str = "vicuna0",
+                 parts: dict[str, str] | None = None):
         if variant not in CONVERSATIONS:
             raise ZeroVLMError(f"MiniGPT-4 variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
         if (qformer is None) != (variant == "llama2"):
@@ -178,6 +181,7 @@ class MiniGPT4Backend(VisionLanguageModel):
         self.query_tokens, self.tokenizer, self.model_id = query_tokens, tokenizer, model_id
         self.batch_size, self.prefetch_workers = batch_size, prefetch_workers
         self.variant, self.conversation = variant, CONVERSATIONS[variant]
+        self.parts = parts or {}  # where each part came from, and llama_proj's SHA-256 (for the run records)
         self.device, self.dtype = llm.device, llm.dtype
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
@@ -193,7 +197,8 @@ class MiniGPT4Backend(VisionLanguageModel):
                 "dtype": str(self.dtype).removeprefix("torch."),
                 "qformer_dtype": "float32" if self.qformer is not None else None,
                 "fp8_linear": uses_fp8(self.llm),
-                "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image}
+                "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image,
+                "parts": self.parts}
 
     def render_prompt(self, request: Request) -> str:
         images = " ".join(f"<Img>{IMAGE_HERE}</Img>" for _ in request.images)
@@ -296,11 +301,6 @@ class MiniGPT4Backend(VisionLanguageModel):
                                prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
 
 
-def _resolve(folder: Path, value: str) -> str:
-    local = folder / value
-    return str(local) if local.exists() else value  # otherwise a hub id
-
-
 def load_minigpt4(cfg) -> MiniGPT4Backend:
     """MiniGPT-4 from the folder cfg.model (see the module docstring for its minigpt4.json)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -309,33 +309,53 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise ZeroVLMError(f"infer.model: {manifest_path} not found; MiniGPT-4 needs a folder with {MANIFEST} "
-                           "naming vision_qformer, llama_proj and llm (`zerovlm build-tiny-models` writes one)")
-    manifest = read_json(manifest_path, "rewrite it (`zerovlm build-tiny-models` writes an example)")
-    missing = [k for k in ("vision_qformer", "llama_proj", "llm") if k not in manifest]
+                           "naming vision_qformer, llama_proj and llm (zerovlm/vlm/manifests/ has the paper's)")
+    manifest = read_json(manifest_path, "rewrite it (zerovlm/vlm/manifests/ has examples)")
+    missing = [k for k in PARTS if k not in manifest]
     if missing:
         raise ZeroVLMError(f"{manifest_path}: missing keys {missing}")
     variant = manifest.get("variant", "vicuna0")
     if variant not in CONVERSATIONS:
         raise ZeroVLMError(f"{manifest_path}: variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    config, query_tokens, vision, qformer = load_blip2_parts(_resolve(folder, manifest["vision_qformer"]),
-                                                             with_qformer=variant == "vicuna0")
-    llm = LlamaForCausalLM.from_pretrained(_resolve(folder, manifest["llm"]), dtype=dtype, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(_resolve(folder, manifest["llm"]))
-    weights = load_llama_proj(folder / manifest["llama_proj"])
+
+    # 1. vision tower (+ Q-Former), LLM and tokenizer: folders relative to the manifest or hub ids
+    where = {key: f"{manifest_path}: {key}" for key in PARTS}
+    blip2 = repository(folder, manifest["vision_qformer"], where["vision_qformer"])
+    llm_source = repository(folder, manifest["llm"], where["llm"])
+    config, query_tokens, vision, qformer = load_blip2_parts(blip2, variant == "vicuna0", where["vision_qformer"])
+    if repository_file(llm_source, "config.json", where["llm"]) is None:
+        raise ZeroVLMError(f"{where['llm']}: {llm_source} has no config.json; name a Llama model")
+    try:
+        with refused_pickles(llm_source):
+            llm = LlamaForCausalLM.from_pretrained(llm_source, dtype=dtype, attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(llm_source)
+    except (OSError, ValueError, ImportError) as error:
+        # transformers reads a tokenizer.model without tokenizer.json (common in Llama-1 era repos) only with
+        # sentencepiece, and without it reports a failed fallback to tiktoken
+        hint = "" if importlib.util.find_spec("sentencepiece") else (
+            "; a tokenizer given only as tokenizer.model needs `pip install sentencepiece protobuf`")
+        raise ZeroVLMError(f"{where['llm']}: cannot load {llm_source!r} as a Llama model and its tokenizer "
+                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__}){hint}") from None
+
+    # 2. llama_proj: a file relative to the manifest, or a Google Drive file fetched once into the cache
+    proj_path, proj_sha256 = single_file(folder, manifest["llama_proj"], where["llama_proj"])
+    weights = load_llama_proj(proj_path)
     image_width = (config.qformer_config.hidden_size if qformer is not None
                    else config.vision_config.hidden_size * PATCHES_PER_TOKEN)
     llama_proj = torch.nn.Linear(image_width, llm.config.hidden_size)
     if tuple(weights["weight"].shape) != tuple(llama_proj.weight.shape):
-        raise ZeroVLMError(f"{folder / manifest['llama_proj']}: llama_proj.weight has shape "
-                           f"{tuple(weights['weight'].shape)}; the {variant} image "
-                           f"tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of another "
-                           "variant or LLM size?)")
+        raise ZeroVLMError(f"{proj_path}: llama_proj.weight has shape {tuple(weights['weight'].shape)}; the "
+                           f"{variant} image tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of "
+                           "another variant or LLM size?)")
     llama_proj.load_state_dict(weights)
+
+    # 3. devices and precision
     llm = llm.to(device)
     if cfg.fp8_linear:
         use_fp8_linears(llm.get_decoder(), device)
     if qformer is not None:
         query_tokens, qformer = query_tokens.to(device), qformer.to(device)
+    parts = {**{key: manifest[key] for key in PARTS}, "llama_proj_sha256": proj_sha256}
     return MiniGPT4Backend(vision.to(device, dtype), query_tokens, qformer, llama_proj.to(device, dtype), llm,
-                           tokenizer, model_id=cfg.model, batch_size=cfg.batch_size, variant=variant)
+                           tokenizer, model_id=cfg.model, batch_size=cfg.batch_size, variant=variant, parts=parts)

@@ -101,6 +101,30 @@ def build_word_tokenizer(model_max_length: int = 2048):
                                    unk_token="<unk>", pad_token="<pad>", model_max_length=model_max_length)
 
 
+def build_unsplit_bpe_tokenizer(corpus: list[str], vocab_size: int = 512, model_max_length: int = 2048):
+    """A byte-pair PreTrainedTokenizerFast trained on `corpus` with no pre-tokenizer, so that its merges
+    cross spaces ("? ASSISTANT: Yes" can be one token), as in tokenizers that do not split at spaces.
+
+    The special tokens keep the word tokenizer's ids (SPECIAL_TOKENS first), so a tiny model built for that
+    tokenizer runs this one when vocab_size is at most the model's; like it, it prepends `<s>`. Every
+    printable ASCII character is in the vocabulary; decoding concatenates the pieces.
+    """
+    from tokenizers import Tokenizer, decoders, processors, trainers
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(BPE(unk_token="<unk>"))
+    core.add_special_tokens(SPECIAL_TOKENS)  # before training: the trainer does not merge across them
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=list(string.printable), show_progress=False)
+    core.train_from_iterator(corpus, trainer)
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                        special_tokens=[("<s>", core.token_to_id("<s>"))])
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="<pad>", model_max_length=model_max_length)
+
+
 def tiny_llama_config(vocab_size: int, tokenizer, hidden_size: int = 32):
     from transformers import LlamaConfig
 
@@ -148,6 +172,38 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
     processor.save_pretrained(out_dir)
 
 
+def _init_image_path(blip2) -> None:
+    """Weights that make the image matter: Blip2's config initialises the ViT with std 1e-10 and the query
+    tokens with zeros, so images barely moved the embeddings and the 32 query outputs were one vector.
+
+    The ViT's residual stream gets a per-token variance of about 2e-5, near ln_vision's eps (1e-5), and
+    is dominated by the image (patch embedding) over the class and position embeddings: a wrong eps or a
+    wrong ViT weight then moves the embeddings far beyond float error. The LayerNorms (ln_vision included)
+    look trained, so that tests can tell the loaded ln_vision from a fresh one.
+    """
+    import torch
+
+    hidden = blip2.config.vision_config.hidden_size
+    with torch.no_grad():
+        for name, parameter in blip2.vision_model.named_parameters():
+            if "layer_norm" in name or name.startswith("post_layernorm"):
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.2)
+            elif name.startswith("embeddings.patch_embedding"):
+                parameter.normal_(0.0, 6e-5)  # 3 x 28 x 28 pixels of about unit size -> std about 3e-3
+            elif name.startswith("embeddings."):
+                parameter.normal_(0.0, 1e-3)  # class and position embeddings
+            elif ".projection." in name or ".fc2." in name:
+                parameter.normal_(0.0, 3e-4)  # what each block adds to the residual stream
+            else:
+                parameter.normal_(0.0, 0.2)
+        for layer in blip2.vision_model.encoder.layers:  # EVA has no key bias (the HF conversion writes zeros)
+            layer.self_attn.qkv.bias[hidden:2 * hidden] = 0.0
+        for parameter in blip2.qformer.parameters():
+            if parameter.dim() >= 2:
+                parameter.normal_(0.0, 0.2)
+        blip2.query_tokens.normal_(0.0, 0.2)
+
+
 def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> None:
     """Write a tiny random MiniGPT-4 folder: minigpt4.json + blip2/ (a BLIP-2 checkpoint with a tiny T5,
     sharded with an index like Salesforce/blip2-flan-t5-xxl) + llama_proj.pth (released-checkpoint
@@ -172,9 +228,7 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
     blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(),
                                                       qformer_config=qformer.to_dict(),
                                                       text_config=text.to_dict(), num_query_tokens=32))
-    with torch.no_grad():  # a trained-looking ln_vision, so that tests can tell it from a fresh LayerNorm
-        blip2.vision_model.post_layernorm.weight.normal_(1.0, 0.2)
-        blip2.vision_model.post_layernorm.bias.normal_(0.0, 0.2)
+    _init_image_path(blip2)
     blip2.save_pretrained(out_dir / "blip2", max_shard_size="100KB")
 
     llm = LlamaForCausalLM(tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer)).eval()

@@ -1,0 +1,109 @@
+"""Where the parts of an assembled model come from: a local path, a Hugging Face hub repository, or a
+Google Drive file (`gdrive:<file_id>`) fetched once into the zerovlm cache.
+
+The cache is `$ZEROVLM_CACHE` (default `~/.cache/zerovlm`), outside git and DVC. A Drive file lives at
+`gdrive/<file_id>` beside `gdrive/<file_id>.sha256`, its SHA-256 recorded when it was first downloaded
+and compared on every later load: a file that changed since, on disk or upstream when fetched again, is
+an error instead of other weights. Downloads go through zerovlm.datasets.download (retries with
+back-off, resume of an interrupted `.part`, Google Drive's confirmation page, http(s) only), one
+process at a time per file (a lock beside it: data-parallel workers load the model together).
+
+The download URL is the template `$ZEROVLM_GDRIVE_URL` with `{file_id}` (default: Drive's own
+`uc?export=download` address), for a mirror or, in tests, a loopback server. It is an environment
+variable rather than a param because it says where the bytes come from, never which bytes (the
+recorded checksum does): changing it must not re-run a stage. Hub repositories come through
+huggingface_hub's own cache (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from zerovlm.datasets.download import FileRequest, Policy, fetch_file
+from zerovlm.io import ZeroVLMError, atomic_path, sha256_file
+
+CACHE_ENV = "ZEROVLM_CACHE"
+GDRIVE_URL_ENV = "ZEROVLM_GDRIVE_URL"
+DEFAULT_CACHE = Path("~/.cache/zerovlm")
+DEFAULT_GDRIVE_URL = "https://drive.google.com/uc?export=download&id={file_id}"
+GDRIVE_PREFIX = "gdrive:"
+DRIVE_FILE_ID = re.compile(r"^[A-Za-z0-9_-]{10,100}$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
+def drive_url(file_id: str) -> str:
+    template = os.environ.get(GDRIVE_URL_ENV) or DEFAULT_GDRIVE_URL
+    if template.count("{file_id}") != 1:
+        raise ZeroVLMError(f"{GDRIVE_URL_ENV}={template!r}: the template must contain {{file_id}} once")
+    return template.replace("{file_id}", file_id)
+
+
+def fetch_drive_file(file_id: str, where: str) -> tuple[Path, str]:
+    """(path, sha256) of a Google Drive file in the cache, downloaded on first use; see the module docstring."""
+    from filelock import FileLock
+
+    if not DRIVE_FILE_ID.match(file_id):
+        raise ZeroVLMError(f"{where}: {file_id!r} is not a Google Drive file id (letters, digits, '-', '_')")
+    relative = f"gdrive/{file_id}"
+    path, sidecar = cache_dir() / relative, cache_dir() / f"{relative}.sha256"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            fetch_file(FileRequest(drive_url(file_id), relative, follow_html_form=True, kind="checkpoint"),
+                       cache_dir(), Policy())  # the downloader's defaults (retries, timeouts, caps)
+        actual = sha256_file(path)
+        if not sidecar.is_file():  # the first download (or a file put there by hand): record what it is
+            with atomic_path(sidecar) as tmp:
+                tmp.write_text(actual + "\n")
+    recorded = sidecar.read_text().strip()
+    if actual != recorded:
+        raise ZeroVLMError(f"{path}: SHA-256 {actual} differs from {recorded}, recorded in {sidecar.name} on its "
+                           f"first download; delete both files to download it again")
+    return path, actual
+
+
+def repository(base: Path, value: str, where: str) -> str:
+    """A folder (relative to base) or a hub id, as `from_pretrained` takes it."""
+    if (base / value).is_dir():
+        return str(base / value)
+    if value.startswith(GDRIVE_PREFIX) or not HUB_ID.match(value):
+        raise ZeroVLMError(f"{where}: {value!r} is neither a folder under {base} nor a hub id (owner/name)")
+    return value
+
+
+def single_file(base: Path, value: str, where: str) -> tuple[Path, str]:
+    """(path, sha256) of a file relative to base, or of `gdrive:<file_id>` (fetched once into the cache)."""
+    if value.startswith(GDRIVE_PREFIX):
+        return fetch_drive_file(value.removeprefix(GDRIVE_PREFIX), where)
+    path = base / value
+    if not path.is_file():
+        raise ZeroVLMError(f"{where}: {path} not found; give a file relative to {base} or gdrive:<file_id>")
+    return path, sha256_file(path)
+
+
+def repository_file(source: str, filename: str, where: str) -> Path | None:
+    """A file of a local folder or of a hub repository (through the hub cache); None when it has no such file."""
+    if Path(source).is_dir():
+        path = Path(source) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(source, filename))
+    except LocalEntryNotFoundError:  # offline (or the hub unreachable) and not in the local cache
+        raise ZeroVLMError(f"{where}: cannot reach the Hugging Face hub for {source!r} ({filename}) and it is not "
+                           f"in the local cache; download it where there is network (HF_HOME), or name a "
+                           f"local folder") from None
+    except EntryNotFoundError:
+        return None
+    except OSError as error:  # unknown or gated repo: huggingface_hub's errors are OSErrors
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise ZeroVLMError(f"{where}: cannot fetch {filename} of hub repo {source!r} ({type(error).__name__}: "
+                           f"{reason})") from None
