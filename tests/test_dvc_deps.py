@@ -101,6 +101,34 @@ def test_every_library_file_a_stage_runs_is_one_of_its_deps(name, script, deps):
     assert script.relative_to(ROOT).as_posix() in code_deps
 
 
+def test_check_runs_before_every_stage_and_each_consumer_reads_only_its_own_inputs_file(tmp_path):
+    """dvc.yaml expanded by DVC's parser for the demo grid: `check` (always run) is upstream of every stage,
+    and each stage that reads something from outside the repo depends on exactly its own data/inputs file."""
+    import shutil
+
+    import networkx as nx
+    from dvc.repo import Repo
+
+    Repo.init(tmp_path, no_scm=True)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    datasets, vlms = params["grid"]["datasets"], params["grid"]["vlms"]
+    own = {"models": "models.json", "views": "views.json", **{f"prepare@{d}": f"prepare-{d}.json" for d in datasets},
+           **{f"infer@{d}-{v}": f"vlm-{v}.json" for d in datasets for v in vlms}}
+    with Repo(str(tmp_path)) as repo:
+        graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
+        stages = {stage.name: stage for stage in graph}
+        check = stages.pop("check")
+        assert check.always_changed
+        assert {str(out): (out.use_cache, out.persist) for out in check.outs} == {
+            "data/inputs": (False, False), "models.lock": (False, True)}
+        assert [name for name, stage in stages.items() if not nx.has_path(graph, stage, check)] == []
+        inputs = {name: [d.def_path.removeprefix("data/inputs/") for d in stage.deps
+                         if d.def_path.startswith("data/inputs")] for name, stage in stages.items()}
+    assert inputs == {name: [own[name]] if name in own else [] for name in stages}
+
+
 def test_params_yaml_states_every_value_that_changes_outputs():
     """A default in config.py would reach a stage only for a key params.yaml leaves out (the catalog
     entries `datasets.*` and `vlms.*` are merged over the full `data` and `infer` sections)."""

@@ -17,7 +17,8 @@ from tests.dvc_helpers import ROOT, SMALL_DEMO, copy_repo, git_commit, repro, ru
 
 DATASETS, VLMS = tuple(SMALL_DEMO["grid"]["datasets"]), ("tiny", "tiny_b")
 GRID = {f"{stage}@{d}-tiny" for stage in ("infer", "score") for d in DATASETS}  # tiny_b: added by a test
-ALL_STAGES = ({"models", "pool", "views", "report", "gallery"} | {f"prepare@{d}" for d in DATASETS}
+CHECK = {"check"}  # always_changed: validates params and rewrites data/inputs on every repro, first
+ALL_STAGES = ({"check", "models", "pool", "views", "report", "gallery"} | {f"prepare@{d}" for d in DATASETS}
               | {f"stitch@{d}" for d in DATASETS} | GRID)
 AFTER_INFER = {"report", "gallery"}
 
@@ -48,25 +49,25 @@ def test_first_run_runs_every_stage_and_writes_metrics(repo):
 
 
 @pytest.mark.slow
-def test_nothing_changed_runs_nothing(repo):
-    assert repro(repo)[0] == set()
+def test_nothing_changed_runs_nothing_but_check(repo):
+    assert repro(repo)[0] == CHECK
 
 
 @pytest.mark.slow
 def test_adding_a_vlm_runs_only_its_instances_and_one_vlm_knob_reruns_only_those(repo):
     tiny_b = {f"{s}@{d}-tiny_b" for s in ("infer", "score") for d in DATASETS}
     set_param(repo, "grid.vlms", list(VLMS))
-    assert repro(repo)[0] == tiny_b | AFTER_INFER  # the existing instances are untouched
+    assert repro(repo)[0] == CHECK | tiny_b | AFTER_INFER  # the existing instances are untouched
     set_param(repo, "vlms.tiny_b.image_preprocess", "pad")
-    assert repro(repo)[0] == tiny_b | AFTER_INFER
+    assert repro(repo)[0] == CHECK | tiny_b | AFTER_INFER
     set_param(repo, "grid.vlms", ["tiny"])
-    assert repro(repo)[0] == AFTER_INFER  # dropping a VLM only re-draws the grid-wide reports
+    assert repro(repo)[0] == CHECK | AFTER_INFER  # dropping a VLM only re-draws the grid-wide reports
 
 
 @pytest.mark.slow
 def test_prompt_knob_reruns_only_infer_and_score(repo):
     set_param(repo, "infer.view_prompt", [True])
-    assert repro(repo)[0] == GRID | AFTER_INFER
+    assert repro(repo)[0] == CHECK | GRID | AFTER_INFER
 
 
 @pytest.mark.slow
@@ -82,10 +83,10 @@ def test_dataset_size_reruns_everything_downstream_of_the_data(repo):
 
 
 @pytest.mark.slow
-def test_invalid_param_fails_the_stage_with_a_clear_error(repo):
+def test_invalid_param_fails_the_check_stage_with_a_clear_error(repo):
     set_param(repo, "stitch.layout", "mosaic")
     result = run(["dvc", "repro"], repo, check=False)
-    assert result.returncode != 0
+    assert result.returncode != 0 and "failed to reproduce 'check'" in result.stderr
     assert "stitch.layout: Input should be 'grid' or 'strip'" in result.stderr + result.stdout
     set_param(repo, "stitch.layout", "grid")
 
@@ -120,8 +121,8 @@ def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypa
         stages = {stage.name: stage for stage in repo.index.stages}
         per_dataset = {f"{s}@{d}" for s in ("prepare", "stitch") for d in PAPER_DATASETS}
         per_instance = {f"{s}@{d}-{v}" for s in ("infer", "score") for d in PAPER_DATASETS for v in PAPER_VLMS}
-        assert set(stages) == {"models", "pool", "views", "report", "gallery"} | per_dataset | per_instance
-        assert len(stages) == 5 + 2 * 4 + 2 * 4 * 4 == 45
+        assert set(stages) == {"check", "models", "pool", "views", "report", "gallery"} | per_dataset | per_instance
+        assert len(stages) == 6 + 2 * 4 + 2 * 4 * 4 == 46
         params = {dep.def_path: list(dep.params) for dep in stages["infer@whatsup_b-llava_13b"].deps
                   if hasattr(dep, "params")}
         assert params == {"params.yaml": ["infer", "vlms.llava_13b"]}  # granular: one VLM's knobs only

@@ -73,7 +73,7 @@ def test_same_commit_pull_views_then_repro_does_not_run_views(shared):
 
 def test_same_commit_repro_pull_runs_nothing(shared):
     clone = consumer(shared, "repro-pull")
-    assert repro(clone, "--pull") == (set(), set())
+    assert repro(clone, "--pull") == ({"check"}, set())  # check validates params on every repro
     assert len(ShardReader(clone / "data/views")) == shared.n_views
 
 
@@ -92,7 +92,7 @@ def test_only_the_needed_views_are_pulled(shared, tmp_path, monkeypatch):
     shutil.rmtree(clone / "data/views")
     set_param(clone, "infer.view_prompt", [True])
     ran, _ = repro(clone, "--pull", "--allow-missing", "infer")
-    assert base_names(ran) == {"infer"}
+    assert base_names(ran) == {"check", "infer"}
     assert not (clone / "data/views").exists()
     assert not (clone / "data/models/zero123-tiny").exists()
 
@@ -137,7 +137,7 @@ def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
     # `dvc repro --pull` does not use it either: it re-runs the stage (silently) and makes good data.
     rerun = consumer(shared, "corrupt-repro", bad_remote)
     ran, _ = repro(rerun, "--pull", "views")
-    assert ran == {"views"}
+    assert ran == {"check", "views"}
     assert hashlib.md5((rerun / "data/views/shard-00000.tar").read_bytes()).hexdigest() == md5
 
     # check-remote names the bad object; --repair deletes it and its manifest; a re-push heals.
@@ -181,7 +181,7 @@ def test_an_interrupted_push_completes_when_run_again(shared):
     assert check_remote(shared.producer, remote="interrupted") == []
     clone = consumer(shared, "after-repush", remote)
     run(["dvc", "pull"], clone)
-    assert repro(clone) == (set(), set())
+    assert repro(clone) == ({"check"}, set())
 
 
 def test_an_object_deleted_after_a_complete_push_needs_repair(shared):
@@ -217,7 +217,7 @@ def test_another_repo_imports_a_view_set_and_updates_it(shared):
     assert shared.views_dir in imported
 
     set_param(source, "views.num_inference_steps", 3)
-    assert repro(source, "views")[0] == {"views"}
+    assert repro(source, "views")[0] == {"check", "views"}
     git_commit(source, "views with 3 steps")
     run(["dvc", "push", "views"], source)
     run(["dvc", "update", "data/shared-views.dvc"], other)

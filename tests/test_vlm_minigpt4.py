@@ -137,7 +137,7 @@ class Payload:
 
 @pytest.mark.parametrize("content, message", [
     ({"model": {"llama_proj.weight": torch.zeros(2, 2), "llama_proj.bias": torch.zeros(2)}, "cfg": Payload()},
-     "refusing to unpickle"),
+     "refused to unpickle .*nothing in it was run"),
     ({"model": {"llama_proj.weight": [[0.0]], "llama_proj.bias": torch.zeros(2)}}, "not a tensor"),
     ({"model": {"other": torch.zeros(1)}}, "expected"),
 ])

@@ -41,7 +41,6 @@ the ViT in fp16; this backend does neither.
 from __future__ import annotations
 
 import importlib.util
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,11 +94,8 @@ def preprocess(image: Image.Image) -> torch.Tensor:
 def load_llama_proj(path: str | Path) -> dict[str, torch.Tensor]:
     """`llama_proj.weight` and `.bias` from a released MiniGPT-4 .pth, never unpickling arbitrary objects."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ZeroVLMError(f"{path}: holds objects other than tensors and plain containers; refusing to "
-                           f"unpickle it (torch.load weights_only=True): {reason}") from None
+        with refused_pickles(path):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as error:
         raise ZeroVLMError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
