@@ -10,8 +10,11 @@ shows:
   pipeline:  views/s of Zero123Pipeline calls alone, compiled the same way, on one batch;
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
              the GPU computes the next batch).
+`--tiny` (implied without a CUDA device) writes the project's tiny Zero123 (zerovlm/views/tiny.py) instead,
+with small counts; both sides then run uncompiled except on a CUDA GPU (a `skipped:` line says so).
 
     python benchmarks/views_stage.py --batch 128 --batches 4
+    python benchmarks/views_stage.py --tiny   # smoke run, seconds (CPU or GPU)
 """
 
 from __future__ import annotations
@@ -28,25 +31,30 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
 from zero123_throughput import full_size_components  # noqa: E402
 
 from zerovlm.config import ViewsConfig  # noqa: E402
 from zerovlm.datasets.table import Example  # noqa: E402
 from zerovlm.store import ShardReader, encode_png  # noqa: E402
 from zerovlm.views.synthesize import DTYPES, synthesize_views  # noqa: E402
-from zerovlm.views.tiny import save_zero123  # noqa: E402
+from zerovlm.views.tiny import build_tiny_zero123, save_zero123  # noqa: E402
 from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
 VIEWS_PER_IMAGE = 4  # left, right, top, random
 
 
 def scene(index: int, size: int) -> Image.Image:
-    """A distinct picture per index: two shapes on a plain background."""
+    """A distinct picture per index: two shapes on a plain background (coordinates for 256 px, scaled)."""
     image = Image.new("RGB", (size, size), (240, 240, 235))
     draw = ImageDraw.Draw(image)
-    offset = (index * 7) % (size // 3)
-    draw.rectangle([20 + offset, 80, 100 + offset, 180], fill=(200, (40 + 13 * index) % 256, 40))
-    draw.ellipse([140, 60 + offset, 220, 140 + offset], fill=(30, 60, (120 + 29 * index) % 256))
+    offset = (index * 7) % 85
+
+    def px(*values):
+        return [v * size // 256 for v in values]
+
+    draw.rectangle(px(20 + offset, 80, 100 + offset, 180), fill=(200, (40 + 13 * index) % 256, 40))
+    draw.ellipse(px(140, 60 + offset, 220, 140 + offset), fill=(30, 60, (120 + 29 * index) % 256))
     return image
 
 
@@ -67,32 +75,48 @@ def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Pa
     shutil.rmtree(out, ignore_errors=True)
     tick = time.perf_counter()
     synthesize_views(cfg, examples, prepared, out)
-    torch.cuda.synchronize()
+    synchronize()
     return time.perf_counter() - tick
 
 
-def main() -> None:
+def write_model(folder: Path, tiny: bool, dtype: torch.dtype, size: int) -> Path:
+    """The full-size random Zero123 or the project's tiny one, written in the kxic layout."""
+    if tiny:
+        return build_tiny_zero123(folder)
+    parts = full_size_components(dtype, size)
+    model = save_zero123(folder, parts.unet, parts.vae, parts.image_encoder, parts.pose_projection)
+    del parts
+    torch.cuda.empty_cache()
+    return model
+
+
+TINY = {"batch": 4, "batches": 2, "steps": 2, "dtype": "float32", "size": 64}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
     parser.add_argument("--batches", type=int, default=4, help="batches in the long run")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    args = parser.parse_args()
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
+    args = parse_args(parser, TINY, argv)
     if args.batch % VIEWS_PER_IMAGE or args.batches < 2:
         parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE} and --batches at least 2")
-    size = 256
+    size, compiled = args.size, DEVICE.type == "cuda"
     work = Path(tempfile.mkdtemp(prefix="views_stage_"))
-    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, "
-          f"guidance 3.0, eta 1.0, {args.dtype}, {args.batch} views per batch, compiled", flush=True)
+    name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+    print(f"device {name}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, guidance 3.0, eta 1.0, "
+          f"{args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}", flush=True)
+    if not compiled:
+        print(skip_line("compiled stage and pipeline", "views.compile works on CUDA only"), flush=True)
 
     tick = time.perf_counter()
-    parts = full_size_components(DTYPES[args.dtype], size)
-    model = save_zero123(work / "zero123", parts.unet, parts.vae, parts.image_encoder, parts.pose_projection)
-    del parts
-    torch.cuda.empty_cache()
-    print(f"full-size random Zero123 written in the kxic layout: {time.perf_counter() - tick:.0f} s", flush=True)
+    model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], size)
+    print(f"{'tiny' if args.tiny else 'full-size'} random Zero123 written in the kxic layout: "
+          f"{time.perf_counter() - tick:.0f} s", flush=True)
     cfg = ViewsConfig(model=str(model), image_size_px=size, num_inference_steps=args.steps, dtype=args.dtype,
-                      device="cuda", batch_size=args.batch, compile=True, seed=0)
+                      device=DEVICE.type, batch_size=args.batch, compile=compiled, seed=0)
     per_batch = args.batch // VIEWS_PER_IMAGE
     examples = prepare(work / "prepared", per_batch * args.batches, size)
 
@@ -103,14 +127,17 @@ def main() -> None:
     print(f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
           "in steady state", flush=True)
 
-    pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], "cuda")
-    pipe.compile()
-    images = [scene(i, size) for i in range(per_batch) for _ in range(VIEWS_PER_IMAGE)]
+    pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
+    if compiled:
+        pipe.compile()
+    scenes = [scene(i, size) for i in range(per_batch)]
+    images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]  # one object per image, as the stage
     poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
 
     def call():
         generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
-        return pipe(images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0)
+        return pipe(images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0,
+                    image_size_px=size)
 
     call()
     tick = time.perf_counter()

@@ -4,7 +4,8 @@ Not a test. Builds the full-size LLaVA-1.5-7B architecture (CLIP ViT-L/14-336 + 
 bf16 weights directly on the GPU, a word-level tokenizer (zerovlm.vlm.tiny) and the llava-hf image
 processor settings (336 px), loaded through zerovlm's own processor loader. Each sample has its own
 random 640x480 image (so no image-feature reuse helps) and a prompt of `--text-tokens` text tokens
-after the chat template (576 image tokens + 64 text tokens by default).
+after the chat template (576 image tokens + 64 text tokens by default). `--tiny` (implied without a
+CUDA device) loads the project's tiny LLaVA and MiniGPT-4 (zerovlm/vlm/tiny.py) instead, with small counts.
 
 Prints, in one run:
 - naive: one sample at a time, `model.generate` of 16 new tokens (how the paper's code answered);
@@ -13,9 +14,10 @@ Prints, in one run:
   FP8 matmuls (`--fp8`, what `infer.fp8_linear` does), with samples/s, the ratio to naive, achieved
   TFLOP/s (analytic FLOPs of the forward), peak GPU memory, the host synchronisations per call, and
   how far the scores move from the first variant's.
+Compilation, FP8 and the synchronisation count need a CUDA GPU: elsewhere they print a `skipped:` line.
 
     python benchmarks/vlm_throughput.py --out benchmarks/results/vlm_h200.txt
-    python benchmarks/vlm_throughput.py --scale tiny --samples 16 --batch-size 8   # CPU dry run
+    python benchmarks/vlm_throughput.py --tiny   # smoke run, seconds (CPU or GPU)
 """
 
 from __future__ import annotations
@@ -36,10 +38,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import DEVICE, DTYPE, parse_args, skip_line, synchronize  # noqa: E402
+
+from zerovlm.config import InferConfig  # noqa: E402
 from zerovlm.vlm.base import Request, cpu_threads_for  # noqa: E402
 from zerovlm.vlm.llava import LlavaBackend, load_processor  # noqa: E402
+from zerovlm.vlm.minigpt4 import MiniGPT4Backend, load_minigpt4  # noqa: E402
 from zerovlm.vlm.transformers_ops import PendingScores, use_fp8_linears  # noqa: E402
-from zerovlm.vlm.tiny import HUB_LLAVA_CHAT_TEMPLATE, build_word_tokenizer, tiny_llama_config  # noqa: E402
+from zerovlm.vlm.tiny import (HUB_LLAVA_CHAT_TEMPLATE, build_tiny_llava, build_tiny_minigpt4,  # noqa: E402
+                              build_word_tokenizer)
 
 CAPTIONS = ("A red mug is on the top of the wooden table", "A red mug is under the wooden table",
             "A red mug is to the left of the wooden table", "A red mug is to the right of the wooden table")
@@ -60,27 +67,37 @@ def build_processor(folder: Path, image_px: int, patch_px: int):
     return load_processor(str(folder))
 
 
-def build_model(scale: str, tokenizer, device, dtype):
+def full_size_llava(tokenizer, device, dtype):
+    """llava-hf/llava-1.5-7b-hf's architecture with random weights, built on `device`."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    if scale == "full":  # llava-hf/llava-1.5-7b-hf
-        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                           rms_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id)
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-                                  hidden_act="quick_gelu")
-    else:
-        text = tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer)
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=4, image_size=56, patch_size=14, projection_dim=32)
+    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       rms_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                              num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+                              hidden_act="quick_gelu")
     config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                          image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
                          vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval(), config
+    return model.eval()
+
+
+def build_llava(tiny: bool, device, dtype):
+    """(model, processor): the full-size architecture with random weights, or the project's tiny LLaVA
+    written to a temporary folder and loaded from it as a checkpoint is."""
+    from transformers import LlavaForConditionalGeneration
+
+    with tempfile.TemporaryDirectory() as folder:
+        if not tiny:
+            processor = build_processor(Path(folder), 336, 14)
+            return full_size_llava(processor.tokenizer, device, dtype), processor
+        build_tiny_llava(Path(folder), seed=0)
+        model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+        return model.to(device).eval(), load_processor(folder)
 
 
 def forward_flops(config, text_tokens: int, image_tokens: int, scored_positions: int) -> float:
@@ -122,16 +139,11 @@ def max_gap(a, b) -> float:
     return max(abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b))
 
 
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(device, fn):
-    sync(device)
+    synchronize(device)
     start = time.perf_counter()
     out = fn()
-    sync(device)
+    synchronize(device)
     return time.perf_counter() - start, out
 
 
@@ -175,8 +187,7 @@ class Bench:
 
     def __init__(self, args):
         self.args = args
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.device, self.dtype = DEVICE, DTYPE
         self.lines: list[str] = []
         self.naive_rate = float("nan")
 
@@ -212,13 +223,13 @@ class Bench:
         self.say(f"     host, of {seconds:.2f} s: {host.summary()}")
         return rate
 
-    def gpu_only(self, label, backend, requests, flops_per_sample) -> float:
+    def model_side(self, label, backend, requests, flops_per_sample) -> float:
         """The same batches with requests pre-encoded (tokens, pixels): the model-side ceiling of the
         pipeline, without CPU preprocessing (image features are still computed every time)."""
         bs = self.args.batch_size
-        backend._begin_call()
         backend._features.clear()
-        encoded = [backend._encode(r) for r in requests[:bs]]
+        with backend._call_memos():
+            encoded = [backend._encode(r) for r in requests[:bs]]
         repeats = max(1, self.args.samples // bs)
 
         def run():
@@ -248,6 +259,7 @@ class Bench:
     def synchronisations(self, tag, backend, requests) -> None:
         """Host synchronisations during one option_logprobs call (one per batch is the design)."""
         if self.device.type != "cuda":
+            self.say(f"   {tag}: " + skip_line("host synchronisations, counted by CUDA's sync debug mode"))
             return
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -263,12 +275,11 @@ class Bench:
 
 def run_llava(b: Bench) -> None:
     args, device, dtype = b.args, b.device, b.dtype
-    b.say(f"== LLaVA-1.5-7B architecture ({args.scale}), random weights, {dtype}, sdpa")
-    with tempfile.TemporaryDirectory() as folder:
-        image_px, patch_px = (336, 14) if args.scale == "full" else (56, 14)
-        processor = build_processor(Path(folder), image_px, patch_px)
+    name = "LLaVA-1.5, tiny (zerovlm/vlm/tiny.py)" if args.tiny else "LLaVA-1.5-7B architecture (full)"
+    b.say(f"== {name}, random weights, {dtype}, sdpa")
     start = time.perf_counter()
-    model, config = build_model(args.scale, processor.tokenizer, device, dtype)
+    model, processor = build_llava(args.tiny, device, dtype)
+    config = model.config
     b.say(f"model built in {time.perf_counter() - start:.1f} s: "
           f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters")
     backend = LlavaBackend(model, processor, batch_size=args.batch_size)
@@ -278,11 +289,14 @@ def run_llava(b: Bench) -> None:
     images = random_images(count + args.naive_samples + 1, seed=0)
     yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(count)]
     four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
-    four_text = len(backend._tokenise(four[0])[0]) - 1
-    four_extra = sum(len(c) - 1 for c in backend._tokenise(four[0])[1])
-    rng = np.random.default_rng(1)  # prompts of 48 to 80 text tokens: batches carry left padding
-    prompts = {n: make_prompt(backend, n) for n in range(48, 81)}
-    mixed = [Request((images[i],), prompts[int(rng.integers(48, 81))], ("Yes", "No")) for i in range(count)]
+    with backend._call_memos():
+        prefix4, options4 = backend._tokenise(four[0])
+    four_text, four_extra = len(prefix4) - 1, sum(len(c) - 1 for c in options4)
+    # prompts of 3/4 to 5/4 of --text-tokens (48 to 80 by default): batches carry padding
+    lo, hi = args.text_tokens * 3 // 4, args.text_tokens * 5 // 4
+    rng = np.random.default_rng(1)
+    prompts = {n: make_prompt(backend, n) for n in range(lo, hi + 1)}
+    mixed = [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
     b.say(f"tokens per sample: {image_tokens} image + {args.text_tokens} text (yes/no); "
           f"{image_tokens} image + {four_text} text + {four_extra} option tokens (four captions)")
     b.header()
@@ -291,54 +305,50 @@ def run_llava(b: Bench) -> None:
         text = backend.render_prompt(Request((image,), prompt))
         inputs = processor(text=text, images=[image], return_tensors="pt").to(device)
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        return model.generate(**inputs, max_new_tokens=16, min_new_tokens=16, do_sample=False)
+        with cpu_threads_for(model):  # as the backends run a tiny model on the CPU
+            return model.generate(**inputs, max_new_tokens=16, min_new_tokens=16, do_sample=False)
 
     b.naive(naive_one, images[count:count + args.naive_samples + 1])
     flops_yes_no = forward_flops(config, args.text_tokens, image_tokens, 1)
     flops_four = forward_flops(config, four_text + four_extra, image_tokens, 4 + four_extra)
     variants = {"off": [("eager", False)], "on": [("compiled", True)],
                 "both": [("eager", False), ("compiled", True)]}[args.compile]
-    if args.fp8 and device.type == "cuda":  # last: the conversion replaces the decoder's layers in place
+    if args.fp8:  # last: the conversion replaces the decoder's layers in place
         variants.append(("compiled, FP8", True))
     reference = None
     for tag, compiled in variants:
+        if compiled and device.type != "cuda":
+            b.say(skip_line(f"{tag} variant", "torch.compile and FP8 matmuls are measured on a CUDA GPU"))
+            continue
         if tag.endswith("FP8"):
             torch._dynamo.reset()
             use_fp8_linears(model.get_decoder(), device)
         be = LlavaBackend(model, processor, batch_size=args.batch_size, compile=compiled) if compiled else backend
         b.measure(f"batched scoring, yes/no, {tag}, bs {args.batch_size}", be, yes_no, flops_yes_no)
         b.measure(f"batched scoring, 4 captions, {tag}, bs {args.batch_size}", be, four, flops_four)
-        b.measure(f"batched scoring, yes/no 48-80 text tokens, {tag}", be, mixed, flops_yes_no)
-        b.gpu_only(f"  model side only (pre-encoded), yes/no, {tag}", be, yes_no, flops_yes_no)
-        b.gpu_only(f"  model side only (pre-encoded), 4 captions, {tag}", be, four, flops_four)
+        b.measure(f"batched scoring, yes/no {lo}-{hi} text tokens, {tag}", be, mixed, flops_yes_no)
+        b.model_side(f"  model side only (pre-encoded), yes/no, {tag}", be, yes_no, flops_yes_no)
+        b.model_side(f"  model side only (pre-encoded), 4 captions, {tag}", be, four, flops_four)
         check = b.agreement(tag, be, four[:64] + yes_no[:64], reference)
         b.synchronisations(tag, be, mixed[: 2 * args.batch_size])
         reference = reference or check
-    b.say("goals on one H200: >= 75 yes/no samples/s, >= 60 four-caption samples/s (naive measured 2.12/s)")
+    if not args.tiny:
+        b.say("goals on one H200: >= 75 yes/no samples/s, >= 60 four-caption samples/s (naive measured 2.12/s)")
 
 
-def run_minigpt4(b: Bench) -> None:
-    """MiniGPT-4 7B architecture: EVA ViT-g/14 (1408 wide, 39 layers), Q-Former, llama_proj, Vicuna-7B."""
+def full_size_minigpt4(device, dtype):
+    """MiniGPT-4 7B's architecture with random weights, built on `device`: EVA ViT-g/14 (1408 wide, 39
+    layers), Q-Former, llama_proj, Vicuna-7B. Returns MiniGPT4Backend's parts."""
     from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from zerovlm.vlm.minigpt4 import MiniGPT4Backend
-
-    args, device, dtype = b.args, b.device, b.dtype
-    full = args.scale == "full"
-    b.say(f"== MiniGPT-4 (Vicuna v0 7B) architecture ({args.scale}), random weights, {dtype}, Q-Former float32")
     tokenizer = build_word_tokenizer()
-    vision_config = Blip2VisionConfig(**(dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
-                                              num_attention_heads=16, image_size=224, patch_size=14) if full else
-                                         dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=4, image_size=224, patch_size=28)))
-    qformer_config = Blip2QFormerConfig(encoder_hidden_size=vision_config.hidden_size, **({} if full else dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)))
-    text_config = (LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                               num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                               pad_token_id=tokenizer.pad_token_id) if full
-                   else tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer))
-    start = time.perf_counter()
+    vision_config = Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
+                                      num_attention_heads=16, image_size=224, patch_size=14)
+    qformer_config = Blip2QFormerConfig(encoder_hidden_size=vision_config.hidden_size)
+    text_config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                              num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
+                              pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     with torch.device(device):
         vision = Blip2VisionModel._from_config(vision_config, dtype=dtype, attn_implementation="sdpa").eval()
@@ -347,6 +357,28 @@ def run_minigpt4(b: Bench) -> None:
         query_tokens = torch.nn.Parameter(torch.randn(1, 32, qformer_config.hidden_size) * 0.02)
         llama_proj = torch.nn.Linear(qformer_config.hidden_size, text_config.hidden_size).to(dtype)
         llm = LlamaForCausalLM._from_config(text_config, dtype=dtype, attn_implementation="sdpa").eval()
+    return vision, query_tokens, qformer, llama_proj, llm, tokenizer
+
+
+def build_minigpt4(tiny: bool, device, dtype):
+    """MiniGPT4Backend's parts (vision, query_tokens, qformer, llama_proj, llm, tokenizer): the full-size
+    architecture, or the project's tiny MiniGPT-4 written to a temporary folder and loaded by load_minigpt4."""
+    if not tiny:
+        return full_size_minigpt4(device, dtype)
+    with tempfile.TemporaryDirectory() as folder:
+        build_tiny_minigpt4(Path(folder), seed=0)
+        cfg = InferConfig(backend="minigpt4", model=folder, device=device.type,
+                          dtype=str(dtype).removeprefix("torch."))
+        loaded = load_minigpt4(cfg)
+    return loaded.vision, loaded.query_tokens, loaded.qformer, loaded.llama_proj, loaded.llm, loaded.tokenizer
+
+
+def run_minigpt4(b: Bench) -> None:
+    args, device, dtype = b.args, b.device, b.dtype
+    name = "MiniGPT-4, tiny (zerovlm/vlm/tiny.py)" if args.tiny else "MiniGPT-4 (Vicuna v0 7B) architecture (full)"
+    b.say(f"== {name}, random weights, {dtype}, Q-Former float32")
+    start = time.perf_counter()
+    vision, query_tokens, qformer, llama_proj, llm, tokenizer = build_minigpt4(args.tiny, device, dtype)
     b.say(f"model built in {time.perf_counter() - start:.1f} s")
     backend = MiniGPT4Backend(vision, query_tokens, qformer, llama_proj, llm, tokenizer,
                               batch_size=args.batch_size, prefetch_workers=4)
@@ -355,13 +387,14 @@ def run_minigpt4(b: Bench) -> None:
     question = "Is the red mug on the left side of the wooden table near the blue bowl? please answer me yes or no"
     yes_no = [Request((images[i],), question, ("Yes", "No")) for i in range(count)]
     four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
-    prefix, options = backend._tokenise(yes_no[0])
-    prefix4, options4 = backend._tokenise(four[0])
+    with backend._tokenise.scope():
+        prefix, options = backend._tokenise(yes_no[0])
+        prefix4, options4 = backend._tokenise(four[0])
     extra4 = sum(len(c) - 1 for c in options4)
     b.say(f"tokens per sample: 32 image + {len(prefix) - 32} text (yes/no); "
           f"32 image + {len(prefix4) - 32} text + {extra4} option tokens (four captions)")
 
-    v, q, t = vision_config, qformer_config, text_config
+    v, q, t = vision.config, qformer.config, llm.config
     n = (v.image_size // v.patch_size) ** 2 + 1
     vision_flops = v.num_hidden_layers * (2 * n * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
                                           + 4 * n * n * v.hidden_size)
@@ -385,10 +418,12 @@ def run_minigpt4(b: Bench) -> None:
     b.agreement("eager", backend, four[:4] + yes_no[:12])
 
 
+TINY = {"batch_size": 4, "samples": 8, "naive_samples": 2, "text_tokens": 16}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--family", default="llava,minigpt4", help="comma list of llava, minigpt4")
-    parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=512, help="timed samples per batched measurement")
     parser.add_argument("--naive-samples", type=int, default=8)
@@ -397,7 +432,7 @@ def main(argv=None) -> None:
     parser.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure FP8 decoder Linear layers, compiled (CUDA only)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, TINY, argv)
 
     import transformers
     b = Bench(args)

@@ -30,6 +30,7 @@ OUTPUT_NEUTRAL = {
 DATA_FILES = {  # read at run time, not imported
     "zerovlm/prompts.py": ["zerovlm/prompts.yaml"],
     "zerovlm/datasets/sources.py": ["zerovlm/datasets/sources.yaml"],
+    "zerovlm/report/gallery.py": ["zerovlm/report/templates/gallery.html.j2"],
 }
 def _module_file(name: str) -> Path | None:
     path = ROOT / Path(*name.split("."))

@@ -12,7 +12,8 @@ import re
 import pytest
 import yaml
 
-from tests.dvc_helpers import SMALL_DEMO, base_names, copy_repo, repro, run, set_param
+from tests.dvc_helpers import (SMALL_DEMO, base_names, clone_producer, copy_repo, pipeline_template, repro, run,
+                               set_param)
 from tests.test_inputs import SHA_A, SHA_B, build_hub_cache, noise, whatsup_folder
 
 pytestmark = pytest.mark.slow
@@ -30,9 +31,10 @@ def ran_and_errors(repo, env=None) -> tuple[set[str], list[str], str]:
 
 # ---------------------------------------------------------------- params, before any stage works
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
-    """A copy where nothing has run yet."""
-    return copy_repo(tmp_path_factory.mktemp("fresh") / "repo")
+def done(tmp_path_factory):
+    """A clone of a repo where the whole pipeline ran: with valid params, only check would run."""
+    return clone_producer(pipeline_template(tmp_path_factory), tmp_path_factory.mktemp("done") / "repo",
+                          checkout=True)
 
 
 def _typo_section(params):
@@ -53,32 +55,32 @@ def _only_the_grid(params):
             del params[name]
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize("change, message", [  # each of these was a clean exit or found after other stages ran
     (_typo_section, "error: params.yaml: unknown section 'viewz'. Did you mean 'views'?"),
     (_image_size, "error: invalid params: views.image_size_px: Value error, must be a multiple of 8"),
     (_method_not_run, "error: report.method_configuration 'origin+left' is not in stitch.configurations"),
     (_only_the_grid, "error: params.yaml: no section data, models, views, stitch, infer, score, report;"),
 ], ids=["typo-section", "image-size-100", "method-not-a-configuration", "sections-missing"])
-def test_invalid_params_stop_the_pipeline_in_check_with_one_error_line(fresh, change, message):
-    params_file = fresh / "params.yaml"
+def test_invalid_params_stop_the_pipeline_in_check_with_one_error_line(done, change, message):
+    params_file = done / "params.yaml"
     good = params_file.read_text()
     params = yaml.safe_load(good)
     change(params)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        ran, errors, output = ran_and_errors(fresh)
+        ran, errors, output = ran_and_errors(done)
     finally:
         params_file.write_text(good)
     assert ran == {"check"}, output
     assert len(errors) == 1 and errors[0].startswith(message), errors
 
 
-def test_an_empty_params_file_stops_dvc_before_any_stage(fresh):
-    params_file = fresh / "params.yaml"
+def test_an_empty_params_file_stops_dvc_before_any_stage(done):
+    params_file = done / "params.yaml"
     good = params_file.read_text()
     params_file.write_text("")
     try:
-        ran, _, output = ran_and_errors(fresh)
+        ran, _, output = ran_and_errors(done)
     finally:
         params_file.write_text(good)
     assert ran == set()

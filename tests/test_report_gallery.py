@@ -1,9 +1,13 @@
 """The HTML gallery: built from a small grid, then opened in a real headless browser (Debian chromium)."""
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import tomllib
+from dataclasses import replace
+from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -13,24 +17,33 @@ from PIL import Image
 from zerovlm.compose import stitch_stage
 from zerovlm.config import DataConfig, ReportConfig, ScoreConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.prepare import prepare_dataset
-from zerovlm.datasets.table import read_table
+from zerovlm.datasets.table import read_table, write_table
 from zerovlm.io import write_json, write_jsonl
-from zerovlm.report.gallery import gallery_stage, sample_examples
+from zerovlm.report.gallery import FILTERS, gallery_stage, sample_examples
 from zerovlm.scoring.metrics import score_stage
 from zerovlm.store import ShardWriter
 
-CONFIGURATIONS = ("origin", "left", "origin+left")
+CONFIGURATIONS = ("origin", "left", "origin+left", "origin+left-separate")
 DATASETS = {"sparse": (2, 3), "cluttered": (5, 6)}
 
 
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory):
-    """Two synthetic datasets, stand-in views, stitched inputs, made-up answers, scored; then the gallery."""
-    root = tmp_path_factory.mktemp("gallery")
+HOSTILE = "</script><script>alert(1)</script> \"'&<>"
+
+
+def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
+    """Two synthetic datasets, stand-in views, stitched inputs, made-up answers, scored; then the gallery.
+
+    hostile: every caption, option and relation (a card's data-relation, which the page's script reads)
+    carries HOSTILE, and so do the true/false prompts, which quote the caption."""
     image_ids = set()
     for name, (low, high) in DATASETS.items():
         prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=4, min_objects=low, max_objects=high)),
                         root / "prepared" / name)
+        if hostile:
+            write_table(root / "prepared" / name, [
+                replace(e, caption=e.caption and f"{HOSTILE} {e.caption}", relation=f"{HOSTILE} {e.relation}",
+                        options=e.options if e.task == "true_false" else tuple(f"{HOSTILE} {o}" for o in e.options))
+                for e in read_table(root / "prepared" / name)])
         image_ids |= {e.image_id for e in read_table(root / "prepared" / name)}
     with ShardWriter(root / "views") as views:
         for image_id in sorted(image_ids):
@@ -63,6 +76,16 @@ def gallery(tmp_path_factory):
     return root / "gallery", summary
 
 
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    return _build_gallery(tmp_path_factory.mktemp("gallery"), hostile=False)
+
+
+@pytest.fixture(scope="module")
+def hostile_gallery(tmp_path_factory):
+    return _build_gallery(tmp_path_factory.mktemp("hostile"), hostile=True)
+
+
 def test_gallery_is_static_and_self_contained(gallery):
     folder, summary = gallery
     page = (folder / "index.html").read_text()
@@ -73,6 +96,68 @@ def test_gallery_is_static_and_self_contained(gallery):
     assert page.count('class="card ') == summary["cards"]
     assert "USER: &lt;image&gt;" in page and "log-probabilities:" in page
     assert sum(f.stat().st_size for f in folder.rglob("*")) < 2_000_000
+
+
+class _Parsed(HTMLParser):
+    """The page as html.parser reads it: tags with their attributes, and text with whitespace runs collapsed
+    (kept as is inside <pre>, where it shows), so that two pages differing only in layout compare equal."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.items: list[tuple] = []
+        self._pre = 0
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.items.append(("start", tag, tuple(attrs)))
+        self._pre += tag == "pre"
+
+    def handle_endtag(self, tag):
+        self.items.append(("end", tag))
+        self._pre -= tag == "pre"
+
+    def handle_data(self, data):
+        text = data if self._pre else " ".join(data.split())
+        if text:
+            self.items.append(("text", text))
+
+    def values(self, tag: str, attribute: str) -> list[str]:
+        """The value of `attribute` on every <tag> that has it, in page order."""
+        return [dict(item[2])[attribute] for item in self.items
+                if item[:2] == ("start", tag) and attribute in dict(item[2])]
+
+    def text(self) -> str:
+        return " ".join(item[1] for item in self.items if item[0] == "text")
+
+
+def test_hostile_text_stays_text_in_the_html_and_the_script_data(hostile_gallery):
+    folder, summary = hostile_gallery
+    page = (folder / "index.html").read_text()
+    assert page.count("<script") == 1 and page.count("</script") == 1  # the page's own script, nothing injected
+    assert HOSTILE not in page and "<script>alert" not in page
+    parsed = _Parsed(page)
+    text = parsed.text()  # what a reader sees: the text as written
+    assert text.count(f"relation {HOSTILE} ") == summary["examples"]
+    true_false = parsed.items.count(("text", "true/false"))  # sections; each has a card per configuration x mode
+    assert 0 < true_false < summary["examples"]
+    assert text.count(f"> {HOSTILE} ") == true_false * len(CONFIGURATIONS) * 2  # their prompts quote the caption
+    assert f"= {HOSTILE} " in text  # a multiple-choice answer names its option
+    # what the script reads: every card's data-relation and the relation filter's values, exactly as written
+    relations = parsed.values("article", "data-relation")
+    assert len(relations) == summary["cards"] and all(value.startswith(f"{HOSTILE} ") for value in relations)
+    assert sorted(set(relations)) == [value for value in parsed.values("option", "value") if HOSTILE in value]
+    keys = re.search(r"const KEYS = (.*);", page).group(1)
+    assert json.loads(keys) == [key for key, _ in FILTERS]
+
+
+def test_templates_ship_as_package_data():
+    """An installed (non-editable) zerovlm has the gallery's template: pyproject's package-data matches it."""
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["zerovlm"]
+    shipped = {path for pattern in patterns for path in (root / "zerovlm").glob(pattern)}
+    templates = set((root / "zerovlm" / "report" / "templates").iterdir())
+    assert templates and templates <= shipped, sorted(str(t) for t in templates - shipped)
 
 
 def test_sampling_is_seeded_and_spread_over_relations(tmp_path):
@@ -129,3 +214,15 @@ def test_gallery_in_headless_chromium_loads_images_and_filters(gallery, tmp_path
     assert f'data-cards-shown="{len(shown)}"' in dom and f'<span id="shown">{len(shown)}</span>' in dom
     sections = re.findall(r"<section [^>]*>", dom)
     assert any("hidden" in tag for tag in sections)  # examples without a matching card are hidden too
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (apt-get install -y chromium)")
+def test_hostile_text_in_headless_chromium_runs_no_script_and_filters_as_data(hostile_gallery, tmp_path):
+    folder, summary = hostile_gallery
+    page = folder / "index.html"
+    relations = _Parsed(page.read_text()).values("article", "data-relation")
+    assert f'data-cards-shown="{summary["cards"]}"' in _dump_dom(page, "", tmp_path / "profile")  # the script ran
+    dom = _dump_dom(page, urlencode({"relation": relations[0]}, quote_via=quote), tmp_path / "profile")
+    shown = sum(not hidden for _, hidden in _cards(dom))
+    assert shown == relations.count(relations[0]) and f'data-cards-shown="{shown}"' in dom
+    assert "alert(1)</script>" not in dom and "<script>alert" not in dom

@@ -109,3 +109,39 @@ def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot(tmp_p
                           ("all", "with_view_prompt"))
     assert [p.name for p in written] == ["no-dataset-with-object-counts.json"]
     assert json.loads(written[0].read_text()) == []  # DVC renders an empty list without an error
+
+
+def test_layout_orders_rows_by_the_grid_and_columns_by_dataset_then_task():
+    both = {"multiple_choice": SUMMARIES[("whatsup_a", "llava_7b")]["multiple_choice"],  # choice stored first
+            "true_false": SUMMARIES[("vsr_random", "llava_7b")]["true_false"],
+            "not_evaluated": {"all-separate": "takes 1 image"}}
+    summaries = {("synthetic", "tiny"): both, ("vsr_random", "tiny"): SUMMARIES[("vsr_random", "llava_7b")],
+                 **SUMMARIES}
+    grid = table.layout(summaries, ["vsr_random", "synthetic"], ["tiny", "llava_7b"],
+                        ["all-separate", "left", "origin", "all"])
+    assert list(grid.columns) == [("vsr_random", "true_false"), ("synthetic", "true_false"),
+                                  ("synthetic", "multiple_choice")]
+    assert table.column_labels(grid) == ["vsr_random", "synthetic (true/false)", "synthetic (choice)"]
+    assert list(grid.index) == [("tiny", "origin", "without_view_prompt"), ("tiny", "all-separate", "not_evaluated"),
+                                ("tiny", "left", "with_view_prompt"), ("tiny", "left", "without_view_prompt"),
+                                ("llava_7b", "origin", "without_view_prompt"), ("llava_7b", "left", "with_view_prompt"),
+                                ("llava_7b", "left", "without_view_prompt")]
+    assert grid.loc[("tiny", "all-separate", "not_evaluated")].tolist() == [
+        None, {"not_evaluated": "takes 1 image"}, {"not_evaluated": "takes 1 image"}]
+    assert grid.loc[("tiny", "left", "without_view_prompt"), ("synthetic", "multiple_choice")] is None  # never run
+    assert grid.loc[("llava_7b", "left", "with_view_prompt"), ("vsr_random", "true_false")]["accuracy"] == 0.7
+
+
+def test_objects_plot_sums_counts_over_datasets_per_series():
+    from zerovlm.report.plots import objects_rows
+
+    def counts(baseline, method):
+        return {"objects": {"true_false": {"origin": {"without_view_prompt": baseline},
+                                           "all": {"with_view_prompt": method}}}}
+
+    breakdowns = {("sparse", "tiny"): counts({"2": [1, 2], "10": [0, 3]}, {"2": [2, 2], "3": [1, 1]}),
+                  ("cluttered", "tiny"): counts({"2": [1, 1], "10": [0, 0]}, {"10": [0, 0]})}
+    assert objects_rows(breakdowns, ("all", "with_view_prompt")) == {("tiny", "true_false"): [
+        {"num_objects": 2, "baseline": 0.6667, "method": 1.0, "n": 3},   # 2 of 3 over both datasets
+        {"num_objects": 3, "method": 1.0, "n": 0},                       # no baseline at 3 objects
+        {"num_objects": 10, "baseline": 0.0, "n": 3}]}                   # numbers sort as numbers; 0 of 0 left out

@@ -3,13 +3,15 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import confusion_matrix
 
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, write_table
 from zerovlm.io import ZeroVLMError, write_json, write_jsonl
-from zerovlm.scoring.metrics import (bootstrap_ci, cluster_ids, compare_with_baseline, option_relation,
-                                     predicted_index, score_stage)
+from zerovlm.scoring.metrics import (CELL, bootstrap_ci, breakdown, cluster_ids, compare_with_baseline,
+                                     option_relation, predicted_index, score_records, score_stage)
 
 
 def _tf(i, label_true=True, relation="left of"):
@@ -107,7 +109,7 @@ def _pair_predictions(examples, verdicts):
 @pytest.mark.parametrize("cell", [["a", "a"], ["a"], ["a", "b", "c"]], ids=["duplicate", "missing", "extra"])
 def test_a_cell_must_pair_one_to_one_with_the_baseline(cell):
     def rows(ids):
-        return [{"example_id": i, "correct": True} for i in ids]
+        return pd.DataFrame({"example_id": ids, "correct": True})
 
     cells = {("origin", "without_view_prompt"): rows(["a", "b"]), ("all", "with_view_prompt"): rows(cell)}
     with pytest.raises(ZeroVLMError, match="not the baseline's examples once each"):
@@ -116,8 +118,8 @@ def test_a_cell_must_pair_one_to_one_with_the_baseline(cell):
 
 def test_captions_of_one_image_are_tested_as_one_cluster():
     def rows(right):  # 3 captions per image
-        return [{"example_id": f"e{i}", "image_id": f"i{i // 3}", "group_id": None, "correct": r}
-                for i, r in enumerate(right)]
+        return pd.DataFrame([{"example_id": f"e{i}", "image_id": f"i{i // 3}", "group_id": None, "correct": r}
+                             for i, r in enumerate(right)])
 
     baseline, better = [False] * 24, [i < 12 for i in range(24)]        # 4 images gain all 3 captions
     cells = {("origin", "without_view_prompt"): rows(baseline), ("all", "with_view_prompt"): rows(better)}
@@ -167,7 +169,44 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
 
 
 def test_the_sampling_unit_is_the_set_or_else_the_image():
-    rows = [{"group_id": "whatsup/mug_table", "image_id": "i1"}, {"group_id": None, "image_id": "i2"}]
+    rows = pd.DataFrame([{"group_id": "whatsup/mug_table", "image_id": "i1"}, {"group_id": None, "image_id": "i2"}])
     assert cluster_ids(rows, ScoreConfig()) == ["whatsup/mug_table", "i2"]
     assert cluster_ids(rows, ScoreConfig(bootstrap_samples=0)) == ["whatsup/mug_table", "i2"]  # McNemar uses it
     assert cluster_ids(rows, ScoreConfig(sampling_unit="example")) is None
+
+
+def test_confusion_counts_equal_sklearn_confusion_matrix_per_cell():
+    options, relations = ("A mug on a table", "A mug under a table", "A mug left of a table", "A mug by a box"), \
+        ("on", "under", "left of", "next to")
+    rng = np.random.default_rng(0)
+    examples = [Example(f"w/test/{i}", "w", "test", "multiple_choice", f"{i:016d}", f"images/{i}.png", "", options,
+                        int(answer), relations[answer]) for i, answer in enumerate(rng.integers(4, size=40))]
+    predictions = [{"record_id": f"{e.example_id}|{c}|{vp}", "example_id": e.example_id, "configuration": c,
+                    "with_view_prompt": vp, "answers": list("ABCD"),
+                    "output_text": "ABCD?"[int(rng.integers(5))]}  # "?": unparsed
+                   for c in ("origin", "all") for vp in (False, True) for e in examples]
+    verdicts = pd.DataFrame(score_records(examples, predictions, "generate"))
+    counts = breakdown(verdicts)["confusion"]["multiple_choice"]
+    for (_, configuration, mode), cell in verdicts.groupby(CELL):
+        labels = sorted({*cell["actual_label"], *cell["predicted_label"]})
+        matrix = confusion_matrix(cell["actual_label"], cell["predicted_label"], labels=labels)
+        expected = {f"{labels[i]}|{labels[j]}": int(matrix[i, j]) for i, j in zip(*np.nonzero(matrix))}
+        assert counts[configuration][mode] == expected
+        assert {"(unparsed)", "other"} <= set(labels)  # "by a box" states no known relation
+
+
+def test_objects_breakdown_keeps_integer_counts_and_skips_examples_without_one():
+    verdicts = pd.DataFrame([{"task": "true_false", "configuration": "all", "prompt_mode": "with_view_prompt",
+                              "actual_label": "true", "predicted_label": "true", "num_objects": n, "correct": ok}
+                             for n, ok in [(2, True), (None, True), (10, False), (2, False), (10, False)]])
+    objects = breakdown(verdicts)["objects"]["true_false"]["all"]["with_view_prompt"]
+    assert objects == {"2": [1, 2], "10": [0, 2]}  # a column holding None is float: "2", never "2.0"
+
+
+def test_an_empty_predictions_file_is_one_error_naming_it(tmp_path):
+    write_table(tmp_path / "prepared", [_tf(0)])
+    write_jsonl(tmp_path / "pred/predictions.jsonl", [])
+    write_json(tmp_path / "pred/summary.json", {"answer_mode": "generate", "requests": 0})
+    with pytest.raises(ZeroVLMError, match=r"pred/predictions.jsonl: no predictions to score; re-run infer"):
+        score_stage(ScoreConfig(bootstrap_samples=0), tmp_path / "prepared", tmp_path / "pred",
+                    tmp_path / "metrics", tmp_path / "records.jsonl")

@@ -1,6 +1,6 @@
 """Stitching: compose the VLM's input image for one view configuration.
 
-Two layouts, because the paper and its code disagree (../shared/notes/paper-and-datasets.md):
+Two layouts, because the paper and its code disagree (the paper's figure vs the authors' run_llava.py):
 - grid:  2 columns, row-major, [origin, left / right, random] as in the paper's figure; a 3-panel set
          leaves the last cell black.
 - strip: panels stacked vertically with black gaps, as in the authors' released code.

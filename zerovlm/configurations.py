@@ -22,7 +22,7 @@ STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     "all": ("origin", "left", "right", "random"),
 }
 # Every multi-panel configuration also exists as "<name>-separate": the same panels in the same order,
-# sent to the VLM as several images in one request instead of one stitched image (issue 4, item 3).
+# sent to the VLM as several images in one request instead of one stitched image.
 SEPARATE_SUFFIX = "-separate"
 CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     **STITCHED_CONFIGURATIONS,

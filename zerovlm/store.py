@@ -1,7 +1,7 @@
 """Image shard store: many images as a few tar files plus a JSONL index per shard.
 
 DVC handles thousands of small files slowly (pushing or pulling 20,000 files of 4 KB took 28 s, one tar
-of them 0.9 s: ../shared/notes/dvc.md), so view sets and stitched inputs are stored as shards:
+of them 0.9 s, measured with a local remote), so view sets and stitched inputs are stored as shards:
 
     folder/shard-00000.tar    PNG members named <key>.png, in insertion order, deterministic headers
     folder/shard-00000.jsonl  one record per member: {"key", "member", **metadata}

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable
 
 from zerovlm.io import ZeroVLMError, read_jsonl, write_jsonl
 
-Task = Literal["true_false", "multiple_choice"]
 TASKS = ("true_false", "multiple_choice")
 
 

@@ -6,7 +6,8 @@ images in the order sent), the full prompt, the model's answer and whether it wa
 configuration a model was not evaluated on has no records, hence no card. Filters (dataset, VLM,
 relation, configuration, view prompt, right/wrong) live in the URL hash, e.g.
 `index.html#relation=above&correct=wrong`, so a filtered view can be shared as a link (and a headless
-browser can open it: tests/test_report_gallery.py).
+browser can open it: tests/test_report_gallery.py). The page is the Jinja2 template
+templates/gallery.html.j2, autoescaped: this module hands it plain text, never markup.
 
     out_dir/index.html
     out_dir/images/*.jpg   each image once, the longest side at most report.gallery_image_px
@@ -14,12 +15,12 @@ browser can open it: tests/test_report_gallery.py).
 
 from __future__ import annotations
 
-import html
 import json
 import random
 from collections import defaultdict
 from pathlib import Path
 
+import jinja2
 from PIL import Image
 
 from zerovlm.compose import input_keys
@@ -90,17 +91,11 @@ def _view_keys(views: ShardReader) -> dict[str, list[tuple[str, str]]]:
     return keys
 
 
-def _figure(src: str, caption: str) -> str:
-    return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-
 def gallery_stage(datasets: list[str], vlms: list[str], cfg: ReportConfig, prepared_root: Path, views_dir: Path,
                   stitched_root: Path, predictions_root: Path, scored_root: Path, out_dir: Path) -> dict:
     views = ShardReader(views_dir)
     view_keys = _view_keys(views)
-    sections, cards_total = [], 0
-    values: dict[str, set[str]] = defaultdict(set)  # filter -> the values cards carry
+    sections = []
     with atomic_dir(out_dir) as tmp:
         images = _Images(tmp / "images", cfg.gallery_image_px)
         for dataset in datasets:
@@ -115,13 +110,11 @@ def gallery_stage(datasets: list[str], vlms: list[str], cfg: ReportConfig, prepa
                 for record in read_jsonl(Path(scored_root) / dataset / vlm / "records.jsonl"):
                     records[record["example_id"]].append(record)
                 runs[vlm] = (predictions, records)
-            for example in examples:
-                section, count = _example_section(example, dataset, runs, images, prepared, views,
-                                                  view_keys[example.image_id], stitched, values)
-                sections.append(section)
-                cards_total += count
+            sections += [_example_section(example, dataset, runs, images, prepared, views,
+                                          view_keys[example.image_id], stitched) for example in examples]
             stitched.close()
-        (tmp / "index.html").write_text(_page(sections, values), encoding="utf-8")
+        (tmp / "index.html").write_text(_page(sections), encoding="utf-8")
+        cards_total = sum(len(section["cards"]) for section in sections)
         summary = {"examples": len(sections), "cards": cards_total, "images": len(images.written)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     views.close()
@@ -131,110 +124,39 @@ def gallery_stage(datasets: list[str], vlms: list[str], cfg: ReportConfig, prepa
 
 
 def _example_section(example: Example, dataset: str, runs: dict, images: _Images, prepared: Path,
-                     views: ShardReader, view_keys: list[tuple[str, str]], stitched: ShardReader,
-                     values: dict[str, set[str]]) -> tuple[str, int]:
-    panels = [_figure(images.add(f"o-{example.image_id}",
+                     views: ShardReader, view_keys: list[tuple[str, str]], stitched: ShardReader) -> dict:
+    """One example's section as plain text values for the template (which escapes them)."""
+    panels = [{"src": images.add(f"o-{example.image_id}",
                                  lambda: load_rgb(safe_join(prepared, example.image_file), example.example_id)),
-                      "original")]
+               "caption": "original"}]
     for view, key in view_keys:
-        panels.append(_figure(images.add(f"v-{key}", lambda key=key: views.image(key)), f"{view} view"))
+        panels.append({"src": images.add(f"v-{key}", lambda key=key: views.image(key)), "caption": f"{view} view"})
     question = example.caption if example.task == "true_false" else " / ".join(
         f"{chr(65 + i)}. {o}" for i, o in enumerate(example.options))
     cards = []
     for vlm, (predictions, records) in runs.items():
         for record in records.get(example.example_id, []):
             prediction = predictions[record["record_id"]]
-            configuration, mode = record["configuration"], record["prompt_mode"]
-            keys = input_keys(example.image_id, configuration)
-            inputs = "".join(
-                f'<img src="{html.escape(images.add(f"s-{key}", lambda k=key: stitched.image(k)))}" '
-                f'alt="{html.escape(configuration)} input{f" {n} of {len(keys)}" if len(keys) > 1 else ""}">'
-                for n, key in enumerate(keys, start=1))
-            verdict = "right" if record["correct"] else "wrong"
-            prompt = "on" if mode == "with_view_prompt" else "off"
-            attributes = {"dataset": dataset, "vlm": vlm, "relation": example.relation,
-                          "configuration": configuration, "prompt": prompt, "correct": verdict}
-            data = " ".join(f'data-{k}="{html.escape(v)}"' for k, v in attributes.items())
-            for key, value in attributes.items():
-                values[key].add(value)
-            cards.append(
-                f'<article class="card {verdict}" {data}>'
-                f'<div class="inputs{" several" if len(keys) > 1 else ""}">{inputs}</div>'
-                f'<div class="meta"><b>{html.escape(configuration)}</b> · view prompt {prompt} · {html.escape(vlm)}</div>'
-                f'<pre class="prompt">{html.escape(prediction.get("rendered_prompt", ""))}</pre>'
-                f'<div class="answer">answer: {html.escape(_answer_text(example, prediction, record))}</div>'
-                f'<div class="verdict">{"✓ right" if record["correct"] else "✗ wrong"}</div></article>')
-    header = (f'<h2>{html.escape(dataset)} · {html.escape(example.example_id)}</h2>'
-              f'<p><b>{html.escape(example.task.replace("_", "/"))}</b>, relation <b>{html.escape(example.relation)}'
-              f'</b>{f", {example.num_objects} objects" if example.num_objects else ""}: {html.escape(question)}'
-              f'<br>gold answer: <b>{html.escape(example.answer)}</b></p>')
-    section = (f'<section class="example" data-dataset="{html.escape(dataset)}">{header}'
-               f'<div class="panels">{"".join(panels)}</div><div class="cards">{"".join(cards)}</div></section>')
-    return section, len(cards)
+            configuration = record["configuration"]
+            inputs = [images.add(f"s-{key}", lambda k=key: stitched.image(k))
+                      for key in input_keys(example.image_id, configuration)]
+            # the card's data-* attributes, which the page's filters match (keys as in FILTERS)
+            attributes = {"dataset": dataset, "vlm": vlm, "relation": example.relation, "configuration": configuration,
+                          "prompt": "on" if record["prompt_mode"] == "with_view_prompt" else "off",
+                          "correct": "right" if record["correct"] else "wrong"}
+            cards.append({"attributes": attributes, "inputs": inputs, "prompt": prediction.get("rendered_prompt", ""),
+                          "answer": _answer_text(example, prediction, record)})
+    return {"dataset": dataset, "example": example, "question": question, "panels": panels, "cards": cards}
 
 
-STYLE = """
-body{font:14px system-ui,sans-serif;margin:0;background:#f6f6f4;color:#222}
-header{position:sticky;top:0;background:#fff;border-bottom:1px solid #ccc;padding:8px 16px;z-index:1}
-header label{margin-right:12px} main{padding:8px 16px}
-.example{background:#fff;border:1px solid #ddd;border-radius:6px;margin:12px 0;padding:8px 12px}
-.example h2{font-size:15px;margin:4px 0} .panels,.cards{display:flex;flex-wrap:wrap;gap:8px}
-figure{margin:0;text-align:center;font-size:12px} img{display:block}
-.panels img{height:128px;width:auto} .card img{max-width:248px;max-height:248px}
-.inputs{display:flex;flex-wrap:wrap;gap:2px} .inputs.several img{max-width:122px;max-height:122px}
-.card{width:260px;border:2px solid #ccc;border-radius:6px;padding:6px;font-size:12px}
-.card.right{border-color:#3a3} .card.wrong{border-color:#c33}
-.prompt{white-space:pre-wrap;background:#f2f2f2;padding:4px;max-height:140px;overflow:auto;font-size:11px}
-.verdict{font-weight:bold} .right .verdict{color:#282} .wrong .verdict{color:#b22}
-"""
-
-SCRIPT = """
-const KEYS = %s;
-function readHash() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  return Object.fromEntries(KEYS.map(k => [k, params.get(k) || ""]));
-}
-function apply() {
-  const state = readHash();
-  let shown = 0;
-  KEYS.forEach(k => { document.getElementById("f-" + k).value = state[k]; });
-  document.querySelectorAll(".card").forEach(card => {
-    const match = KEYS.every(k => !state[k] || card.dataset[k] === state[k]);
-    card.hidden = !match;
-    if (match) shown++;
-  });
-  document.querySelectorAll(".example").forEach(section => {
-    section.hidden = !section.querySelector(".card:not([hidden])");
-  });
-  document.getElementById("shown").textContent = shown;
-  document.body.dataset.cardsShown = shown;
-}
-function onSelect() {
-  const params = new URLSearchParams();
-  KEYS.forEach(k => { const v = document.getElementById("f-" + k).value; if (v) params.set(k, v); });
-  location.hash = params.toString();
-}
-KEYS.forEach(k => document.getElementById("f-" + k).addEventListener("change", onSelect));
-window.addEventListener("hashchange", apply);
-apply();
-window.addEventListener("load", () => {
-  const all = Array.from(document.images);
-  const loaded = all.filter(img => img.complete && img.naturalWidth > 0).length;
-  document.body.dataset.imagesLoaded = loaded;
-  document.body.dataset.imagesFailed = all.length - loaded;
-});
-"""
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+                                autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined,
+                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def _page(sections: list[str], values: dict[str, set[str]]) -> str:
-    body = "".join(sections)
-    selects = []
-    for key, label in FILTERS:
-        options = "".join(f'<option value="{html.escape(v)}">{html.escape(v)}</option>'
-                          for v in sorted(values.get(key, ())))
-        selects.append(f'<label>{label} <select id="f-{key}"><option value="">all</option>{options}</select></label>')
-    keys = json.dumps([key for key, _ in FILTERS])
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>zerovlm gallery</title>'
-            f'<style>{STYLE}</style></head><body><header><b>zerovlm gallery</b> · {"".join(selects)} '
-            f'<span id="shown"></span> cards shown</header><main>{body}</main>'
-            f'<script>{SCRIPT % keys}</script></body></html>\n')
+def _page(sections: list[dict]) -> str:
+    """index.html: the filter bar (each filter offers the values its cards carry) and the sections."""
+    filters = [{"key": key, "label": label,
+                "options": sorted({card["attributes"][key] for section in sections for card in section["cards"]})}
+               for key, label in FILTERS]
+    return _TEMPLATES.get_template("gallery.html.j2").render(sections=sections, filters=filters)

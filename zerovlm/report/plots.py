@@ -13,8 +13,9 @@ Each folder is declared once in dvc.yaml, so the files follow the grid without e
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
+
+import pandas as pd
 
 from zerovlm.io import write_json
 from zerovlm.scoring.metrics import BASELINE
@@ -30,6 +31,27 @@ def _slug(configuration: str, prompt_mode: str) -> str:
     return f"{configuration}-{'vp' if prompt_mode == 'with_view_prompt' else 'novp'}"
 
 
+def objects_rows(breakdowns: dict, method: tuple[str, str]) -> dict[tuple[str, str], list[dict]]:
+    """(vlm, task) -> rows {num_objects, baseline, method, n}: accuracy from the (correct, total) counts
+    summed over the grid datasets; a series without examples at a count is left out, n is the baseline's."""
+    tallies = pd.DataFrame(
+        [(vlm, task, int(num_objects), name, correct, total)
+         for (_, vlm), data in breakdowns.items() for task, configurations in data.get("objects", {}).items()
+         for name, key in (("baseline", BASELINE), ("method", method))
+         for num_objects, (correct, total) in configurations.get(key[0], {}).get(key[1], {}).items()],
+        columns=["vlm", "task", "num_objects", "series", "correct", "total"])
+    sums = (tallies.groupby(["vlm", "task", "num_objects", "series"])[["correct", "total"]].sum()
+            .unstack("series", fill_value=0))
+    plots: dict[tuple[str, str], list[dict]] = {}
+    for (vlm, task, num_objects), counts in sums.iterrows():
+        totals = counts["total"]
+        plots.setdefault((vlm, task), []).append({
+            "num_objects": int(num_objects),
+            **{name: round(int(counts["correct", name]) / int(total), 4) for name, total in totals.items() if total},
+            "n": int(totals.get("baseline", 0))})
+    return plots
+
+
 def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tuple[str, str]) -> list[Path]:
     """Write every plot data file under out_dir (per_relation/breakdowns: (dataset, vlm) -> file contents)."""
     written = []
@@ -43,7 +65,6 @@ def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tup
                 path = out_dir / "per_relation" / f"{dataset}.{vlm}.{task}.json"
                 write_json(path, rows)
                 written.append(path)
-    objects: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: [0, 0])))
     for (dataset, vlm), data in sorted(breakdowns.items()):
         for task, configurations in data.get("confusion", {}).items():
             for key in series:
@@ -55,20 +76,12 @@ def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tup
                 path = out_dir / "confusion" / f"{dataset}.{vlm}.{task}.{_slug(*key)}.json"
                 write_json(path, rows)
                 written.append(path)
-        for task, configurations in data.get("objects", {}).items():
-            for name, key in (("baseline", BASELINE), ("method", method)):
-                for num_objects, (correct, total) in configurations.get(key[0], {}).get(key[1], {}).items():
-                    tally = objects[(vlm, task)][int(num_objects)][name]
-                    tally[0] += correct
-                    tally[1] += total
+    objects = objects_rows(breakdowns, method)
     if not objects:  # no dataset knows its object counts: an empty plot keeps the declared folder in git
         path = out_dir / "objects" / "no-dataset-with-object-counts.json"
         write_json(path, [])
         written.append(path)
-    for (vlm, task), by_count in sorted(objects.items()):
-        rows = [{"num_objects": n,
-                 **{name: round(c / t, 4) for name, (c, t) in tallies.items() if t},
-                 "n": tallies["baseline"][1]} for n, tallies in sorted(by_count.items())]
+    for (vlm, task), rows in objects.items():
         path = out_dir / "objects" / f"{vlm}.{task}.json"
         write_json(path, rows)
         written.append(path)

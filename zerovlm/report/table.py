@@ -19,6 +19,8 @@ import csv
 import io
 from dataclasses import dataclass
 
+import pandas as pd
+
 from zerovlm.config import ScoreConfig
 from zerovlm.scoring.metrics import BASELINE
 from zerovlm.scoring.significance import significance_mark
@@ -27,13 +29,6 @@ TASK_ORDER = ("true_false", "multiple_choice")
 TASK_LABELS = {"true_false": "true/false", "multiple_choice": "choice"}
 PROMPT_ORDER = ("with_view_prompt", "without_view_prompt")
 NOT_EVALUATED = "not_evaluated"  # the prompt mode of a not-evaluated configuration's single row
-
-
-@dataclass(frozen=True)
-class Column:
-    dataset: str
-    task: str
-    label: str
 
 
 @dataclass(frozen=True)
@@ -53,42 +48,40 @@ class Row:
         return "yes" if self.prompt_mode == "with_view_prompt" else "no"
 
 
-def columns(summaries: dict[tuple[str, str], dict], datasets: list[str]) -> list[Column]:
-    """One column per (dataset, task) present, datasets in grid order, true/false first."""
-    result = []
-    for dataset in datasets:
-        tasks = [t for t in TASK_ORDER if any(t in s for (d, _), s in summaries.items() if d == dataset)]
-        for task in tasks:
-            label = dataset if len(tasks) == 1 else f"{dataset} ({TASK_LABELS[task]})"
-            result.append(Column(dataset, task, label))
-    return result
+def long_form(summaries: dict[tuple[str, str], dict]) -> pd.DataFrame:
+    """One row per (dataset, task, VLM, configuration, prompt mode) with its metrics. A configuration the
+    model was not given gets, per task of its dataset, prompt mode NOT_EVALUATED and {NOT_EVALUATED: reason}."""
+    records = []
+    for (dataset, vlm), summary in summaries.items():
+        for task in (t for t in TASK_ORDER if t in summary):
+            records += [(dataset, task, vlm, configuration, mode, metrics)
+                        for configuration, modes in summary[task].items() for mode, metrics in modes.items()]
+            records += [(dataset, task, vlm, configuration, NOT_EVALUATED, {NOT_EVALUATED: reason})
+                        for configuration, reason in summary.get(NOT_EVALUATED, {}).items()]
+    return pd.DataFrame(records, columns=["dataset", "task", "vlm", "configuration", "prompt_mode", "metrics"])
 
 
-def rows(summaries: dict[tuple[str, str], dict], vlms: list[str], configurations: list[str]) -> list[Row]:
-    """The baseline first, then each configuration with and without the view prompt (or, when the model
-    could not be given it, one not-evaluated row), per VLM."""
-    present = {(vlm, c, m) for (_, vlm), s in summaries.items() for task in TASK_ORDER
-               for c, modes in s.get(task, {}).items() for m in modes}
-    present |= {(vlm, c, NOT_EVALUATED) for (_, vlm), s in summaries.items() for c in s.get(NOT_EVALUATED, {})}
-    result = []
-    for vlm in vlms:
-        if (vlm, *BASELINE) in present:
-            result.append(Row(vlm, *BASELINE))
-        for configuration in configurations:
-            if configuration == BASELINE[0]:
-                continue
-            result += [Row(vlm, configuration, m) for m in (*PROMPT_ORDER, NOT_EVALUATED)
-                       if (vlm, configuration, m) in present]
-    return result
+def layout(summaries: dict[tuple[str, str], dict], datasets: list[str], vlms: list[str],
+           configurations: list[str]) -> pd.DataFrame:
+    """The table's metrics (None where absent), in the table's order, rows and columns without a cell dropped.
+    Rows (vlm, configuration, prompt mode): per VLM the baseline, then each configuration with and without
+    the view prompt or, when the model could not be given it, its not-evaluated row. Columns (dataset, task):
+    datasets in grid order, true/false first."""
+    keys = [BASELINE] + [(configuration, mode) for configuration in configurations if configuration != BASELINE[0]
+                         for mode in (*PROMPT_ORDER, NOT_EVALUATED)]
+    grid = (long_form(summaries)
+            .pivot(index=["vlm", "configuration", "prompt_mode"], columns=["dataset", "task"], values="metrics")
+            .reindex(index=pd.MultiIndex.from_tuples([(vlm, *key) for vlm in vlms for key in keys]),
+                     columns=pd.MultiIndex.from_product([datasets, TASK_ORDER]))
+            .dropna(how="all").dropna(axis=1, how="all"))
+    return grid.where(grid.notna(), None)
 
 
-def cell(summaries: dict, row: Row, column: Column) -> dict | None:
-    """The metrics of one cell; {"not_evaluated": reason} for a configuration the model was not given."""
-    summary = summaries.get((column.dataset, row.vlm), {})
-    if row.prompt_mode == NOT_EVALUATED:
-        reason = summary.get(NOT_EVALUATED, {}).get(row.configuration)
-        return {NOT_EVALUATED: reason} if reason and column.task in summary else None
-    return summary.get(column.task, {}).get(row.configuration, {}).get(row.prompt_mode)
+def column_labels(grid: pd.DataFrame) -> list[str]:
+    """The dataset, with the task where the dataset has two columns."""
+    datasets = list(grid.columns.get_level_values(0))
+    return [dataset if datasets.count(dataset) == 1 else f"{dataset} ({TASK_LABELS[task]})"
+            for dataset, task in grid.columns]
 
 
 def format_cell(metrics: dict | None, alpha: float) -> str:
@@ -115,18 +108,19 @@ def significance_footnote(score: ScoreConfig) -> str:
 def markdown(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str],
              score: ScoreConfig) -> str:
     """The table; `score` (ScoreConfig) gives the significance level, the correction and the sampling unit."""
-    cols = columns(summaries, datasets)
-    lines = ["| model | configuration | view prompt | " + " | ".join(c.label for c in cols) + " |",
-             "|---|---|---|" + "---:|" * len(cols)]
-    table_rows = rows(summaries, vlms, configurations)
+    grid = layout(summaries, datasets, vlms, configurations)
+    lines = ["| model | configuration | view prompt | " + " | ".join(column_labels(grid)) + " |",
+             "|---|---|---|" + "---:|" * len(grid.columns)]
+    table_rows = [Row(*key) for key in grid.index]
     alpha = score.alpha
-    for row in table_rows:
+    for row, metrics in zip(table_rows, grid.itertuples(index=False)):
         name = f"{row.configuration} (baseline)" if row.is_baseline else row.configuration
-        cells = [format_cell(cell(summaries, row, c), alpha) for c in cols]
+        cells = [format_cell(m, alpha) for m in metrics]
         model = row.vlm if row.is_baseline else f"ZeroVLM ({row.vlm})"
         lines.append(f"| {model} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
-    chance = sorted({f"{TASK_LABELS[c.task]} {100 * cell(summaries, Row(v, *BASELINE), c)['chance']:.0f}%"
-                     for c in cols for v in vlms if cell(summaries, Row(v, *BASELINE), c)})
+    baselines = grid[[row.is_baseline for row in table_rows]]
+    chance = sorted({f"{TASK_LABELS[task]} {100 * m['chance']:.0f}%" for (_, task), cells in baselines.items()
+                     for m in cells if m})
     lines += ["", f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "
                   f"dataset and task in percentage points; {significance_footnote(score)}: "
                   f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
@@ -157,14 +151,15 @@ def _csv_values(metrics: dict | None, alpha: float) -> list:
 
 def to_csv(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str], alpha: float) -> str:
     """The same table with numbers (fractions, not percent): one group of columns per dataset column."""
-    cols = columns(summaries, datasets)
+    grid = layout(summaries, datasets, vlms, configurations)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "configuration", "view_prompt",
-                     *[f"{c.label}: {field}" for c in cols for field in CSV_FIELDS]])
-    for row in rows(summaries, vlms, configurations):
-        values = [v for c in cols for v in _csv_values(cell(summaries, row, c), alpha)]
-        writer.writerow([row.vlm, row.configuration, row.view_prompt, *values])
+                     *[f"{label}: {field}" for label in column_labels(grid) for field in CSV_FIELDS]])
+    for key, metrics in zip(grid.index, grid.itertuples(index=False)):
+        row = Row(*key)
+        writer.writerow([row.vlm, row.configuration, row.view_prompt,
+                         *[v for m in metrics for v in _csv_values(m, alpha)]])
     return buffer.getvalue()
 
 

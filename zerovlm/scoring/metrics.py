@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from zerovlm.config import ScoreConfig
 from zerovlm.configurations import BASELINE_CONFIGURATION
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 BASELINE = (BASELINE_CONFIGURATION, "without_view_prompt")
 PROMPT_MODES = ("with_view_prompt", "without_view_prompt")
 UNPARSED = "(unparsed)"
+CELL = ["task", "configuration", "prompt_mode"]  # the verdicts behind one metrics entry of summary.json
 
 
 def predicted_index(record: dict, example: Example, answer_mode: str) -> int | None:
@@ -114,36 +116,33 @@ def bootstrap_ci(correct: np.ndarray, samples: int, seed: int,
     return percentile_interval(bootstrap_means(correct, samples, seed, clusters))
 
 
-def cluster_ids(rows: list[dict], cfg: ScoreConfig) -> list[str] | None:
+def cluster_ids(rows: pd.DataFrame, cfg: ScoreConfig) -> list[str] | None:
     """The independent unit of the intervals and tests per row: None (each example), or the What'sUp set
     (group_id) where there is one, else the image (VSR's captions of one image)."""
     if cfg.sampling_unit == "example":
         return None
-    return [row["group_id"] or row["image_id"] for row in rows]
+    return rows["group_id"].fillna(rows["image_id"]).tolist()
 
 
-def _all_correct_rate(rows: list[dict], key: str) -> float | None:
+def _all_correct_rate(rows: pd.DataFrame, key: str) -> float | None:
     """What'sUp pair / set accuracy: the share of groups whose every member is right.
 
     None when no group has two members (e.g. a synthetic scene's one question of a task)."""
-    groups: dict[str, list[bool]] = defaultdict(list)
-    for row in rows:
-        if row[key] is not None:
-            groups[row[key]].append(row["correct"])
-    if not any(len(members) > 1 for members in groups.values()):
+    groups = rows.dropna(subset=[key]).groupby(key)["correct"]
+    if not (groups.size() > 1).any():
         return None
-    return round(float(np.mean([all(members) for members in groups.values()])), 4)
+    return round(float(groups.all().mean()), 4)
 
 
-def summarise(rows: list[dict], cfg: ScoreConfig) -> dict:
-    correct = np.array([row["correct"] for row in rows], dtype=float)
+def summarise(rows: pd.DataFrame, cfg: ScoreConfig) -> dict:
+    correct = rows["correct"].to_numpy(dtype=float)
     summary = {
         "accuracy": round(float(correct.mean()), 4),
         "accuracy_ci95": bootstrap_ci(correct, cfg.bootstrap_samples, cfg.seed, cluster_ids(rows, cfg)),
-        "chance": round(float(np.mean([row["chance"] for row in rows])), 4),
+        "chance": round(float(rows["chance"].mean()), 4),
         "n_total": len(rows),
-        "n_evaluated": sum(row["parsed"] for row in rows),
-        "n_unparseable": sum(not row["parsed"] for row in rows),
+        "n_evaluated": int(rows["parsed"].sum()),
+        "n_unparseable": int((~rows["parsed"]).sum()),
     }
     for name, key in (("pair_accuracy", "pair_id"), ("set_accuracy", "group_id")):
         rate = _all_correct_rate(rows, key)
@@ -152,25 +151,26 @@ def summarise(rows: list[dict], cfg: ScoreConfig) -> dict:
     return summary
 
 
-def compare_with_baseline(cells: dict[tuple[str, str], list[dict]], cfg: ScoreConfig) -> dict[tuple[str, str], dict]:
+def compare_with_baseline(cells: dict[tuple[str, str], pd.DataFrame],
+                          cfg: ScoreConfig) -> dict[tuple[str, str], dict]:
     """Difference, interval and McNemar test of every cell of one task against BASELINE.
 
-    `cells`: (configuration, prompt mode) -> rows. The origin configuration is not compared with itself
-    (with or without view prompt its input is the same). Empty when the baseline is absent.
+    `cells`: (configuration, prompt mode) -> its verdicts. The origin configuration is not compared with
+    itself (with or without view prompt its input is the same). Empty when the baseline is absent.
     """
     if BASELINE not in cells:
         return {}
-    baseline = {row["example_id"]: row["correct"] for row in cells[BASELINE]}
+    baseline = dict(zip(cells[BASELINE]["example_id"], cells[BASELINE]["correct"]))
     results: dict[tuple[str, str], dict] = {}
     for key, rows in cells.items():
-        ids = [row["example_id"] for row in rows]
+        ids = rows["example_id"].tolist()
         if len(set(ids)) != len(ids) or set(ids) != set(baseline):  # paired tests need a 1:1 pairing
             raise ZeroVLMError(f"{key}: not the baseline's examples once each ({len(ids) - len(set(ids))} "
                                f"answered twice, {len(set(baseline) - set(ids))} missing, "
                                f"{len(set(ids) - set(baseline))} extra); re-run infer (`dvc repro -f infer`)")
         if key[0] == BASELINE[0]:
             continue
-        treatment = np.array([row["correct"] for row in rows], dtype=float)
+        treatment = rows["correct"].to_numpy(dtype=float)
         reference = np.array([baseline[i] for i in ids], dtype=float)
         clusters = cluster_ids(rows, cfg)
         b, c = discordant_counts(reference.astype(bool), treatment.astype(bool))
@@ -226,19 +226,13 @@ def _nest(flat: dict[tuple, dict]) -> dict:
     return nested
 
 
-def breakdown(rows: list[dict]) -> dict:
-    """Confusion counts ("actual|predicted") and (correct, total) per number of objects, per cell."""
-    confusion: dict[tuple, Counter] = defaultdict(Counter)
-    objects: dict[tuple, dict] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-    for row in rows:
-        key = (row["task"], row["configuration"], row["prompt_mode"])
-        confusion[key][f"{row['actual_label']}|{row['predicted_label']}"] += 1
-        if row["num_objects"] is not None:
-            tally = objects[key][str(row["num_objects"])]
-            tally[0] += int(row["correct"])
-            tally[1] += 1
-    return {"confusion": _nest({k: dict(sorted(v.items())) for k, v in confusion.items()}),
-            "objects": _nest({k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in objects.items()})}
+def breakdown(rows: pd.DataFrame) -> dict:
+    """Confusion counts ("actual|predicted") and [correct, total] per number of objects, per cell."""
+    confusion = rows.groupby([*CELL, rows["actual_label"] + "|" + rows["predicted_label"]]).size()
+    counted = rows.dropna(subset=["num_objects"])
+    objects = counted.groupby([*CELL, counted["num_objects"].astype(int).astype(str)])["correct"].agg(["sum", "size"])
+    return {"confusion": _nest({key: int(count) for key, count in confusion.items()}),
+            "objects": _nest({key: [int(right), int(total)] for key, right, total in objects.itertuples()})}
 
 
 def rendered_prompt_hashes(predictions: list[dict]) -> dict:
@@ -259,17 +253,15 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
     examples = read_table(prepared_dir)
     predictions = list(read_jsonl(predictions_dir / "predictions.jsonl"))
     infer_summary = read_json(predictions_dir / "summary.json", "run the infer stage first (`dvc repro`)")
+    if not predictions:
+        raise ZeroVLMError(f"{predictions_dir / 'predictions.jsonl'}: no predictions to score; re-run infer "
+                           f"(`dvc repro -f infer`)")
     rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm)
 
-    cells: dict[tuple, list[dict]] = defaultdict(list)
-    relation_groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        key = (row["task"], row["configuration"], row["prompt_mode"])
-        cells[key].append(row)
-        relation_groups[(*key, row["relation"])].append(row)
-    metrics = {key: summarise(group, cfg) for key, group in cells.items()}
-    for task in sorted({key[0] for key in cells}):
-        task_cells = {key[1:]: group for key, group in cells.items() if key[0] == task}
+    verdicts = pd.DataFrame(rows)
+    metrics = {key: summarise(cell, cfg) for key, cell in verdicts.groupby(CELL)}
+    for task, task_verdicts in verdicts.groupby("task"):
+        task_cells = dict(iter(task_verdicts.groupby(CELL[1:])))
         if BASELINE not in task_cells:
             log.warning("score %s: no %s cell for %s, so nothing is compared with the baseline; keep origin "
                         "in stitch.configurations and false in infer.view_prompt", vlm, BASELINE, task)
@@ -291,8 +283,9 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
     infer_run = read_json(infer_run_path, rerun) if infer_run_path else {}
     if views_summary is not None and infer_run:
         summary["overhead"] = overhead(examples, views_summary, infer_summary, infer_run)
-    per_relation = _nest({key: {"accuracy": round(float(np.mean([r["correct"] for r in group])), 4),
-                                "n_total": len(group)} for key, group in relation_groups.items()})
+    relations = verdicts.groupby([*CELL, "relation"])["correct"].agg(["mean", "size"])
+    per_relation = _nest({key: {"accuracy": round(float(mean), 4), "n_total": int(size)}
+                          for key, mean, size in relations.itertuples()})
     provenance = {
         "dataset": dataset, "vlm": vlm, "params": resolved or {},
         "prepare": {k: prepare_summary.get(k) for k in ("source", "split", "selection", "source_checksums")},
@@ -306,7 +299,7 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
 
     write_json(metrics_dir / "summary.json", summary)
     write_json(metrics_dir / "per_relation.json", per_relation)
-    write_json(metrics_dir / "breakdown.json", breakdown(rows))
+    write_json(metrics_dir / "breakdown.json", breakdown(verdicts))
     write_json(metrics_dir / "provenance.json", provenance)
     write_jsonl(records_path, rows)
     return summary

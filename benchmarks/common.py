@@ -1,0 +1,71 @@
+"""What the benchmark scripts share: the scale they run at, one clock for either device, the skip line.
+
+Full size needs a CUDA GPU (random weights in the real architectures, minutes per run). `--tiny` runs the
+project's tiny models (zerovlm/views/tiny.py, zerovlm/vlm/tiny.py, written to a temporary folder) with
+small counts, in seconds; without a CUDA device a script runs tiny whatever its flags say. A measurement
+that exists only on a GPU (CUDA graphs, torch.compile, FP8 tensor cores, host synchronisations) prints a
+`skipped:` line with the reason instead; everything else runs the same code on either device, so that
+tests/test_benchmarks.py can run every script on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Half precision on the GPU; float32 on the CPU, where half-precision kernels are slow or missing.
+DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+NEEDS_CUDA = "needs a CUDA device"
+
+
+def parse_args(parser: argparse.ArgumentParser, tiny_defaults: dict, argv=None,
+               needs_cuda: bool = True) -> argparse.Namespace:
+    """Parse argv after adding `--tiny`; at tiny scale `tiny_defaults` replace the parser's defaults (values
+    given on the command line still win) and the CPU runs one thread. needs_cuda: full size needs a GPU, so
+    without one tiny is implied."""
+    parser.add_argument("--tiny", action="store_true",
+                        help="the project's tiny models and small counts: a smoke run of seconds"
+                             + (" (implied without a CUDA device)" if needs_cuda else ""))
+    args = parser.parse_args(argv)
+    if needs_cuda and DEVICE.type != "cuda" and not args.tiny:
+        print("no CUDA device: tiny scale (--tiny)", flush=True)
+        args.tiny = True
+    if args.tiny:
+        parser.set_defaults(**tiny_defaults, tiny=True)
+        args = parser.parse_args(argv)
+        if DEVICE.type == "cpu":
+            # A tiny model's operations are too small to split, and OpenMP's spinning threads made the tiny
+            # UNet 10-20x slower on a busy 2-core machine (as zerovlm.vlm.base.cpu_threads_for says for VLMs).
+            torch.set_num_threads(1)
+    return args
+
+
+def skip_line(what: str, reason: str = NEEDS_CUDA) -> str:
+    return f"skipped: {what} ({reason})"
+
+
+def synchronize(device: torch.device = DEVICE) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def milliseconds(fn, repeats: int, warmup: int = 1, device: torch.device = DEVICE) -> float:
+    """Milliseconds per call of fn over `repeats` calls after `warmup` calls: CUDA events on a GPU (the
+    device time of the queued work), the wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) * 1e3 / repeats
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / repeats
