@@ -8,11 +8,13 @@ remote. For each layout it times, with the `dvc` of this environment:
   add:   `dvc add` in the producer repo (hash every file, copy into the cache), once
   push:  `dvc push` to an empty local remote (a new one each run)
   pull:  `dvc pull` in a fresh `git clone` with an empty cache, remote `verify = false` (DVC's default)
-  pull+verify: the same with `verify = true` (the setting README "Sharing view sets" recommends)
---repeat times each (min and median reported; other work on the machine shows as spread). Page cache
-warm, DVC defaults otherwise (cache type reflink,copy, i.e. copies on ext4; 4 x CPUs transfer jobs).
+  pull+verify: the same with `verify = true` (the setting docs/sharing.md recommends)
+--repeat times each (min and median reported; other work on the machine shows as spread), and the
+folder's time per view over the shard store's. Page cache warm, DVC defaults otherwise (cache type
+reflink,copy, i.e. copies on ext4; 4 x CPUs transfer jobs).
 
     python benchmarks/dvc_transfer.py --views 10000 --repeat 3 | tee benchmarks/results/dvc_transfer_2core.txt
+    python benchmarks/dvc_transfer.py --tiny   # smoke run: 16 views, one repeat
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zerovlm.store import ShardReader, ShardWriter
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import parse_args  # noqa: E402
+
+from zerovlm.store import ShardReader, ShardWriter  # noqa: E402
 
 VIEWS = ("left", "right", "top", "random")
 SIZE_PX = 256
@@ -124,7 +130,7 @@ def main() -> None:
     parser.add_argument("--folder-views", type=int, default=None, help="views in the PNG folder (default: --views)")
     parser.add_argument("--repeat", type=int, default=3, help="push/pull runs per layout (fresh remote, clone)")
     parser.add_argument("--workdir", type=Path, default=None, help="parent of the temp dir (default: system temp)")
-    args = parser.parse_args()
+    args = parse_args(parser, {"views": 16, "repeat": 1}, needs_cuda=False)
     n_folder = args.views if args.folder_views is None else args.folder_views
     dvc_version = subprocess.run([DVC, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, DVC {dvc_version}")
@@ -144,17 +150,22 @@ def main() -> None:
         cases = [("shards", shards, args.views, lambda path: len(ShardReader(path)))]
         if n_folder:
             cases.append(("folder", folder, n_folder, lambda path: len(list(path.glob("*.png")))))
-        table = []
+        table, per_view = [], {}
         for name, data, n_views, count_files in cases:
             n_files = len(list(data.iterdir()))
             size = sum(p.stat().st_size for p in data.iterdir())
             for step, runs in time_case(name, data, root, count_files, args.repeat).items():
+                per_view[name, step] = min(runs) / n_views
                 table.append(f"{name:<8} {n_views:>6} {n_files:>6} {step:<12} {min(runs):>6.1f} "
                              f"{statistics.median(runs):>7.1f} {size / 1e6 / min(runs):>6.0f}  "
                              f"{' '.join(f'{t:.1f}' for t in runs)}")
     print(f"# load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
     print(f"{'layout':<8} {'views':>6} {'files':>6} {'step':<12} {'min s':>6} {'median':>7} {'MB/s':>6}  every run (s)")
     print("\n".join(table))
+    if n_folder:
+        steps = [step for layout, step in per_view if layout == "shards"]
+        print("folder / shards, min seconds per view: " + ", ".join(
+            f"{step} x{per_view['folder', step] / per_view['shards', step]:.1f}" for step in steps))
 
 
 if __name__ == "__main__":

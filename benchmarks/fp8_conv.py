@@ -12,29 +12,41 @@ Result on one H200 (benchmarks/results/gpu_profile_zero123_fp8_h200.txt): 580-96
 bf16's 525-790, the UNet call 3% faster with a relative deviation from bf16 of 0.067 (bf16 compiled vs
 eager: 0.014). Not worth its error, so the views stage does not offer it.
 
-Needs Triton and a CUDA GPU of compute capability >= 8.9. Run as a script, it checks the kernel on the CPU
-in Triton's interpreter against a float32 convolution of the same e4m3 operands (needs only `triton`):
+Needs Triton and a CUDA GPU of compute capability >= 8.9. Run as a script, on the CPU, it prints the error
+of Float8Conv2d's e4m3 operands against the float32 convolution (what FP8 costs before any kernel), and
+checks the kernel in Triton's interpreter against a float32 convolution of the same e4m3 operands (needs
+`triton`, which CPU builds of torch lack: then a `skipped:` line says so):
 
     python benchmarks/fp8_conv.py
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from pathlib import Path
 
 if __name__ == "__main__":  # read when triton is imported: run the kernel in the interpreter, on the CPU
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import torch
-import triton
-import triton.language as tl
 from torch import nn
 
-from zerovlm.fp8 import TINY, E4M3, E4M3_MAX, quantize_rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from zerovlm.fp8 import TINY, E4M3, E4M3_MAX, quantize_rows  # noqa: E402
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without Triton: the kernel is unavailable, the rest works
+    triton = tl = None
+
+NO_TRITON = "Triton is not installed: it comes with CUDA builds of torch, or pip install triton"
 
 
-def _configs() -> list[triton.Config]:
+def _configs() -> list:
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)
             for m, n, k, s, w in ((128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
                                   (128, 128, 128, 3, 8), (128, 256, 128, 3, 8), (64, 128, 64, 4, 4),
@@ -46,12 +58,11 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if named_args["C_IN"] % c.kwargs["BLOCK_K"] == 0]
 
 
-@triton.jit
 def _conv3x3_kernel(x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, out_ptr,
                     BATCH, H, W, C_IN, C_OUT, HAS_BIAS: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    # x: (BATCH, H, W, C_IN) e4m3, contiguous; w: (C_OUT, 3, 3, C_IN) e4m3, contiguous (K-major rows);
-    # out: (BATCH, H, W, C_OUT) contiguous.
+    # A Triton kernel, jitted by _kernel(). x: (BATCH, H, W, C_IN) e4m3, contiguous; w: (C_OUT, 3, 3, C_IN)
+    # e4m3, contiguous (K-major rows); out: (BATCH, H, W, C_OUT) contiguous.
     M = BATCH * H * W
     K = 9 * C_IN
     pid = tl.program_id(0)
@@ -93,8 +104,25 @@ def _conv3x3_kernel(x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, out_ptr,
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
-_autotuned_kernel = triton.autotune(configs=_configs(), key=["BATCH", "H", "W", "C_IN", "C_OUT"],
-                                    prune_configs_by={"early_config_prune": _prune})(_conv3x3_kernel)
+@functools.cache
+def _kernel(autotuned: bool):
+    """The jitted kernel, autotuned or not; made at first use, so that this module loads without Triton."""
+    if triton is None:
+        raise RuntimeError(f"the FP8 convolution needs Triton: {NO_TRITON}")
+    kernel = triton.jit(_conv3x3_kernel)
+    if not autotuned:
+        return kernel
+    return triton.autotune(configs=_configs(), key=["BATCH", "H", "W", "C_IN", "C_OUT"],
+                           prune_configs_by={"early_config_prune": _prune})(kernel)
+
+
+def fp8_conv_unavailable(device: torch.device) -> str:
+    """Why the FP8 convolution cannot run on `device`, or "" when it can."""
+    if triton is None:
+        return NO_TRITON
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return f"needs a CUDA GPU of compute capability >= 8.9 (FP8 tensor cores), got {device}"
+    return ""
 
 
 def conv3x3_e4m3(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -112,7 +140,7 @@ def conv3x3_e4m3(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
     def grid(meta):
         return (triton.cdiv(batch * h * w, meta["BLOCK_M"]) * triton.cdiv(c_out, meta["BLOCK_N"]),)
 
-    kernel = _autotuned_kernel if config is None else _conv3x3_kernel
+    kernel = _kernel(autotuned=config is None)
     kernel[grid](x, weight, x_scale, weight_scale, bias if bias is not None else weight_scale, out,
                  batch, h, w, c_in, c_out, HAS_BIAS=bias is not None, **(config or {}))
     return out
@@ -172,6 +200,29 @@ def convert_convs(module: nn.Module) -> int:
     return count
 
 
+def dequantised_conv(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """What conv3x3_e4m3 computes, in float32 with F.conv2d: the same arguments (NHWC), the same result."""
+    return torch.nn.functional.conv2d(x.float().permute(0, 3, 1, 2) * x_scale,
+                                      weight.float().permute(0, 3, 1, 2) * weight_scale[:, None, None, None],
+                                      bias, padding=1).permute(0, 2, 3, 1)
+
+
+@torch.no_grad()
+def quantisation_error() -> float:
+    """Relative error (Frobenius norm) of a random 3x3 convolution computed on Float8Conv2d's e4m3 operands
+    (per-tensor input scale, per-channel weight scales) against the float32 convolution: what FP8 costs
+    whatever the kernel (benchmarks/gpu_profile.py zero123-convs prints the kernel's, on a GPU)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(64, 48, 3, padding=1)
+    fp8 = Float8Conv2d(conv)
+    x = torch.randn(2, 64, 5, 7)
+    values, scale = quantize_tensor(x.permute(0, 2, 3, 1))
+    reference = conv(x).permute(0, 2, 3, 1)
+    out = dequantised_conv(values, scale, fp8.weight, fp8.weight_scale, fp8.bias)
+    return float((out - reference).norm() / reference.norm())
+
+
 def check_on_cpu() -> float:
     """Largest |kernel - reference| over shapes with borders, several taps per block and a partial
     output-channel block; the reference is F.conv2d in float32 on the dequantised operands."""
@@ -184,14 +235,22 @@ def check_on_cpu() -> float:
         b = torch.randn(c_out) if bias else None
         out = conv3x3_e4m3(x, x_scale, weight, weight_scale, b, torch.float32,
                            config={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2})
-        reference = torch.nn.functional.conv2d(x.float().permute(0, 3, 1, 2) * x_scale,
-                                               weight.float().permute(0, 3, 1, 2) * weight_scale[:, None, None, None],
-                                               b, padding=1).permute(0, 2, 3, 1)
+        reference = dequantised_conv(x, x_scale, weight, weight_scale, b)
         worst = max(worst, float((out - reference).abs().max() / reference.abs().max()))
     return worst
 
 
-if __name__ == "__main__":
+def main() -> int:
+    from common import skip_line
+
+    print(f"e4m3 operands vs float32 convolution: relative error {quantisation_error():.3f}")
+    if triton is None:
+        print(skip_line("Triton interpreter check of the kernel", NO_TRITON))
+        return 0
     error = check_on_cpu()
     print(f"Triton interpreter vs float32 convolution: max relative difference {error:.2e}")
-    sys.exit(0 if error < 1e-5 else 1)
+    return 0 if error < 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

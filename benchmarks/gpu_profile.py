@@ -11,8 +11,12 @@ Triton kernels, other) and the top kernels, so that a speed-up is aimed at what 
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
     python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
+    python benchmarks/gpu_profile.py --tiny zero123 llava   # several at once; smoke run (CPU or GPU)
 
-The FP8 variants also print their deviation from bf16 on the same inputs.
+The FP8 variants also print their deviation from bf16 on the same inputs. `--tiny` (implied without a
+CUDA device) profiles the project's tiny models (zerovlm/views/tiny.py, zerovlm/vlm/tiny.py); on the CPU
+the tables hold CPU operators' own time, and what exists only on a GPU (torch.compile, CUDA graphs, FP8
+tensor cores, host synchronisations) prints a `skipped:` line.
 """
 
 from __future__ import annotations
@@ -31,12 +35,19 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import DEVICE, DTYPE, milliseconds, parse_args, skip_line, synchronize  # noqa: E402
+
 from zerovlm.fp8 import convert_linears  # noqa: E402
 
+DTYPE_NAME = {torch.bfloat16: "bf16", torch.float32: "float32"}[DTYPE]
+CUDA = DEVICE.type == "cuda"
+COMPILE_ON_CUDA = "torch.compile is profiled on a CUDA GPU"
 # First match wins. Inductor's fused kernels come first: their names list every op they absorbed (a
 # GroupNorm + SiLU kernel feeding a convolution is called triton_..._convolution_native_group_norm_silu).
+# On the CPU the names are ATen operators (aten::mkldnn_convolution, aten::addmm, ...).
 KINDS = (("triton", r"^triton_"), ("attention", r"flash|fmha|attention|mha"),
-         ("convolution", r"conv|fprop|implicit|cudnn"), ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_"),
+         ("convolution", r"conv|fprop|implicit|cudnn"),
+         ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_|^aten::(add|b|badd)?mm$"),
          ("norm", r"norm"), ("copy", r"copy|memcpy|memset|fill"))
 
 
@@ -46,36 +57,31 @@ def kind_of(name: str) -> str:
 
 
 def kernel_table(label: str, fn, calls: int = 3, top: int = 12) -> float:
-    """Profile `calls` calls of fn (after one warm-up) and print device ms per call by kernel kind."""
+    """Profile `calls` calls of fn (after one warm-up) and print device ms per call by kernel kind (on the
+    CPU: the CPU operators' own time)."""
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    synchronize()
+    activity, device_type = ((ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA) if CUDA
+                             else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU))
+    with profile(activities=[activity]) as prof:
         for _ in range(calls):
             fn()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == device_type]
+
+    def own_ms(event) -> float:
+        return (event.self_device_time_total if CUDA else event.self_cpu_time_total) / 1e3 / calls
+
     per_kind: collections.Counter = collections.Counter()
     for event in kernels:
-        per_kind[kind_of(event.key)] += event.self_device_time_total / 1e3 / calls
+        per_kind[kind_of(event.key)] += own_ms(event)
     total = sum(per_kind.values())
-    print(f"\n-- {label}: {total:.1f} ms of kernels per call", flush=True)
+    print(f"\n-- {label}: {total:.1f} ms of {'kernels' if CUDA else 'CPU operators'} per call", flush=True)
     for kind, ms in per_kind.most_common():
         print(f"   {kind:<12}{ms:9.2f} ms {100 * ms / total:5.1f}%")
-    for event in sorted(kernels, key=lambda e: -e.self_device_time_total)[:top]:
-        ms = event.self_device_time_total / 1e3 / calls
-        print(f"   {ms:8.2f} ms x{event.count // calls:<4} {kind_of(event.key):<11} {event.key[:110]}")
+    for event in sorted(kernels, key=own_ms, reverse=True)[:top]:
+        print(f"   {own_ms(event):8.2f} ms x{event.count // calls:<4} {kind_of(event.key):<11} {event.key[:110]}")
     return total
-
-
-def event_ms(fn, repeats: int = 5) -> float:
-    fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
@@ -83,32 +89,40 @@ def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------- Zero123
-def zero123(args) -> None:
-    from zero123_throughput import full_size_components, inputs
+def zero123_pipeline(args):
+    from zero123_throughput import components
 
     from zerovlm.views.zero123 import Zero123Pipeline
 
-    batch, size = args.batch, 256
-    latent = torch.randn(2 * batch, 8, size // 8, size // 8, device="cuda", dtype=torch.bfloat16)
-    latent = latent.contiguous(memory_format=torch.channels_last)
-    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16)
-    t = torch.tensor(500, device="cuda")
+    return Zero123Pipeline(components(args.tiny, DTYPE, args.size)).to(DEVICE)
+
+
+def zero123(args) -> None:
+    from zero123_throughput import inputs, unet_inputs
+
+    batch, size = args.batch, args.size
+    pipe = zero123_pipeline(args)
+    latent, context, t = unet_inputs(pipe, 2 * batch, size)
 
     def unet_call(pipe):
         with torch.no_grad():
             return pipe.unet(latent, t, encoder_hidden_states=context, return_dict=False)[0]
 
-    pipe = Zero123Pipeline(full_size_components(torch.bfloat16, size)).to("cuda")
     torch.backends.cudnn.benchmark = True
-    kernel_table(f"UNet eager, bf16, {2 * batch} samples", lambda: unet_call(pipe))
+    kernel_table(f"UNet eager, {DTYPE_NAME}, {2 * batch} samples", lambda: unet_call(pipe))
     reference = unet_call(pipe).float()
 
     # the non-UNet parts of one pipeline call, eager
     images, poses, _ = inputs(batch, size)
-    encode_ms = event_ms(lambda: pipe.encode(images, poses, size), 3)
-    x = torch.randn(batch, 4, size // 8, size // 8, device="cuda")
-    decode_ms = event_ms(lambda: pipe.decode(x), 3)
-    print(f"\nencode {batch} views (8 distinct images): {encode_ms:.1f} ms; decode {batch} views: {decode_ms:.1f} ms")
+    encode_ms = milliseconds(lambda: pipe.encode(images, poses, size), 3)
+    side = size // pipe.vae_scale_factor
+    x = torch.randn(batch, pipe.vae.config.latent_channels, side, side, device=DEVICE)
+    decode_ms = milliseconds(lambda: pipe.decode(x), 3)
+    print(f"\nencode {batch} views ({min(batch, 8)} distinct images): {encode_ms:.1f} ms; "
+          f"decode {batch} views: {decode_ms:.1f} ms")
+    if not CUDA:
+        print(skip_line("compiled UNet and VAE decode, FP8 linears", COMPILE_ON_CUDA))
+        return
 
     tick = time.perf_counter()
     pipe.compile(mode="default")  # no CUDA graphs, so the profiler sees each kernel
@@ -119,18 +133,19 @@ def zero123(args) -> None:
 
     tick = time.perf_counter()
     decoder = torch.compile(pipe.vae.decode, mode="default")
+    y = x.to(DTYPE).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        decoder(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+        decoder(y)
     print(f"VAE decode compile: {time.perf_counter() - tick:.0f} s")
-    y = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
-        print(f"VAE decode compiled: {event_ms(lambda: decoder(y), 3):.1f} ms (eager path incl. PIL: {decode_ms:.1f})")
+        print(f"VAE decode compiled: {milliseconds(lambda: decoder(y), 3):.1f} ms "
+              f"(eager path incl. PIL: {decode_ms:.1f})")
 
+    import torch._inductor.config as inductor
     for freezing in (False, True):
         torch._dynamo.reset()
-        import torch._inductor.config as inductor
         inductor.freezing = freezing
-        pipe = Zero123Pipeline(full_size_components(torch.bfloat16, size)).to("cuda")
+        pipe = zero123_pipeline(args)
         pipe.fuse_projections()  # first: fusing concatenates the bf16 weights
         count = convert_linears(pipe.unet)
         tick = time.perf_counter()
@@ -142,21 +157,24 @@ def zero123(args) -> None:
     inductor.freezing = False
 
 
-def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode: str = "reduce-overhead",
+def time_compiled_unet(label: str, args, layout=torch.channels_last, mode: str = "reduce-overhead",
                        inductor_options: dict | None = None, fp8: str | None = None, reference=None):
-    """Build the full-size pipeline, compile its UNet as `views.compile` does, print ms per guided call.
+    """Build the pipeline, compile its UNet as `views.compile` does (or not: mode "eager"), print ms per
+    guided call of args.batch views.
 
     inductor_options: torch._inductor.config values on top of `compile()`'s, for this compilation only;
     fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.fp8.Float8Linear); reference:
-    a bf16 eager output on the same inputs, to print the deviation from it. Returns the output.
+    an eager output on the same inputs, to print the deviation from it. Returns the output (None when
+    skipped: compiling is profiled on a CUDA GPU only).
     """
     import torch._inductor.config as inductor
-    from zero123_throughput import full_size_components
+    from zero123_throughput import unet_inputs
 
-    from zerovlm.views.zero123 import Zero123Pipeline
-
+    if mode != "eager" and not CUDA:
+        print(skip_line(label, COMPILE_ON_CUDA), flush=True)
+        return None
     torch._dynamo.reset()
-    pipe = Zero123Pipeline(full_size_components(torch.bfloat16, 256)).to("cuda")
+    pipe = zero123_pipeline(args)
     pipe.unet.to(memory_format=layout)
     if fp8:
         from fp8_conv import convert_convs
@@ -165,68 +183,66 @@ def time_compiled_unet(label: str, batch: int, layout=torch.channels_last, mode:
         convert_convs(pipe.unet)
         if fp8 == "convs+linears":
             convert_linears(pipe.unet)
-    generator = torch.Generator("cuda").manual_seed(0)
-    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16, generator=generator)
+    latent, context, t = unet_inputs(pipe, 2 * args.batch, args.size, torch.Generator(DEVICE).manual_seed(0))
     latent = latent.contiguous(memory_format=layout)
-    context = torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16, generator=generator)
-    if mode == "eager":
-        with torch.no_grad():
-            return pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context).sample
     tick = time.perf_counter()
-    pipe.compile(mode)
+    if mode != "eager":
+        pipe.compile(mode)
     with torch.no_grad():
-        call = lambda: pipe.unet(latent, torch.tensor(500, device="cuda"), encoder_hidden_states=context)  # noqa: E731
+        call = lambda: pipe.unet(latent, t, encoder_hidden_states=context)  # noqa: E731
         with inductor.patch(inductor_options or {}):  # compilation happens at the first call
             call()
         compile_s = time.perf_counter() - tick
         output = call().sample.clone()
-        deviation = "" if reference is None else f"; relative error vs bf16 eager {relative_error(output, reference):.3f}"
-        print(f"{label:<24} UNet {event_ms(call, 20):6.1f} ms per call of {2 * batch} samples "
-              f"(compile {compile_s:.0f} s){deviation}", flush=True)
+        deviation = ("" if reference is None
+                     else f"; relative error vs {DTYPE_NAME} eager {relative_error(output, reference):.3f}")
+        print(f"{label:<24} UNet {milliseconds(call, 20):6.1f} ms per call of {2 * args.batch} samples "
+              f"({mode}, first call {compile_s:.0f} s){deviation}", flush=True)
     return output
 
 
 def zero123_fp8(args) -> None:
     """The compiled UNet (reduce-overhead, as `views.compile`) in bf16, with FP8 3x3 convolutions, and with
     FP8 convolutions and Linear layers, each with its deviation from the bf16 eager output."""
-    reference = time_compiled_unet("bf16 eager", args.batch, mode="eager")
+    reference = time_compiled_unet(f"{DTYPE_NAME} eager", args, mode="eager")
     for fp8 in (None, "convs", "convs+linears"):
-        time_compiled_unet(f"fp8 {fp8}" if fp8 else "bf16", args.batch, fp8=fp8, reference=reference)
+        time_compiled_unet(f"fp8 {fp8}" if fp8 else DTYPE_NAME, args, fp8=fp8, reference=reference)
 
 
 def zero123_inductor(args) -> None:
     """The compiled UNet (reduce-overhead, as `views.compile`) under Inductor options that tune its own
     Triton kernels (the fused GroupNorm/SiLU/residual/GEGLU ones) but leave the GEMMs to cuBLAS, which
     keeps compilation within minutes, unlike "max-autotune"."""
-    reference = time_compiled_unet("bf16 eager", args.batch, mode="eager")
+    reference = time_compiled_unet(f"{DTYPE_NAME} eager", args, mode="eager")
     for label, options in (("default", {}), ("coordinate descent", {"coordinate_descent_tuning": True}),
                            ("pointwise autotune", {"max_autotune_pointwise": True}),
                            ("aggressive fusion", {"aggressive_fusion": True}),
                            ("benchmark fusion", {"benchmark_fusion": True})):
-        time_compiled_unet(label, args.batch, inductor_options=options, reference=reference)
+        time_compiled_unet(label, args, inductor_options=options, reference=reference)
 
 
 def zero123_layouts(args) -> None:
     """The compiled UNet (reduce-overhead, as `views.compile`) fed channels_last or contiguous tensors."""
     for layout in (torch.channels_last, torch.contiguous_format):
-        time_compiled_unet(str(layout), args.batch, layout=layout)
+        time_compiled_unet(str(layout), args, layout=layout)
 
 
 def zero123_autotune(args) -> None:
     """The UNet under torch.compile "max-autotune" (CUDA graphs, GEMMs autotuned over cuBLAS and Triton
     templates, which can fuse epilogues) without coordinate-descent tuning (too slow to compile)."""
-    time_compiled_unet("max-autotune", args.batch, mode="max-autotune")
+    time_compiled_unet("max-autotune", args, mode="max-autotune")
 
 
-def unet_conv_shapes(unet, batch: int) -> dict:
+def unet_conv_shapes(pipe, batch: int, size: int) -> dict:
     """{(input shape, module type facts): [a module, count]} for every Conv2d call of one guided UNet call."""
+    from zero123_throughput import unet_inputs
+
     shapes: collections.Counter = collections.Counter()
     hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([(m, tuple(a[0].shape))]))
-             for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
-    latent = torch.randn(2 * batch, 8, 32, 32, device="cuda", dtype=torch.bfloat16)
+             for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    latent, context, t = unet_inputs(pipe, 2 * batch, size)
     with torch.no_grad():
-        unet(latent.contiguous(memory_format=torch.channels_last), torch.tensor(500, device="cuda"),
-             encoder_hidden_states=torch.randn(2 * batch, 1, 768, device="cuda", dtype=torch.bfloat16))
+        pipe.unet(latent, t, encoder_hidden_states=context)
     for hook in hooks:
         hook.remove()
     by_shape: dict = {}
@@ -239,123 +255,153 @@ def unet_conv_shapes(unet, batch: int) -> dict:
 def zero123_convs(args) -> None:
     """Every convolution of the UNet (one guided call, 128 views): cuDNN bf16 against the FP8 Triton
     implicit GEMM (benchmarks/fp8_conv.py), alone on quantised inputs and as Float8Conv2d (quantisation
-    of the input included, compiled as the UNet would be)."""
-    from zero123_throughput import full_size_components
+    of the input included, compiled as the UNet would be). Without FP8 tensor cores: the first alone."""
+    from fp8_conv import fp8_conv_unavailable, supports_fp8_conv
 
-    from fp8_conv import Float8Conv2d, conv3x3_e4m3, quantize_tensor, supports_fp8_conv
-
-    unet = full_size_components(torch.bfloat16, 256).unet.to("cuda", memory_format=torch.channels_last)
+    pipe = zero123_pipeline(args)
+    pipe.unet.to(memory_format=torch.channels_last)
     torch.backends.cudnn.benchmark = True
     torch._dynamo.config.cache_size_limit = 64
+    missing = fp8_conv_unavailable(DEVICE)
+    if missing:
+        print(skip_line("FP8 Triton convolutions", missing))
     totals = collections.Counter()
-    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count); FP8 kernel alone, "
-          "FP8 with input quantisation (compiled); relative error vs bf16")
-    for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(unet_conv_shapes(unet, args.batch).items(),
-                                                                        key=lambda kv: -kv[1][1]):
-        x = torch.randn(shape, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count)"
+          + ("" if missing else f"; FP8 kernel alone, FP8 with input quantisation (compiled); relative error vs "
+                                f"{DTYPE_NAME}"))
+    for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(
+            unet_conv_shapes(pipe, args.batch, args.size).items(), key=lambda kv: -kv[1][1]):
+        x = torch.randn(shape, device=DEVICE, dtype=DTYPE).contiguous(memory_format=torch.channels_last)
+        facts = f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  {DTYPE_NAME}"
         with torch.no_grad():
             reference = module(x)
-            bf16_ms = event_ms(lambda: module(x), 5)
+            reference_ms = milliseconds(lambda: module(x), 5)
             if not supports_fp8_conv(module):
-                totals["other"] += bf16_ms * count
-                print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  bf16 {bf16_ms:7.3f} x{count}")
+                totals["other"] += reference_ms * count
+                print(f"{facts} {reference_ms:7.3f} x{count}")
                 continue
-            fp8 = Float8Conv2d(module)
-            values, scale = quantize_tensor(x.permute(0, 2, 3, 1))
-            values = values.contiguous()
-            kernel_ms = event_ms(lambda: conv3x3_e4m3(values, scale, fp8.weight, fp8.weight_scale, fp8.bias,
-                                                      torch.bfloat16), 5)
-            compiled = torch.compile(fp8, dynamic=False)
-            layer_ms = event_ms(lambda: compiled(x), 5)
-            error = relative_error(compiled(x), reference)
-        flops = 2 * shape[0] * shape[2] * shape[3] * c_out * 9 * c_in
-        totals["bf16"] += bf16_ms * count
+            flops = 2 * shape[0] * shape[2] * shape[3] * c_out * 9 * c_in
+            totals["reference"] += reference_ms * count
+            rate = f"{facts} {reference_ms:7.3f} ({flops / reference_ms / 1e9:4.0f} TFLOP/s)"
+            if missing:
+                print(f"{rate}  x{count}", flush=True)
+                continue
+            kernel_ms, layer_ms, error = fp8_conv_times(module, x, reference)
         totals["kernel"] += kernel_ms * count
         totals["layer"] += layer_ms * count
-        print(f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k3 s1  bf16 {bf16_ms:7.3f} ({flops / bf16_ms / 1e9:4.0f} TFLOP/s)"
-              f"  fp8 kernel {kernel_ms:7.3f} ({flops / kernel_ms / 1e9:4.0f})  fp8 layer {layer_ms:7.3f}"
+        print(f"{rate}  fp8 kernel {kernel_ms:7.3f} ({flops / kernel_ms / 1e9:4.0f})  fp8 layer {layer_ms:7.3f}"
               f"  x{count}  error {error:.3f}", flush=True)
-    print(f"3x3 stride-1 convolutions per UNet call: bf16 {totals['bf16']:.1f} ms, FP8 kernel {totals['kernel']:.1f} ms "
-          f"(x{totals['bf16'] / totals['kernel']:.2f}), FP8 layer {totals['layer']:.1f} ms "
-          f"(x{totals['bf16'] / totals['layer']:.2f}); other convolutions {totals['other']:.1f} ms (eager)")
+    plain_ms = totals["reference"]
+    fp8 = "" if missing else (f", FP8 kernel {totals['kernel']:.1f} ms (x{plain_ms / totals['kernel']:.2f}), "
+                              f"FP8 layer {totals['layer']:.1f} ms (x{plain_ms / totals['layer']:.2f})")
+    print(f"3x3 stride-1 convolutions the FP8 kernel takes, per UNet call: {DTYPE_NAME} {plain_ms:.1f} ms{fp8}; "
+          f"other convolutions {totals['other']:.1f} ms (eager)")
+
+
+def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
+    """(ms of the FP8 kernel on pre-quantised input, ms of Float8Conv2d compiled, its relative error)."""
+    from fp8_conv import Float8Conv2d, conv3x3_e4m3, quantize_tensor
+
+    fp8 = Float8Conv2d(module)
+    values, scale = quantize_tensor(x.permute(0, 2, 3, 1))
+    values = values.contiguous()
+    kernel_ms = milliseconds(lambda: conv3x3_e4m3(values, scale, fp8.weight, fp8.weight_scale, fp8.bias,
+                                                  torch.bfloat16), 5)
+    compiled = torch.compile(fp8, dynamic=False)
+    layer_ms = milliseconds(lambda: compiled(x), 5)
+    return kernel_ms, layer_ms, relative_error(compiled(x), reference)
 
 
 # ---------------------------------------------------------------- LLaVA
 def llava(args) -> None:
-    import tempfile
-
-    from vlm_throughput import CAPTIONS, build_model, build_processor, make_prompt, random_images
+    from vlm_throughput import CAPTIONS, build_llava, make_prompt, random_images
 
     from zerovlm.vlm.base import Request
     from zerovlm.vlm.llava import LlavaBackend
 
-    with tempfile.TemporaryDirectory() as folder:
-        processor = build_processor(Path(folder), 336, 14)
-    model, _ = build_model("full", processor.tokenizer, torch.device("cuda"), torch.bfloat16)
-    backend = LlavaBackend(model, processor, batch_size=64, compile=True)
+    bs, name = args.llava_batch, "LLaVA tiny" if args.tiny else "LLaVA-7B"
+    model, processor = build_llava(args.tiny, DEVICE, DTYPE)
+    if not CUDA:
+        print(skip_line("compiled decoder blocks", COMPILE_ON_CUDA))
+    backend = LlavaBackend(model, processor, batch_size=bs, compile=CUDA)
     prompt = make_prompt(backend, 64)
-    images = random_images(64 * 4, seed=0)
-    yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(64 * 4)]
-    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(64)]
+    images = random_images(bs * 4, seed=0)
+    yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(bs * 4)]
+    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(bs)]
 
-    backend._begin_call()
-    encoded = [backend._encode(r) for r in yes_no[:64]]
+    def encode_first_batch():
+        with backend._call_memos():
+            return [backend._encode(r) for r in yes_no[:bs]]
+
+    encoded = encode_first_batch()
 
     def model_side():
         backend._features.clear()
         return backend._score_batch(encoded)
 
-    kernel_table("LLaVA-7B model side, yes/no, 64 per batch, compiled regions", model_side)
-    backend.option_logprobs(yes_no[:64])
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}",
+                 model_side)
+    backend.option_logprobs(yes_no[:bs])
+    synchronize()
+    activity, device_type = ((ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA) if CUDA
+                             else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU))
+    with profile(activities=[activity]) as prof:
         tick = time.perf_counter()
         backend._features.clear()
-        backend.option_logprobs(yes_no[64:])
-        torch.cuda.synchronize()
+        backend.option_logprobs(yes_no[bs:])
+        synchronize()
         wall = time.perf_counter() - tick
-    busy = sum(e.self_device_time_total for e in prof.key_averages()
-               if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
-    print(f"\nfull path, 3 batches of 64: wall {wall:.2f} s, kernels {busy:.2f} s -> GPU busy {100 * busy / wall:.0f}%"
-          f" ({192 / wall:.1f} samples/s)")
+    busy = sum(e.self_device_time_total if CUDA else e.self_cpu_time_total for e in prof.key_averages()
+               if e.device_type == device_type) / 1e6
+    print(f"\nfull path, 3 batches of {bs}: wall {wall:.2f} s, {'kernels' if CUDA else 'CPU operators'} {busy:.2f} s "
+          f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({3 * bs / wall:.1f} samples/s)")
 
+    if not CUDA:
+        print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
+        return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         backend._features.clear()
-        backend.option_logprobs(yes_no[:64])
+        backend.option_logprobs(yes_no[:bs])
         torch.cuda.set_sync_debug_mode("default")
     sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
                                 if "synchroniz" in str(w.message))
     print(f"synchronising calls in one option_logprobs batch: {sum(sites.values())}: {dict(sites.most_common(12))}")
 
-    bf16 = backend.option_logprobs(yes_no[:64] + four)
+    bf16 = backend.option_logprobs(yes_no[:bs] + four)
     torch._dynamo.reset()
     count = convert_linears(model.model.language_model.layers)
-    backend = LlavaBackend(model, processor, batch_size=64, compile=True)
-    backend._begin_call()
-    encoded = [backend._encode(r) for r in yes_no[:64]]
-    fp8 = backend.option_logprobs(yes_no[:64] + four)
+    backend = LlavaBackend(model, processor, batch_size=bs, compile=True)
+    encoded = encode_first_batch()
+    fp8 = backend.option_logprobs(yes_no[:bs] + four)
     gaps = [abs(a - b) for row_a, row_b in zip(fp8, bf16) for a, b in zip(row_a, row_b)]
     agree = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
                 for a, b in zip(fp8, bf16)) / len(bf16)
     print(f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"
           f" same choice as bf16 for {100 * agree:.0f}% of {len(bf16)} requests")
-    kernel_table("LLaVA-7B model side, yes/no, FP8 decoder linears", model_side)
-    seconds = event_ms(model_side, 3) / 1e3
-    print(f"FP8 model side: {64 / seconds:.1f} samples/s")
+    kernel_table(f"{name} model side, yes/no, FP8 decoder linears", model_side)
+    seconds = milliseconds(model_side, 3) / 1e3
+    print(f"FP8 model side: {bs / seconds:.1f} samples/s")
 
 
-def main() -> None:
+PROFILES = {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8,
+            "zero123-inductor": zero123_inductor, "zero123-layouts": zero123_layouts,
+            "zero123-autotune": zero123_autotune, "llava": llava}
+TINY = {"batch": 4, "size": 64, "llava_batch": 4}
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", choices=("zero123", "zero123-convs", "zero123-fp8", "zero123-inductor",
-                                          "zero123-layouts", "zero123-autotune", "llava"))
+    parser.add_argument("model", nargs="+", choices=PROFILES, help="what to profile (several: in turn)")
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
-    args = parser.parse_args()
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8,
-     "zero123-inductor": zero123_inductor, "zero123-layouts": zero123_layouts,
-     "zero123-autotune": zero123_autotune, "llava": llava}[args.model](args)
+    parser.add_argument("--size", type=int, default=256, help="Zero123 image side in pixels")
+    parser.add_argument("--llava-batch", type=int, default=64, help="LLaVA requests per batch")
+    args = parse_args(parser, TINY, argv)
+    print(f"{torch.cuda.get_device_name() if CUDA else 'cpu'}, torch {torch.__version__}", flush=True)
+    for model in args.model:
+        print(f"\n==== {model}", flush=True)
+        PROFILES[model](args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The views stage end to end on one GPU, with the full-size Zero123 architecture and random weights (not a test).
 
 zero123_throughput.py times pipeline calls; this times what `dvc repro` runs for `views`
-(zerovlm.views.synthesize.synthesize_views: the model loaded from a folder in the kxic layout, images
+(zerovlm.pipeline.views.run: the model loaded from a folder in the kxic layout, images
 decoded in a thread, fixed batches through the compiled pipeline, PNG encoding, shard writing) and sets it
 beside the pipeline calls alone on the same batches, so that any time the stage adds around the GPU work
 shows:
@@ -35,9 +35,10 @@ from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
 from zero123_throughput import full_size_components  # noqa: E402
 
 from zerovlm.config import ViewsConfig  # noqa: E402
-from zerovlm.datasets.table import Example  # noqa: E402
+from zerovlm.datasets.table import Example, write_table  # noqa: E402
+from zerovlm.pipeline import views  # noqa: E402
+from zerovlm.runtime import DTYPES  # noqa: E402
 from zerovlm.store import ShardReader, encode_png  # noqa: E402
-from zerovlm.views.synthesize import DTYPES, synthesize_views  # noqa: E402
 from zerovlm.views.tiny import build_tiny_zero123, save_zero123  # noqa: E402
 from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
@@ -73,8 +74,9 @@ def prepare(folder: Path, num_images: int, size: int) -> list[Example]:
 
 def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
+    write_table(prepared, examples)  # the table the stage reads: this run's examples
     tick = time.perf_counter()
-    synthesize_views(cfg, examples, prepared, out)
+    views.run(views.Paths(prepared=prepared, out=out), cfg)
     synchronize()
     return time.perf_counter() - tick
 

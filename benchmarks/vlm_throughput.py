@@ -388,7 +388,7 @@ def run_minigpt4(b: Bench) -> None:
     yes_no = [Request((images[i],), question, ("Yes", "No")) for i in range(count)]
     four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
     with backend._tokenise.scope():
-        prefix, options = backend._tokenise(yes_no[0])
+        prefix, _ = backend._tokenise(yes_no[0])
         prefix4, options4 = backend._tokenise(four[0])
     extra4 = sum(len(c) - 1 for c in options4)
     b.say(f"tokens per sample: 32 image + {len(prefix) - 32} text (yes/no); "

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -29,12 +31,14 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common import DEVICE, milliseconds, parse_args, skip_line, synchronize
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zerovlm.views.checkpoints import Zero123Components, load_components, make_scheduler
-from zerovlm.views.synthesize import DTYPES
-from zerovlm.views.tiny import build_tiny_zero123
-from zerovlm.views.zero123 import Zero123Pipeline
+from common import DEVICE, milliseconds, parse_args, skip_line, synchronize  # noqa: E402
+
+from zerovlm.runtime import DTYPES  # noqa: E402
+from zerovlm.views.checkpoints import Zero123Components, load_components, make_scheduler  # noqa: E402
+from zerovlm.views.tiny import build_tiny_zero123  # noqa: E402
+from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
 
 def full_size_components(dtype: torch.dtype, size_px: int) -> Zero123Components:

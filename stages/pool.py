@@ -1,21 +1,18 @@
 """Stage `pool`: the union of every grid dataset's images, so that views are synthesised once per image."""
 
 import argparse
-from pathlib import Path
 
 from zerovlm.config import GridConfig, load_section
-from zerovlm.grid import pool_images
-from zerovlm.stage import run_stage
+from zerovlm.pipeline import pool
+from zerovlm.stage import add_path_flags, parsed_paths, run_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", type=Path, required=True, help="folder of the prepared datasets")
-    parser.add_argument("--out", type=Path, required=True, help="pooled prepared-style folder")
+    add_path_flags(parser, pool.Paths)
     args = parser.parse_args()
-    grid = load_section("grid", GridConfig, args.params)
-    pool_images(args.prepared, list(grid.datasets), args.out)
+    pool.run(parsed_paths(args, pool.Paths), list(load_section("grid", GridConfig, args.params).datasets))
 
 
 if __name__ == "__main__":

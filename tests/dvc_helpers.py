@@ -207,7 +207,7 @@ class SshServer:
 
     Commands that talk to it take `env=server.env`: HOME is an empty temp home, so that no
     ~/.ssh/config or key of the machine takes part. (dvc-ssh does not check host keys at all: sshfs
-    connects with known_hosts=None; README "Sharing view sets" says so.)
+    connects with known_hosts=None; docs/sharing.md says so.)
     """
 
     def __init__(self, workdir: Path):

@@ -3,11 +3,12 @@ multi-process launch part-way through. Run as `python -m tests.infer_with_delay 
 
 import time
 
-import zerovlm.inference as inference
 from stages.infer import main
+from zerovlm import answering
+from zerovlm.pipeline import infer
 from zerovlm.stage import run_stage
 
-real_load_backend = inference.load_backend
+real_load_backend = infer.load_backend
 
 
 class SlowBackend:
@@ -22,8 +23,8 @@ class SlowBackend:
         return getattr(self.model, name)
 
 
-inference.CHUNK_REQUESTS = 2
-inference.load_backend = lambda cfg: SlowBackend(real_load_backend(cfg))
+answering.CHUNK_REQUESTS = 2
+infer.load_backend = lambda cfg, part_revisions=None: SlowBackend(real_load_backend(cfg, part_revisions))
 
 if __name__ == "__main__":
     run_stage(main)

@@ -1,4 +1,4 @@
-"""Prepare's image checks (zerovlm/datasets/prepare.py: image_problem) on a tiny What'sUp-style set built
+"""Prepare's image checks (zerovlm/datasets/examples.py: image_problem) on a tiny What'sUp-style set built
 here: each case refused with one error line by default, skipped and counted with data.skip_bad."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 from zerovlm.config import PILLOW_MAX_IMAGE_PIXELS, DataConfig
-from zerovlm.datasets.prepare import image_problem, prepare_dataset
+from zerovlm.datasets.examples import image_problem
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, pillow_pixel_limit
+from zerovlm.pipeline import prepare
 
 # One What'sUp A set (file-name relation token -> the gold caption's relation words).
 SET = {"mug_on_table": "on", "mug_under_table": "under", "mug_left_of_table": "to the left of",
@@ -70,7 +71,7 @@ def test_each_bad_image_stops_prepare_with_one_line_naming_record_file_check_and
     cfg = whatsup_set(tmp_path / "data", {stem: image})
     position = list(SET).index(stem) + 1
     with pytest.raises(ZeroVLMError) as error:
-        prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
     message = str(error.value)
     assert "\n" not in message and f"data.{check}" in message and "data.skip_bad" in message
     assert f"controlled_images_dataset.json:{position}: field 'image_path': " in message
@@ -82,7 +83,8 @@ def test_each_bad_image_stops_prepare_with_one_line_naming_record_file_check_and
 def test_skip_bad_skips_and_counts_every_bad_image_by_check(tmp_path):
     bad = {stem: image for stem, (image, _, _) in CASES.items() if stem != "mug_on_table"}
     cfg = whatsup_set(tmp_path / "data", bad)
-    summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "prepared", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
+                          cfg.model_copy(update={"skip_bad": True}))
     assert summary["examples"] == 1 and [e.example_id for e in read_table(tmp_path / "prepared")] == [
         "whatsup_a/test/mug_on_table"]
     skipped = summary["skipped"]
@@ -97,7 +99,7 @@ def test_skip_bad_skips_and_counts_every_bad_image_by_check(tmp_path):
 def test_the_params_decide_and_blank_detection_can_be_turned_off(tmp_path):
     images = {stem: image for stem, (image, _, _) in CASES.items()}
     cfg = whatsup_set(tmp_path / "data", images, min_image_side_px=1, max_aspect_ratio=400.0, blank_max_range=None)
-    assert prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")["examples"] == 4
+    assert prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)["examples"] == 4
 
 
 @pytest.mark.parametrize("step, blank", [(0, True), (2, True), (3, False)])
@@ -119,8 +121,9 @@ def test_a_144_megapixel_png_is_refused_undecoded_without_a_pillow_warning(tmp_p
         with pytest.raises(ZeroVLMError, match=r"controlled_images_dataset\.json:3: field 'image_path': .*"
                                                r"mug_left_of_table\.png: more than 100000000 pixels .*"
                                                r"data\.max_image_pixels=50000000"):
-            prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
-        summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "prepared", tmp_path / "raw")
+            prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
+        summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
+                              cfg.model_copy(update={"skip_bad": True}))
     assert summary["skipped"]["by_check"] == {"max_image_pixels": 1} and summary["examples"] == 3
 
 
@@ -140,7 +143,7 @@ def test_pillows_own_limit_does_not_preempt_the_param(tmp_path, monkeypatch):
     """Images within data.max_image_pixels are accepted whatever PIL.Image.MAX_IMAGE_PIXELS was set to."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 48 x 32 = 1536 pixels: Pillow alone would refuse
     cfg = whatsup_set(tmp_path / "data", {})
-    assert prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")["examples"] == 4
+    assert prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)["examples"] == 4
     assert Image.MAX_IMAGE_PIXELS == 100
 
 
@@ -148,8 +151,9 @@ def test_an_unreadable_image_is_a_bad_record_too(tmp_path):
     cfg = whatsup_set(tmp_path / "data", {})
     (tmp_path / "data/images/mug_on_table.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ZeroVLMError, match=r"json:1: field 'image_path': .*mug_on_table\.png: not a readable image"):
-        prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
-    summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "prepared", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
+                          cfg.model_copy(update={"skip_bad": True}))
     assert summary["skipped"]["by_check"] == {"readable": 1}
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 from zerovlm.config import DataConfig, SyntheticSource, parse_section
 from zerovlm.datasets import synthetic
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError
+from zerovlm.pipeline import prepare
 
 ALL_RELATIONS = ("left of", "right of", "above", "below", "in front of", "behind")
 
@@ -92,9 +92,9 @@ def test_depth_scenes_never_ask_above_or_below(many_scenes):
 
 def test_same_seed_gives_byte_identical_output_and_another_seed_differs(tmp_path):
     cfg = _config()
-    prepare_dataset(cfg, tmp_path / "a")
-    prepare_dataset(cfg, tmp_path / "b")
-    prepare_dataset(cfg.model_copy(update={"seed": 1}), tmp_path / "c")
+    prepare.run(prepare.Paths(out=tmp_path / "a"), cfg)
+    prepare.run(prepare.Paths(out=tmp_path / "b"), cfg)
+    prepare.run(prepare.Paths(out=tmp_path / "c"), cfg.model_copy(update={"seed": 1}))
     files_a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     for relative in files_a:
@@ -103,7 +103,7 @@ def test_same_seed_gives_byte_identical_output_and_another_seed_differs(tmp_path
 
 
 def test_24_scenes_prepare_as_256_px_pngs(tmp_path):
-    summary = prepare_dataset(_config(num_scenes=24), tmp_path / "out")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "out"), _config(num_scenes=24))
     assert summary["examples"] == 48 and summary["images"] == 24
     assert json.loads((tmp_path / "out/summary.json").read_text()) == summary
     examples = read_table(tmp_path / "out")
@@ -112,7 +112,7 @@ def test_24_scenes_prepare_as_256_px_pngs(tmp_path):
 
 
 def test_true_false_captions_are_balanced_per_relation(tmp_path):
-    prepare_dataset(_config(num_scenes=24), tmp_path / "out")
+    prepare.run(prepare.Paths(out=tmp_path / "out"), _config(num_scenes=24))
     per_gold = Counter()
     for e in read_table(tmp_path / "out"):
         if e.task == "true_false":
@@ -122,7 +122,7 @@ def test_true_false_captions_are_balanced_per_relation(tmp_path):
 
 
 def test_choice_task_has_four_captions_of_the_set_with_the_gold_marked(tmp_path):
-    prepare_dataset(_config(num_scenes=24, relations=ALL_RELATIONS, max_objects=5), tmp_path / "out")
+    prepare.run(prepare.Paths(out=tmp_path / "out"), _config(num_scenes=24, relations=ALL_RELATIONS, max_objects=5))
     answer_positions = Counter()
     for e in read_table(tmp_path / "out"):
         if e.task != "multiple_choice":
@@ -140,7 +140,7 @@ def test_choice_task_has_four_captions_of_the_set_with_the_gold_marked(tmp_path)
 
 
 def test_false_caption_states_the_opposite_relation(tmp_path):
-    prepare_dataset(_config(num_scenes=8), tmp_path / "out")
+    prepare.run(prepare.Paths(out=tmp_path / "out"), _config(num_scenes=8))
     for e in read_table(tmp_path / "out"):
         if e.task == "true_false":
             gold = e.source["gold_relation"]
@@ -150,7 +150,7 @@ def test_false_caption_states_the_opposite_relation(tmp_path):
 
 
 def test_limit_keeps_whole_scenes_evenly_across_relations_and_drops_their_images(tmp_path):
-    summary = prepare_dataset(_config(num_scenes=24).model_copy(update={"limit": 16}), tmp_path / "out")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "out"), _config(num_scenes=24).model_copy(update={"limit": 16}))
     examples = read_table(tmp_path / "out")
     assert len(examples) == 16 and summary["images"] == 8
     assert Counter(e.source["gold_relation"] for e in examples if e.task == "true_false") == {

@@ -17,10 +17,10 @@ from tests.test_datasets_images import picture, picture_jpeg
 from tests.test_download import LoopbackServer
 from zerovlm.config import DataConfig
 from zerovlm.datasets import vsr
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.sources import BadRecords, source_spec
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, sha256_file
+from zerovlm.pipeline import prepare
 
 SHARED_VSR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vsr"
 pytestmark = pytest.mark.skipif(not SHARED_VSR.is_dir(), reason=(
@@ -81,7 +81,7 @@ def test_test_splits_share_images_as_the_note_says():
 
 
 def test_download_select_and_store_with_a_stratified_limit(server, tmp_path):
-    summary = prepare_dataset(_config(server, limit=66), tmp_path / "prepared", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), _config(server, limit=66))
     examples = read_table(tmp_path / "prepared")
     assert len(examples) == 66 and summary["available"] == 2195
     per_relation = Counter(e.relation for e in examples)
@@ -92,7 +92,7 @@ def test_download_select_and_store_with_a_stratified_limit(server, tmp_path):
     assert (tmp_path / "raw/vsr/random/test.jsonl").is_file()
     assert list((tmp_path / "raw/coco").glob("*/*.jpg"))
     hits_before = sum(server.hits.values())
-    again = prepare_dataset(_config(server, limit=66), tmp_path / "prepared2", tmp_path / "raw")
+    again = prepare.run(prepare.Paths(out=tmp_path / "prepared2", raw=tmp_path / "raw"), _config(server, limit=66))
     assert sum(server.hits.values()) == hits_before  # resumable: nothing verified is fetched again
     assert (tmp_path / "prepared/examples.jsonl").read_bytes() == (tmp_path / "prepared2/examples.jsonl").read_bytes()
     assert again["examples"] == 66
@@ -100,8 +100,9 @@ def test_download_select_and_store_with_a_stratified_limit(server, tmp_path):
 
 def test_both_test_sets_in_full_share_stored_images(server, tmp_path):
     raw = tmp_path / "raw"
-    prepare_dataset(_config(server, download_workers=16), tmp_path / "random", raw)
-    prepare_dataset(_config(server, source="vsr_zeroshot", download_workers=16), tmp_path / "zeroshot", raw)
+    prepare.run(prepare.Paths(out=tmp_path / "random", raw=raw), _config(server, download_workers=16))
+    prepare.run(prepare.Paths(out=tmp_path / "zeroshot", raw=raw),
+                _config(server, source="vsr_zeroshot", download_workers=16))
     random_ids = {e.source["image"]: e.image_id for e in read_table(tmp_path / "random")}
     zeroshot = read_table(tmp_path / "zeroshot")
     assert len(random_ids) == 1874 and len(zeroshot) == 1222
@@ -114,9 +115,10 @@ def test_a_404_image_is_strict_by_default_and_a_counted_skip_with_skip_bad(serve
     missing = f"/coco/{first['image_link'].split('/')[-2]}/{first['image']}"
     server.routes[missing] = lambda handler, hits: handler.send_error(404)
     with pytest.raises(ZeroVLMError, match=r"dev\.jsonl:1: field 'image_link'.*HTTP 404"):
-        prepare_dataset(_config(server, split="dev"), tmp_path / "strict", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), _config(server, split="dev"))
     assert not (tmp_path / "strict").exists()  # nothing half-written looks valid
-    summary = prepare_dataset(_config(server, split="dev", skip_bad=True), tmp_path / "skip", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
+                          _config(server, split="dev", skip_bad=True))
     same_image = sum(1 for line in (SHARED_VSR / "random/dev.jsonl").open() if json.loads(line)["image"] == first["image"])
     assert summary["skipped"]["count"] == same_image and summary["skipped"]["by_field"] == {"image_link": same_image}
     assert summary["examples"] == 1097 - same_image
@@ -154,7 +156,7 @@ def test_local_folders_mean_no_download(tmp_path):
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
     cfg = DataConfig(source="vsr_zeroshot", split="dev", annotations_dir=str(SHARED_VSR), images_dir=str(coco),
                      vsr_annotations_url=dead + "/{split}", coco_images_url=dead, download_retries=0)
-    summary = prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
     assert summary["examples"] == 340 and not (tmp_path / "raw").exists()
 
 
@@ -165,7 +167,7 @@ def test_offline_error_names_the_url_and_the_local_alternative(tmp_path):
     cfg = DataConfig(source="vsr_random", vsr_annotations_url=dead + "/{split_dir}/{split}.jsonl",
                      download_retries=0, timeout_seconds=1.0)
     with pytest.raises(ZeroVLMError, match=rf"could not reach {dead}/random/test.jsonl.*data.annotations_dir"):
-        prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
 
 
 def _png_bytes(image) -> bytes:
@@ -210,11 +212,12 @@ def test_images_are_checked_wherever_they_come_from(server, tmp_path, where):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no Pillow warning may pre-empt the check
         with pytest.raises(ZeroVLMError) as error:
-            prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
+            prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), cfg)
         message = str(error.value)
         assert "\n" not in message and message.startswith("dev.jsonl:1: field 'image': ")
         assert re.search(rf"{re.escape(relative)}: {stated}.*data\.{check}", message), message
-        summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
+        summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
+                              cfg.model_copy(update={"skip_bad": True}))
     same_image = sum(1 for record in lines if record["image"] == lines[0]["image"])
     assert summary["skipped"]["count"] == same_image and summary["skipped"]["by_check"] == {check: same_image}
     assert summary["examples"] == len(lines) - same_image

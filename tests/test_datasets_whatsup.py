@@ -16,10 +16,10 @@ from tests.test_datasets_images import picture_jpeg
 from tests.test_download import LoopbackServer, send_bytes
 from zerovlm.config import DataConfig
 from zerovlm.datasets import whatsup
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.sources import BadRecords
 from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, sha256_file
+from zerovlm.pipeline import prepare
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "whatsup"
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=(
@@ -132,7 +132,7 @@ def test_the_shuffle_is_seeded():
 
 
 def test_download_from_drive_keeps_whole_sets_and_extracts_safely(drive, tmp_path):
-    summary = prepare_dataset(_config(drive, limit=10), tmp_path / "prepared", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), _config(drive, limit=10))
     examples = read_table(tmp_path / "prepared")
     assert len(examples) == 8 and len({e.group_id for e in examples}) == 2  # whole sets of 4 only
     assert len({e.pair_id for e in examples}) == 4
@@ -144,12 +144,12 @@ def test_download_from_drive_keeps_whole_sets_and_extracts_safely(drive, tmp_pat
     assert len(extracted) == 412 and "link_on_table.jpeg" not in extracted
     assert not list(tmp_path.rglob("evil_on_table.jpeg"))
     hits = dict(drive.hits)
-    prepare_dataset(_config(drive, limit=10), tmp_path / "again", tmp_path / "raw")
+    prepare.run(prepare.Paths(out=tmp_path / "again", raw=tmp_path / "raw"), _config(drive, limit=10))
     assert drive.hits == hits  # annotation, archive and extraction are all reused
 
 
 def test_the_real_sample_image_is_stored_byte_for_byte(drive, tmp_path):
-    prepare_dataset(_config(drive), tmp_path / "prepared", tmp_path / "raw")
+    prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), _config(drive))
     examples = read_table(tmp_path / "prepared")
     assert len(examples) == 412
     apple = next(e for e in examples if e.source["image_path"].endswith(SAMPLE.name))
@@ -168,7 +168,7 @@ def test_local_copies_mean_no_download(tmp_path, as_archive):
         images = tmp_path / "local"
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(images),
                      gdrive_url="http://127.0.0.1:9/{file_id}", download_retries=0)
-    summary = prepare_dataset(cfg, tmp_path / "prepared", tmp_path / "raw")
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
     assert summary["examples"] == 412 and summary["images"] == 412
 
 
@@ -178,8 +178,9 @@ def test_a_missing_image_is_strict_by_default_and_a_counted_skip_with_skip_bad(t
     archive.write_bytes(archive_bytes(names[1:], hostile=False))  # the first record's image is missing
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(archive))
     with pytest.raises(ZeroVLMError, match=r"controlled_images_dataset\.json:1: field 'image_path'"):
-        prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
-    summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), cfg)
+    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
+                          cfg.model_copy(update={"skip_bad": True}))
     assert summary["skipped"]["count"] == 1 and summary["examples"] == 411
 
 
@@ -189,9 +190,9 @@ def test_another_archive_is_extracted_afresh(tmp_path):
     partial.write_bytes(archive_bytes(names[1:], hostile=False))
     complete.write_bytes(archive_bytes(names, hostile=False))
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(partial), skip_bad=True)
-    assert prepare_dataset(cfg, tmp_path / "first", tmp_path / "raw")["examples"] == 411
+    assert prepare.run(prepare.Paths(out=tmp_path / "first", raw=tmp_path / "raw"), cfg)["examples"] == 411
     cfg = cfg.model_copy(update={"images_dir": str(complete)})  # the same raw folder, another archive
-    assert prepare_dataset(cfg, tmp_path / "second", tmp_path / "raw")["examples"] == 412
+    assert prepare.run(prepare.Paths(out=tmp_path / "second", raw=tmp_path / "raw"), cfg)["examples"] == 412
 
 
 def test_bad_records_name_file_position_and_field(tmp_path):
@@ -220,6 +221,7 @@ def test_an_archived_image_that_fails_a_check_is_strict_by_default_and_a_counted
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(archive))
     with pytest.raises(ZeroVLMError, match=rf"controlled_images_dataset\.json:2: field 'image_path': \S*{names[1]}: "
                                            rf"1x1 px: shorter side 1 < data\.min_image_side_px=32"):
-        prepare_dataset(cfg, tmp_path / "strict", tmp_path / "raw")
-    summary = prepare_dataset(cfg.model_copy(update={"skip_bad": True}), tmp_path / "skip", tmp_path / "raw")
+        prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), cfg)
+    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
+                          cfg.model_copy(update={"skip_bad": True}))
     assert summary["skipped"]["by_check"] == {"min_image_side_px": 1} and summary["examples"] == 411

@@ -24,7 +24,7 @@ from zerovlm.config import DataConfig
 from zerovlm.datasets import download
 from zerovlm.datasets.download import (DownloadError, FileRequest, Policy, SizeCaps, fetch_all, fetch_file,
                                        policy_from_config, verify_image)
-from zerovlm.datasets.prepare import store_image_file
+from zerovlm.datasets.examples import store_image_file
 from zerovlm.io import ZeroVLMError, image_as_rgb
 
 STALL_LIMIT_SECONDS = 30.0  # a stalled response is released after this long at the latest

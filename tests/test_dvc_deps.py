@@ -1,4 +1,5 @@
-"""dvc.yaml lists every library file a stage's outputs depend on, so that editing one re-runs the stage.
+"""dvc.yaml lists every library file a stage's outputs depend on, so that editing one re-runs the stage, and
+every folder and file a stage reads or writes, as the fields of its `Paths` (zerovlm/pipeline/<stage>.py).
 
 A stage's code is the import closure of its script (stages/<name>.py) inside the zerovlm package, plus
 the backends the registry imports by name and the data files modules read; each file must be covered
@@ -9,7 +10,10 @@ unable to change any output.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import importlib
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -138,3 +142,60 @@ def test_params_yaml_states_every_value_that_changes_outputs():
                 "score": ScoreConfig, "grid": GridConfig, "report": ReportConfig, "data": DataConfig}
     missing = {name: sorted(set(cls.model_fields) - set(params[name])) for name, cls in sections.items()}
     assert not any(missing.values()), f"params.yaml leaves these to config.py's defaults: {missing}"
+
+
+NON_PATH_FLAGS = {"dataset", "vlm"}  # grid names, not paths
+# Paths fields whose path is neither a dep nor an out of the stage, and why.
+UNDECLARED_PATHS = {
+    ("check", "built_models"): "the models stage's output: check only tells a model folder under it from other "
+                               "local folders, reading nothing inside (models runs after check)",
+    ("prepare", "raw"): "the download cache shared by datasets: downloads are pinned by URL and checksum "
+                        "(zerovlm/datasets/sources.yaml), a local folder by data/inputs/prepare-<dataset>.json",
+}
+# Deps that no Paths field names, and why: they re-run the stage when they change, the stage does not read them.
+UNREAD_DEPS = {
+    r"data/inputs/models\.json": "the models stage's inputs record: constant, its change re-runs the stage",
+    r"data/inputs/prepare-\$\{item\}\.json": "local dataset files by hash or stat: prepare reads the files "
+                                              "themselves, from the params",
+    r"data/models/[\w.-]+": "the tiny model folder the params name (views.model, vlms.<name>.model)",
+}
+
+
+def _stage_paths() -> list[tuple[str, dict[str, str], list[str]]]:
+    """(stage, {flag without dashes: value} of its cmd, its declared deps, outs and metrics), as dvc.yaml writes
+    them (unexpanded `${item}`)."""
+    stages = []
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        body = stage.get("do", stage)
+        tokens = shlex.split(body["cmd"])
+        flags = {token[2:]: value for token, value in zip(tokens, tokens[1:]) if token.startswith("--")}
+        declared = [next(iter(entry)) if isinstance(entry, dict) else entry
+                    for key in ("deps", "outs", "metrics") for entry in body.get(key, [])]
+        stages.append((name, flags, declared))
+    return stages
+
+
+def _covers(path: str, declared: str) -> bool:
+    return declared == path or declared.startswith(path + "/")
+
+
+@pytest.mark.parametrize("name, flags, declared", _stage_paths(), ids=[s[0] for s in _stage_paths()])
+def test_each_stage_paths_are_the_paths_dvc_yaml_passes_and_declares(name, flags, declared):
+    """zerovlm.pipeline.<stage>.Paths has one field per path flag of the stage's cmd (stages/<stage>.py turns each
+    field into its flag); each value is a dep or an out (or a folder of them); each data dep or out is a field's."""
+    paths = importlib.import_module(f"zerovlm.pipeline.{name}").Paths
+    fields = {field.name: field for field in dataclasses.fields(paths)}
+    passed = {flag.replace("-", "_"): value for flag, value in flags.items() if flag not in NON_PATH_FLAGS}
+    assert sorted(set(passed) - set(fields)) == [], f"dvc.yaml stage {name!r} passes flags its Paths lacks"
+    values = {field: passed.get(field, None if spec.default is dataclasses.MISSING else spec.default)
+              for field, spec in fields.items()}
+    assert [field for field, value in values.items() if value is None] == [], (
+        f"dvc.yaml stage {name!r}: its cmd passes no path for these Paths fields")
+    undeclared = sorted(field for field, value in values.items()
+                        if not any(_covers(str(value), d) for d in declared) and (name, field) not in UNDECLARED_PATHS)
+    assert undeclared == [], f"dvc.yaml stage {name!r}: these Paths fields are neither deps nor outs"
+    data = [d for d in declared if not d.startswith(("zerovlm/", "stages/"))]
+    unnamed = sorted(d for d in data if not any(_covers(str(value), d) for value in values.values())
+                     and not any(re.fullmatch(pattern, d) for pattern in UNREAD_DEPS))
+    assert unnamed == [], f"dvc.yaml stage {name!r}: no Paths field names these deps or outs"
+    assert f"add_path_flags(parser, {name}.Paths)" in (ROOT / "stages" / f"{name}.py").read_text()

@@ -5,14 +5,12 @@ import json
 import pytest
 from PIL import Image
 
-import zerovlm.inference as inference
-from zerovlm.compose import stitch_stage
+from zerovlm import answering
 from zerovlm.config import DataConfig, InferConfig, ScoreConfig, StitchConfig, SyntheticSource
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table
 from zerovlm.io import load_rgb, sha256_file
+from zerovlm.pipeline import infer, prepare, score, stitch
 from zerovlm.report import table
-from zerovlm.scoring.metrics import score_stage
 from zerovlm.store import ShardWriter
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
@@ -24,12 +22,12 @@ CONFIGURATIONS = ("origin", "left", "origin+left")
 def workspace(tmp_path_factory):
     """Prepared synthetic scenes, a stand-in view store, the stitched store and a tiny LLaVA."""
     root = tmp_path_factory.mktemp("infer")
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=3)), root / "prepared")
+    prepare.run(prepare.Paths(out=root / "prepared"), DataConfig(synthetic=SyntheticSource(num_scenes=3)))
     with ShardWriter(root / "views") as views:  # the views' pixels do not matter to this stage
         for image_id in sorted({e.image_id for e in read_table(root / "prepared")}):
             views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (200, 30, 30)))
-    stitch_stage(StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
-                 root / "prepared", root / "views", root / "stitched")
+    stitch.run(stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
+               StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
     build_tiny_llava(root / "llava", seed=0)
     return root
 
@@ -58,8 +56,9 @@ def _cfg(workspace, **overrides):
 
 
 def _run(workspace, cfg, out_name, monkeypatch, backend):
-    monkeypatch.setattr(inference, "load_backend", lambda _: backend)
-    return inference.infer_stage(cfg, workspace / "prepared", workspace / "stitched", workspace / out_name)
+    monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
+    return infer.run(infer.Paths(prepared=workspace / "prepared", stitched=workspace / "stitched",
+                                 out=workspace / out_name), cfg)
 
 
 def test_every_job_gets_a_record_and_the_baseline_is_computed_once(workspace, monkeypatch):
@@ -83,14 +82,14 @@ def test_every_job_gets_a_record_and_the_baseline_is_computed_once(workspace, mo
 
 def test_the_baseline_is_asked_even_with_the_view_prompt_only(workspace):
     examples = read_table(workspace / "prepared")
-    jobs = inference.plan_jobs(_cfg(workspace, view_prompt=(True,)), examples, list(CONFIGURATIONS), "grid")
+    jobs = answering.plan_answer_jobs(_cfg(workspace, view_prompt=(True,)), examples, list(CONFIGURATIONS), "grid")
     asked = {(job.configuration, job.with_view_prompt) for job in jobs}
     assert asked == {(c, True) for c in CONFIGURATIONS} | {("origin", False)}
     assert len(jobs) == len(examples) * (len(CONFIGURATIONS) + 1)
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):
-    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     cfg = _cfg(workspace)
     complete = CountingBackend(cfg)
     _run(workspace, cfg, "reference", monkeypatch, complete)
@@ -113,7 +112,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, mon
 
 
 def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch):
-    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     with pytest.raises(KeyboardInterrupt):
         _run(workspace, _cfg(workspace), "changed", monkeypatch,
              CountingBackend(_cfg(workspace), fail_after_calls=1))
@@ -123,37 +122,37 @@ def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch)
 
 
 def test_a_partial_run_from_other_backend_code_is_not_reused(workspace, monkeypatch):
-    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     with pytest.raises(KeyboardInterrupt):
         _run(workspace, _cfg(workspace), "recoded", monkeypatch, CountingBackend(_cfg(workspace), fail_after_calls=1))
-    before = inference.backend_code_identity()
-    monkeypatch.setattr(inference, "backend_code_identity", lambda: before + " after an edit")
+    before = infer.backend_code_identity()
+    monkeypatch.setattr(infer, "backend_code_identity", lambda: before + " after an edit")
     summary = _run(workspace, _cfg(workspace), "recoded", monkeypatch, CountingBackend(_cfg(workspace)))
     assert summary["resumed"] == 0
 
 
 @pytest.mark.parametrize("change", ["stitched pixels", "model weights"])
 def test_a_partial_run_on_other_images_or_weights_is_not_reused(workspace, tmp_path, monkeypatch, change):
-    monkeypatch.setattr(inference, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     model, stitched = tmp_path / "llava", workspace / "stitched"
     build_tiny_llava(model, seed=0)
     cfg = InferConfig(model=str(model), dtype="float32", device="cpu")
-    monkeypatch.setattr(inference, "load_backend", lambda _: CountingBackend(cfg, fail_after_calls=1))
+    monkeypatch.setattr(infer, "load_backend", lambda *_: CountingBackend(cfg, fail_after_calls=1))
     with pytest.raises(KeyboardInterrupt):
-        inference.infer_stage(cfg, workspace / "prepared", stitched, tmp_path / "answers")
+        infer.run(infer.Paths(prepared=workspace / "prepared", stitched=stitched, out=tmp_path / "answers"), cfg)
     if change == "stitched pixels":  # other views, same keys and sizes: the shard indexes are identical
         with ShardWriter(tmp_path / "views") as views:
             for image_id in sorted({e.image_id for e in read_table(workspace / "prepared")}):
                 views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (30, 30, 200)))
         stitched = tmp_path / "stitched"
-        stitch_stage(StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
-                     workspace / "prepared", tmp_path / "views", stitched)
+        stitch.run(stitch.Paths(prepared=workspace / "prepared", views=tmp_path / "views", out=stitched),
+                   StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
         assert all((stitched / p.name).read_bytes() == p.read_bytes()
                    for p in (workspace / "stitched").glob("shard-*.jsonl"))
     else:  # the folder rebuilt in place with other weights
         build_tiny_llava(model, seed=1)
-    monkeypatch.setattr(inference, "load_backend", lambda _: CountingBackend(cfg))
-    summary = inference.infer_stage(cfg, workspace / "prepared", stitched, tmp_path / "answers")
+    monkeypatch.setattr(infer, "load_backend", lambda *_: CountingBackend(cfg))
+    summary = infer.run(infer.Paths(prepared=workspace / "prepared", stitched=stitched, out=tmp_path / "answers"), cfg)
     assert summary["resumed"] == 0
 
 
@@ -163,17 +162,19 @@ SEPARATE = ("origin", "origin+left-separate")
 def _separate_store(workspace):
     """The stitched store of a configuration sent as two separate images (origin, then left)."""
     if not (workspace / "stitched_separate").exists():
-        stitch_stage(StitchConfig(configurations=SEPARATE, panel_size_px=32, gap_px=2),
-                     workspace / "prepared", workspace / "views", workspace / "stitched_separate")
+        stitch.run(stitch.Paths(prepared=workspace / "prepared", views=workspace / "views",
+                                out=workspace / "stitched_separate"),
+                   StitchConfig(configurations=SEPARATE, panel_size_px=32, gap_px=2))
     return workspace / "stitched_separate"
 
 
 def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, caplog):
     cfg = _cfg(workspace)  # LLaVA-1.5: one image per request
     backend = CountingBackend(cfg)
-    monkeypatch.setattr(inference, "load_backend", lambda _: backend)
-    with caplog.at_level("WARNING", logger="zerovlm.inference"):
-        summary = inference.infer_stage(cfg, workspace / "prepared", _separate_store(workspace), workspace / "one")
+    monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
+    with caplog.at_level("WARNING", logger="zerovlm.pipeline.infer"):
+        summary = infer.run(infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace),
+                                        out=workspace / "one"), cfg)
     reason = "backend llava takes at most 1 image(s) per request; this configuration sends 2"
     assert summary["not_evaluated"] == {"origin+left-separate": reason}
     assert "configuration origin+left-separate not evaluated" in caplog.text
@@ -184,14 +185,15 @@ def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, 
     assert {r["configuration"] for r in records} == {"origin"}
 
     # score and the report show it as not evaluated, never as 0% accuracy
-    score = score_stage(ScoreConfig(bootstrap_samples=0), workspace / "prepared", workspace / "one",
-                        workspace / "one_metrics", workspace / "one_records.jsonl")
-    assert score["not_evaluated"] == {"origin+left-separate": reason}
-    assert score["counts"]["n_requests_not_evaluated"] == len(examples) * 2
-    assert all("origin+left-separate" not in score[task] for task in ("true_false", "multiple_choice"))
-    text = table.markdown({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), ScoreConfig())
+    scored = score.run(score.Paths(prepared=workspace / "prepared", predictions=workspace / "one",
+                                   metrics=workspace / "one_metrics", records=workspace / "one_records.jsonl"),
+                       ScoreConfig(bootstrap_samples=0))
+    assert scored["not_evaluated"] == {"origin+left-separate": reason}
+    assert scored["counts"]["n_requests_not_evaluated"] == len(examples) * 2
+    assert all("origin+left-separate" not in scored[task] for task in ("true_false", "multiple_choice"))
+    text = table.markdown({("synthetic", "tiny"): scored}, ["synthetic"], ["tiny"], list(SEPARATE), ScoreConfig())
     assert "| ZeroVLM (tiny) | origin+left-separate | - | n/e | n/e |" in text and "n/e: not evaluated" in text
-    csv_text = table.to_csv({("synthetic", "tiny"): score}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05)
+    csv_text = table.to_csv({("synthetic", "tiny"): scored}, ["synthetic"], ["tiny"], list(SEPARATE), 0.05)
     assert reason in csv_text
 
 
@@ -199,8 +201,9 @@ def test_a_multi_image_model_gets_the_panels_in_order(workspace, monkeypatch):
     cfg = _cfg(workspace, backend="hf_auto")
     backend = CountingBackend(cfg)
     backend.max_images_per_request = 4  # stands in for a native multi-image model (Qwen2-VL, Idefics3, ...)
-    monkeypatch.setattr(inference, "load_backend", lambda _: backend)
-    summary = inference.infer_stage(cfg, workspace / "prepared", _separate_store(workspace), workspace / "several")
+    monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
+    summary = infer.run(infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace),
+                                    out=workspace / "several"), cfg)
     assert summary["not_evaluated"] == {} and summary["requests_not_evaluated"] == 0
     example = read_table(workspace / "prepared")[0]
     origin = load_rgb(workspace / "prepared" / example.image_file, "original")
@@ -222,11 +225,12 @@ def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record
     folders = []
     for name in ("first", "second"):
         record = workspace / f"{name}_run.json"
-        inference.infer_stage(cfg, workspace / "prepared", workspace / "stitched", workspace / name,
-                              run_record=record)
+        infer.run(infer.Paths(prepared=workspace / "prepared", stitched=workspace / "stitched", out=workspace / name,
+                              run_record=record), cfg)
         folders.append({p.name: sha256_file(p) for p in sorted((workspace / name).iterdir())})
         run = json.loads(record.read_text())
-        assert run["seconds"] > 0 and run["resumed"] == 0 and {"device", "peak_memory_bytes", "versions"} <= set(run)
+        assert run["seconds"] > 0 and run["resumed"] == 0 and run["dtype_used"] == "float32"
+        assert {"device", "peak_memory_bytes", "versions"} <= set(run)
     assert folders[0] == folders[1] and set(folders[0]) == {"predictions.jsonl", "summary.json"}
     assert "seconds" not in json.loads((workspace / "first" / "summary.json").read_text())
 

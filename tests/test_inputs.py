@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,12 +17,13 @@ import pytest
 import yaml
 from PIL import Image
 
+from zerovlm import inputs
 from zerovlm.cli import main as cli
 from zerovlm.config import ViewsConfig, validate_all
-from zerovlm.inputs import (check_stage, dataset_inputs, lock_key, model_source, pinned_commit, read_lock,
-                            write_lock)
+from zerovlm.inputs import dataset_inputs, lock_key, model_source, pinned_commit, read_lock, write_lock
 from zerovlm.io import ZeroVLMError
-from zerovlm.runtime import pin_revision
+from zerovlm.pipeline import check as check_stage
+from zerovlm.runtime import pin_revision, pinned_part_revisions
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA_A, SHA_B = (hashlib.sha1(name.encode()).hexdigest() for name in ("revision a", "revision b"))
@@ -223,7 +225,8 @@ def test_check_stage_writes_one_record_per_consumer_and_the_lock(tmp_path, offli
     values = params()
     values["views"]["model"] = "org/tiny"
     path = write(tmp_path / "params.yaml", values)
-    check_stage(path, tmp_path / "inputs", tmp_path / "models.lock", Path("data/models"))
+    check_stage.run(check_stage.Paths(out=tmp_path / "inputs", lock=tmp_path / "models.lock",
+                                      built_models=Path("data/models"), params=path))
     written = {p.name: json.loads(p.read_text()) for p in (tmp_path / "inputs").iterdir()}
     grid = values["grid"]
     assert set(written) == ({"models.json", "views.json"} | {f"prepare-{d}.json" for d in grid["datasets"]}
@@ -247,6 +250,127 @@ def test_zerovlm_lock_pins_and_update_resolves_again(tmp_path, offline_hub, caps
     with pytest.raises(SystemExit):
         cli(["lock", "--update", "vews", *args])
     assert "unknown model name(s) ['vews']; valid: views" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- MiniGPT-4: manifests by content, hub parts pinned
+DRIVE_ID = "1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R"
+
+
+def write_minigpt4(folder: Path, **changes) -> Path:
+    """A manifest folder: `mg_hub` names hub parts and a local llama_proj.pth; `mg_local` holds its parts as
+    folders and names llama_proj on Google Drive."""
+    if folder.name == "mg_hub":
+        manifest = {"vision_qformer": "org/blip2-tiny", "llm": "org/vicuna-tiny", "llama_proj": "llama_proj.pth"}
+    else:
+        manifest = {"vision_qformer": "blip2", "llm": "vicuna", "llama_proj": f"gdrive:{DRIVE_ID}"}
+    (folder / "minigpt4.json").write_text(json.dumps(manifest | changes, indent=2) + "\n")
+    return folder / "minigpt4.json"
+
+
+@pytest.fixture
+def minigpt4_grid(tmp_path, offline_hub, monkeypatch) -> Path:
+    """params.yaml whose grid holds llava_tiny and two MiniGPT-4 manifest folders (relative paths, as the
+    committed manifests are), `mg_hub` and `mg_local`; the hub cache holds org/blip2-tiny (main = SHA_A) and two
+    commits of org/vicuna-tiny (main = SHA_A)."""
+    monkeypatch.chdir(tmp_path)
+    for repo, commits in (("org/blip2-tiny", (SHA_A,)), ("org/vicuna-tiny", (SHA_A, SHA_B))):
+        build_hub_cache(offline_hub.parent, repo, {commit: lambda folder: folder.mkdir(parents=True)
+                                                   for commit in commits}, main=SHA_A)
+    for name in ("mg_hub", "mg_local"):
+        Path(name).mkdir()
+        write_minigpt4(Path(name))
+    Path("mg_hub/llama_proj.pth").write_bytes(b"llama_proj weights")
+    for part, files in (("blip2", {"config.json": b"{}"}),
+                        ("vicuna", {"config.json": b'{"model_type": "llama"}', "model.safetensors": bytes(64)})):
+        (Path("mg_local") / part).mkdir()
+        for name, content in files.items():
+            (Path("mg_local") / part / name).write_bytes(content)
+    values = params()
+    values["vlms"] |= {name: {"backend": "minigpt4", "model": name} for name in ("mg_hub", "mg_local")}
+    values["grid"]["vlms"] = ["llava_tiny", "mg_hub", "mg_local"]
+    return write(tmp_path / "params.yaml", values)
+
+
+def check(params_path: Path) -> dict[str, bytes]:
+    """Run the check stage (in the working directory); the bytes of each inputs file it wrote."""
+    check_stage.run(check_stage.Paths(out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"),
+                                      params=params_path))
+    return {path.name: path.read_bytes() for path in sorted(Path("inputs").iterdir())}
+
+
+def changed(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
+    assert set(before) == set(after)
+    return {name for name in before if before[name] != after[name]}
+
+
+def test_check_records_a_minigpt4_manifest_by_content_with_its_hub_parts_pinned(minigpt4_grid):
+    written = {name: json.loads(content) for name, content in check(minigpt4_grid).items()}
+    sha256 = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+              for path in ("mg_hub/minigpt4.json", "mg_hub/llama_proj.pth", "mg_local/minigpt4.json")}
+    assert written["vlm-mg_hub.json"] == {
+        "path": "mg_hub", "manifest_sha256": sha256["mg_hub/minigpt4.json"],
+        "parts": {"vision_qformer": {"repo": "org/blip2-tiny", "revision": "main", "commit": SHA_A},
+                  "llm": {"repo": "org/vicuna-tiny", "revision": "main", "commit": SHA_A},
+                  "llama_proj": {"path": "llama_proj.pth", "sha256": sha256["mg_hub/llama_proj.pth"]}}}
+    local = written["vlm-mg_local.json"]
+    assert local["manifest_sha256"] == sha256["mg_local/minigpt4.json"]
+    assert local["parts"]["llama_proj"] == {"gdrive": DRIVE_ID}
+    assert {key: value for key, value in local["parts"]["llm"].items() if key != "sha256"} == {
+        "path": "vicuna", "files": 2, "bytes": 23 + 64}
+    lock = read_lock(Path("models.lock"))
+    assert {key: entry["commit"] for key, entry in lock.items()} == {"org--blip2-tiny--main": SHA_A,
+                                                                     "org--vicuna-tiny--main": SHA_A}
+    assert pinned_part_revisions(Path("inputs/vlm-mg_hub.json")) == {"vision_qformer": SHA_A, "llm": SHA_A}
+    assert pinned_part_revisions(Path("inputs/vlm-mg_local.json")) == {}
+    assert pinned_part_revisions(Path("inputs/vlm-llava_tiny.json")) is None
+
+
+def test_another_llm_commit_in_a_manifest_changes_only_that_vlms_inputs_file(minigpt4_grid):
+    write_minigpt4(Path("mg_hub"), revisions={"llm": SHA_A})
+    before = check(minigpt4_grid)
+    lock = Path("models.lock").read_text()
+    write_minigpt4(Path("mg_hub"), revisions={"llm": SHA_B})
+    after = check(minigpt4_grid)
+    assert changed(before, after) == {"vlm-mg_hub.json"}
+    parts = json.loads(after["vlm-mg_hub.json"])["parts"]
+    assert parts["llm"] == {"repo": "org/vicuna-tiny", "revision": SHA_B, "commit": SHA_B}
+    assert parts["vision_qformer"] == json.loads(before["vlm-mg_hub.json"])["parts"]["vision_qformer"]
+    assert Path("models.lock").read_text() == lock  # a commit is itself: nothing to pin
+
+
+def test_a_manifest_and_small_local_parts_are_recorded_by_content_not_mtime(minigpt4_grid, monkeypatch):
+    """A colleague's clone (every mtime different, same bytes) writes identical inputs files; a local part's
+    changed bytes show even at the same size and mtime. A part folder above PART_CONTENT_MAX_BYTES is
+    recorded by stat, as other local folders are."""
+    before = check(minigpt4_grid)
+    later = time.time_ns() + 10**12
+    for path in [*Path("mg_hub").rglob("*"), *Path("mg_local").rglob("*"), Path("mg_hub"), Path("mg_local")]:
+        os.utime(path, ns=(later, later))
+    assert check(minigpt4_grid) == before
+    weights = Path("mg_local/vicuna/model.safetensors")
+    weights.write_bytes(bytes(range(64)))  # same size
+    os.utime(weights, ns=(later, later))  # and same mtime
+    assert changed(before, after := check(minigpt4_grid)) == {"vlm-mg_local.json"}
+    monkeypatch.setattr(inputs, "PART_CONTENT_MAX_BYTES", 64)  # vicuna/ (87 bytes) is now large, blip2/ is not
+    parts = json.loads(check(minigpt4_grid)["vlm-mg_local.json"])["parts"]
+    assert set(parts["llm"]) == {"path", "files", "bytes", "stat_sha256"}
+    assert set(parts["vision_qformer"]) == {"path", "files", "bytes", "sha256"}
+    assert changed(after, check(minigpt4_grid)) == {"vlm-mg_local.json"}
+
+
+def test_zerovlm_lock_lists_and_pins_minigpt4_parts(minigpt4_grid, offline_hub, capsys):
+    args = ["--params", str(minigpt4_grid), "--lock", "models.lock"]
+    cli(["lock", *args])
+    out = capsys.readouterr().out
+    for line in (f"mg_hub.vision_qformer: org/blip2-tiny@main -> {SHA_A}",
+                 f"mg_hub.llm: org/vicuna-tiny@main -> {SHA_A}",
+                 "mg_local.vision_qformer: local folder blip2", "mg_local.llm: local folder vicuna"):
+        assert line in out.splitlines()
+    (offline_hub.parent / "models--org--vicuna-tiny" / "refs" / "main").write_text(SHA_B)
+    cli(["lock", *args])
+    assert read_lock(Path("models.lock"))["org--vicuna-tiny--main"]["commit"] == SHA_A
+    cli(["lock", "--update", "mg_hub", *args])
+    assert read_lock(Path("models.lock"))["org--vicuna-tiny--main"]["commit"] == SHA_B
 
 
 # ---------------------------------------------------------------- the loaders read the pinned commit

@@ -149,9 +149,11 @@ def test_hub_models_are_loaded_at_the_commit_the_lock_pins(tmp_path):
     assert lock["org--zero123-tiny--main"]["commit"] == SHA_A and lock["org--llava-tiny--main"]["commit"] == SHA_A
     assert commits(repo) == (SHA_A, SHA_A)
 
-    # 2. upstream's main moves on: the lock holds, nothing re-runs (offline with the commit locked works)
+    # 2. upstream's main moves on: the lock holds, nothing re-runs, and views forced to run load the pinned commit
     (zero123 / "refs" / "main").write_text(SHA_B)
     assert repro(repo, env=offline)[0] == {"check"}
+    assert repro(repo, "--force", "--single-item", "views", env=offline)[0] == {"views"}
+    assert json.loads((repo / "data/views_run.json").read_text())["model_revision"] == SHA_A
 
     # 3. another Zero123 commit: views and what follows, not the data
     set_param(repo, "views.revision", SHA_B)

@@ -15,8 +15,8 @@ import yaml
 
 from tests.views_fixtures import tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.config import DataConfig, InferConfig, SyntheticSource
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.io import ZeroVLMError
+from zerovlm.pipeline import prepare
 from zerovlm.views.checkpoints import load_components
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_idefics3, build_tiny_llava, build_tiny_minigpt4
@@ -82,7 +82,7 @@ def test_the_views_stage_prints_one_plain_line_and_no_traceback(tmp_path, tiny_m
     model = shutil.copytree(tiny_models["kxic"], tmp_path / "zero123")
     path = plant_pickle(model / "image_encoder", "pytorch_model.bin", tmp_path / "ran")
     prepared = tmp_path / "prepared"
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=1)), prepared)
+    prepare.run(prepare.Paths(out=prepared), DataConfig(synthetic=SyntheticSource(num_scenes=1)))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["views"].update(model=str(model), device="cpu", dtype="float32")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

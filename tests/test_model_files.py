@@ -1,15 +1,18 @@
-"""Model parts by local path, hub id or `gdrive:<file_id>`: the Drive cache against a loopback server."""
+"""Model parts by local path, hub id (at a revision) or `gdrive:<file_id>`: the Drive cache against a loopback
+server, hub files from an offline hub cache, and the minigpt4.json manifest's checks."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 
 from tests.test_download import LoopbackServer, send_bytes
+from tests.test_inputs import SHA_A, SHA_B, build_hub_cache
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm import model_files
-from zerovlm.vlm.model_files import fetch_drive_file, repository, single_file
+from zerovlm.vlm.model_files import fetch_drive_file, read_manifest, repository, repository_file, single_file
 
 FILE_ID = "1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R"
 PAYLOAD = bytes(range(256)) * 40
@@ -89,3 +92,54 @@ def test_local_folders_and_hub_ids_resolve(tmp_path):
     (tmp_path / "vicuna").mkdir()
     assert repository(tmp_path, "vicuna", "llm") == str(tmp_path / "vicuna")
     assert repository(tmp_path, "Vision-CAIR/vicuna-7b", "llm") == "Vision-CAIR/vicuna-7b"
+
+
+def test_a_hub_file_is_read_at_the_revision_asked(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    def config(commit):
+        def build(snapshot):
+            snapshot.mkdir(parents=True)
+            (snapshot / "config.json").write_text(commit)
+        return build
+
+    build_hub_cache(tmp_path, "org/part", {SHA_A: config(SHA_A), SHA_B: config(SHA_B)}, main=SHA_A)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    assert repository_file("org/part", "config.json", "m.json: llm").read_text() == SHA_A  # main
+    assert repository_file("org/part", "config.json", "m.json: llm", SHA_B).read_text() == SHA_B
+    with pytest.raises(ZeroVLMError, match=r"^m.json: llm: cannot reach the Hugging Face hub for 'org/part' at v2 "
+                                           r"\(config.json\) and it is not in the local cache"):
+        repository_file("org/part", "config.json", "m.json: llm", "v2")
+
+
+def test_a_manifest_gives_each_hub_part_its_revision(tmp_path):
+    (tmp_path / "vicuna").mkdir()
+    (tmp_path / "minigpt4.json").write_text(json.dumps({"vision_qformer": "org/blip2", "llm": "vicuna",
+                                                        "llama_proj": "p.pth", "revisions": {"vision_qformer": "v2"}}))
+    manifest = read_manifest(tmp_path, "vlms.mine.model")
+    assert manifest.repository("vision_qformer") == ("org/blip2", "v2")
+    assert manifest.repository("llm") == (str(tmp_path / "vicuna"), None)  # a folder has no revision
+    (tmp_path / "minigpt4.json").write_text(json.dumps({"vision_qformer": "org/blip2", "llm": "org/vicuna",
+                                                        "llama_proj": "p.pth"}))
+    assert read_manifest(tmp_path, "vlms.mine.model").repository("llm") == ("org/vicuna", "main")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"revision": {"llm": "v2"}}, r"unknown keys \['revision'\]; valid: variant, vision_qformer, llm, llama_proj, "
+                                  r"revisions \(variant and revisions optional\)"),
+    ({"llm": None}, r"missing keys \['llm'\]"),
+    ({"llm": ""}, r"llm must be a non-empty string, got ''"),
+    ({"revisions": {"llama_proj": "v2"}}, r"revisions must map vision_qformer or llm to a branch, tag or commit"),
+    ({"revisions": {"llm": "v2"}}, r"revisions.llm is 'v2', but llm is the local folder .*vicuna, which has no "
+                                   r"revisions; remove revisions.llm"),
+])
+def test_a_bad_manifest_is_one_line_naming_the_key(tmp_path, change, message):
+    (tmp_path / "vicuna").mkdir()
+    manifest = {"vision_qformer": "org/blip2", "llm": "vicuna", "llama_proj": "p.pth"} | change
+    (tmp_path / "minigpt4.json").write_text(json.dumps({k: v for k, v in manifest.items() if v is not None}))
+    with pytest.raises(ZeroVLMError, match=rf"^{tmp_path}/minigpt4.json: {message}") as error:
+        read_manifest(tmp_path, "vlms.mine.model")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ZeroVLMError, match=r"^vlms.mine.model: .*elsewhere/minigpt4.json not found; MiniGPT-4 needs"):
+        read_manifest(tmp_path / "elsewhere", "vlms.mine.model")

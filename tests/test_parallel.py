@@ -12,11 +12,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from zerovlm.compose import stitch_stage
 from zerovlm.config import DataConfig, StitchConfig, SyntheticSource
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table
 from zerovlm.parallel import Worker, shard_index
+from zerovlm.pipeline import prepare, stitch
 from zerovlm.store import ShardWriter
 from zerovlm.vlm.tiny import build_tiny_llava
 
@@ -35,12 +34,12 @@ def test_shards_are_stable_and_cover_every_key():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=4)), root / "prepared")
+    prepare.run(prepare.Paths(out=root / "prepared"), DataConfig(synthetic=SyntheticSource(num_scenes=4)))
     with ShardWriter(root / "views") as views:
         for image_id in sorted({e.image_id for e in read_table(root / "prepared")}):
             views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (20, 160, 30)))
-    stitch_stage(StitchConfig(configurations=("origin", "left"), panel_size_px=32, gap_px=2),
-                 root / "prepared", root / "views", root / "stitched")
+    stitch.run(stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
+               StitchConfig(configurations=("origin", "left"), panel_size_px=32, gap_px=2))
     build_tiny_llava(root / "llava", seed=0)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["infer"].update(model=str(root / "llava"), dtype="float32", device="cpu")

@@ -41,7 +41,7 @@ def test_first_run_runs_every_stage_and_writes_metrics(repo):
     assert "metrics/grid/cluttered/tiny/summary.json" in shown and "metrics/headline.json" in shown
     table = (repo / "metrics/results.md").read_text()
     assert "| tiny | origin (baseline) | - |" in table and "cluttered (choice)" in table
-    assert "| tiny | all-separate | - | n/e | n/e |" in table and "all-separate" in summary["not_evaluated"]
+    assert "| ZeroVLM (tiny) | all-separate | - | n/e | n/e |" in table and "all-separate" in summary["not_evaluated"]
     assert run([sys.executable, "-m", "zerovlm.cli", "show"], repo).stdout == table
     assert (repo / "data/gallery/index.html").is_file()
     plots = run(["dvc", "plots", "show", "--json"], repo).stdout

@@ -14,13 +14,12 @@ from urllib.parse import quote, urlencode
 import pytest
 from PIL import Image
 
-from zerovlm.compose import stitch_stage
 from zerovlm.config import DataConfig, ReportConfig, ScoreConfig, StitchConfig, SyntheticSource
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import read_table, write_table
 from zerovlm.io import write_json, write_jsonl
-from zerovlm.report.gallery import FILTERS, gallery_stage, sample_examples
-from zerovlm.scoring.metrics import score_stage
+from zerovlm.pipeline import gallery as gallery_stage
+from zerovlm.pipeline import prepare, score, stitch
+from zerovlm.report.gallery import FILTERS, sample_examples
 from zerovlm.store import ShardWriter
 
 CONFIGURATIONS = ("origin", "left", "origin+left", "origin+left-separate")
@@ -37,8 +36,8 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
     carries HOSTILE, and so do the true/false prompts, which quote the caption."""
     image_ids = set()
     for name, (low, high) in DATASETS.items():
-        prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=4, min_objects=low, max_objects=high)),
-                        root / "prepared" / name)
+        prepare.run(prepare.Paths(out=root / "prepared" / name),
+                    DataConfig(synthetic=SyntheticSource(num_scenes=4, min_objects=low, max_objects=high)))
         if hostile:
             write_table(root / "prepared" / name, [
                 replace(e, caption=e.caption and f"{HOSTILE} {e.caption}", relation=f"{HOSTILE} {e.relation}",
@@ -50,8 +49,8 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
             for view, colour in (("left", (200, 30, 30)), ("right", (30, 30, 200))):
                 views.add(f"{image_id}.{view}", Image.new("RGB", (32, 32), colour), {"image_id": image_id, "view": view})
     for name in DATASETS:
-        stitch_stage(StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
-                     root / "prepared" / name, root / "views", root / "stitched" / name)
+        stitch.run(stitch.Paths(prepared=root / "prepared" / name, views=root / "views", out=root / "stitched" / name),
+                   StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
         predictions = []
         for index, example in enumerate(read_table(root / "prepared" / name)):
             for configuration in CONFIGURATIONS:
@@ -68,11 +67,14 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
                         "rendered_prompt": f"USER: <image>\n<{configuration}> {example.caption} ASSISTANT:"})
         write_jsonl(root / "predictions" / name / "tiny" / "predictions.jsonl", predictions)
         write_json(root / "predictions" / name / "tiny" / "summary.json", {"answer_mode": "loglik", "requests": 1})
-        score_stage(ScoreConfig(bootstrap_samples=0), root / "prepared" / name, root / "predictions" / name / "tiny",
-                    root / "metrics" / name, root / "scored" / name / "tiny" / "records.jsonl", dataset=name, vlm="tiny")
-    summary = gallery_stage(list(DATASETS), ["tiny"], ReportConfig(gallery_examples=3, gallery_image_px=64),
-                            root / "prepared", root / "views", root / "stitched", root / "predictions",
-                            root / "scored", root / "gallery")
+        score.run(score.Paths(prepared=root / "prepared" / name, predictions=root / "predictions" / name / "tiny",
+                              metrics=root / "metrics" / name,
+                              records=root / "scored" / name / "tiny" / "records.jsonl"),
+                  ScoreConfig(bootstrap_samples=0), dataset=name, vlm="tiny")
+    summary = gallery_stage.run(
+        gallery_stage.Paths(prepared=root / "prepared", views=root / "views", stitched=root / "stitched",
+                            predictions=root / "predictions", scored=root / "scored", out=root / "gallery"),
+        list(DATASETS), ["tiny"], ReportConfig(gallery_examples=3, gallery_image_px=64))
     return root / "gallery", summary
 
 
@@ -161,7 +163,7 @@ def test_templates_ship_as_package_data():
 
 
 def test_sampling_is_seeded_and_spread_over_relations(tmp_path):
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=8)), tmp_path / "p")
+    prepare.run(prepare.Paths(out=tmp_path / "p"), DataConfig(synthetic=SyntheticSource(num_scenes=8)))
     examples = read_table(tmp_path / "p")
     first = sample_examples(examples, 4, seed=0, dataset="d")
     assert first == sample_examples(examples, 4, seed=0, dataset="d")

@@ -6,8 +6,8 @@ import json
 
 from zerovlm.config import ReportConfig, ScoreConfig
 from zerovlm.io import write_json
+from zerovlm.pipeline import report
 from zerovlm.report import table
-from zerovlm.report.build import report_stage
 
 
 def _metrics(accuracy, delta=None, p=None, n=100):
@@ -81,8 +81,8 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
                                "left": {"with_view_prompt": {"2": [2, 2], "5": [1, 2]}}}}})
         write_json(folder / "provenance.json", {"dataset": dataset, "vlm": vlm})
     (tmp_path / "out/plots/stale").mkdir(parents=True)
-    report_stage(["vsr_random", "whatsup_a"], ["llava_7b"], ["origin", "left"], ScoreConfig(),
-                 ReportConfig(method_configuration="left"), grid, tmp_path / "out")
+    report.run(report.Paths(grid_metrics=grid, out=tmp_path / "out"), ["vsr_random", "whatsup_a"], ["llava_7b"],
+               ["origin", "left"], ScoreConfig(), ReportConfig(method_configuration="left"))
 
     out = tmp_path / "out"
     assert (out / "results.md").read_text().startswith("| model | configuration |")
@@ -102,13 +102,11 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
                        {"num_objects": 5, "baseline": 0.0, "method": 0.5, "n": 2}]
 
 
-def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot(tmp_path):
-    from zerovlm.report.plots import write_plots
+def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot():
+    from zerovlm.report.plots import plot_files
 
-    written = write_plots(tmp_path, {}, {("vsr_random", "llava_7b"): {"confusion": {}, "objects": {}}},
-                          ("all", "with_view_prompt"))
-    assert [p.name for p in written] == ["no-dataset-with-object-counts.json"]
-    assert json.loads(written[0].read_text()) == []  # DVC renders an empty list without an error
+    files = plot_files({}, {("vsr_random", "llava_7b"): {"confusion": {}, "objects": {}}}, ("all", "with_view_prompt"))
+    assert files == {"objects/no-dataset-with-object-counts.json": []}  # DVC renders an empty list without an error
 
 
 def test_layout_orders_rows_by_the_grid_and_columns_by_dataset_then_task():

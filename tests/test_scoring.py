@@ -10,8 +10,9 @@ from sklearn.metrics import confusion_matrix
 from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example, write_table
 from zerovlm.io import ZeroVLMError, write_json, write_jsonl
+from zerovlm.pipeline import score
 from zerovlm.scoring.metrics import (CELL, bootstrap_ci, breakdown, cluster_ids, compare_with_baseline,
-                                     option_relation, predicted_index, score_records, score_stage)
+                                     option_relation, predicted_index, score_records)
 
 
 def _tf(i, label_true=True, relation="left of"):
@@ -72,8 +73,8 @@ def test_score_stage_counts_unparseable_as_wrong_and_reports_pair_and_set(tmp_pa
                     "output_text": outputs[e.example_id]} for e in examples]
     write_jsonl(tmp_path / "pred/predictions.jsonl", predictions)
     write_json(tmp_path / "pred/summary.json", {"answer_mode": "generate", "requests": len(predictions)})
-    score_stage(ScoreConfig(bootstrap_samples=0), tmp_path / "prepared", tmp_path / "pred",
-                tmp_path / "metrics", tmp_path / "records.jsonl", dataset="d", vlm="m")
+    score.run(score.Paths(prepared=tmp_path / "prepared", predictions=tmp_path / "pred", metrics=tmp_path / "metrics",
+                          records=tmp_path / "records.jsonl"), ScoreConfig(bootstrap_samples=0), dataset="d", vlm="m")
 
     summary = json.loads((tmp_path / "metrics/summary.json").read_text())
     assert summary["counts"] == {"n_examples": 7, "n_images": 7, "n_skipped": 2, "n_requests": 7,
@@ -144,9 +145,10 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
                                             "peak_memory_bytes": 5})
     write_json(tmp_path / "views.json", {"views": 80, "images": 20, "views_generated": 40, "seconds_generating": 20.0,
                                          "peak_memory_bytes": 7})
-    score_stage(ScoreConfig(bootstrap_samples=200, p_adjust="holm"), tmp_path / "prepared", tmp_path / "pred",
-                tmp_path / "metrics", tmp_path / "records.jsonl", tmp_path / "views.json", "d", "m",
-                infer_run_path=tmp_path / "pred_run.json")
+    score.run(score.Paths(prepared=tmp_path / "prepared", predictions=tmp_path / "pred", metrics=tmp_path / "metrics",
+                          records=tmp_path / "records.jsonl", views_summary=tmp_path / "views.json",
+                          infer_run=tmp_path / "pred_run.json"),
+              ScoreConfig(bootstrap_samples=200, p_adjust="holm"), dataset="d", vlm="m")
 
     tf = json.loads((tmp_path / "metrics/summary.json").read_text())["true_false"]
     assert "delta_vs_origin" not in tf["origin"]["with_view_prompt"]  # the baseline is not compared with itself
@@ -208,5 +210,6 @@ def test_an_empty_predictions_file_is_one_error_naming_it(tmp_path):
     write_jsonl(tmp_path / "pred/predictions.jsonl", [])
     write_json(tmp_path / "pred/summary.json", {"answer_mode": "generate", "requests": 0})
     with pytest.raises(ZeroVLMError, match=r"pred/predictions.jsonl: no predictions to score; re-run infer"):
-        score_stage(ScoreConfig(bootstrap_samples=0), tmp_path / "prepared", tmp_path / "pred",
-                    tmp_path / "metrics", tmp_path / "records.jsonl")
+        score.run(score.Paths(prepared=tmp_path / "prepared", predictions=tmp_path / "pred",
+                              metrics=tmp_path / "metrics", records=tmp_path / "records.jsonl"),
+                  ScoreConfig(bootstrap_samples=0))

@@ -1,4 +1,4 @@
-"""Sharing view sets through a local DVC remote (README "Sharing view sets"), with real dvc commands.
+"""Sharing view sets through a local DVC remote (docs/sharing.md), with real dvc commands.
 
 A producer repo (the pipeline run once on a small demo profile, see dvc_helpers.pipeline_template)
 pushes to a folder remote with `verify = true`; consumers are fresh `git clone`s with empty caches.
@@ -155,7 +155,7 @@ def test_a_corrupted_object_is_detected_reported_and_never_used(shared):
 
 
 def test_without_verify_dvc_silently_uses_a_corrupted_object(shared):
-    """DVC's default (verify = false): the trap README documents, checked so the README stays true."""
+    """DVC's default (verify = false): the trap docs/sharing.md documents, checked so that page stays true."""
     bad_remote, md5, _ = corrupted_remote(shared, "remote-corrupted-noverify")
     clone = consumer(shared, "noverify-pull", bad_remote)
     run(["dvc", "remote", "modify", "--local", "shared", "verify", "false"], clone)

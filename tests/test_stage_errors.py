@@ -12,11 +12,10 @@ import yaml
 from tests.test_store import fill_disk_after
 from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
 from zerovlm.config import DataConfig, SyntheticSource
-from zerovlm.datasets.prepare import prepare_dataset
 from zerovlm.datasets.table import write_table
 from zerovlm.io import ZeroVLMError
+from zerovlm.pipeline import prepare, views
 from zerovlm.stage import run_stage
-from zerovlm.views.synthesize import synthesize_views
 from zerovlm.views.tiny import build_tiny_zero123
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +39,7 @@ def _stage(name, *args):
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("prepared") / "prepared"
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=2)), folder)
+    prepare.run(prepare.Paths(out=folder), DataConfig(synthetic=SyntheticSource(num_scenes=2)))
     return folder
 
 
@@ -128,15 +127,16 @@ def _stage_error(capsys, main) -> str:
 def test_a_full_disk_while_writing_views_is_one_line_and_a_rerun_resumes(tmp_path, tiny_models, monkeypatch,
                                                                         capsys):
     prepared, out = tmp_path / "prepared", tmp_path / "views"
-    examples, cfg = make_prepared(prepared, num_images=3), views_config(tiny_models["kxic"])
+    make_prepared(prepared, num_images=3)
+    cfg = views_config(tiny_models["kxic"])
     fill_disk_after(monkeypatch, finished_tars=1)
-    line = _stage_error(capsys, lambda: synthesize_views(cfg, examples, prepared, out, shard_size=4))
+    line = _stage_error(capsys, lambda: views.run(views.Paths(prepared=prepared, out=out), cfg, shard_size=4))
     partial = tmp_path / ".views.partial" / "part-000-of-001"
     assert line.startswith(f"error: {partial / 'shard-00001.tar'}: No space left on device; free space on that "
                            "disk") and "a re-run resumes" in line
     assert sorted(p.name for p in partial.iterdir()) == ["shard-00000.jsonl", "shard-00000.tar"]
     monkeypatch.undo()
-    summary = synthesize_views(cfg, examples, prepared, out, shard_size=4)
+    summary = views.run(views.Paths(prepared=prepared, out=out), cfg, shard_size=4)
     assert summary["views_reused"] == 4 and summary["views_generated"] == 8
 
 
@@ -164,16 +164,16 @@ def read_only(folder: Path, monkeypatch) -> None:
 
 def test_a_read_only_data_folder_is_one_line_naming_the_folder(tmp_path, tiny_models, monkeypatch, capsys):
     data = tmp_path / "data"
-    examples = make_prepared(data / "prepared", num_images=1)
+    make_prepared(data / "prepared", num_images=1)
     read_only(data, monkeypatch)
     try:
-        views = _stage_error(capsys, lambda: synthesize_views(views_config(tiny_models["kxic"]), examples,
-                                                              data / "prepared", data / "views"))
-        prepared = _stage_error(capsys, lambda: prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=1)),
-                                                                data / "more"))
+        views_line = _stage_error(capsys, lambda: views.run(views.Paths(prepared=data / "prepared", out=data / "views"),
+                                                            views_config(tiny_models["kxic"])))
+        prepare_line = _stage_error(capsys, lambda: prepare.run(prepare.Paths(out=data / "more"),
+                                                                DataConfig(synthetic=SyntheticSource(num_scenes=1))))
     finally:
         data.chmod(0o755)
     fix = f"let this user read and write there (e.g. `chmod u+w {data}`) and re-run"
-    assert views.startswith(f"error: {data / '.views.partial'}: Permission denied; {fix}")
-    assert prepared.startswith(f"error: {data / 'more'}: Permission denied; {fix}")  # the output, not a temporary
+    assert views_line.startswith(f"error: {data / '.views.partial'}: Permission denied; {fix}")
+    assert prepare_line.startswith(f"error: {data / 'more'}: Permission denied; {fix}")  # the output, not a temporary
     assert sorted(p.name for p in data.iterdir()) == ["prepared"]

@@ -14,10 +14,11 @@ from PIL import Image, ImageDraw
 from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
 from zerovlm.config import ViewsConfig
 from zerovlm.io import ZeroVLMError
+from zerovlm.pipeline import views
 from zerovlm.store import ShardReader
 from zerovlm.views import foreground
 from zerovlm.views.foreground import demo_object_px, load_foreground, recentre, remove_background
-from zerovlm.views.synthesize import settings_fingerprint, synthesize_views
+from zerovlm.views.synthesize import settings_fingerprint
 from zerovlm.views.zero123 import prepare_image
 
 BACKGROUND = (235, 235, 230)  # the synthetic scenes' plain background
@@ -155,7 +156,7 @@ def test_views_stage_records_recentring_and_fallbacks(tmp_path, tiny_models):  #
     blank = tmp_path / "prepared" / examples[1].image_file   # second image: nothing but background
     Image.new("RGBA", (48, 48), (0, 0, 0, 0)).save(blank)
     cfg = views_config(tiny_models["kxic"], foreground="border", presets=("left",))
-    summary = synthesize_views(cfg, examples, tmp_path / "prepared", tmp_path / "views")
+    summary = views.run(views.Paths(prepared=tmp_path / "prepared", out=tmp_path / "views"), cfg)
     assert summary["recentre_fallbacks"] == 1 and summary["settings"]["foreground"] == "border"
     reader = ShardReader(tmp_path / "views")
     assert [reader.metadata(key)["foreground"] for key in reader.keys()] == ["recentred", "fallback"]

@@ -19,12 +19,13 @@ import pytest
 from PIL import Image
 
 from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
+from zerovlm import runtime
 from zerovlm.io import ZeroVLMError, sha256_file
+from zerovlm.pipeline import views
 from zerovlm.store import ShardReader
 from zerovlm.views import synthesize
 from zerovlm.views.poses import random_pose
 from zerovlm.views.tiny import build_tiny_zero123
-from zerovlm.views.synthesize import synthesize_views
 
 TESTS = Path(__file__).parent
 
@@ -47,7 +48,8 @@ def prepared(tmp_path_factory):
 def reference(tmp_path_factory, tiny_models, prepared):
     """An uninterrupted run: (output folder, summary)."""
     out = tmp_path_factory.mktemp("reference") / "views"
-    return out, synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+    return out, views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]),
+                          shard_size=4)
 
 
 def test_each_unique_image_once_with_its_metadata(reference, prepared):
@@ -69,8 +71,8 @@ def test_each_unique_image_once_with_its_metadata(reference, prepared):
 def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
     """The whole store, summary.json included, is the same for a re-run; timings go to the run record."""
     record = tmp_path / "views_run.json"
-    synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], tmp_path / "views", shard_size=4,
-                     run_record=record)
+    views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
+              views_config(tiny_models["kxic"]), shard_size=4)
     files = sorted(p.name for p in reference[0].iterdir())
     assert "summary.json" in files and files == sorted(p.name for p in (tmp_path / "views").iterdir())
     for name in files:
@@ -80,7 +82,7 @@ def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
 
 
 def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference):
-    synthesize_views(views_config(tiny_models["kxic"], batch_size=5), prepared[1], prepared[0], tmp_path / "v")
+    views.run(views.Paths(prepared=prepared[0], out=tmp_path / "v"), views_config(tiny_models["kxic"], batch_size=5))
     expected, got = pngs(reference[0]), pngs(tmp_path / "v")
     assert expected.keys() == got.keys()
     for key in expected:  # the same noise per view; float kernels may round a rare pixel by one level
@@ -90,16 +92,16 @@ def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference)
 
 def test_resume_after_an_exception_keeps_finished_shards(tmp_path, tiny_models, prepared, reference, monkeypatch):
     out, cfg = tmp_path / "views", views_config(tiny_models["kxic"])
-    run = synthesize._Sampler._run
+    run = synthesize.Sampler._run
     fail_at_call(monkeypatch, 3)
     with pytest.raises(RuntimeError, match="injected"):
-        synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
+        views.run(views.Paths(prepared=prepared[0], out=out), cfg, shard_size=4)
     partial = tmp_path / ".views.partial" / "part-000-of-001"
     finished = sorted(partial.glob("shard-*.jsonl"))
     assert len(finished) == 2 and not out.exists()
     stamps = {p.name: os.stat(p).st_mtime_ns for p in partial.glob("shard-*")}
-    monkeypatch.setattr(synthesize._Sampler, "_run", run)
-    summary = synthesize_views(cfg, prepared[1], prepared[0], out, shard_size=4)
+    monkeypatch.setattr(synthesize.Sampler, "_run", run)
+    summary = views.run(views.Paths(prepared=prepared[0], out=out), cfg, shard_size=4)
     assert summary["views_reused"] == 8 and summary["views_generated"] == 4
     assert pngs(out) == pngs(reference[0])
     assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in stamps.items())
@@ -112,9 +114,8 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
         sys.path.insert(0, {str(TESTS)!r})
         from pathlib import Path
         from views_fixtures import views_config
-        from zerovlm.datasets.table import Example
+        from zerovlm.pipeline import views
         from zerovlm.views import zero123
-        from zerovlm.views.synthesize import synthesize_views
         call, calls = zero123.Zero123Pipeline.__call__, [0]
         def hang_at_the_third_call(self, *args, **kwargs):  # the first shard is on disk once call 2 returns:
             calls[0] += 1                                   # the test kills the run while it waits here
@@ -122,10 +123,8 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
                 time.sleep(600)
             return call(self, *args, **kwargs)
         zero123.Zero123Pipeline.__call__ = hang_at_the_third_call
-        examples = {[e.to_record() for e in prepared[1]]!r}
-        synthesize_views(views_config(Path({str(tiny_models["kxic"])!r})),
-                         [Example.from_record(r) for r in examples], Path({str(prepared[0])!r}),
-                         Path({str(out)!r}), shard_size=4)
+        views.run(views.Paths(prepared=Path({str(prepared[0])!r}), out=Path({str(out)!r})),
+                  views_config(Path({str(tiny_models["kxic"])!r})), shard_size=4)
     """)
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = tmp_path / ".views.partial" / "part-000-of-001" / "shard-00000.jsonl"
@@ -136,7 +135,8 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
     _, stderr = process.communicate()
     assert first.exists(), stderr.decode()[-2000:]
     assert not out.exists()  # killed before publishing
-    summary = synthesize_views(views_config(tiny_models["kxic"]), prepared[1], prepared[0], out, shard_size=4)
+    summary = views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]),
+                        shard_size=4)
     assert summary["views_reused"] >= 4 and summary["views_generated"] <= 8
     assert pngs(out) == pngs(reference[0])
 
@@ -144,7 +144,7 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
 def fail_at_call(monkeypatch, number: int) -> None:
     """Make the sampler raise on its `number`-th batch (the earlier batches are written)."""
     calls = {"n": 0}
-    run = synthesize._Sampler._run
+    run = synthesize.Sampler._run
 
     def failing_run(self, jobs, images):
         calls["n"] += 1
@@ -152,7 +152,7 @@ def fail_at_call(monkeypatch, number: int) -> None:
             raise RuntimeError("injected failure")
         return run(self, jobs, images)
 
-    monkeypatch.setattr(synthesize._Sampler, "_run", failing_run)
+    monkeypatch.setattr(synthesize.Sampler, "_run", failing_run)
 
 
 def tilt(polar_deg: float) -> dict:
@@ -170,20 +170,20 @@ def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prep
         after = views_config(model, **tilt(45.0))
     fail_at_call(monkeypatch, 2)
     with pytest.raises(RuntimeError, match="injected"):
-        synthesize_views(before, prepared[1], prepared[0], out, shard_size=4)
+        views.run(views.Paths(prepared=prepared[0], out=out), before, shard_size=4)
     assert (tmp_path / ".views.partial" / "part-000-of-001" / "shard-00000.jsonl").is_file()
     monkeypatch.undo()
     if change == "model weights":  # the folder rebuilt in place, as the models stage does
         shutil.rmtree(model)
         build_tiny_zero123(model, seed=1, layout="kxic")
     if change == "sampler code":  # zerovlm/views edited between the interrupted run and this one
-        edited = synthesize.sampler_code_identity() + " after an edit"
-        monkeypatch.setattr(synthesize, "sampler_code_identity", lambda: edited)
+        edited = views.views_code_identity() + " after an edit"
+        monkeypatch.setattr(views, "views_code_identity", lambda: edited)
     with caplog.at_level(logging.WARNING):
-        summary = synthesize_views(after, prepared[1], prepared[0], out, shard_size=4)
+        summary = views.run(views.Paths(prepared=prepared[0], out=out), after, shard_size=4)
     assert "discarding" in caplog.text and summary["views_reused"] == 0
     poses = {ShardReader(out).metadata(f"{job.image_id}.tilt")["polar_deg"]
-             for job in synthesize.plan_jobs(after, prepared[1], prepared[0])}
+             for job in synthesize.plan_view_jobs(after, prepared[1], prepared[0])}
     assert poses == {after.custom[0].polar_deg}
 
 
@@ -192,21 +192,53 @@ def test_an_image_that_is_not_an_image_names_file_and_example(tmp_path, tiny_mod
     bad = tmp_path / "prepared" / examples[1].image_file
     bad.write_bytes(b"this is not a PNG")
     with pytest.raises(ZeroVLMError) as error:
-        synthesize_views(views_config(tiny_models["kxic"]), examples, tmp_path / "prepared", tmp_path / "views")
+        views.run(views.Paths(prepared=tmp_path / "prepared", out=tmp_path / "views"),
+                  views_config(tiny_models["kxic"]))
     assert str(bad) in str(error.value) and examples[1].example_id in str(error.value)
     assert not (tmp_path / "views").exists()
 
 
 def test_missing_model_is_a_clear_error(tmp_path, prepared):
     with pytest.raises(ZeroVLMError, match="build-tiny-models"):
-        synthesize_views(views_config(tmp_path / "no-model"), prepared[1], prepared[0], tmp_path / "views")
+        views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views"), views_config(tmp_path / "no-model"))
 
 
 def test_weights_variant_selects_the_variant_files(tmp_path, tiny_models, prepared):
     """views.weights_variant loads *.fp16.* files (bennyguo layout); the kxic layout has none: a clear error."""
+    one_image = tmp_path / "prepared"
+    make_prepared(one_image, num_images=1, examples_per_image=1)
     cfg = views_config(tiny_models["bennyguo"], weights_variant="fp16")
-    summary = synthesize_views(cfg, prepared[1][:1], prepared[0], tmp_path / "views")
+    summary = views.run(views.Paths(prepared=one_image, out=tmp_path / "views"), cfg)
     assert summary["views"] == 4 and summary["settings"]["weights_variant"] == "fp16"
     cfg = views_config(tiny_models["kxic"], weights_variant="fp16_ema")
     with pytest.raises(ZeroVLMError, match="fp16_ema"):
-        synthesize_views(cfg, prepared[1][:1], prepared[0], tmp_path / "kxic")
+        views.run(views.Paths(prepared=one_image, out=tmp_path / "kxic"), cfg)
+
+
+def test_cuda_out_of_memory_halves_the_batch_for_the_rest_of_the_run(tmp_path, tiny_models, prepared, monkeypatch):
+    """Both forms torch raises (torch.OutOfMemoryError, or a RuntimeError with its text) halve the batch;
+    the halved size is kept and recorded."""
+    run = synthesize.Sampler._run
+    sizes = []
+
+    def out_of_memory_above_two(self, jobs, images):
+        sizes.append(len(jobs))
+        if len(jobs) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run(self, jobs, images)
+
+    monkeypatch.setattr(synthesize.Sampler, "_run", out_of_memory_above_two)
+    summary = views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views"), views_config(tiny_models["kxic"]))
+    assert summary["views_generated"] == 12 and (summary["batch_size_final"], summary["oom_backoffs"]) == (2, 1)
+    assert sizes == [4, 2, 2] + [2] * 4  # the failed batch retried in halves; the next batches start at 2
+
+
+def test_half_precision_on_the_cpu_runs_in_float32_and_says_so(tmp_path, tiny_models, prepared, caplog):
+    runtime._warn_half_precision_on_cpu.cache_clear()  # warnings of earlier tests in this process
+    record = tmp_path / "views_run.json"
+    with caplog.at_level(logging.WARNING):
+        views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
+                  views_config(tiny_models["kxic"], dtype="float16", presets=("left",)))
+    run = json.loads(record.read_text())
+    assert (run["dtype"], run["dtype_used"]) == ("float16", "float32")
+    assert "views.dtype float16 on the CPU: using float32" in caplog.text

@@ -175,7 +175,7 @@ def idefics3(tmp_path_factory):
 
 
 def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
-    from zerovlm.inference import split_by_capability
+    from zerovlm.answering import split_by_capability
 
     backend = idefics3(3)
     assert backend.info()["model_type"] == "idefics3" and backend.max_images_per_request == 8

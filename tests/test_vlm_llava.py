@@ -1,7 +1,6 @@
 """LLaVA backend on the tiny offline model: prompts, inputs, option scores, generation, loading."""
 
 import hashlib
-import logging
 import typing
 
 import numpy as np
@@ -11,7 +10,7 @@ from PIL import Image
 
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import Request, resolve_device_dtype
+from zerovlm.vlm.base import Request
 from zerovlm.vlm.llava import CHAT_FORMATS, LlavaBackend, expand_to_square
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
@@ -187,12 +186,6 @@ def test_pad_to_square_uses_the_mean_colour(backend):
     assert square.getpixel((30, 30)) == (255, 0, 0)
     padded = LlavaBackend(backend.model, backend.processor, image_preprocess="pad")
     assert not torch.equal(padded._preprocess([wide]), backend._preprocess([wide]))
-
-
-def test_cpu_uses_float32_and_logs_it(caplog):
-    with caplog.at_level(logging.WARNING):
-        device, dtype = resolve_device_dtype("cpu", "bfloat16")
-    assert (device.type, dtype) == ("cpu", torch.float32) and "float32" in caplog.text
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):

@@ -1,6 +1,6 @@
 """MiniGPT-4 assembled from parts, on the tiny offline build: loading, prompt, scores, checkpoint safety,
-the image path against an independent computation, and the paper's manifests served from a hub cache and a
-loopback Google Drive."""
+the image path against an independent computation, the paper's manifests served from a hub cache and a
+loopback Google Drive, and hub parts loaded at the commits the check stage pins."""
 
 import hashlib
 import importlib.util
@@ -16,8 +16,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.test_download import LoopbackServer, send_bytes
+from tests.test_inputs import SHA_A, SHA_B, build_hub_cache, params, write
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
+from zerovlm.pipeline import check
+from zerovlm.runtime import pin_revision, pinned_part_revisions
 from zerovlm.vlm.base import Request
 from zerovlm.vlm.minigpt4 import PLACEHOLDER, load_llama_proj, preprocess
 from zerovlm.vlm.registry import load_backend
@@ -424,18 +427,108 @@ def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(request,
     assert served.generate(requests()[:2], max_new_tokens=4) == local.generate(requests()[:2], max_new_tokens=4)
     sha256 = hashlib.sha256(payload).hexdigest()
     assert served.info()["parts"] == {"vision_qformer": manifest["vision_qformer"], "llm": manifest["llm"],
-                                      "llama_proj": manifest["llama_proj"], "llama_proj_sha256": sha256}
+                                      "llama_proj": manifest["llama_proj"], "llama_proj_sha256": sha256,
+                                      "revisions": {"vision_qformer": "main", "llm": "main"}}
     assert load_backend(cfg).info()["parts"]["llama_proj_sha256"] == sha256  # the server is gone: from the cache
 
 
 def test_a_part_missing_from_an_offline_hub_cache_is_one_line_naming_it(offline_hub):
     with pytest.raises(ZeroVLMError, match=r"minigpt4.json: vision_qformer: cannot reach the Hugging Face hub for "
-                                           r"'Salesforce/blip2-flan-t5-xxl' \(config.json\) and it is not in the "
-                                           r"local cache"):
+                                           r"'Salesforce/blip2-flan-t5-xxl' at main \(config.json\) and it is not "
+                                           r"in the local cache"):
         load_backend(InferConfig(backend="minigpt4", model=str(MANIFESTS / "minigpt4-7b"), device="cpu"))
 
 
 def test_info_names_the_parts_and_the_checksum_of_a_local_llama_proj(backend, tiny_dir):
     assert backend.info()["parts"] == {"vision_qformer": "blip2", "llm": "vicuna", "llama_proj": "llama_proj.pth",
                                        "llama_proj_sha256": hashlib.sha256((tiny_dir / "llama_proj.pth")
-                                                                           .read_bytes()).hexdigest()}
+                                                                           .read_bytes()).hexdigest(),
+                                       "revisions": {}}  # local folders: no hub revision
+
+
+# ---------------------------------------------------------------- hub parts at the commits the check stage pins
+@pytest.fixture(scope="module")
+def other_vicuna(tmp_path_factory):
+    """The tiny build's LLM with other weights (seed 1): a second commit of the hub's tiny Vicuna."""
+    folder = tmp_path_factory.mktemp("tiny_minigpt4_seed1")
+    build_tiny_minigpt4(folder, seed=1)
+    return folder / "vicuna"
+
+
+def write_manifest(folder, **changes):
+    manifest = {"vision_qformer": "org/blip2-tiny", "llm": "org/vicuna-tiny", "llama_proj": "llama_proj.pth"}
+    (folder / "minigpt4.json").write_text(json.dumps(manifest | changes, indent=2) + "\n")
+
+
+@pytest.fixture
+def hub_minigpt4(offline_hub, tiny_dir, other_vicuna, tmp_path):
+    """A manifest folder naming hub parts, in an offline hub cache: org/blip2-tiny at SHA_A, and org/vicuna-tiny
+    at SHA_A (the tiny build's LLM, main) and SHA_B (other weights)."""
+    def copy(source):
+        return lambda snapshot: shutil.copytree(source, snapshot)
+
+    build_hub_cache(offline_hub, "org/blip2-tiny", {SHA_A: copy(tiny_dir / "blip2")}, main=SHA_A)
+    build_hub_cache(offline_hub, "org/vicuna-tiny", {SHA_A: copy(tiny_dir / "vicuna"), SHA_B: copy(other_vicuna)},
+                    main=SHA_A)
+    folder = tmp_path / "minigpt4-hub"
+    folder.mkdir()
+    shutil.copy2(tiny_dir / "llama_proj.pth", folder)
+    write_manifest(folder)
+    return folder
+
+
+def holds_weights(model, snapshot) -> bool:
+    """Whether the loaded LLM holds exactly the weights of the hub snapshot folder."""
+    state = model.llm.state_dict()
+    return all(torch.equal(state[key], tensor) for key, tensor in load_file(snapshot / "model.safetensors").items())
+
+
+def test_the_infer_stage_loads_each_hub_part_at_the_commit_check_pinned(hub_minigpt4, offline_hub, tmp_path,
+                                                                         monkeypatch):
+    """check pins the manifest's hub parts; the infer stage passes those commits to the loader, which reads
+    main's pinned commit even after upstream moved on, and the other snapshot once the manifest names it."""
+    monkeypatch.chdir(tmp_path)  # the params' model paths are relative to the repository root
+    values = params()
+    values["vlms"]["mg"] = {"backend": "minigpt4", "model": str(hub_minigpt4)}
+    values["grid"]["vlms"] = ["mg"]
+    params_path = write(tmp_path / "params.yaml", values)
+    cfg = InferConfig(backend="minigpt4", model=str(hub_minigpt4), device="cpu")
+    snapshots = offline_hub / "models--org--vicuna-tiny" / "snapshots"
+
+    def check_and_load():
+        check.run(check.Paths(out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"),
+                              params=params_path))
+        source = Path("inputs/vlm-mg.json")
+        pinned = pinned_part_revisions(source)
+        return pinned, load_backend(pin_revision(cfg, source), pinned)
+
+    pinned, model = check_and_load()
+    assert pinned == {"vision_qformer": SHA_A, "llm": SHA_A} == model.info()["parts"]["revisions"]
+    assert holds_weights(model, snapshots / SHA_A)
+    (offline_hub / "models--org--vicuna-tiny" / "refs" / "main").write_text(SHA_B)  # upstream moved on
+    pinned, model = check_and_load()
+    assert pinned["llm"] == SHA_A and holds_weights(model, snapshots / SHA_A)  # models.lock holds main's commit
+    write_manifest(hub_minigpt4, revisions={"llm": SHA_B})
+    pinned, model = check_and_load()
+    assert pinned == {"vision_qformer": SHA_A, "llm": SHA_B} == model.info()["parts"]["revisions"]
+    assert holds_weights(model, snapshots / SHA_B) and not holds_weights(model, snapshots / SHA_A)
+
+
+def test_unpinned_each_hub_part_loads_at_the_manifests_revision(hub_minigpt4, offline_hub):
+    cfg = InferConfig(backend="minigpt4", model=str(hub_minigpt4), device="cpu")
+    snapshots = offline_hub / "models--org--vicuna-tiny" / "snapshots"
+    assert holds_weights(load_backend(cfg), snapshots / SHA_A)  # main
+    write_manifest(hub_minigpt4, revisions={"llm": SHA_B})
+    model = load_backend(cfg)
+    assert holds_weights(model, snapshots / SHA_B)
+    assert model.info()["parts"]["revisions"] == {"vision_qformer": "main", "llm": SHA_B}
+
+
+def test_pins_that_miss_a_hub_part_or_reach_a_single_model_backend_are_one_line_errors(hub_minigpt4):
+    cfg = InferConfig(backend="minigpt4", model=str(hub_minigpt4), device="cpu")
+    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: its hub parts are \['llm', 'vision_qformer'\], but "
+                                           r"commits were pinned for \['llm'\]; run `dvc repro`"):
+        load_backend(cfg, {"llm": SHA_A})
+    with pytest.raises(ZeroVLMError, match=r"minigpt4-hub: a model assembled from parts .* but backend 'llava' loads "
+                                           r"one model; set the backend to one of \['minigpt4'\]"):
+        load_backend(cfg.model_copy(update={"backend": "llava"}), {"llm": SHA_A})

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from zerovlm.config import ViewsConfig
-from zerovlm.datasets.table import Example
+from zerovlm.datasets.table import Example, write_table
 from zerovlm.views.tiny import build_tiny_zero123
 
 torch.set_num_threads(2)  # the CI machine has 2 cores
@@ -35,7 +35,7 @@ def scene(index: int, size: int = 48) -> Image.Image:
 
 
 def make_prepared(folder: Path, num_images: int = 3, examples_per_image: int = 2) -> list[Example]:
-    """Write `num_images` PNGs under folder/images and return examples sharing them."""
+    """Write `num_images` PNGs under folder/images and the table of examples sharing them; return the examples."""
     (folder / "images").mkdir(parents=True, exist_ok=True)
     examples = []
     for index in range(num_images):
@@ -47,6 +47,7 @@ def make_prepared(folder: Path, num_images: int = 3, examples_per_image: int = 2
                 task="true_false", image_id=image_id, image_file=f"images/{image_id}.png",
                 caption="the red box is left of the blue ball", options=("yes", "no"), answer_index=0,
                 relation="left of"))
+    write_table(folder, examples)
     return examples
 
 

@@ -30,9 +30,10 @@ def compose_params(profile: str, out: Path, overrides: list[str]) -> None:
 
 
 def _cmd_build_tiny_models(args) -> None:
-    from zerovlm.tiny import build_tiny_models
+    from zerovlm.config import ModelsConfig
+    from zerovlm.pipeline import models
 
-    build_tiny_models(args.out, args.seed)
+    models.run(models.Paths(out=args.out), ModelsConfig(tiny_seed=args.seed))
     print(f"tiny models written to {args.out}")
 
 
@@ -66,7 +67,7 @@ def _cmd_show(args) -> None:
             raise ZeroVLMError(f"{args.results}: not found; run the pipeline first (`dvc repro`)")
         print(args.results.read_text(), end="")
         return
-    from zerovlm.scoring.report import results_table
+    from zerovlm.scoring.summary_text import results_table
 
     print(results_table(read_json(args.metrics, "run the pipeline first (`dvc repro`); instances are "
                                                 "metrics/grid/<dataset>/<vlm>/summary.json")))

@@ -4,35 +4,75 @@ Each top-level section of params.yaml is one frozen pydantic model. A stage read
 (dvc.yaml lists exactly those params), so changing one knob re-runs exactly the stages it affects.
 An unknown key, a wrong type or a value outside the allowed choices is an error that names the key, the
 bad value and the valid keys or choices (with the closest match for typos).
+
+The schema holds types and ranges only. Every value, and what it means, is stated once in conf/config.yaml
+(the Hydra composition root params.yaml is composed from): a key a caller leaves out takes its base value
+there, so a partial section (`ViewsConfig(seed=1)`) is the base configuration with that one change.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
-from zerovlm.configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, STITCHED_CONFIGURATIONS
 from zerovlm.io import ZeroVLMError
+from zerovlm.view_configurations import BASELINE_CONFIGURATION, CONFIGURATIONS
+from zerovlm.views.poses import AZIMUTH_RANGE_DEG, POLAR_RANGE_DEG, POSE_VARIANTS, RADIUS_RANGE, VIEW_PRESETS
 
-VIEW_PRESETS = ("left", "right", "top", "random")
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
+CONF_FILE = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"
+Dtype = Literal["float32", "float16", "bfloat16"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@functools.cache
+def conf_base() -> dict[str, Any]:
+    """conf/config.yaml's base values, before a profile: the value of every key a params file leaves out."""
+    if not CONF_FILE.is_file():
+        raise ZeroVLMError(f"{CONF_FILE}: not found. zerovlm reads the params defaults from conf/config.yaml "
+                           f"next to its package, which a wheel does not carry: install from a clone of the "
+                           f"repository (pip install -e .)")
+    base = yaml.safe_load(CONF_FILE.read_text())
+    return {key: value for key, value in base.items() if key != "defaults"}  # defaults: Hydra's profile list
+
+
+def conf_default(path: str) -> Any:
+    """The base value at a dotted path of conf/config.yaml, e.g. conf_default("views.model")."""
+    value = conf_base()
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
 class Section(BaseModel):
+    """A params section; the keys a caller leaves out take conf/config.yaml's base values at `conf_path`."""
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    conf_path: ClassVar[str | None] = None  # e.g. "views" or "data.synthetic"; None: every key must be given
+
+    @model_validator(mode="before")
+    @classmethod
+    def _conf_defaults(cls, values: Any) -> Any:
+        if cls.conf_path is None or not isinstance(values, dict):  # a list item, or an instance already built
+            return values
+        return deep_merge(conf_default(cls.conf_path), values)
 
 
 # ---------------------------------------------------------------- prepare
 class SyntheticSource(Section):
-    num_scenes: int = Field(24, ge=1)           # scenes to render (each yields 1 true/false + 1 choice task)
-    min_objects: int = Field(2, ge=2)            # objects per scene, lower bound (>= 2)
-    max_objects: int = Field(3, ge=2, le=8)      # objects per scene, upper bound, <= 8 (one colour each)
-    image_size_px: int = Field(256, ge=32)       # square canvas side
-    relations: tuple[Literal["left of", "right of", "above", "below", "in front of", "behind"], ...] = (
-        "left of", "right of", "above", "below")
+    """data.synthetic: the rendered scenes (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "data.synthetic"
+
+    num_scenes: int = Field(ge=1)
+    min_objects: int = Field(ge=2)
+    max_objects: int = Field(ge=2, le=8)
+    image_size_px: int = Field(ge=32)
+    relations: tuple[Literal["left of", "right of", "above", "below", "in front of", "behind"], ...]
 
     @model_validator(mode="after")
     def _objects_range(self):
@@ -44,86 +84,83 @@ class SyntheticSource(Section):
 
 
 class DownloadSizeCaps(Section):
-    """The largest file accepted per kind, in MB (10^6 bytes), > 0: a body past it is an error, not retried."""
-    annotation: float = Field(500.0, gt=0.0)          # VSR JSONL, What'sUp JSON: a few MB
-    image: float = Field(100.0, gt=0.0)               # one COCO image: well under 1 MB
-    archive: float = Field(20000.0, gt=0.0)           # What'sUp image archives
-    checkpoint: float = Field(20000.0, gt=0.0)        # model files fetched by URL: about 100-1000 MB
+    """data.download_max_mb: the largest file accepted per kind (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "data.download_max_mb"
+
+    annotation: float = Field(gt=0.0)
+    image: float = Field(gt=0.0)
+    archive: float = Field(gt=0.0)
+    checkpoint: float = Field(gt=0.0)
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b"] = "synthetic"
-    split: Literal["train", "dev", "test"] = "test"   # VSR split (What'sUp has one split: test)
-    limit: int | None = Field(None, ge=1)             # keep at most this many examples (None: all)
-    stratify_by_relation: bool = True                 # when limiting, sample evenly across relations
-    seed: int = 0                                     # scene rendering, sampling, option shuffling
-    skip_bad: bool = False                            # False: a bad record stops the stage; True: count it
-    # Image checks, on every dataset image prepare stores (zerovlm/datasets/prepare.py: image_problem);
-    # a failing image is a bad record (skip_bad). Synthetic scenes are rendered, not read: not checked.
-    min_image_side_px: int = Field(32, ge=1)          # shorter side below this: refused (1: any size)
-    max_aspect_ratio: float = Field(5.0, ge=1.0)      # longer / shorter side above this: refused
-    max_image_pixels: int = Field(50_000_000, ge=1, le=PILLOW_MAX_IMAGE_PIXELS)  # width x height above
-                                                      # this: refused before decoding; <= Pillow's default
-                                                      # limit, which the later stages keep
-    blank_max_range: int | None = Field(2, ge=0, le=254)  # blank (refused): every RGB channel's max - min
-                                                      # (0..255) <= this after compositing transparency on
-                                                      # white, so fully transparent is blank; null: no check
-    # Real datasets (vsr_*, whatsup_*). Downloads go under the prepare stage's raw folder only.
-    annotations_dir: str | None = None   # local annotation files; None: download. VSR: {split}.jsonl (or
-                                         # random/ zeroshot/ subfolders); What'sUp: controlled_*_dataset.json
-    images_dir: str | None = None        # local images; None: download. VSR: a COCO folder (train2017/,
-                                         # val2017/ or flat); What'sUp: the extracted folder or its .tar.gz
-    vsr_annotations_url: str | None = None  # None: pinned GitHub raw URL (sources.yaml); a template with
-                                            # {commit} {split_dir} {split}, http(s) only
-    coco_images_url: str | None = None   # None: http://images.cocodataset.org; a mirror's http(s) base
-    gdrive_url: str | None = None        # None: Google Drive (sources.yaml); a template with {file_id}
-    download_workers: int = Field(8, ge=1, le=64)      # concurrent downloads
-    download_retries: int = Field(3, ge=0, le=10)      # extra attempts on timeouts, dropped links, 429, 5xx
-    retry_backoff_seconds: float = Field(1.0, ge=0.0, le=60.0)  # first wait; doubles per retry
-    timeout_seconds: float = Field(30.0, gt=0.0, le=600.0)      # per connect and per read
-    download_deadline_seconds: float = Field(3600.0, gt=0.0, le=86400.0)  # per file, over all attempts;
-                                                      # past it the file fails, not retried (resumed next run)
-    download_max_mb: DownloadSizeCaps = DownloadSizeCaps()  # size cap per kind of file
-    synthetic: SyntheticSource = SyntheticSource()
+    """The `data` section, shared by every dataset of the grid (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "data"
+
+    source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b"]
+    split: Literal["train", "dev", "test"]
+    limit: int | None = Field(ge=1)
+    stratify_by_relation: bool
+    seed: int
+    skip_bad: bool
+    min_image_side_px: int = Field(ge=1)
+    max_aspect_ratio: float = Field(ge=1.0)
+    max_image_pixels: int = Field(ge=1, le=PILLOW_MAX_IMAGE_PIXELS)
+    blank_max_range: int | None = Field(ge=0, le=254)
+    annotations_dir: str | None
+    images_dir: str | None
+    vsr_annotations_url: str | None
+    coco_images_url: str | None
+    gdrive_url: str | None
+    download_workers: int = Field(ge=1, le=64)
+    download_retries: int = Field(ge=0, le=10)
+    retry_backoff_seconds: float = Field(ge=0.0, le=60.0)
+    timeout_seconds: float = Field(gt=0.0, le=600.0)
+    download_deadline_seconds: float = Field(gt=0.0, le=86400.0)
+    download_max_mb: DownloadSizeCaps
+    synthetic: SyntheticSource
 
 
 # ---------------------------------------------------------------- tiny models
 class ModelsConfig(Section):
-    tiny_seed: int = 0                                # seed of the randomly initialised demo models
+    """The `models` section: the demo's tiny models (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "models"
+
+    tiny_seed: int
 
 
 # ---------------------------------------------------------------- views
 class CustomView(Section):
+    """One item of views.custom: a named camera delta (meaning: conf/config.yaml, `custom`)."""
     name: str
-    polar_deg: float = Field(ge=-180, le=180)         # camera polar delta; positive moves the camera down
-    azimuth_deg: float = Field(ge=-360, le=360)       # camera azimuth delta; positive turns right
-    radius: float = Field(0.0, ge=-0.5, le=0.5)       # distance delta in scene units (demo slider range)
+    polar_deg: float = Field(ge=POLAR_RANGE_DEG[0], le=POLAR_RANGE_DEG[1])
+    azimuth_deg: float = Field(ge=AZIMUTH_RANGE_DEG[0], le=AZIMUTH_RANGE_DEG[1])
+    # optional in an item; the one default the schema states, as conf/config.yaml holds no list item
+    radius: float = Field(0.0, ge=RADIUS_RANGE[0], le=RADIUS_RANGE[1])
 
 
 class ViewsConfig(Section):
-    model: str = "kxic/zero123-165000"                 # hub id or local folder (kxic or bennyguo layout)
-    revision: str | None = None                       # hub id: branch, tag or commit; null: main. `dvc repro`
-                                                      # loads the commit models.lock pins (local folder: unused)
-    variant: Literal["zero123", "stable_zero123"] = "zero123"  # pose vector's 4th element: radius or polar
-    weights_variant: Literal["fp16", "fp16_ema"] | None = None  # bennyguo/ashawkey files *.fp16[_ema].*;
-                                                      # null: the main weights (the only ones kxic/* has)
-    presets: tuple[Literal["left", "right", "top", "random"], ...] = VIEW_PRESETS
-    custom: tuple[CustomView, ...] = ()               # extra named poses
-    image_size_px: int = Field(256, ge=16)            # Zero123 works at 256
-    num_inference_steps: int = Field(50, ge=1, le=1000)
-    timestep_schedule: Literal["diffusers", "ldm"] = "diffusers"  # ldm: the steps the original runs, one
-                                                      # fewer than requested (50 -> 49: 961..1; 75 -> 76: 976..1)
-    guidance_scale: float = Field(3.0, ge=1.0)        # 1.0 disables classifier-free guidance
-    eta: float = Field(1.0, ge=0.0, le=1.0)           # DDIM eta; the original demo uses 1.0
-    dtype: Literal["float32", "float16", "bfloat16"] = "float16"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(64, ge=1)                 # views per UNet call (halved on CUDA out-of-memory)
-    compile: bool = False                             # torch.compile the UNet (CUDA only)
-    seed: int = 0                                     # noise and random-view poses, per image and view
-    foreground: Literal["none", "border"] = "none"    # none: inputs as they are; border: mask by the border
-                                                      # colour, recentre as the demo (zerovlm/views/foreground.py)
-    foreground_threshold_rgb: float = Field(30.0, ge=0.0, le=442.0)  # border: Euclidean 8-bit RGB distance
-                                                      # (0..441) beyond which a pixel is object
+    """The `views` section: Zero-1-to-3 novel views (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "views"
+
+    model: str
+    revision: str | None
+    variant: Literal[POSE_VARIANTS]
+    weights_variant: Literal["fp16", "fp16_ema"] | None
+    presets: tuple[Literal[VIEW_PRESETS], ...]
+    custom: tuple[CustomView, ...]
+    image_size_px: int = Field(ge=16)
+    num_inference_steps: int = Field(ge=1, le=1000)
+    timestep_schedule: Literal["diffusers", "ldm"]
+    guidance_scale: float = Field(ge=1.0)
+    eta: float = Field(ge=0.0, le=1.0)
+    dtype: Dtype
+    device: Device
+    batch_size: int = Field(ge=1)
+    compile: bool
+    seed: int
+    foreground: Literal["none", "border"]
+    foreground_threshold_rgb: float = Field(ge=0.0, le=442.0)
 
     @field_validator("image_size_px")
     @classmethod
@@ -143,12 +180,13 @@ class ViewsConfig(Section):
 
 # ---------------------------------------------------------------- stitch
 class StitchConfig(Section):
-    configurations: tuple[str, ...] = tuple(STITCHED_CONFIGURATIONS)  # any of CONFIGURATIONS' keys, e.g.
-                                                      # "all-separate" (several images: multi-image VLMs only)
-    layout: Literal["grid", "strip"] = "grid"         # grid: 2 columns, paper figure; strip: authors' code
-                                                      # (-separate configurations are not stitched)
-    gap_px: int = Field(25, ge=0)                     # black gap between panels, strip or grid (authors' code: 25)
-    panel_size_px: int = Field(256, ge=16)            # every panel is resized to this square size
+    """The `stitch` section: the VLM inputs of each view configuration (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "stitch"
+
+    configurations: tuple[str, ...]
+    layout: Literal["grid", "strip"]
+    gap_px: int = Field(ge=0)
+    panel_size_px: int = Field(ge=16)
 
     @model_validator(mode="after")
     def _known_configurations(self):
@@ -165,37 +203,41 @@ class StitchConfig(Section):
 
 # ---------------------------------------------------------------- infer
 class MaxNewTokens(Section):
-    generate: int = Field(16, ge=1)                   # greedy answers: a word or two
-    paper: int = Field(512, ge=1)                     # the authors' evaluator (its --max_new_tokens default)
+    """infer.max_new_tokens: one limit per generating answer mode (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "infer.max_new_tokens"
+
+    generate: int = Field(ge=1)
+    paper: int = Field(ge=1)
 
 
 class InferConfig(Section):
-    backend: str = "llava"                            # a registered backend name (see zerovlm/vlm/registry.py)
-    model: str = "llava-hf/llava-1.5-7b-hf"           # hub id or local folder
-    revision: str | None = None                       # hub id: branch, tag or commit; null: main. `dvc repro`
-                                                      # loads the commit models.lock pins (local folder: unused)
-    chat_format: Literal["hub", "vicuna_v1", "llava_v1"] = "hub"  # llava: hub = the model's chat template;
-                                                      # vicuna_v1 | llava_v1 = the original LLaVA templates
-    image_preprocess: Literal["crop", "pad"] = "crop"  # llava: pad = the original LLaVA pad-to-square
-    view_prompt: tuple[bool, ...] = (True, False)     # run with and/or without the view prompt
-    question_template: str = "yes_no"                 # a template name in zerovlm/prompts.yaml
-    answer_mode: Literal["loglik", "generate", "paper"] = "loglik"  # paper: authors' sampling + "yes" rule
-    max_new_tokens: MaxNewTokens = MaxNewTokens()     # per generating answer mode
-    temperature: float = Field(0.2, ge=0.0)           # paper mode only; other modes are greedy
-    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(16, ge=1)                 # requests per forward (halved on CUDA out-of-memory)
-    compile: bool = False                             # torch.compile the decoder blocks (CUDA only)
-    fp8_linear: bool = False                          # decoder Linear layers as FP8 matmuls (CUDA, compute
-                                                      # capability >= 8.9; scores change slightly: zerovlm/fp8.py)
-    seed: int = 0
-    trust_remote_code: bool = False                   # never on by default
+    """The `infer` section, shared by every VLM of the grid (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "infer"
+
+    backend: str
+    model: str
+    revision: str | None
+    chat_format: Literal["hub", "vicuna_v1", "llava_v1"]
+    image_preprocess: Literal["crop", "pad"]
+    view_prompt: tuple[bool, ...]
+    question_template: str
+    answer_mode: Literal["loglik", "generate", "paper"]
+    max_new_tokens: MaxNewTokens
+    temperature: float = Field(ge=0.0)
+    dtype: Dtype
+    device: Device
+    batch_size: int = Field(ge=1)
+    compile: bool
+    fp8_linear: bool
+    seed: int
+    trust_remote_code: bool
 
     @field_validator("max_new_tokens", mode="before")
     @classmethod
     def _one_per_mode(cls, value):
         if isinstance(value, int) and not isinstance(value, bool):
-            raise ValueError(f"give one value per answer mode, e.g. {{generate: {value}, paper: 512}}")
+            raise ValueError(f"give one value per answer mode, e.g. {{generate: {value}, "
+                             f"paper: {conf_default('infer.max_new_tokens.paper')}}}")
         return value
 
     @model_validator(mode="after")
@@ -221,12 +263,14 @@ class InferConfig(Section):
 
 # ---------------------------------------------------------------- score
 class ScoreConfig(Section):
-    bootstrap_samples: int = Field(1000, ge=0)        # resamples for 95% intervals (accuracy, difference); 0 disables
-    sampling_unit: Literal["cluster", "example"] = "cluster"  # the independent unit of intervals and McNemar:
-                                                      # cluster = an image's captions (VSR) or a What'sUp set
-    seed: int = 0
-    p_adjust: Literal["holm", "none"] = "holm"        # correction of the McNemar p-values within (dataset, VLM, task)
-    alpha: float = Field(0.05, gt=0.0, lt=1.0)        # significance level of the marks (* alpha, ** alpha/5, *** alpha/50)
+    """The `score` section: intervals and significance (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "score"
+
+    bootstrap_samples: int = Field(ge=0)
+    sampling_unit: Literal["cluster", "example"]
+    seed: int
+    p_adjust: Literal["holm", "none"]
+    alpha: float = Field(gt=0.0, lt=1.0)
 
 
 # ---------------------------------------------------------------- grid: datasets x VLMs
@@ -234,8 +278,10 @@ GRID_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # becomes part of DVC stage n
 
 
 class GridConfig(Section):
-    datasets: tuple[str, ...] = Field(min_length=1)  # names of the `datasets` section to run
-    vlms: tuple[str, ...] = Field(min_length=1)      # names of the `vlms` section to run
+    """The `grid` section: which datasets x VLMs run (meaning: conf/config.yaml). Always given in full: what runs
+    is never left to a default."""
+    datasets: tuple[str, ...] = Field(min_length=1)
+    vlms: tuple[str, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique(self):
@@ -266,11 +312,14 @@ class VlmsCatalog(_Catalog):
 
 
 class ReportConfig(Section):
-    method_configuration: str = "all"                 # compared to the origin baseline in plots and headline
-    method_view_prompt: bool = True                   # ... with (true) or without the view prompt
-    gallery_examples: int = Field(6, ge=1, le=200)    # sampled examples per dataset in the HTML gallery
-    gallery_image_px: int = Field(192, ge=32, le=1024)  # longest side of the gallery's images
-    seed: int = 0                                     # gallery sampling
+    """The `report` section: plots, headline and gallery (values and meaning: conf/config.yaml)."""
+    conf_path: ClassVar[str] = "report"
+
+    method_configuration: str
+    method_view_prompt: bool
+    gallery_examples: int = Field(ge=1, le=200)
+    gallery_image_px: int = Field(ge=32, le=1024)
+    seed: int
 
     @model_validator(mode="after")
     def _known_configuration(self):
@@ -376,7 +425,7 @@ def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
     """Every section of a pipeline params file, checked together (what the `check` stage runs first)."""
     params = load_params(path)
     missing = [name for name in SECTIONS if name not in params]
-    if missing:  # a stage would silently run on config.py's defaults
+    if missing:  # a stage would silently run on conf/config.yaml's base values, not the profile's
         raise ZeroVLMError(f"{path}: no section {', '.join(missing)}; compose the file from conf/ with "
                            f"`zerovlm params --profile demo` (or paper)")
     sections = {name: parse_section(name, params[name]) for name in SECTIONS}
@@ -388,7 +437,7 @@ def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
     return sections
 
 
-# ---------------------------------------------------------------- grid instances (issue 7)
+# ---------------------------------------------------------------- grid instances
 
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` over `base`; nested mappings merge, everything else (lists included) is replaced."""

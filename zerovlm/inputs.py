@@ -1,4 +1,4 @@
-"""The `check` stage: validate params.yaml, then write down what each stage reads from outside the pipeline.
+"""What each stage reads from outside the pipeline, as the `check` stage (zerovlm/pipeline/check.py) records it.
 
 DVC sees params and the files a stage lists. Two inputs escape it:
 - local dataset folders (`data.annotations_dir`, `data.images_dir`, per dataset under `datasets.<name>`):
@@ -12,18 +12,28 @@ it affects, and a file whose bytes did not change re-runs nothing:
     models.json             constant: the tiny models are built from their params and code alone
     prepare-<dataset>.json  local annotation files by SHA-256 (every .json/.jsonl under annotations_dir);
                             local images by (relative path, size, mtime_ns) of every file: stat only, so a
-                            COCO folder of 123k images is listed in about a second (a file replaced by one
+                            COCO folder of 123k images is listed in a few seconds (a file replaced by one
                             of the same size and mtime goes unseen). Downloaded or synthetic: constant
                             (downloads are pinned by URL and checksum in datasets/sources.yaml).
     views.json, vlm-<name>.json   the model: {repo, revision, commit} for a hub id; {path} for a folder the
                             `models` stage builds (already a dependency); {path, files, bytes, stat_sha256}
-                            for any other local folder.
+                            for any other local folder, except a MiniGPT-4 manifest folder (below).
+
+A folder holding a minigpt4.json (a model assembled from parts, zerovlm/vlm/minigpt4.py) is recorded by
+content, never by mtime, so that every clone of the repository agrees: {path, manifest_sha256, parts}, where
+`parts` gives vision_qformer and llm each as {repo, revision, commit} (a hub id, at the manifest's
+"revisions" entry, default main, pinned like any hub id) or as a local folder: {path, files, bytes, sha256}
+(every file's SHA-256) up to PART_CONTENT_MAX_BYTES (256 MiB) in all, above it by stat {path, files, bytes,
+stat_sha256} as other local folders (hashing a 13 GB LLM would add tens of seconds to every `dvc repro`);
+llama_proj as {gdrive: <file_id>} (its bytes are checked against the SHA-256 recorded on its first download)
+or {path, sha256}. Part paths are as the manifest writes them, relative to its folder.
 
 A hub revision (null: main) resolves to a commit: a 40-hex revision is itself; otherwise the entry of
 models.lock (committed in git like a package lock); otherwise the hub (HfApi.model_info, or offline with
 HF_HUB_OFFLINE=1 the local cache's refs/<revision>), and the answer is added to models.lock. Entries are
 never dropped (switching profiles keeps the other profile's pins); `zerovlm lock --update` re-resolves.
-The views and infer stages load the recorded commit (zerovlm/runtime.py `pin_revision`).
+The views and infer stages load the recorded commit (zerovlm/runtime.py `pin_revision`; for MiniGPT-4's hub
+parts `pinned_part_revisions`).
 """
 
 from __future__ import annotations
@@ -36,12 +46,13 @@ from typing import Any
 import yaml
 
 from zerovlm.config import dataset_config, load_params, parse_section, validate_all, vlm_config
-from zerovlm.io import ZeroVLMError, atomic_dir, atomic_path, sha256_file, stable_hash, write_json
+from zerovlm.io import ZeroVLMError, atomic_path, sha256_file, stable_hash
+from zerovlm.vlm.model_files import (DEFAULT_REVISION, FILE_PART, GDRIVE_PREFIX, HUB_ID, MANIFEST, REPOSITORY_PARTS,
+                                     read_manifest, single_file)
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
-DEFAULT_REVISION = "main"
 ANNOTATION_SUFFIXES = (".json", ".jsonl")  # the annotation files of every supported source
+PART_CONTENT_MAX_BYTES = 256 * 2**20  # a local MiniGPT-4 part folder up to this size is recorded by content
 LOCK_HEADER = """\
 # Hub models pinned to commits, written by the `check` stage (zerovlm/inputs.py). Commit this file like a
 # package lock: `dvc repro` loads every hub id at the commit pinned here for its revision, on any machine.
@@ -70,6 +81,14 @@ def stat_manifest(path: Path) -> dict[str, Any]:
                         stat.st_mtime_ns))
     return {"files": len(entries), "bytes": sum(size for _, size, _ in entries),
             "stat_sha256": stable_hash(entries, length=64)}
+
+
+def content_manifest(path: Path) -> dict[str, Any]:
+    """files, bytes, and one SHA-256 of every file's (relative path, SHA-256) in folder `path`."""
+    files = _visible_files(path)
+    return {"files": len(files), "bytes": sum(file.stat().st_size for file in files),
+            "sha256": stable_hash([(file.relative_to(path).as_posix(), sha256_file(file)) for file in files],
+                                  length=64)}
 
 
 def _local_path(value: str, key: str) -> Path:
@@ -183,13 +202,37 @@ def grid_models(params: dict) -> dict[str, tuple[str, str, str | None]]:
     return models
 
 
+def assembled_source(key: str, model: str, folder: Path, lock: dict, update: bool = False) -> dict[str, Any]:
+    """The identity of a MiniGPT-4 manifest folder: {path, manifest_sha256, parts} (see the module docstring)."""
+    manifest = read_manifest(folder, f"{key}.model")
+    parts: dict[str, dict[str, Any]] = {}
+    for part in REPOSITORY_PARTS:
+        source, revision = manifest.repository(part)
+        if revision is not None:
+            parts[part] = {"repo": source, "revision": revision,
+                           "commit": pinned_commit(source, revision, lock, update)}
+        else:
+            stats = stat_manifest(Path(source))
+            parts[part] = {"path": manifest.parts[part],
+                           **(stats if stats["bytes"] > PART_CONTENT_MAX_BYTES else content_manifest(Path(source)))}
+    value = manifest.parts[FILE_PART]
+    if value.startswith(GDRIVE_PREFIX):
+        parts[FILE_PART] = {"gdrive": value.removeprefix(GDRIVE_PREFIX)}
+    else:
+        parts[FILE_PART] = {"path": value, "sha256": single_file(folder, value, manifest.where(FILE_PART))[1]}
+    return {"path": model, "manifest_sha256": sha256_file(manifest.path), "parts": parts}
+
+
 def model_source(key: str, model: str, revision: str | None, lock: dict, built_models: Path,
                  update: bool = False) -> dict[str, Any]:
-    """The identity of a model: {repo, revision, commit}, {path} (built by the `models` stage), or
-    {path, files, bytes, stat_sha256} (another local folder)."""
+    """The identity of a model: {repo, revision, commit}, {path} (built by the `models` stage),
+    {path, manifest_sha256, parts} (a MiniGPT-4 manifest folder) or {path, files, bytes, stat_sha256} (another
+    local folder)."""
     path = Path(model).expanduser()
     if path.resolve().is_relative_to(built_models.resolve()):
         return {"path": model}
+    if (path / MANIFEST).is_file():
+        return assembled_source(key, model, path, lock, update)
     if path.exists():
         return {"path": model, **stat_manifest(path)}
     if HUB_ID.match(model):
@@ -199,29 +242,12 @@ def model_source(key: str, model: str, revision: str | None, lock: dict, built_m
                        f"(org/name); build the tiny models with `zerovlm build-tiny-models`, or fix the name")
 
 
-# ---------------------------------------------------------------- the stage and `zerovlm lock`
-def check_stage(params_path: Path, out_dir: Path, lock_path: Path, built_models: Path) -> None:
-    """Validate every params section, then write out_dir's files and any new models.lock entries."""
-    sections = validate_all(params_path)
-    params = load_params(params_path)
-    lock = read_lock(lock_path)
-    before = dict(lock)
-    records = {"models.json": {"inputs": "none besides the models params and code"},
-               **{f"prepare-{name}.json": dataset_inputs(params, name) for name in sections["grid"].datasets}}
-    for name, (key, model, revision) in grid_models(params).items():
-        records["views.json" if key == "views" else f"vlm-{name}.json"] = model_source(
-            key, model, revision, lock, built_models)
-    if lock != before or not lock_path.is_file():
-        write_lock(lock_path, lock)
-    with atomic_dir(out_dir) as tmp:
-        for name, record in records.items():
-            write_json(tmp / name, record)
-
-
+# ---------------------------------------------------------------- `zerovlm lock`
 def lock_models(params_path: Path, lock_path: Path, built_models: Path, names: list[str],
                 update: bool) -> list[str]:
-    """Pin the grid's hub models in models.lock; `update` re-resolves `names` (every one when empty).
-    Returns one line per model: `name: repo@revision -> commit` or `name: local folder`."""
+    """Pin the grid's hub models, and the hub parts of MiniGPT-4 manifests, in models.lock; `update` re-resolves
+    `names` (every one when empty). Returns one line per model, or per vision_qformer and llm of a manifest
+    (`name.part`): `name: repo@revision -> commit` or `name: local folder <path>`."""
     validate_all(params_path)
     models = grid_models(load_params(params_path))
     unknown = sorted(set(names) - set(models))
@@ -231,7 +257,9 @@ def lock_models(params_path: Path, lock_path: Path, built_models: Path, names: l
     lines = []
     for name, (key, model, revision) in models.items():
         source = model_source(key, model, revision, lock, built_models, update and (not names or name in names))
-        lines.append(f"{name}: {model}@{source['revision']} -> {source['commit']}" if "commit" in source
-                     else f"{name}: local folder {model}")
+        entries = ({f"{name}.{part}": source["parts"][part] for part in REPOSITORY_PARTS} if "parts" in source
+                   else {name: source})
+        lines += [f"{label}: {entry['repo']}@{entry['revision']} -> {entry['commit']}" if "commit" in entry
+                  else f"{label}: local folder {entry['path']}" for label, entry in entries.items()]
     write_lock(lock_path, lock)
     return lines

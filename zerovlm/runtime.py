@@ -6,6 +6,8 @@ these facts and refuse to resume a partial run made with other weights or on ano
 
 from __future__ import annotations
 
+import functools
+import logging
 import resource
 from pathlib import Path
 from typing import TypeVar
@@ -16,7 +18,10 @@ from pydantic import BaseModel
 
 from zerovlm.io import ZeroVLMError, read_json, sha256_file, stable_hash
 
+log = logging.getLogger(__name__)
+
 M = TypeVar("M", bound=BaseModel)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def resolve_device(name: str, section: str) -> torch.device:
@@ -47,6 +52,16 @@ def pin_revision(cfg: M, source_path: Path) -> M:
     return cfg.model_copy(update={"revision": source.get("commit")})
 
 
+def pinned_part_revisions(source_path: Path) -> dict[str, str] | None:
+    """For a model assembled from parts (a MiniGPT-4 manifest folder), part -> the commit the check stage
+    recorded in `source_path` for each hub part (local parts have none); None for any other model. The
+    registry's `load_backend(cfg, part_revisions)` loads each hub part at its commit."""
+    parts = read_json(source_path, "run `dvc repro`: its check stage writes it").get("parts")
+    if parts is None:
+        return None
+    return {part: identity["commit"] for part, identity in parts.items() if "commit" in identity}
+
+
 def model_identity(model: str, revision: str | None = None) -> str | None:
     """A content hash of a local model folder (every file); for a hub id the revision it is loaded at
     (under `dvc repro` the pinned commit; None: main as it stands).
@@ -70,3 +85,51 @@ def code_identity(*paths: Path) -> str:
 def _files_hash(files, root: Path) -> str:
     """One hash of the files' names (relative to root) and contents, in name order."""
     return stable_hash([(p.relative_to(root).as_posix(), sha256_file(p)) for p in sorted(files)])
+
+
+def resolve_device_dtype(device: str, dtype: str, section: str) -> tuple[torch.device, torch.dtype]:
+    """(torch.device, torch.dtype) of `<section>.device` and `<section>.dtype`.
+
+    On the CPU half precision becomes float32, with one warning per section and process: CPU float16 and
+    bfloat16 kernels are several times slower, missing for some ops, and the offline tests compare at float32
+    tolerance. The views and infer stages log the dtype they run with and record it (`dtype_used`).
+    """
+    resolved = resolve_device(device, section)
+    torch_dtype = DTYPES[dtype]
+    if resolved.type == "cpu" and torch_dtype != torch.float32:
+        _warn_half_precision_on_cpu(section, dtype)
+        torch_dtype = torch.float32
+    return resolved, torch_dtype
+
+
+@functools.cache
+def _warn_half_precision_on_cpu(section: str, dtype: str) -> None:
+    log.warning("%s.dtype %s on the CPU: using float32 instead (set %s.dtype: float32, or run on a GPU)",
+                section, dtype, section)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory errors (torch.OutOfMemoryError or its older RuntimeError text)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "CUDA out of memory" in str(error))
+
+
+class BatchSize:
+    """A batch size that halves on CUDA out-of-memory and stays halved for the rest of the run: the caller
+    catches the error (`is_out_of_memory`), calls `halve()` and retries the failed batch with `value`."""
+
+    def __init__(self, value: int, section: str, fix: str):
+        if value < 1:
+            raise ZeroVLMError(f"{section}.batch_size must be >= 1, got {value}")
+        self.value, self.section, self.fix = value, section, fix
+        self.backoffs = 0  # how many times it was halved (recorded in the run record)
+
+    def halve(self) -> None:
+        """Free the CUDA cache and halve; out of memory at batch size 1 is a ZeroVLMError naming the fix."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.value == 1:
+            raise ZeroVLMError(f"{self.section}: CUDA out of memory with batch_size 1: {self.fix}")
+        self.value //= 2
+        self.backoffs += 1
+        log.warning("%s: CUDA out of memory: batch_size halved to %d", self.section, self.value)

@@ -1,6 +1,6 @@
 """Sharing view sets: export a shard store's PNGs for looking at, and check a DVC remote's objects.
 
-View sets travel between machines and repos through DVC remotes (README "Sharing view sets"). Two
+View sets travel between machines and repos through DVC remotes (docs/sharing.md). Two
 things DVC does not do for us:
 
 - `export_views`: a shard store (tar + JSONL, zerovlm/store.py) is fast to push and pull but not

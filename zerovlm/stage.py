@@ -1,15 +1,24 @@
-"""What every stage entry point shares: logging, and turning user-facing errors into one clear line."""
+"""What every stage entry point shares: its path flags, logging, and turning user-facing errors into one line.
+
+A stage's files and folders are the fields of its `Paths` dataclass (zerovlm/pipeline/<stage>.py); each field
+is the command-line flag `--<field-name>` (dashes for underscores) that dvc.yaml's cmd passes, so the script
+cannot name a path its Paths lacks (tests/test_dvc_deps.py checks the fields against dvc.yaml's deps and outs).
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import errno
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 from zerovlm.io import ZeroVLMError
+
+P = TypeVar("P")
 
 KEPT = ("this stage published no output (views and infer keep their finished work in a partial store beside it, "
         "and a re-run resumes from there)")
@@ -55,3 +64,21 @@ def run_stage(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {KEPT}", file=sys.stderr)
         sys.exit(130)
+
+
+def path_flag(help: str, default: Path | None | Any = dataclasses.MISSING) -> Any:
+    """A field of a stage's `Paths`: a required flag, or an optional one when it has a default."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def add_path_flags(parser: argparse.ArgumentParser, paths: type) -> None:
+    """One flag per field of `paths` (a stage's Paths dataclass), e.g. `--run-record` for `run_record`."""
+    for field in dataclasses.fields(paths):
+        required = field.default is dataclasses.MISSING
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=Path, required=required,
+                            default=None if required else field.default, help=field.metadata["help"])
+
+
+def parsed_paths(args: argparse.Namespace, paths: type[P]) -> P:
+    """The `paths` instance of the flags `add_path_flags` added."""
+    return paths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(paths)})

@@ -7,27 +7,21 @@ configuration a model was not evaluated on has no records, hence no card. Filter
 relation, configuration, view prompt, right/wrong) live in the URL hash, e.g.
 `index.html#relation=above&correct=wrong`, so a filtered view can be shared as a link (and a headless
 browser can open it: tests/test_report_gallery.py). The page is the Jinja2 template
-templates/gallery.html.j2, autoescaped: this module hands it plain text, never markup.
-
-    out_dir/index.html
-    out_dir/images/*.jpg   each image once, the longest side at most report.gallery_image_px
+templates/gallery.html.j2, autoescaped: this module hands it plain text, never markup. The gallery stage
+(zerovlm/pipeline/gallery.py) reads the examples, answers and images, and writes the page and thumbnails.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import jinja2
-from PIL import Image
 
-from zerovlm.compose import input_keys
-from zerovlm.config import ReportConfig
-from zerovlm.datasets.table import Example, read_table
-from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, read_jsonl, safe_join
-from zerovlm.store import ShardReader
+from zerovlm.datasets.table import Example
+from zerovlm.stitching import input_keys
 
 FILTERS = (("dataset", "dataset"), ("vlm", "model"), ("relation", "relation"), ("configuration", "configuration"),
            ("prompt", "view prompt"), ("correct", "verdict"))
@@ -50,23 +44,6 @@ def sample_examples(examples: list[Example], count: int, seed: int, dataset: str
     return sorted(chosen, key=lambda e: order[e.example_id])
 
 
-class _Images:
-    """Writes each image once as a JPEG thumbnail; returns its path relative to the gallery."""
-
-    def __init__(self, folder: Path, max_px: int):
-        self.folder, self.max_px, self.written = folder, max_px, set()
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def add(self, name: str, load) -> str:
-        relative = f"images/{name}.jpg"
-        if name not in self.written:
-            image = load().convert("RGB")
-            image.thumbnail((self.max_px, self.max_px), Image.Resampling.LANCZOS)
-            image.save(self.folder / f"{name}.jpg", format="JPEG", quality=85)
-            self.written.add(name)
-        return relative
-
-
 def _answer_text(example: Example, prediction: dict, record: dict) -> str:
     choice = record["predicted_index"]
     parts = []
@@ -83,54 +60,17 @@ def _answer_text(example: Example, prediction: dict, record: dict) -> str:
     return " | ".join(parts)
 
 
-def _view_keys(views: ShardReader) -> dict[str, list[tuple[str, str]]]:
-    keys: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for key in views.keys():
-        meta = views.metadata(key)
-        keys[meta["image_id"]].append((meta.get("view", key.split(".", 1)[-1]), key))
-    return keys
+def example_section(example: Example, dataset: str, runs: dict, view_keys: list[tuple[str, str]],
+                    thumbnail: Callable[[str, str], str]) -> dict:
+    """One example's section as plain text values for the template (which escapes them).
 
-
-def gallery_stage(datasets: list[str], vlms: list[str], cfg: ReportConfig, prepared_root: Path, views_dir: Path,
-                  stitched_root: Path, predictions_root: Path, scored_root: Path, out_dir: Path) -> dict:
-    views = ShardReader(views_dir)
-    view_keys = _view_keys(views)
-    sections = []
-    with atomic_dir(out_dir) as tmp:
-        images = _Images(tmp / "images", cfg.gallery_image_px)
-        for dataset in datasets:
-            prepared = Path(prepared_root) / dataset
-            examples = sample_examples(read_table(prepared), cfg.gallery_examples, cfg.seed, dataset)
-            stitched = ShardReader(Path(stitched_root) / dataset)
-            runs = {}
-            for vlm in vlms:
-                predictions = {r["record_id"]: r for r in read_jsonl(Path(predictions_root) / dataset / vlm
-                                                                     / "predictions.jsonl")}
-                records: dict[str, list[dict]] = defaultdict(list)
-                for record in read_jsonl(Path(scored_root) / dataset / vlm / "records.jsonl"):
-                    records[record["example_id"]].append(record)
-                runs[vlm] = (predictions, records)
-            sections += [_example_section(example, dataset, runs, images, prepared, views,
-                                          view_keys[example.image_id], stitched) for example in examples]
-            stitched.close()
-        (tmp / "index.html").write_text(_page(sections), encoding="utf-8")
-        cards_total = sum(len(section["cards"]) for section in sections)
-        summary = {"examples": len(sections), "cards": cards_total, "images": len(images.written)}
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    views.close()
-    if not cards_total:
-        raise ZeroVLMError("gallery: no predictions found for the sampled examples; re-run infer and score")
-    return summary
-
-
-def _example_section(example: Example, dataset: str, runs: dict, images: _Images, prepared: Path,
-                     views: ShardReader, view_keys: list[tuple[str, str]], stitched: ShardReader) -> dict:
-    """One example's section as plain text values for the template (which escapes them)."""
-    panels = [{"src": images.add(f"o-{example.image_id}",
-                                 lambda: load_rgb(safe_join(prepared, example.image_file), example.example_id)),
-               "caption": "original"}]
+    runs: vlm -> (predictions by record id, scored records by example id); view_keys: (view name, view store
+    key) of the example's image; thumbnail(source, key): the gallery path of an image, `source` being
+    "original" (key: the image id), "views" or "stitched" (key: a store key).
+    """
+    panels = [{"src": thumbnail("original", example.image_id), "caption": "original"}]
     for view, key in view_keys:
-        panels.append({"src": images.add(f"v-{key}", lambda key=key: views.image(key)), "caption": f"{view} view"})
+        panels.append({"src": thumbnail("views", key), "caption": f"{view} view"})
     question = example.caption if example.task == "true_false" else " / ".join(
         f"{chr(65 + i)}. {o}" for i, o in enumerate(example.options))
     cards = []
@@ -138,8 +78,7 @@ def _example_section(example: Example, dataset: str, runs: dict, images: _Images
         for record in records.get(example.example_id, []):
             prediction = predictions[record["record_id"]]
             configuration = record["configuration"]
-            inputs = [images.add(f"s-{key}", lambda k=key: stitched.image(k))
-                      for key in input_keys(example.image_id, configuration)]
+            inputs = [thumbnail("stitched", key) for key in input_keys(example.image_id, configuration)]
             # the card's data-* attributes, which the page's filters match (keys as in FILTERS)
             attributes = {"dataset": dataset, "vlm": vlm, "relation": example.relation, "configuration": configuration,
                           "prompt": "on" if record["prompt_mode"] == "with_view_prompt" else "off",
@@ -154,7 +93,7 @@ _TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).wi
                                 trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def _page(sections: list[dict]) -> str:
+def page(sections: list[dict]) -> str:
     """index.html: the filter bar (each filter offers the values its cards carry) and the sections."""
     filters = [{"key": key, "label": label,
                 "options": sorted({card["attributes"][key] for section in sections for card in section["cards"]})}

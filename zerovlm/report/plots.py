@@ -8,16 +8,14 @@
     plots/objects/<vlm>.<task>.json                   rows {num_objects, baseline, method, n} over every
                                                       grid dataset that knows its object counts
                                                       (synthetic scenes): does the method survive clutter?
-Each folder is declared once in dvc.yaml, so the files follow the grid without editing dvc.yaml.
+Each folder is declared once in dvc.yaml, so the files follow the grid without editing dvc.yaml. The report
+stage (zerovlm/pipeline/report.py) writes what `plot_files` returns.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from zerovlm.io import write_json
 from zerovlm.scoring.metrics import BASELINE
 
 
@@ -52,9 +50,10 @@ def objects_rows(breakdowns: dict, method: tuple[str, str]) -> dict[tuple[str, s
     return plots
 
 
-def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tuple[str, str]) -> list[Path]:
-    """Write every plot data file under out_dir (per_relation/breakdowns: (dataset, vlm) -> file contents)."""
-    written = []
+def plot_files(per_relation: dict, breakdowns: dict, method: tuple[str, str]) -> dict[str, list[dict]]:
+    """Every plot data file: its path under plots/ -> its rows (per_relation/breakdowns: (dataset, vlm) ->
+    file contents)."""
+    files: dict[str, list[dict]] = {}
     series = [BASELINE] if method == BASELINE else [BASELINE, method]
     for (dataset, vlm), tasks in sorted(per_relation.items()):
         for task, configurations in tasks.items():
@@ -62,27 +61,19 @@ def write_plots(out_dir: Path, per_relation: dict, breakdowns: dict, method: tup
                      "series": series_name(*key)}
                     for key in series for relation, values in configurations.get(key[0], {}).get(key[1], {}).items()]
             if rows:
-                path = out_dir / "per_relation" / f"{dataset}.{vlm}.{task}.json"
-                write_json(path, rows)
-                written.append(path)
+                files[f"per_relation/{dataset}.{vlm}.{task}.json"] = rows
     for (dataset, vlm), data in sorted(breakdowns.items()):
         for task, configurations in data.get("confusion", {}).items():
             for key in series:
                 counts = configurations.get(key[0], {}).get(key[1])
                 if not counts:
                     continue
-                rows = [{"actual": pair.split("|", 1)[0], "predicted": pair.split("|", 1)[1]}
-                        for pair, count in sorted(counts.items()) for _ in range(count)]
-                path = out_dir / "confusion" / f"{dataset}.{vlm}.{task}.{_slug(*key)}.json"
-                write_json(path, rows)
-                written.append(path)
+                files[f"confusion/{dataset}.{vlm}.{task}.{_slug(*key)}.json"] = [
+                    {"actual": pair.split("|", 1)[0], "predicted": pair.split("|", 1)[1]}
+                    for pair, count in sorted(counts.items()) for _ in range(count)]
     objects = objects_rows(breakdowns, method)
     if not objects:  # no dataset knows its object counts: an empty plot keeps the declared folder in git
-        path = out_dir / "objects" / "no-dataset-with-object-counts.json"
-        write_json(path, [])
-        written.append(path)
+        files["objects/no-dataset-with-object-counts.json"] = []
     for (vlm, task), rows in objects.items():
-        path = out_dir / "objects" / f"{vlm}.{task}.json"
-        write_json(path, rows)
-        written.append(path)
-    return written
+        files[f"objects/{vlm}.{task}.json"] = rows
+    return files

@@ -1,1 +1,2 @@
-"""Answer parsing, metrics and reports; reads prediction files and never imports a model."""
+"""Answer parsing, metrics, significance and a text view of one instance's summary; takes predictions as data
+and never imports a model."""

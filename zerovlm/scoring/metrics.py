@@ -1,4 +1,4 @@
-"""The score stage: per-example verdicts and the metrics of one grid instance (dataset x VLM).
+"""Per-example verdicts and the metrics of one grid instance (dataset x VLM), from its predictions.
 
 An answer that cannot be parsed counts as wrong and is counted (`n_unparseable`); it is never replaced
 by a guess. Accuracy is over all examples of a group (`n_total`), so an unparseable answer lowers
@@ -9,11 +9,12 @@ Every (task, configuration, prompt mode) cell is compared with the origin baseli
 the original image, no view prompt) of the same dataset, VLM and task on the same examples: difference
 of accuracy, paired bootstrap 95% interval, exact McNemar p-value (see significance.py).
 
-Outputs (metrics_dir):
+What `score_instance` returns, and the score stage (zerovlm/pipeline/score.py) writes to its metrics folder:
     summary.json      counts, overhead, and per task / configuration / prompt mode the metrics
     per_relation.json accuracy and count per relation
     breakdown.json    confusion counts and accuracy by number of objects (read by the report stage)
     provenance.json   the resolved configuration and fingerprints of what produced these numbers
+and the per-example verdicts (records.jsonl).
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ import hashlib
 import logging
 import re
 from collections import defaultdict
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from zerovlm.config import ScoreConfig
-from zerovlm.configurations import BASELINE_CONFIGURATION
-from zerovlm.datasets.table import Example, read_table
-from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
+from zerovlm.datasets.table import Example
+from zerovlm.io import ZeroVLMError
 from zerovlm.scoring import answers as parse
 from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_p, paired_bootstrap_ci,
                                           percentile_interval)
+from zerovlm.view_configurations import BASELINE_CONFIGURATION
 
 log = logging.getLogger(__name__)
 
@@ -245,17 +246,23 @@ def rendered_prompt_hashes(predictions: list[dict]) -> dict:
                   for key, texts in prompts.items()})
 
 
-def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, metrics_dir: Path,
-                records_path: Path, views_summary_path: Path | None = None, dataset: str | None = None,
-                vlm: str | None = None, resolved: dict | None = None, infer_run_path: Path | None = None) -> dict:
+@dataclass(frozen=True)
+class InstanceScores:
+    """What the score stage writes for one grid instance (see the module docstring)."""
+
+    summary: dict
+    per_relation: dict
+    breakdown: dict
+    provenance: dict
+    records: list[dict]  # one verdict per prediction
+
+
+def score_instance(cfg: ScoreConfig, examples: list[Example], predictions: list[dict], infer_summary: dict,
+                   prepare_summary: dict, views_summary: dict | None = None, infer_run: dict | None = None,
+                   dataset: str | None = None, vlm: str | None = None, resolved: dict | None = None) -> InstanceScores:
     """Score one grid instance. `resolved`: the configuration sections that produced it (provenance).
     The views and infer run records (timings, peak memory) give the overhead metrics when both are given."""
-    examples = read_table(prepared_dir)
-    predictions = list(read_jsonl(predictions_dir / "predictions.jsonl"))
-    infer_summary = read_json(predictions_dir / "summary.json", "run the infer stage first (`dvc repro`)")
-    if not predictions:
-        raise ZeroVLMError(f"{predictions_dir / 'predictions.jsonl'}: no predictions to score; re-run infer "
-                           f"(`dvc repro -f infer`)")
+    infer_run = infer_run or {}
     rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm)
 
     verdicts = pd.DataFrame(rows)
@@ -268,9 +275,6 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
         for (configuration, mode), comparison in compare_with_baseline(task_cells, cfg).items():
             metrics[(task, configuration, mode)].update(comparison)
 
-    prepare_summary_path = prepared_dir / "summary.json"
-    prepare_summary = (read_json(prepare_summary_path, "re-run the prepare stage (`dvc repro`)")
-                       if prepare_summary_path.is_file() else {})
     summary = {"counts": {"n_examples": len(examples), "n_images": len({e.image_id for e in examples}),
                           "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
                           "n_requests": infer_summary["requests"],
@@ -278,9 +282,6 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
                # configurations the model was not given (more images than it takes): absent, not 0%
                "not_evaluated": infer_summary.get("not_evaluated", {}),
                **_nest(metrics)}
-    rerun = "re-run the stage that writes it (`dvc repro`)"
-    views_summary = read_json(views_summary_path, rerun) if views_summary_path else None
-    infer_run = read_json(infer_run_path, rerun) if infer_run_path else {}
     if views_summary is not None and infer_run:
         summary["overhead"] = overhead(examples, views_summary, infer_summary, infer_run)
     relations = verdicts.groupby([*CELL, "relation"])["correct"].agg(["mean", "size"])
@@ -296,10 +297,4 @@ def score_stage(cfg: ScoreConfig, prepared_dir: Path, predictions_dir: Path, met
         "prompts_sha256": infer_summary.get("prompts_sha256"),
         "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
     }
-
-    write_json(metrics_dir / "summary.json", summary)
-    write_json(metrics_dir / "per_relation.json", per_relation)
-    write_json(metrics_dir / "breakdown.json", breakdown(verdicts))
-    write_json(metrics_dir / "provenance.json", provenance)
-    write_jsonl(records_path, rows)
-    return summary
+    return InstanceScores(summary, per_relation, breakdown(verdicts), provenance, rows)

@@ -21,7 +21,7 @@ Adding a learned backend (e.g. rembg's U^2-Net or carvekit's tracer-b7, as the d
 `image -> (H, W) uint8 alpha mask`, register it in BACKENDS and add the name to `ViewsConfig.foreground`.
 Such backends download model weights (rembg: ~170 MB u2net.onnx into ~/.u2net on first use; carvekit:
 several hundred MB from the hub); they are deliberately not dependencies of zerovlm, so import them inside
-the factory and say in the README what they fetch.
+the factory and say in docs/views.md what they fetch.
 """
 
 from __future__ import annotations

@@ -12,14 +12,19 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from zerovlm.io import ZeroVLMError
 
+if TYPE_CHECKING:
+    import torch
+
+# The names and ranges below are the only statement of them: config.py's schema imports them (so this module
+# loads torch only in pose_vector: validating params needs no torch).
 POSE_VARIANTS = ("zero123", "stable_zero123")
-# Allowed ranges, the same as config.CustomView's (radius: the demo slider's range).
+# Allowed deltas (radius: the demo slider's range).
 POLAR_RANGE_DEG = (-180.0, 180.0)
 AZIMUTH_RANGE_DEG = (-360.0, 360.0)
 RADIUS_RANGE = (-0.5, 0.5)
@@ -46,12 +51,14 @@ class ViewPose:
                 raise ZeroVLMError(f"view {self.name!r}: {field}={value} outside [{low}, {high}]")
 
 
-# The official demo's named views (gradio_new.py); "random" is drawn by random_pose().
-PRESETS: dict[str, ViewPose] = {
-    "left": ViewPose("left", 0.0, -90.0, 0.0),
-    "right": ViewPose("right", 0.0, 90.0, 0.0),
-    "top": ViewPose("top", -90.0, 0.0, 0.0),  # "view from above": the camera moves up by 90 degrees
-}
+# The official demo's named views (gradio_new.py); RANDOM_PRESET is drawn by random_pose().
+PRESETS: dict[str, ViewPose] = {pose.name: pose for pose in (
+    ViewPose("left", 0.0, -90.0, 0.0),
+    ViewPose("right", 0.0, 90.0, 0.0),
+    ViewPose("top", -90.0, 0.0, 0.0),  # "view from above": the camera moves up by 90 degrees
+)}
+RANDOM_PRESET = "random"
+VIEW_PRESETS = (*PRESETS, RANDOM_PRESET)  # the names views.presets accepts
 
 
 def _rng(seed: int, image_id: str, view_name: str) -> np.random.Generator:
@@ -60,7 +67,7 @@ def _rng(seed: int, image_id: str, view_name: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def random_pose(seed: int, image_id: str, name: str = "random") -> ViewPose:
+def random_pose(seed: int, image_id: str, name: str = RANDOM_PRESET) -> ViewPose:
     """The demo's random view: polar = round(degrees(arcsin(U(-1, 1))) * 160/180), azimuth = round(U(-150, 150)).
 
     The arcsin makes the polar delta denser near the horizon, as in the demo; 160/180 keeps it in [-80, 80].
@@ -75,12 +82,12 @@ def resolve_views(cfg, image_id: str) -> list[ViewPose]:
     """The poses of one image: `cfg.presets` in their order, then `cfg.custom` (cfg: config.ViewsConfig)."""
     views = []
     for preset in cfg.presets:
-        if preset == "random":
+        if preset == RANDOM_PRESET:
             views.append(random_pose(cfg.seed, image_id))
         elif preset in PRESETS:
             views.append(PRESETS[preset])
         else:
-            raise ZeroVLMError(f"views.presets: unknown preset {preset!r}; valid: {[*PRESETS, 'random']}")
+            raise ZeroVLMError(f"views.presets: unknown preset {preset!r}; valid: {list(VIEW_PRESETS)}")
     for custom in cfg.custom:
         views.append(ViewPose(custom.name, float(custom.polar_deg), float(custom.azimuth_deg),
                               float(custom.radius)))
@@ -97,6 +104,8 @@ def pose_vector(pose: ViewPose, variant: str = "zero123", cond_polar_deg: float 
     stable_zero123: the 4th element is the conditioning view's absolute polar angle in radians
                     (90 degrees: the input is assumed level).
     """
+    import torch
+
     if variant not in POSE_VARIANTS:
         raise ZeroVLMError(f"pose variant {variant!r}: valid: {POSE_VARIANTS}")
     if not isinstance(pose, ViewPose):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +27,7 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.runtime import resolve_device
-
-log = logging.getLogger(__name__)
+from zerovlm.runtime import BatchSize, is_out_of_memory
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -138,23 +135,6 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-def resolve_device_dtype(device: str, dtype: str, warn: bool = True):
-    """(torch.device, torch.dtype) for cfg.device / cfg.dtype.
-
-    device "auto" is cuda when available, else cpu. On CPU half precision is replaced by float32 (logged
-    if `warn`): CPU bf16/fp16 matmuls are slow or unsupported for some ops, and the offline tests compare
-    scores at float32 tolerance. `info()` of each backend, written to the infer run record, says which
-    dtype was used.
-    """
-    resolved = resolve_device(device, "infer")
-    torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-    if resolved.type == "cpu" and torch_dtype != torch.float32:
-        if warn:
-            log.warning("infer.dtype %s on CPU: using float32 instead", dtype)
-        torch_dtype = torch.float32
-    return resolved, torch_dtype
-
-
 @contextlib.contextmanager
 def cpu_threads_for(model) -> Iterator[None]:
     """Run a tiny model (< 50M parameters) on CPU with one intra-op thread, restoring the setting after.
@@ -174,26 +154,6 @@ def cpu_threads_for(model) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    """True for CUDA out-of-memory errors (torch.OutOfMemoryError or its older RuntimeError text)."""
-    try:
-        import torch
-        if isinstance(error, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    return isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)
-
-
-def _free_cuda_memory() -> None:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
-
-
 # ---------------------------------------------------------------- the collator
 def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_size: int,
                 length: Callable[[T], int], prepare: Callable[[T], P] | None = None,
@@ -209,8 +169,7 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_
     On CUDA out-of-memory the batch size is halved and the failed batch retried; at batch size 1 the
     error is raised as a ZeroVLMError. The smaller size is kept for the remaining batches.
     """
-    if batch_size < 1:
-        raise ZeroVLMError(f"batch_size must be >= 1, got {batch_size}")
+    size = BatchSize(batch_size, "infer", "use a smaller model, a lower-precision dtype or a GPU with more memory")
     prepare = prepare or (lambda item: item)  # type: ignore[assignment, return-value]
     lengths = [length(item) for item in items]
     order = sorted(range(len(items)), key=lambda i: -lengths[i])  # stable: ties keep input order
@@ -235,7 +194,7 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_
     try:
         start = 0
         while start < len(order):
-            batch = order[start : start + batch_size]
+            batch = order[start : start + size.value]
             inputs = [prepared(i).result() for i in batch]
             following = order[start + len(batch) : start + 2 * len(batch)]
             if pool and not finish:  # prepare the next batch while this one computes
@@ -247,12 +206,7 @@ def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_
                 if not is_out_of_memory(error):
                     raise
                 del error
-                _free_cuda_memory()
-                if batch_size == 1:
-                    raise ZeroVLMError("CUDA out of memory with batch_size 1: use a smaller model, a "
-                                       "lower-precision dtype or a GPU with more memory") from None
-                batch_size //= 2
-                log.warning("CUDA out of memory: batch_size halved to %d", batch_size)
+                size.halve()
                 continue
             if pool and finish:
                 # Prepare the next batch only now, while this thread waits for the device below, so that

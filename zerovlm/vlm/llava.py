@@ -49,8 +49,9 @@ from PIL import Image
 
 from zerovlm.io import ZeroVLMError
 from zerovlm.pickles import refused_pickles
+from zerovlm.runtime import resolve_device_dtype
 from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
-                              request_seed, resolve_device_dtype, run_batched)
+                              request_seed, run_batched)
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
                                           decode_loop, expand_token, to_device, use_fp8_linears, uses_fp8)
 
@@ -352,7 +353,7 @@ def load_transformers_vlm(model_class, cfg):
     attention, cfg.dtype, remote code only with cfg.trust_remote_code; then cfg.fp8_linear. A hub id is read at
     cfg.revision (the commit the check stage pinned)."""
     check_model_source(cfg.model, cfg.revision)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, "infer")
     try:
         processor = load_processor(cfg.model, cfg.trust_remote_code, cfg.revision)
         with refused_pickles(cfg.model):

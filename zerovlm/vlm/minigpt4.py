@@ -20,8 +20,12 @@ first download (zerovlm/vlm/model_files.py; the sum is in info(), hence in the r
     {"vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": "gdrive:1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R",
      "llm": "Vision-CAIR/vicuna-7b"}
     {"variant": "llama2", "vision_qformer": "Salesforce/blip2-flan-t5-xxl",
-     "llama_proj": "pretrained_minigpt4_llama2_7b.pth", "llm": "meta-llama/Llama-2-7b-chat-hf"}
-("variant" defaults to "vicuna0"; the llama2 variant reads only the vision tower of the BLIP-2 checkpoint.)
+     "llama_proj": "pretrained_minigpt4_llama2_7b.pth", "llm": "meta-llama/Llama-2-7b-chat-hf",
+     "revisions": {"llm": "<branch, tag or commit>"}}
+("variant" defaults to "vicuna0"; the llama2 variant reads only the vision tower of the BLIP-2 checkpoint;
+"revisions", optional, names a hub part's revision, default main.) Under `dvc repro` the check stage pins
+each hub part's revision to a commit (models.lock, data/inputs/vlm-<name>.json) and the infer stage passes
+those commits in `part_revisions`; every file of that part is read at its commit (info()["parts"]).
 The paper's models are committed manifests under zerovlm/vlm/manifests/ (the `vlms:` entries name them):
 the released checkpoints on Google Drive and Vicuna v0 as the MiniGPT-4 README links it, already merged
 with LLaMA (Vision-CAIR/vicuna-7b, Vision-CAIR/vicuna for 13B).
@@ -51,9 +55,10 @@ from PIL import Image
 
 from zerovlm.io import ZeroVLMError, read_json
 from zerovlm.pickles import refused_pickles
+from zerovlm.runtime import resolve_device_dtype
 from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
-                              request_seed, resolve_device_dtype, run_batched)
-from zerovlm.vlm.model_files import repository, repository_file, single_file
+                              request_seed, run_batched)
+from zerovlm.vlm.model_files import REPOSITORY_PARTS, Manifest, read_manifest, repository_file, single_file
 from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
                                           use_fp8_linears, uses_fp8)
 
@@ -77,8 +82,6 @@ PATCHES_PER_TOKEN = 4  # llama2: consecutive ViT patch tokens concatenated into 
 PLACEHOLDER = -1  # token id standing for one image embedding position (never looked up)
 IMAGE_PX = 224
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-MANIFEST = "minigpt4.json"
-PARTS = ("vision_qformer", "llama_proj", "llm")  # the manifest's keys besides "variant"
 BLIP2_PREFIXES = ("vision_model.", "qformer.", "query_tokens")
 VISION_PREFIXES = ("vision_model.",)
 LN_VISION_EPS = 1e-5  # LAVIS ln_vision = nn.LayerNorm(1408): torch's default eps
@@ -109,10 +112,10 @@ def load_llama_proj(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("llama_proj."): state[key] for key in wanted}
 
 
-def load_blip2_parts(source: str, with_qformer: bool = True,
-                     where: str = "vision_qformer") -> tuple[Any, Any, Any, Any]:
-    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint (folder or hub id), reading only
-    their shards; `where` names the setting in errors.
+def load_blip2_parts(source: str, with_qformer: bool = True, where: str = "vision_qformer",
+                     revision: str | None = None) -> tuple[Any, Any, Any, Any]:
+    """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint (folder, or hub id at `revision`),
+    reading only their shards; `where` names the setting in errors.
 
     with_qformer=False (the llama2 variant): only the vision tower is read; query_tokens and Q-Former are
     None, and `post_layernorm` (ln_vision) is reset to the fresh LayerNorm the original uses there.
@@ -121,12 +124,12 @@ def load_blip2_parts(source: str, with_qformer: bool = True,
     from transformers import Blip2Config, Blip2QFormerModel, Blip2VisionModel
 
     prefixes = BLIP2_PREFIXES if with_qformer else VISION_PREFIXES
-    config_path = repository_file(source, "config.json", where)
+    config_path = repository_file(source, "config.json", where, revision)
     if config_path is None:
         raise ZeroVLMError(f"{where}: {source} has no config.json; name a BLIP-2 checkpoint "
                            "(e.g. Salesforce/blip2-flan-t5-xxl)")
-    config = Blip2Config.from_pretrained(config_path.parent)
-    index = repository_file(source, "model.safetensors.index.json", where)
+    config = Blip2Config.from_pretrained(config_path.parent)  # the folder, or the snapshot of `revision`
+    index = repository_file(source, "model.safetensors.index.json", where, revision)
     if index is not None:
         weight_map = read_json(index, "the model folder is damaged: write it again")["weight_map"]
         shards = sorted({f for key, f in weight_map.items() if key.startswith(prefixes)})
@@ -134,7 +137,7 @@ def load_blip2_parts(source: str, with_qformer: bool = True,
         shards = ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
-        path = repository_file(source, shard, where)
+        path = repository_file(source, shard, where, revision)
         if path is None:
             raise ZeroVLMError(f"{where}: {source} has no {shard} (safetensors weights are required)")
         with safe_open(str(path), framework="pt") as f:
@@ -177,7 +180,7 @@ class MiniGPT4Backend(VisionLanguageModel):
         self.query_tokens, self.tokenizer, self.model_id = query_tokens, tokenizer, model_id
         self.batch_size, self.prefetch_workers = batch_size, prefetch_workers
         self.variant, self.conversation = variant, CONVERSATIONS[variant]
-        self.parts = parts or {}  # where each part came from, and llama_proj's SHA-256 (for the run records)
+        self.parts = parts or {}  # where each part came from, the hub parts' revisions, llama_proj's SHA-256
         self.device, self.dtype = llm.device, llm.dtype
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
@@ -297,45 +300,56 @@ class MiniGPT4Backend(VisionLanguageModel):
                                prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
 
 
-def load_minigpt4(cfg) -> MiniGPT4Backend:
-    """MiniGPT-4 from the folder cfg.model (see the module docstring for its minigpt4.json)."""
+def part_sources(manifest: Manifest, part_revisions: dict[str, str] | None) -> dict[str, tuple[str, str | None]]:
+    """vision_qformer and llm -> (folder or hub id, revision): the pinned commit of each hub part, or without
+    pins the revision the manifest gives it (main)."""
+    sources = {part: manifest.repository(part) for part in REPOSITORY_PARTS}
+    if part_revisions is None:
+        return sources
+    hub_parts = sorted(part for part, (_, revision) in sources.items() if revision is not None)
+    if sorted(part_revisions) != hub_parts:
+        raise ZeroVLMError(f"{manifest.path}: its hub parts are {hub_parts}, but commits were pinned for "
+                           f"{sorted(part_revisions)}; run `dvc repro`, whose check stage pins them again")
+    return {part: (source, None if revision is None else part_revisions[part])
+            for part, (source, revision) in sources.items()}
+
+
+def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4Backend:
+    """MiniGPT-4 from the folder cfg.model (see the module docstring for its minigpt4.json); `part_revisions`:
+    the commit of each hub part (vision_qformer, llm) as the check stage pinned it (None: the manifest's)."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    folder = Path(cfg.model)
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        raise ZeroVLMError(f"infer.model: {manifest_path} not found; MiniGPT-4 needs a folder with {MANIFEST} "
-                           "naming vision_qformer, llama_proj and llm (zerovlm/vlm/manifests/ has the paper's)")
-    manifest = read_json(manifest_path, "rewrite it (zerovlm/vlm/manifests/ has examples)")
-    missing = [k for k in PARTS if k not in manifest]
-    if missing:
-        raise ZeroVLMError(f"{manifest_path}: missing keys {missing}")
-    variant = manifest.get("variant", "vicuna0")
+    manifest = read_manifest(Path(cfg.model), "infer.model")
+    variant = manifest.variant or "vicuna0"
     if variant not in CONVERSATIONS:
-        raise ZeroVLMError(f"{manifest_path}: variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+        raise ZeroVLMError(f"{manifest.path}: variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, "infer")
 
-    # 1. vision tower (+ Q-Former), LLM and tokenizer: folders relative to the manifest or hub ids
-    where = {key: f"{manifest_path}: {key}" for key in PARTS}
-    blip2 = repository(folder, manifest["vision_qformer"], where["vision_qformer"])
-    llm_source = repository(folder, manifest["llm"], where["llm"])
-    config, query_tokens, vision, qformer = load_blip2_parts(blip2, variant == "vicuna0", where["vision_qformer"])
-    if repository_file(llm_source, "config.json", where["llm"]) is None:
-        raise ZeroVLMError(f"{where['llm']}: {llm_source} has no config.json; name a Llama model")
+    # 1. vision tower (+ Q-Former), LLM and tokenizer: folders relative to the manifest, or hub ids at a revision
+    sources = part_sources(manifest, part_revisions)
+    blip2, blip2_revision = sources["vision_qformer"]
+    llm_source, llm_revision = sources["llm"]
+    where = manifest.where("llm")
+    config, query_tokens, vision, qformer = load_blip2_parts(blip2, variant == "vicuna0",
+                                                             manifest.where("vision_qformer"), blip2_revision)
+    if repository_file(llm_source, "config.json", where, llm_revision) is None:
+        raise ZeroVLMError(f"{where}: {llm_source} has no config.json; name a Llama model")
     try:
         with refused_pickles(llm_source):
-            llm = LlamaForCausalLM.from_pretrained(llm_source, dtype=dtype, attn_implementation="sdpa")
-        tokenizer = AutoTokenizer.from_pretrained(llm_source)
+            llm = LlamaForCausalLM.from_pretrained(llm_source, revision=llm_revision, dtype=dtype,
+                                                   attn_implementation="sdpa")
+        tokenizer = AutoTokenizer.from_pretrained(llm_source, revision=llm_revision)
     except (OSError, ValueError, ImportError) as error:
         # transformers reads a tokenizer.model without tokenizer.json (common in Llama-1 era repos) only with
         # sentencepiece, and without it reports a failed fallback to tiktoken
         hint = "" if importlib.util.find_spec("sentencepiece") else (
             "; a tokenizer given only as tokenizer.model needs `pip install sentencepiece protobuf`")
-        raise ZeroVLMError(f"{where['llm']}: cannot load {llm_source!r} as a Llama model and its tokenizer "
+        raise ZeroVLMError(f"{where}: cannot load {llm_source!r} as a Llama model and its tokenizer "
                            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}){hint}") from None
 
     # 2. llama_proj: a file relative to the manifest, or a Google Drive file fetched once into the cache
-    proj_path, proj_sha256 = single_file(folder, manifest["llama_proj"], where["llama_proj"])
+    proj_path, proj_sha256 = single_file(manifest.path.parent, manifest.parts["llama_proj"],
+                                         manifest.where("llama_proj"))
     weights = load_llama_proj(proj_path)
     image_width = (config.qformer_config.hidden_size if qformer is not None
                    else config.vision_config.hidden_size * PATCHES_PER_TOKEN)
@@ -352,6 +366,7 @@ def load_minigpt4(cfg) -> MiniGPT4Backend:
         use_fp8_linears(llm.get_decoder(), device)
     if qformer is not None:
         query_tokens, qformer = query_tokens.to(device), qformer.to(device)
-    parts = {**{key: manifest[key] for key in PARTS}, "llama_proj_sha256": proj_sha256}
+    parts = {**manifest.parts, "llama_proj_sha256": proj_sha256,
+             "revisions": {part: revision for part, (_, revision) in sources.items() if revision is not None}}
     return MiniGPT4Backend(vision.to(device, dtype), query_tokens, qformer, llama_proj.to(device, dtype), llm,
                            tokenizer, model_id=cfg.model, batch_size=cfg.batch_size, variant=variant, parts=parts)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from zerovlm.io import ZeroVLMError
+
 if TYPE_CHECKING:  # config validates backend names against BACKENDS: keep this module light
     from zerovlm.config import InferConfig
     from zerovlm.vlm.base import VisionLanguageModel
@@ -21,7 +23,17 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def load_backend(cfg: InferConfig) -> VisionLanguageModel:
-    """Build the backend named by cfg.backend (a name InferConfig checked) from cfg.model (hub id or folder)."""
+# backends assembled from parts, whose loaders also take `part_revisions`: part -> the commit the check stage
+# pinned for that hub part (zerovlm/inputs.py records them for a model folder holding a minigpt4.json)
+ASSEMBLED = ("minigpt4",)
+
+
+def load_backend(cfg: InferConfig, part_revisions: dict[str, str] | None = None) -> VisionLanguageModel:
+    """Build the backend named by cfg.backend (a name InferConfig checked) from cfg.model (hub id or folder);
+    `part_revisions` (a backend in ASSEMBLED only; None: unpinned) loads each hub part at its pinned commit."""
+    if part_revisions is not None and cfg.backend not in ASSEMBLED:
+        raise ZeroVLMError(f"{cfg.model}: a model assembled from parts (its folder holds a minigpt4.json), but "
+                           f"backend {cfg.backend!r} loads one model; set the backend to one of {list(ASSEMBLED)}")
     module_name, function_name = BACKENDS[cfg.backend].split(":")
-    return getattr(importlib.import_module(module_name), function_name)(cfg)
+    loader = getattr(importlib.import_module(module_name), function_name)
+    return loader(cfg) if part_revisions is None else loader(cfg, part_revisions=part_revisions)

@@ -1,13 +1,14 @@
-"""The experiment grid's shared image pool: every dataset's unique images in one prepared-style folder.
+"""Stage `pool`: the experiment grid's shared image pool, every dataset's unique images in one prepared-style
+folder.
 
 Views are a function of (image bytes, view, Zero123 settings) only, so the views stage runs once over
 this pool instead of once per dataset: an image that two datasets share (the VSR random and zero-shot
 test sets share 272 captions' images) is synthesised once, and every dataset and VLM reuses its views.
 
-    out_dir/examples.jsonl  one example per unique image (the first that uses it; id prefixed by its
-                            grid dataset), which is all the views stage reads
-    out_dir/images/         the images, hard-linked from the prepared folders where possible
-    out_dir/summary.json    images per dataset and how many are shared
+    out/examples.jsonl  one example per unique image (the first that uses it; id prefixed by its grid
+                        dataset), which is all the views stage reads
+    out/images/         the images, hard-linked from the prepared folders where possible
+    out/summary.json    images per dataset and how many are shared
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from zerovlm.datasets.table import read_table, write_table
 from zerovlm.io import ZeroVLMError, atomic_dir, safe_join, write_json
+from zerovlm.stage import path_flag
+
+
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_flag("folder of the prepared datasets (one folder per grid dataset)")
+    out: Path = path_flag("pooled prepared-style folder")
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -28,9 +37,9 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def pool_images(prepared_root: Path, datasets: list[str], out_dir: Path) -> dict:
-    """Write the pool of `datasets` (folders under prepared_root) to out_dir; return its summary."""
-    prepared_root, out_dir = Path(prepared_root), Path(out_dir)
+def run(paths: Paths, datasets: list[str]) -> dict:
+    """Write the pool of `datasets` (folders under paths.prepared) to paths.out; return its summary."""
+    prepared_root, out_dir = paths.prepared, paths.out
     first: dict[str, tuple] = {}  # image_id -> (dataset, example)
     per_dataset: dict[str, int] = {}
     for name in datasets:

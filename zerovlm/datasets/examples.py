@@ -1,9 +1,8 @@
-"""The prepare stage's library entry: build the normalised example table of one dataset source.
+"""The normalised examples of one dataset source, and their images stored once each by content.
 
-    out_dir/examples.jsonl        one Example per line (zerovlm.datasets.table)
-    out_dir/images/<image_id>.*   every image once, named by the sha256 prefix of its bytes
-    out_dir/summary.json          counts per dataset / task / relation, skipped records with reasons,
-                                  checksums of the source files, the selection that was applied
+`build_examples` is what the prepare stage (zerovlm/pipeline/prepare.py) calls: it stores each image as
+`images/<image_id>.*` (the sha256 prefix of its bytes) under the folder it is given and returns the examples;
+the stage writes the table and its summary.
 
 Real datasets are parsed into drafts first, then selected (limit, seeded sample stratified by
 relation), and only the selected examples' images are fetched: a 50-example run downloads 50 images.
@@ -24,12 +23,11 @@ from PIL import Image, UnidentifiedImageError
 from zerovlm.config import PILLOW_MAX_IMAGE_PIXELS, DataConfig
 from zerovlm.datasets import synthetic
 from zerovlm.datasets.sources import BadRecords, Draft
-from zerovlm.datasets.table import Example, write_table
-from zerovlm.io import ZeroVLMError, atomic_dir, image_as_rgb, pillow_pixel_limit, sha256_bytes, write_json
+from zerovlm.datasets.table import Example
+from zerovlm.io import ZeroVLMError, image_as_rgb, pillow_pixel_limit, sha256_bytes
 from zerovlm.store import encode_png
 
 IMAGES_FOLDER = "images"
-SUMMARY_FILE = "summary.json"
 IMAGE_ID_HEX = 16
 
 
@@ -200,7 +198,7 @@ def real_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path,
     return examples, {"available": available, "source_checksums": {**checksums, **image_checksums}}
 
 
-# ---------------------------------------------------------------- the stage
+# ---------------------------------------------------------------- the examples of one source
 def summarise(examples: Iterable[Example]) -> dict[str, Any]:
     examples = list(examples)
     per_relation: dict[str, Counter] = defaultdict(Counter)
@@ -217,27 +215,23 @@ def summarise(examples: Iterable[Example]) -> dict[str, Any]:
             "true_false_labels": dict(sorted(labels.items()))}
 
 
-def prepare_dataset(cfg: DataConfig, out_dir: Path, raw_dir: Path | None = None) -> dict:
-    """Build out_dir (examples.jsonl, images/, summary.json) atomically; return the summary.
+def build_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path) -> tuple[list[Example], dict[str, Any]]:
+    """The selected examples of `cfg.source`, their images stored under prepared_dir/images/, and the summary
+    of what was built (source, selection, counts, checksums of the source files, skipped records).
 
-    raw_dir: where downloads are kept between runs (default: out_dir's parent / "raw").
+    raw_dir: where downloads are kept between runs.
     """
-    out_dir = Path(out_dir)
-    raw_dir = Path(raw_dir) if raw_dir is not None else out_dir.parent / "raw"
     bad = BadRecords(skip_bad=cfg.skip_bad)
-    with atomic_dir(out_dir) as tmp, pillow_pixel_limit(cfg.max_image_pixels):
-        (tmp / IMAGES_FOLDER).mkdir()
+    (prepared_dir / IMAGES_FOLDER).mkdir(exist_ok=True)
+    with pillow_pixel_limit(cfg.max_image_pixels):
         if cfg.source == "synthetic":
-            examples, details = synthetic_examples(cfg, tmp)
+            examples, details = synthetic_examples(cfg, prepared_dir)
         else:
-            examples, details = real_examples(cfg, tmp, raw_dir, bad)
-        if not examples:
-            raise ZeroVLMError(f"data.source={cfg.source}: no example left after selection and skips "
-                               f"({len(bad.records)} bad records); check data.split, data.limit, data.skip_bad")
-        write_table(tmp, examples)
-        summary = {"source": cfg.source, "split": cfg.split,
-                   "selection": {"limit": cfg.limit, "stratify_by_relation": cfg.stratify_by_relation,
-                                 "seed": cfg.seed},
-                   **details, **summarise(examples), "skipped": bad.summary()}
-        write_json(tmp / SUMMARY_FILE, summary)
-    return summary
+            examples, details = real_examples(cfg, prepared_dir, raw_dir, bad)
+    if not examples:
+        raise ZeroVLMError(f"data.source={cfg.source}: no example left after selection and skips "
+                           f"({len(bad.records)} bad records); check data.split, data.limit, data.skip_bad")
+    summary = {"source": cfg.source, "split": cfg.split,
+               "selection": {"limit": cfg.limit, "stratify_by_relation": cfg.stratify_by_relation, "seed": cfg.seed},
+               **details, **summarise(examples), "skipped": bad.summary()}
+    return examples, summary

@@ -11,21 +11,21 @@ A "-separate" configuration (e.g. "all-separate") is not stitched: each panel is
 own entry `<image_id>.<configuration>.<panel>`, in the configuration's panel order, and the infer stage
 sends them as several images of one request (`input_keys` names them). What a VLM accepts is the infer
 stage's business, not this one's.
+
+Images in, images out: the stitch stage (zerovlm/pipeline/stitch.py) reads the view store and writes the
+stitched store.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 from PIL import Image
 
 from zerovlm.config import StitchConfig
-from zerovlm.configurations import CONFIGURATIONS, is_separate
-from zerovlm.datasets.table import read_table
-from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, safe_join, write_json
-from zerovlm.store import ShardReader, ShardWriter
+from zerovlm.io import ZeroVLMError
+from zerovlm.view_configurations import CONFIGURATIONS, is_separate
 
 BACKGROUND = (0, 0, 0)
 
@@ -88,31 +88,31 @@ def compose_configuration(configuration: str, origin: Image.Image, views: dict[s
     return [stitch(panels, cfg.layout, cfg.panel_size_px, cfg.gap_px)]
 
 
-def stitch_stage(cfg: StitchConfig, prepared_dir: Path, views_dir: Path, out_dir: Path) -> dict:
-    """Compose every configuration for every unique image: the store entries `input_keys` names."""
-    examples = read_table(prepared_dir)
-    image_files = dict(sorted({e.image_id: e.image_file for e in examples}.items()))
-    views = ShardReader(views_dir)
-    needed_views = sorted({p for c in cfg.configurations for p in CONFIGURATIONS[c]} - {"origin"})
-    with atomic_dir(out_dir) as tmp:
-        with ShardWriter(tmp) as writer:
-            for image_id, image_file in image_files.items():
-                origin = load_rgb(safe_join(prepared_dir, image_file), f"image {image_id}")
-                view_images = {name: views.image(f"{image_id}.{name}") for name in needed_views
-                               if f"{image_id}.{name}" in views}
-                for configuration in cfg.configurations:
-                    panels = CONFIGURATIONS[configuration]
-                    images = compose_configuration(configuration, origin, view_images, cfg)
-                    for index, (key, image) in enumerate(zip(input_keys(image_id, configuration), images)):
-                        meta = {"image_id": image_id, "configuration": configuration, "panels": list(panels),
-                                "layout": "separate" if is_separate(configuration) else cfg.layout}
-                        if is_separate(configuration):
-                            meta.update(panel=panels[index], index=index)
-                        writer.add(key, image, meta)
-        summary = {"images": len(image_files), "configurations": list(cfg.configurations),
-                   "stitched": len(image_files) * sum(not is_separate(c) for c in cfg.configurations),
-                   "separate": len(image_files) * sum(is_separate(c) for c in cfg.configurations),
-                   "layout": cfg.layout}
-        write_json(tmp / "summary.json", summary)
-    views.close()
-    return summary
+
+def needed_views(configurations: Sequence[str]) -> list[str]:
+    """The synthesised views (not the original) that `configurations` show, sorted by name."""
+    return sorted({panel for c in configurations for panel in CONFIGURATIONS[c]} - {"origin"})
+
+
+def stitched_entries(image_id: str, origin: Image.Image, views: dict[str, Image.Image],
+                     cfg: StitchConfig) -> list[tuple[str, Image.Image, dict]]:
+    """(store key, image, metadata) of every configuration of one image, in `cfg.configurations` order."""
+    entries = []
+    for configuration in cfg.configurations:
+        panels = CONFIGURATIONS[configuration]
+        images = compose_configuration(configuration, origin, views, cfg)
+        for index, (key, image) in enumerate(zip(input_keys(image_id, configuration), images)):
+            meta = {"image_id": image_id, "configuration": configuration, "panels": list(panels),
+                    "layout": "separate" if is_separate(configuration) else cfg.layout}
+            if is_separate(configuration):
+                meta.update(panel=panels[index], index=index)
+            entries.append((key, image, meta))
+    return entries
+
+
+def stitch_summary(images: int, cfg: StitchConfig) -> dict:
+    """The stitched store's summary.json: what the infer stage reads back (configurations, layout)."""
+    return {"images": images, "configurations": list(cfg.configurations),
+            "stitched": images * sum(not is_separate(c) for c in cfg.configurations),
+            "separate": images * sum(is_separate(c) for c in cfg.configurations),
+            "layout": cfg.layout}

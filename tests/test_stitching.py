@@ -1,11 +1,11 @@
-"""Stitching layouts."""
+"""Stitching layouts (zerovlm/stitching.py) and the stitch stage's store."""
 
 import pytest
 from PIL import Image
 
-from zerovlm.compose import compose_configuration, stitch
 from zerovlm.config import StitchConfig
 from zerovlm.io import ZeroVLMError
+from zerovlm.stitching import compose_configuration, stitch
 
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
 
@@ -45,22 +45,24 @@ def test_missing_view_names_the_fix():
 
 
 def test_separate_configuration_stores_each_panel_in_order(tmp_path):
-    from zerovlm.compose import input_keys, stitch_stage
     from zerovlm.config import DataConfig, SyntheticSource
-    from zerovlm.datasets.prepare import prepare_dataset
     from zerovlm.datasets.table import read_table
     from zerovlm.io import load_rgb
+    from zerovlm.pipeline import prepare
+    from zerovlm.pipeline import stitch as stitch_stage
+    from zerovlm.stitching import input_keys
     from zerovlm.store import ShardReader, ShardWriter
 
-    prepare_dataset(DataConfig(synthetic=SyntheticSource(num_scenes=2)), tmp_path / "prepared")
+    prepare.run(prepare.Paths(out=tmp_path / "prepared"), DataConfig(synthetic=SyntheticSource(num_scenes=2)))
     examples = read_table(tmp_path / "prepared")
     views = dict(zip(("left", "right", "random"), COLOURS))
     with ShardWriter(tmp_path / "views") as writer:
         for image_id in {e.image_id for e in examples}:
             for name, colour in views.items():
                 writer.add(f"{image_id}.{name}", Image.new("RGB", (16, 16), colour))
-    summary = stitch_stage(StitchConfig(configurations=("origin", "all", "all-separate"), panel_size_px=16, gap_px=0),
-                           tmp_path / "prepared", tmp_path / "views", tmp_path / "stitched")
+    cfg = StitchConfig(configurations=("origin", "all", "all-separate"), panel_size_px=16, gap_px=0)
+    summary = stitch_stage.run(stitch_stage.Paths(prepared=tmp_path / "prepared", views=tmp_path / "views",
+                                                  out=tmp_path / "stitched"), cfg)
     images = len({e.image_id for e in examples})
     assert (summary["stitched"], summary["separate"]) == (2 * images, images)  # origin and all; all-separate
     example = examples[0]
