@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (set up, run the pipeline, print metrics) and `make test`.
+# The README's two commands: `make demo` (set up, run the pipeline, print metrics) and `make test`
+# (ruff lint and format check, then pytest).
 # Installs are pinned by requirements.lock (pip constraints), torch 2.13.0 included: the CPU build
 # where a local wheel provides it, the CUDA build from PyPI elsewhere. No torchvision.
 VENV ?= .venv
@@ -19,4 +20,6 @@ demo: setup
 	zerovlm show
 
 test: setup
+	ruff check .
+	ruff format --check .
 	pytest -q

@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zerovlm.fp8 import TINY, E4M3, E4M3_MAX, quantize_rows  # noqa: E402
+from zerovlm.vlm.fp8 import TINY, E4M3, E4M3_MAX, quantize_rows  # noqa: E402
 
 try:
     import triton

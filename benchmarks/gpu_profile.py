@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEVICE, DTYPE, milliseconds, parse_args, skip_line, synchronize  # noqa: E402
 
-from zerovlm.fp8 import convert_linears  # noqa: E402
+from zerovlm.vlm.fp8 import convert_linears  # noqa: E402
 
 DTYPE_NAME = {torch.bfloat16: "bf16", torch.float32: "float32"}[DTYPE]
 CUDA = DEVICE.type == "cuda"
@@ -163,7 +163,7 @@ def time_compiled_unet(label: str, args, layout=torch.channels_last, mode: str =
     guided call of args.batch views.
 
     inductor_options: torch._inductor.config values on top of `compile()`'s, for this compilation only;
-    fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.fp8.Float8Linear); reference:
+    fp8: None, "convs" or "convs+linears" (fp8_conv.Float8Conv2d, zerovlm.vlm.fp8.Float8Linear); reference:
     an eager output on the same inputs, to print the deviation from it. Returns the output (None when
     skipped: compiling is profiled on a CUDA GPU only).
     """

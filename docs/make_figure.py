@@ -26,18 +26,25 @@ def stitched_key(stitched: ShardReader, image_id: str) -> str:
         record = stitched.metadata(key)
         if record.get("image_id") == image_id and record.get("configuration") == CONFIGURATION:
             return key
-    raise ZeroVLMError(f"{stitched.folder}: no {CONFIGURATION!r} input of image {image_id}; "
-                       f"keep {CONFIGURATION!r} in stitch.configurations and re-run the demo")
+    raise ZeroVLMError(
+        f"{stitched.folder}: no {CONFIGURATION!r} input of image {image_id}; "
+        f"keep {CONFIGURATION!r} in stitch.configurations and re-run the demo"
+    )
 
 
 def rendered_prompt(predictions: Path, example_id: str) -> str:
     """The prompt the model saw for `example_id` with the `all` input and the view prompt on."""
     for record in read_jsonl(predictions):
         if (record["example_id"], record["configuration"], record["with_view_prompt"]) == (
-                example_id, CONFIGURATION, True):
+            example_id,
+            CONFIGURATION,
+            True,
+        ):
             return record["rendered_prompt"]
-    raise ZeroVLMError(f"{predictions}: no {CONFIGURATION!r} request with the view prompt for {example_id}; "
-                       "keep true in infer.view_prompt and re-run the demo")
+    raise ZeroVLMError(
+        f"{predictions}: no {CONFIGURATION!r} request with the view prompt for {example_id}; "
+        "keep true in infer.view_prompt and re-run the demo"
+    )
 
 
 def make_figure(run: Path, dataset: str, vlm: str, example_id: str | None, out: Path, size_px: int) -> str:

@@ -13,8 +13,12 @@ def main() -> None:
     add_path_flags(parser, gallery.Paths)
     args = parser.parse_args()
     grid = load_section("grid", GridConfig, args.params)
-    gallery.run(parsed_paths(args, gallery.Paths), list(grid.datasets), list(grid.vlms),
-                load_section("report", ReportConfig, args.params))
+    gallery.run(
+        parsed_paths(args, gallery.Paths),
+        list(grid.datasets),
+        list(grid.vlms),
+        load_section("report", ReportConfig, args.params),
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ def main() -> None:
     parser.add_argument("--vlm", help="a grid VLM: `vlms.<name>` merged over `infer` (default: `infer`)")
     add_path_flags(parser, infer.Paths)
     args = parser.parse_args()
-    cfg = (vlm_config(load_params(args.params), args.vlm) if args.vlm
-           else load_section("infer", InferConfig, args.params))
+    cfg = (
+        vlm_config(load_params(args.params), args.vlm) if args.vlm else load_section("infer", InferConfig, args.params)
+    )
     infer.run(parsed_paths(args, infer.Paths), cfg)
 
 

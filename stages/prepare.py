@@ -13,8 +13,11 @@ def main() -> None:
     parser.add_argument("--dataset", help="a grid dataset: `datasets.<name>` merged over `data` (default: `data`)")
     add_path_flags(parser, prepare.Paths)
     args = parser.parse_args()
-    cfg = (dataset_config(load_params(args.params), args.dataset) if args.dataset
-           else load_section("data", DataConfig, args.params))
+    cfg = (
+        dataset_config(load_params(args.params), args.dataset)
+        if args.dataset
+        else load_section("data", DataConfig, args.params)
+    )
     prepare.run(parsed_paths(args, prepare.Paths), cfg)
 
 

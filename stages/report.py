@@ -13,9 +13,14 @@ def main() -> None:
     add_path_flags(parser, report.Paths)
     args = parser.parse_args()
     grid = load_section("grid", GridConfig, args.params)
-    report.run(parsed_paths(args, report.Paths), list(grid.datasets), list(grid.vlms),
-               list(load_section("stitch", StitchConfig, args.params).configurations),
-               load_section("score", ScoreConfig, args.params), load_section("report", ReportConfig, args.params))
+    report.run(
+        parsed_paths(args, report.Paths),
+        list(grid.datasets),
+        list(grid.vlms),
+        list(load_section("stitch", StitchConfig, args.params).configurations),
+        load_section("score", ScoreConfig, args.params),
+        load_section("report", ReportConfig, args.params),
+    )
 
 
 if __name__ == "__main__":

@@ -15,12 +15,18 @@ def main() -> None:
     add_path_flags(parser, score.Paths)
     args = parser.parse_args()
     params = load_params(args.params)
-    resolved = {"data": dataset_config(params, args.dataset).model_dump(),
-                "infer": vlm_config(params, args.vlm).model_dump(),
-                **{name: load_section(name, SECTIONS[name], args.params).model_dump()
-                   for name in ("views", "stitch", "score")}}
-    score.run(parsed_paths(args, score.Paths), load_section("score", ScoreConfig, args.params), args.dataset,
-              args.vlm, resolved)
+    resolved = {
+        "data": dataset_config(params, args.dataset).model_dump(),
+        "infer": vlm_config(params, args.vlm).model_dump(),
+        **{name: load_section(name, SECTIONS[name], args.params).model_dump() for name in ("views", "stitch", "score")},
+    }
+    score.run(
+        parsed_paths(args, score.Paths),
+        load_section("score", ScoreConfig, args.params),
+        args.dataset,
+        args.vlm,
+        resolved,
+    )
 
 
 if __name__ == "__main__":

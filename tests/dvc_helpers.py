@@ -25,13 +25,23 @@ ROOT = Path(__file__).resolve().parents[1]
 # of the repo to seconds; a grid of two synthetic datasets x one tiny VLM (tiny_b is added by a test).
 SMALL_DEMO = {
     "grid": {"datasets": ["sparse", "cluttered"], "vlms": ["tiny"]},
-    "datasets": {"sparse": {"source": "synthetic"},
-                 "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}}},
-    "vlms": {"tiny": {"model": "data/models/llava-1.5-tiny"},
-             "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_v1"}},
+    "datasets": {
+        "sparse": {"source": "synthetic"},
+        "cluttered": {"source": "synthetic", "synthetic": {"min_objects": 4, "max_objects": 5}},
+    },
+    "vlms": {
+        "tiny": {"model": "data/models/llava-1.5-tiny"},
+        "tiny_b": {"model": "data/models/llava-1.5-tiny", "chat_format": "llava_v1"},
+    },
     "data": {"source": "synthetic", "synthetic": {"num_scenes": 2}},
-    "views": {"model": "data/models/zero123-tiny", "image_size_px": 32, "num_inference_steps": 2,
-              "dtype": "float32", "batch_size": 8, "presets": ["left", "right", "random"]},
+    "views": {
+        "model": "data/models/zero123-tiny",
+        "image_size_px": 32,
+        "num_inference_steps": 2,
+        "dtype": "float32",
+        "batch_size": 8,
+        "presets": ["left", "right", "random"],
+    },
     "stitch": {"panel_size_px": 32, "gap_px": 4, "configurations": ["origin", "left", "all", "all-separate"]},
     "infer": {"model": "data/models/llava-1.5-tiny", "dtype": "float32"},
     "score": {"bootstrap_samples": 50},
@@ -42,13 +52,19 @@ GIT_ID = ["-c", "user.name=t", "-c", "user.email=t@t"]
 
 def run(args, cwd, check=True, env=None, timeout=600):
     """Run a command with this venv first on PATH; on failure raise with its whole output."""
-    full_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                "ZEROVLM_LOG": "WARNING", **(env or {})}
-    result = subprocess.run([str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True,
-                            timeout=timeout)
+    full_env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "ZEROVLM_LOG": "WARNING",
+        **(env or {}),
+    }
+    result = subprocess.run(
+        [str(a) for a in args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -214,8 +230,9 @@ class SshServer:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
-                                                                 text=True).stdout.strip()
+        self.user = (
+            os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+        )
         self.host_key = self.dir / "host_ed25519"
         self.client_key = self.dir / "client_ed25519"
         self.home = self.dir / "home"
@@ -228,24 +245,38 @@ class SshServer:
     def url(self, path: Path) -> str:
         return f"ssh://{self.user}@127.0.0.1:{self.port}{path}"
 
-    def start(self) -> "SshServer":
+    def start(self) -> SshServer:
         for key in (self.host_key, self.client_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         (self.dir / "authorized_keys").write_text(self.client_key.with_suffix(".pub").read_text())
         self.home.mkdir()
         config = self.dir / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {self.host_key}",
-            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}", f"PidFile {self.dir / 'sshd.pid'}",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", "Subsystem sftp internal-sftp", "MaxSessions 64",
-            "MaxStartups 64", "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {self.host_key}",
+                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "Subsystem sftp internal-sftp",
+                    "MaxSessions 64",
+                    "MaxStartups 64",
+                    "",
+                ]
+            )
+        )
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-        self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=open(self.dir / "sshd.log", "wb"))
+        self.process = subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=open(self.dir / "sshd.log", "wb")
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -5,13 +5,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zerovlm.scoring.answers import (best_option, paper_contains_yes, parse_option_letter, parse_option_text,
-                                     parse_true_false, parse_yes_no)
+from zerovlm.scoring.answers import (
+    best_option,
+    paper_contains_yes,
+    parse_option_letter,
+    parse_option_text,
+    parse_true_false,
+    parse_yes_no,
+)
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "answers_corpus.yaml").read_text(encoding="utf-8"))
 LETTERS = CORPUS["option_letter"]
-OPTION_TEXTS = [(group["options"], text, expected) for group in CORPUS["option_text"]
-                for text, expected in group["cases"]]
+OPTION_TEXTS = [
+    (group["options"], text, expected) for group in CORPUS["option_text"] for text, expected in group["cases"]
+]
 
 
 def test_the_corpus_has_at_least_60_answers_per_task():
@@ -47,7 +54,7 @@ def test_missing_input_reads_as_no_answer():
 
 
 def test_paper_contains_yes_is_the_authors_substring_rule():
-    assert paper_contains_yes("yesterday") is True      # the documented defect, kept for parity
+    assert paper_contains_yes("yesterday") is True  # the documented defect, kept for parity
     assert paper_contains_yes("No, not YES") is True
     assert paper_contains_yes("No.") is False
     assert paper_contains_yes("") is False and paper_contains_yes(None) is False

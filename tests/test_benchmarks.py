@@ -20,67 +20,104 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 N = r"-?[\d.]+"  # a figure
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-ZERO123_PROFILES = ("zero123", "zero123-convs", "zero123-fp8", "zero123-inductor", "zero123-layouts",
-                    "zero123-autotune")
+ZERO123_PROFILES = (
+    "zero123",
+    "zero123-convs",
+    "zero123-fp8",
+    "zero123-inductor",
+    "zero123-layouts",
+    "zero123-autotune",
+)
 
 # script -> (arguments, lines it must print, as regular expressions matched at a line's start)
 RUNS = {
-    "vlm_throughput": ([], [
-        r"no CUDA device: tiny scale \(--tiny\)",
-        r"== LLaVA-1\.5, tiny", r"== MiniGPT-4, tiny",
-        rf"naive: 1 at a time, generate 16 tokens +{N} +1\.0$",
-        rf"batched scoring, yes/no, eager, bs \d+ +{N} +{N} +{N}",
-        rf"batched scoring, 4 captions, eager, bs \d+ +{N} +{N} +{N}",
-        rf"batched scoring, yes/no \d+-\d+ text tokens, eager +{N} +{N} +{N}",
-        rf"     host, of {N} s: length {N} s, prepare {N} s",
-        rf"  model side only \(pre-encoded\), yes/no, eager +{N} +{N}",
-        rf"  model side only \(pre-encoded\), 4 captions, eager +{N} +{N}",
-        rf"   eager: max \|batched - one at a time\| = {N}",
-        r"   eager: skipped: host synchronisations, counted by CUDA's sync debug mode \(",
-        r"skipped: compiled variant \(", r"skipped: compiled, FP8 variant \(",
-    ]),
-    "zero123_throughput": ([], [
-        r"no CUDA device: tiny scale \(--tiny\)",
-        rf"UNet FLOPs per view per guided step: {N} GFLOP",
-        rf"naive +float32 1 view/call eager: +{N} views/s",
-        rf"project +float32 \d+ views/call eager +: +{N} views/s +x +{N} vs naive; UNet +{N} ms/step",
-        r"skipped: project path compiled \(reduce-overhead\) \(",
-        rf"best: eager {N} views/s = x{N} the naive loop",
-    ]),
-    "views_stage": ([], [
-        r"no CUDA device: tiny scale \(--tiny\)",
-        r"skipped: compiled stage and pipeline \(",
-        rf"stage: 1 batch {N} s, \d+ batches {N} s -> {N} views/s in steady state",
-        (rf"pipeline alone: {N} views/s; stage / pipeline = {N}; PNG encoding of one batch on one core: {N} s; "
-         r"the long run's store holds \d+ views"),
-    ]),
-    "gpu_profile": ([*ZERO123_PROFILES, "llava"], [
-        r"no CUDA device: tiny scale \(--tiny\)",
-        rf"-- UNet eager, float32, \d+ samples: {N} ms of CPU operators per call",
-        rf"   convolution +{N} ms +{N}%", rf"   gemm +{N} ms +{N}%",
-        rf"encode \d+ views \(\d+ distinct images\): {N} ms; decode \d+ views: {N} ms",
-        r"skipped: compiled UNet and VAE decode, FP8 linears \(",
-        r"skipped: FP8 Triton convolutions \(",
-        rf"   \(\d+, \d+, \d+, \d+\) +\d+->\d+ +k3 s1  float32 +{N} \( *{N} TFLOP/s\)  x\d+",
-        (rf"3x3 stride-1 convolutions the FP8 kernel takes, per UNet call: float32 {N} ms; "
-         rf"other convolutions {N} ms"),
-        rf"float32 eager +UNet +{N} ms per call of \d+ samples",
-        r"skipped: fp8 convs\+linears \(", r"skipped: coordinate descent \(",
-        r"skipped: torch\.contiguous_format \(", r"skipped: max-autotune \(",
-        rf"-- LLaVA tiny model side, yes/no, \d+ per batch, eager: {N} ms of CPU operators per call",
-        rf"full path, 3 batches of \d+: wall {N} s, CPU operators {N} s -> operators busy {N}% \({N} samples/s\)",
-        r"skipped: synchronising calls",
-    ]),
-    "fp8_conv": ([], [
-        rf"e4m3 operands vs float32 convolution: relative error {N}",
-        rf"Triton interpreter vs float32 convolution: max relative difference {N}" if HAS_TRITON
-        else r"skipped: Triton interpreter check of the kernel \(Triton is not installed",
-    ]),
-    "dvc_transfer": (["--tiny"], [
-        *(rf"{layout} +\d+ +\d+ {re.escape(step)} +{N} +{N} +{N}  {N}"
-          for layout in ("shards", "folder") for step in ("add", "push", "pull", "pull+verify")),
-        rf"folder / shards, min seconds per view: add x{N}, push x{N}, pull x{N}, pull\+verify x{N}$",
-    ]),
+    "vlm_throughput": (
+        [],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            r"== LLaVA-1\.5, tiny",
+            r"== MiniGPT-4, tiny",
+            rf"naive: 1 at a time, generate 16 tokens +{N} +1\.0$",
+            rf"batched scoring, yes/no, eager, bs \d+ +{N} +{N} +{N}",
+            rf"batched scoring, 4 captions, eager, bs \d+ +{N} +{N} +{N}",
+            rf"batched scoring, yes/no \d+-\d+ text tokens, eager +{N} +{N} +{N}",
+            rf"     host, of {N} s: length {N} s, prepare {N} s",
+            rf"  model side only \(pre-encoded\), yes/no, eager +{N} +{N}",
+            rf"  model side only \(pre-encoded\), 4 captions, eager +{N} +{N}",
+            rf"   eager: max \|batched - one at a time\| = {N}",
+            r"   eager: skipped: host synchronisations, counted by CUDA's sync debug mode \(",
+            r"skipped: compiled variant \(",
+            r"skipped: compiled, FP8 variant \(",
+        ],
+    ),
+    "zero123_throughput": (
+        [],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            rf"UNet FLOPs per view per guided step: {N} GFLOP",
+            rf"naive +float32 1 view/call eager: +{N} views/s",
+            rf"project +float32 \d+ views/call eager +: +{N} views/s +x +{N} vs naive; UNet +{N} ms/step",
+            r"skipped: project path compiled \(reduce-overhead\) \(",
+            rf"best: eager {N} views/s = x{N} the naive loop",
+        ],
+    ),
+    "views_stage": (
+        [],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            r"skipped: compiled stage and pipeline \(",
+            rf"stage: 1 batch {N} s, \d+ batches {N} s -> {N} views/s in steady state",
+            (
+                rf"pipeline alone: {N} views/s; stage / pipeline = {N}; PNG encoding of one batch on one core: {N} s; "
+                r"the long run's store holds \d+ views"
+            ),
+        ],
+    ),
+    "gpu_profile": (
+        [*ZERO123_PROFILES, "llava"],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            rf"-- UNet eager, float32, \d+ samples: {N} ms of CPU operators per call",
+            rf"   convolution +{N} ms +{N}%",
+            rf"   gemm +{N} ms +{N}%",
+            rf"encode \d+ views \(\d+ distinct images\): {N} ms; decode \d+ views: {N} ms",
+            r"skipped: compiled UNet and VAE decode, FP8 linears \(",
+            r"skipped: FP8 Triton convolutions \(",
+            rf"   \(\d+, \d+, \d+, \d+\) +\d+->\d+ +k3 s1  float32 +{N} \( *{N} TFLOP/s\)  x\d+",
+            (
+                rf"3x3 stride-1 convolutions the FP8 kernel takes, per UNet call: float32 {N} ms; "
+                rf"other convolutions {N} ms"
+            ),
+            rf"float32 eager +UNet +{N} ms per call of \d+ samples",
+            r"skipped: fp8 convs\+linears \(",
+            r"skipped: coordinate descent \(",
+            r"skipped: torch\.contiguous_format \(",
+            r"skipped: max-autotune \(",
+            rf"-- LLaVA tiny model side, yes/no, \d+ per batch, eager: {N} ms of CPU operators per call",
+            rf"full path, 3 batches of \d+: wall {N} s, CPU operators {N} s -> operators busy {N}% \({N} samples/s\)",
+            r"skipped: synchronising calls",
+        ],
+    ),
+    "fp8_conv": (
+        [],
+        [
+            rf"e4m3 operands vs float32 convolution: relative error {N}",
+            rf"Triton interpreter vs float32 convolution: max relative difference {N}"
+            if HAS_TRITON
+            else r"skipped: Triton interpreter check of the kernel \(Triton is not installed",
+        ],
+    ),
+    "dvc_transfer": (
+        ["--tiny"],
+        [
+            *(
+                rf"{layout} +\d+ +\d+ {re.escape(step)} +{N} +{N} +{N}  {N}"
+                for layout in ("shards", "folder")
+                for step in ("add", "push", "pull", "pull+verify")
+            ),
+            rf"folder / shards, min seconds per view: add x{N}, push x{N}, pull x{N}, pull\+verify x{N}$",
+        ],
+    ),
 }
 
 
@@ -93,8 +130,15 @@ def test_every_benchmark_script_has_a_smoke_run():
 def test_benchmark_runs_at_tiny_scale_on_the_cpu(script):
     arguments, figures = RUNS[script]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run([sys.executable, str(BENCHMARKS / f"{script}.py"), *arguments], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), *arguments],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     missing = [figure for figure in figures if not re.search("^" + figure, result.stdout, re.MULTILINE)]
     assert not missing, f"{script} did not print {missing}:\n{result.stdout}"

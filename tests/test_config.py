@@ -11,8 +11,17 @@ import yaml
 
 from zerovlm import config
 from zerovlm.cli import compose_params, main
-from zerovlm.config import (SECTIONS, CustomView, Section, ViewsConfig, dataset_config, load_section, parse_section,
-                            validate_all, vlm_config)
+from zerovlm.config import (
+    SECTIONS,
+    CustomView,
+    Section,
+    ViewsConfig,
+    dataset_config,
+    load_section,
+    parse_section,
+    validate_all,
+    vlm_config,
+)
 from zerovlm.io import ZeroVLMError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,12 +51,15 @@ def test_unknown_configuration_is_rejected():
         parse_section("stitch", {"configurations": ["origin+top+left"]})
 
 
-@pytest.mark.parametrize("section, values, message", [
-    ("infer", {"view_prompt": [True, True]}, "view_prompt: give true, false or both, each once"),
-    ("infer", {"view_prompt": []}, "view_prompt: give true, false or both, each once"),
-    ("stitch", {"configurations": ["origin", "all", "all"]}, "configurations: each once"),
-    ("stitch", {"configurations": ["all"]}, "configurations: include 'origin', the baseline"),
-])
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("infer", {"view_prompt": [True, True]}, "view_prompt: give true, false or both, each once"),
+        ("infer", {"view_prompt": []}, "view_prompt: give true, false or both, each once"),
+        ("stitch", {"configurations": ["origin", "all", "all"]}, "configurations: each once"),
+        ("stitch", {"configurations": ["all"]}, "configurations: include 'origin', the baseline"),
+    ],
+)
 def test_a_repeated_value_would_count_answers_twice_and_is_rejected(section, values, message):
     with pytest.raises(ZeroVLMError, match=message):
         parse_section(section, values)
@@ -60,10 +72,16 @@ def test_paper_answer_mode_needs_a_yes_no_template():
         parse_section("infer", {"answer_mode": "paper", "question_template": "true_false"})
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"backend": "lava"}, "infer: Value error, unknown backend 'lava'. Did you mean 'llava'"),
-    ({"question_template": "yes_n"}, "infer: Value error, unknown question_template 'yes_n'. Did you mean 'yes_no'"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"backend": "lava"}, "infer: Value error, unknown backend 'lava'. Did you mean 'llava'"),
+        (
+            {"question_template": "yes_n"},
+            "infer: Value error, unknown question_template 'yes_n'. Did you mean 'yes_no'",
+        ),
+    ],
+)
 def test_backend_and_template_names_are_checked_with_the_params(values, message):
     with pytest.raises(ZeroVLMError, match=re.escape(message)):
         parse_section("infer", values)
@@ -93,12 +111,16 @@ def test_committed_params_file_is_valid():
 
 def test_separate_configurations_mirror_the_multi_panel_ones():
     from zerovlm.view_configurations import CONFIGURATIONS, images_per_request, is_separate
+
     stitch = parse_section("stitch", {"configurations": ["origin", "all", "all-separate"]})
     assert stitch.configurations[2] == "all-separate"
     assert CONFIGURATIONS["all-separate"] == CONFIGURATIONS["all"] == ("origin", "left", "right", "random")
     assert is_separate("origin+left-separate") and not is_separate("all")
-    assert (images_per_request("all"), images_per_request("all-separate"), images_per_request("no-origin-separate")) \
-        == (1, 4, 3)
+    assert (
+        images_per_request("all"),
+        images_per_request("all-separate"),
+        images_per_request("no-origin-separate"),
+    ) == (1, 4, 3)
     with pytest.raises(ZeroVLMError, match=re.escape("unknown configuration 'left-separate'")):
         parse_section("stitch", {"configurations": ["left-separate"]})  # one panel: nothing to separate
 
@@ -124,15 +146,24 @@ def test_the_old_llava_template_name_names_its_replacement(tmp_path, capsys):
         main(["validate", "--params", str(path)])
     problem = capsys.readouterr().err.splitlines()[0]  # one problem: on the error line itself
     assert exit_status.value.code == 2
-    assert problem.startswith("error: invalid params: vlms.llava_tiny.chat_format: 'llava_original' was renamed "
-                              "to 'llava_v1' (the same prompt") and "'vicuna_v1' is conv_vicuna_v1" in problem
+    assert (
+        problem.startswith(
+            "error: invalid params: vlms.llava_tiny.chat_format: 'llava_original' was renamed "
+            "to 'llava_v1' (the same prompt"
+        )
+        and "'vicuna_v1' is conv_vicuna_v1" in problem
+    )
 
 
 def test_max_new_tokens_is_one_value_per_generating_answer_mode():
     assert parse_section("infer", {}).max_new_tokens.model_dump() == {"generate": 16, "paper": 512}
     assert parse_section("infer", {"max_new_tokens": {"paper": 64}}).max_new_tokens.generate == 16
-    with pytest.raises(ZeroVLMError, match=re.escape("infer.max_new_tokens: Value error, give one value per answer "
-                                                     "mode, e.g. {generate: 16, paper: 512}")):
+    with pytest.raises(
+        ZeroVLMError,
+        match=re.escape(
+            "infer.max_new_tokens: Value error, give one value per answer mode, e.g. {generate: 16, paper: 512}"
+        ),
+    ):
         parse_section("infer", {"max_new_tokens": 16})
 
 
@@ -153,16 +184,23 @@ def test_the_paper_profile_runs_llava_as_the_authors_did(monkeypatch, tmp_path):
 
 def _nested(model) -> dict:
     """field name -> the Section class of a nested section (data.synthetic, infer.max_new_tokens, ...)."""
-    return {name: field.annotation for name, field in model.model_fields.items()
-            if isinstance(field.annotation, type) and issubclass(field.annotation, Section)}
+    return {
+        name: field.annotation
+        for name, field in model.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+    }
 
 
 def _key_mismatches(model, conf: dict, where: str) -> list[str]:
     """Keys the schema and conf/config.yaml do not share, at every nesting level."""
-    problems = [f"{where}.{key}: a schema field without a value in conf/config.yaml"
-                for key in model.model_fields if key not in conf]
-    problems += [f"{where}.{key}: in conf/config.yaml but not a schema field"
-                 for key in conf if key not in model.model_fields]
+    problems = [
+        f"{where}.{key}: a schema field without a value in conf/config.yaml"
+        for key in model.model_fields
+        if key not in conf
+    ]
+    problems += [
+        f"{where}.{key}: in conf/config.yaml but not a schema field" for key in conf if key not in model.model_fields
+    ]
     for name, sub in _nested(model).items():
         if isinstance(conf.get(name), dict):
             problems += _key_mismatches(sub, conf[name], f"{where}.{name}")
@@ -185,7 +223,8 @@ def test_the_key_check_sees_both_directions_at_every_level():
     conf["synthetic"]["colours"] = 3
     assert _key_mismatches(SECTIONS["data"], conf, "data") == [
         "data.download_max_mb.image: a schema field without a value in conf/config.yaml",
-        "data.synthetic.colours: in conf/config.yaml but not a schema field"]
+        "data.synthetic.colours: in conf/config.yaml but not a schema field",
+    ]
 
 
 def _flat(values: dict, where: str) -> dict:
@@ -217,8 +256,11 @@ def test_defaults_need_the_repository_conf_and_say_so(monkeypatch, tmp_path, cap
     monkeypatch.setattr(config, "CONF_FILE", tmp_path / "site-packages" / "conf" / "config.yaml")
     config.conf_base.cache_clear()
     try:
-        with pytest.raises(ZeroVLMError, match=r"conf/config.yaml: not found\. zerovlm reads the params defaults "
-                                               r"from conf/config.yaml .*a wheel does not carry.*pip install -e \."):
+        with pytest.raises(
+            ZeroVLMError,
+            match=r"conf/config.yaml: not found\. zerovlm reads the params defaults "
+            r"from conf/config.yaml .*a wheel does not carry.*pip install -e \.",
+        ):
             ViewsConfig(seed=1)
         with pytest.raises(SystemExit):
             main(["validate", "--params", str(ROOT / "params.yaml")])
@@ -236,8 +278,11 @@ def test_view_names_variants_and_ranges_are_stated_once_in_poses():
     fields = ViewsConfig.model_fields
     assert typing.get_args(typing.get_args(fields["presets"].annotation)[0]) == poses.VIEW_PRESETS
     assert typing.get_args(fields["variant"].annotation) == poses.POSE_VARIANTS
-    for key, (low, high) in (("polar_deg", poses.POLAR_RANGE_DEG), ("azimuth_deg", poses.AZIMUTH_RANGE_DEG),
-                             ("radius", poses.RADIUS_RANGE)):  # the schema accepts exactly the poses' ranges
+    for key, (low, high) in (
+        ("polar_deg", poses.POLAR_RANGE_DEG),
+        ("azimuth_deg", poses.AZIMUTH_RANGE_DEG),
+        ("radius", poses.RADIUS_RANGE),
+    ):  # the schema accepts exactly the poses' ranges
         view = {"name": "back", "polar_deg": 0.0, "azimuth_deg": 0.0}
         for value in (low, high):
             assert getattr(CustomView(**{**view, key: value}), key) == value

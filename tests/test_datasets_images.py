@@ -20,8 +20,12 @@ from zerovlm.io import ZeroVLMError, pillow_pixel_limit
 from zerovlm.pipeline import prepare
 
 # One What'sUp A set (file-name relation token -> the gold caption's relation words).
-SET = {"mug_on_table": "on", "mug_under_table": "under", "mug_left_of_table": "to the left of",
-       "mug_right_of_table": "to the right of"}
+SET = {
+    "mug_on_table": "on",
+    "mug_under_table": "under",
+    "mug_left_of_table": "to the left of",
+    "mug_right_of_table": "to the right of",
+}
 
 
 def picture(size=(48, 32), name: str = "", mode: str = "RGB") -> Image.Image:
@@ -45,8 +49,12 @@ def whatsup_set(root: Path, images: dict[str, Image.Image], **params) -> DataCon
     records = []
     for stem, words in SET.items():
         gold = f"A mug {words} a table"
-        records.append({"image_path": f"data/controlled_images/{stem}.png",
-                        "caption_options": [gold, *(f"A mug {w} a table" for w in SET.values() if w != words)]})
+        records.append(
+            {
+                "image_path": f"data/controlled_images/{stem}.png",
+                "caption_options": [gold, *(f"A mug {w} a table" for w in SET.values() if w != words)],
+            }
+        )
         image = images.get(stem)
         (picture(name=stem) if image is None else image).save(root / "images" / f"{stem}.png")
     (root / "controlled_images_dataset.json").write_text(json.dumps(records))
@@ -54,14 +62,26 @@ def whatsup_set(root: Path, images: dict[str, Image.Image], **params) -> DataCon
 
 
 CASES = {  # stem -> (bad image, check, what the error states)
-    "mug_on_table": (Image.new("RGBA", (64, 64), (0, 0, 0, 0)), "blank_max_range",
-                     r"64x64 px, blank: every channel's max - min is 0 <= data\.blank_max_range=2"),
-    "mug_under_table": (picture((1, 1), "one"), "min_image_side_px",
-                        r"1x1 px: shorter side 1 < data\.min_image_side_px=32"),
-    "mug_left_of_table": (picture((8000, 20), "strip"), "max_aspect_ratio",
-                          r"8000x20 px: aspect ratio 400\.00 > data\.max_aspect_ratio=5"),
-    "mug_right_of_table": (Image.new("RGB", (64, 64), (200, 30, 30)), "blank_max_range",
-                           r"64x64 px, blank: every channel's max - min is 0"),
+    "mug_on_table": (
+        Image.new("RGBA", (64, 64), (0, 0, 0, 0)),
+        "blank_max_range",
+        r"64x64 px, blank: every channel's max - min is 0 <= data\.blank_max_range=2",
+    ),
+    "mug_under_table": (
+        picture((1, 1), "one"),
+        "min_image_side_px",
+        r"1x1 px: shorter side 1 < data\.min_image_side_px=32",
+    ),
+    "mug_left_of_table": (
+        picture((8000, 20), "strip"),
+        "max_aspect_ratio",
+        r"8000x20 px: aspect ratio 400\.00 > data\.max_aspect_ratio=5",
+    ),
+    "mug_right_of_table": (
+        Image.new("RGB", (64, 64), (200, 30, 30)),
+        "blank_max_range",
+        r"64x64 px, blank: every channel's max - min is 0",
+    ),
 }
 
 
@@ -83,15 +103,20 @@ def test_each_bad_image_stops_prepare_with_one_line_naming_record_file_check_and
 def test_skip_bad_skips_and_counts_every_bad_image_by_check(tmp_path):
     bad = {stem: image for stem, (image, _, _) in CASES.items() if stem != "mug_on_table"}
     cfg = whatsup_set(tmp_path / "data", bad)
-    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
-                          cfg.model_copy(update={"skip_bad": True}))
+    summary = prepare.run(
+        prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+    )
     assert summary["examples"] == 1 and [e.example_id for e in read_table(tmp_path / "prepared")] == [
-        "whatsup_a/test/mug_on_table"]
+        "whatsup_a/test/mug_on_table"
+    ]
     skipped = summary["skipped"]
     assert skipped["count"] == 3 and skipped["by_field"] == {"image_path": 3}
     assert skipped["by_check"] == {"blank_max_range": 1, "max_aspect_ratio": 1, "min_image_side_px": 1}
     assert [(r["line"], r["check"]) for r in skipped["records"]] == [
-        (2, "min_image_side_px"), (3, "max_aspect_ratio"), (4, "blank_max_range")]
+        (2, "min_image_side_px"),
+        (3, "max_aspect_ratio"),
+        (4, "blank_max_range"),
+    ]
     on_disk = json.loads((tmp_path / "prepared/summary.json").read_text())["skipped"]
     assert on_disk == skipped  # what the score stage reads as counts.n_skipped
 
@@ -118,12 +143,16 @@ def test_a_144_megapixel_png_is_refused_undecoded_without_a_pillow_warning(tmp_p
     cfg = whatsup_set(tmp_path / "data", {"mug_left_of_table": huge})
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail the test
-        with pytest.raises(ZeroVLMError, match=r"controlled_images_dataset\.json:3: field 'image_path': .*"
-                                               r"mug_left_of_table\.png: more than 100000000 pixels .*"
-                                               r"data\.max_image_pixels=50000000"):
+        with pytest.raises(
+            ZeroVLMError,
+            match=r"controlled_images_dataset\.json:3: field 'image_path': .*"
+            r"mug_left_of_table\.png: more than 100000000 pixels .*"
+            r"data\.max_image_pixels=50000000",
+        ):
             prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
-        summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
-                              cfg.model_copy(update={"skip_bad": True}))
+        summary = prepare.run(
+            prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+        )
     assert summary["skipped"]["by_check"] == {"max_image_pixels": 1} and summary["examples"] == 3
 
 
@@ -152,8 +181,9 @@ def test_an_unreadable_image_is_a_bad_record_too(tmp_path):
     (tmp_path / "data/images/mug_on_table.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ZeroVLMError, match=r"json:1: field 'image_path': .*mug_on_table\.png: not a readable image"):
         prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
-    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"),
-                          cfg.model_copy(update={"skip_bad": True}))
+    summary = prepare.run(
+        prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+    )
     assert summary["skipped"]["by_check"] == {"readable": 1}
 
 

@@ -71,7 +71,8 @@ def test_every_relation_holds_geometrically_and_its_alternatives_do_not(many_sce
             expected = relation == scene.relation
             assert _holds(relation, pixels, scene) == expected, (
                 f"scene {scene.index} ({scene.relation_set}): {scene.subject.name} {relation} "
-                f"{scene.reference.name} should be {expected}")
+                f"{scene.reference.name} should be {expected}"
+            )
 
 
 def test_every_object_is_visible_and_uniquely_named(many_scenes):
@@ -154,7 +155,8 @@ def test_limit_keeps_whole_scenes_evenly_across_relations_and_drops_their_images
     examples = read_table(tmp_path / "out")
     assert len(examples) == 16 and summary["images"] == 8
     assert Counter(e.source["gold_relation"] for e in examples if e.task == "true_false") == {
-        r: 2 for r in synthetic.VERTICAL_SET}
+        r: 2 for r in synthetic.VERTICAL_SET
+    }
     assert len(list((tmp_path / "out/images").iterdir())) == 8
 
 

@@ -23,8 +23,10 @@ from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.pipeline import prepare
 
 SHARED_VSR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vsr"
-pytestmark = pytest.mark.skipif(not SHARED_VSR.is_dir(), reason=(
-    f"{SHARED_VSR} is absent: the VSR tests need the shared copies of the upstream annotation files"))
+pytestmark = pytest.mark.skipif(
+    not SHARED_VSR.is_dir(),
+    reason=(f"{SHARED_VSR} is absent: the VSR tests need the shared copies of the upstream annotation files"),
+)
 SPLITS = [(folder, split) for folder in ("random", "zeroshot") for split in ("train", "dev", "test")]
 DATASET = {"random": "vsr_random", "zeroshot": "vsr_zeroshot"}
 
@@ -32,6 +34,7 @@ DATASET = {"random": "vsr_random", "zeroshot": "vsr_zeroshot"}
 @pytest.fixture
 def server():
     with LoopbackServer() as running:
+
         def serve(path: str):
             parts = path.strip("/").split("/")
             if parts[0] == "vsr" and parts[2:4] == ["data", "splits"]:  # /vsr/<commit>/data/splits/<dir>/<f>
@@ -40,27 +43,36 @@ def server():
             if parts[0] == "coco" and len(parts) == 3:  # /coco/<train2017|val2017>/<name>.jpg
                 return picture_jpeg(parts[2])
             return None
+
         running.fallback = serve
         yield running
 
 
 def _config(server, **overrides) -> DataConfig:
-    values = dict(source="vsr_random", split="test", retry_backoff_seconds=0.01, timeout_seconds=5.0,
-                  vsr_annotations_url=f"{server.url}/vsr/{{commit}}/data/splits/{{split_dir}}/{{split}}.jsonl",
-                  coco_images_url=f"{server.url}/coco")
+    values = dict(
+        source="vsr_random",
+        split="test",
+        retry_backoff_seconds=0.01,
+        timeout_seconds=5.0,
+        vsr_annotations_url=f"{server.url}/vsr/{{commit}}/data/splits/{{split_dir}}/{{split}}.jsonl",
+        coco_images_url=f"{server.url}/coco",
+    )
     return DataConfig(**{**values, **overrides})
 
 
 @pytest.mark.parametrize("folder, split", SPLITS)
 def test_pinned_sums_match_the_upstream_copies(folder, split):
-    assert sha256_file(SHARED_VSR / folder / f"{split}.jsonl") == source_spec("vsr")["sha256"][f"{folder}/{split}.jsonl"]
+    assert (
+        sha256_file(SHARED_VSR / folder / f"{split}.jsonl") == source_spec("vsr")["sha256"][f"{folder}/{split}.jsonl"]
+    )
 
 
 @pytest.mark.parametrize("folder, split", SPLITS)
 def test_parser_reads_every_record_of_every_split(folder, split):
     bad = BadRecords(skip_bad=False)
-    drafts = vsr.parse_records(SHARED_VSR / folder / f"{split}.jsonl", DATASET[folder], split, bad,
-                               "http://images.cocodataset.org")
+    drafts = vsr.parse_records(
+        SHARED_VSR / folder / f"{split}.jsonl", DATASET[folder], split, bad, "http://images.cocodataset.org"
+    )
     assert len(drafts) == source_spec("vsr")["counts"][folder][split]
     labels = Counter(d.fields["answer_index"] for d in drafts)
     assert set(labels) == {0, 1} and not bad.records
@@ -101,8 +113,9 @@ def test_download_select_and_store_with_a_stratified_limit(server, tmp_path):
 def test_both_test_sets_in_full_share_stored_images(server, tmp_path):
     raw = tmp_path / "raw"
     prepare.run(prepare.Paths(out=tmp_path / "random", raw=raw), _config(server, download_workers=16))
-    prepare.run(prepare.Paths(out=tmp_path / "zeroshot", raw=raw),
-                _config(server, source="vsr_zeroshot", download_workers=16))
+    prepare.run(
+        prepare.Paths(out=tmp_path / "zeroshot", raw=raw), _config(server, source="vsr_zeroshot", download_workers=16)
+    )
     random_ids = {e.source["image"]: e.image_id for e in read_table(tmp_path / "random")}
     zeroshot = read_table(tmp_path / "zeroshot")
     assert len(random_ids) == 1874 and len(zeroshot) == 1222
@@ -117,9 +130,12 @@ def test_a_404_image_is_strict_by_default_and_a_counted_skip_with_skip_bad(serve
     with pytest.raises(ZeroVLMError, match=r"dev\.jsonl:1: field 'image_link'.*HTTP 404"):
         prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), _config(server, split="dev"))
     assert not (tmp_path / "strict").exists()  # nothing half-written looks valid
-    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
-                          _config(server, split="dev", skip_bad=True))
-    same_image = sum(1 for line in (SHARED_VSR / "random/dev.jsonl").open() if json.loads(line)["image"] == first["image"])
+    summary = prepare.run(
+        prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"), _config(server, split="dev", skip_bad=True)
+    )
+    same_image = sum(
+        1 for line in (SHARED_VSR / "random/dev.jsonl").open() if json.loads(line)["image"] == first["image"]
+    )
     assert summary["skipped"]["count"] == same_image and summary["skipped"]["by_field"] == {"image_link": same_image}
     assert summary["examples"] == 1097 - same_image
 
@@ -141,7 +157,12 @@ def test_bad_records_name_file_line_and_field(tmp_path):
     drafts = vsr.parse_records(path, "vsr_random", "dev", bad, "http://x")
     assert len(drafts) == 1
     assert [(b.line, b.field) for b in bad.records] == [
-        (2, "label"), (3, "relation"), (4, "image"), (5, "image_link"), (6, None)]
+        (2, "label"),
+        (3, "relation"),
+        (4, "image"),
+        (5, "image_link"),
+        (6, None),
+    ]
 
 
 def test_local_folders_mean_no_download(tmp_path):
@@ -154,8 +175,15 @@ def test_local_folders_mean_no_download(tmp_path):
     with socket.socket() as probe:  # URLs point at a closed port: any fetch would fail
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    cfg = DataConfig(source="vsr_zeroshot", split="dev", annotations_dir=str(SHARED_VSR), images_dir=str(coco),
-                     vsr_annotations_url=dead + "/{split}", coco_images_url=dead, download_retries=0)
+    cfg = DataConfig(
+        source="vsr_zeroshot",
+        split="dev",
+        annotations_dir=str(SHARED_VSR),
+        images_dir=str(coco),
+        vsr_annotations_url=dead + "/{split}",
+        coco_images_url=dead,
+        download_retries=0,
+    )
     summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
     assert summary["examples"] == 340 and not (tmp_path / "raw").exists()
 
@@ -164,8 +192,12 @@ def test_offline_error_names_the_url_and_the_local_alternative(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
-    cfg = DataConfig(source="vsr_random", vsr_annotations_url=dead + "/{split_dir}/{split}.jsonl",
-                     download_retries=0, timeout_seconds=1.0)
+    cfg = DataConfig(
+        source="vsr_random",
+        vsr_annotations_url=dead + "/{split_dir}/{split}.jsonl",
+        download_retries=0,
+        timeout_seconds=1.0,
+    )
     with pytest.raises(ZeroVLMError, match=rf"could not reach {dead}/random/test.jsonl.*data.annotations_dir"):
         prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
 
@@ -184,8 +216,11 @@ def _huge_png() -> bytes:
 BAD_IMAGES = {  # where the bad image comes from -> (its bytes, the check, what the error states)
     "download": (lambda: picture_jpeg("one", size=(1, 1)), "min_image_side_px", r"1x1 px: shorter side 1 < "),
     "raw folder by hand": (_huge_png, "max_image_pixels", r"more than 100000000 pixels"),
-    "images_dir": (lambda: _png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))), "blank_max_range",
-                   r"64x64 px, blank: every channel's max - min is 0"),
+    "images_dir": (
+        lambda: _png_bytes(Image.new("RGBA", (64, 64), (0, 0, 0, 0))),
+        "blank_max_range",
+        r"64x64 px, blank: every channel's max - min is 0",
+    ),
 }
 
 
@@ -216,8 +251,9 @@ def test_images_are_checked_wherever_they_come_from(server, tmp_path, where):
         message = str(error.value)
         assert "\n" not in message and message.startswith("dev.jsonl:1: field 'image': ")
         assert re.search(rf"{re.escape(relative)}: {stated}.*data\.{check}", message), message
-        summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
-                              cfg.model_copy(update={"skip_bad": True}))
+        summary = prepare.run(
+            prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+        )
     same_image = sum(1 for record in lines if record["image"] == lines[0]["image"])
     assert summary["skipped"]["count"] == same_image and summary["skipped"]["by_check"] == {check: same_image}
     assert summary["examples"] == len(lines) - same_image

@@ -22,13 +22,13 @@ from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.pipeline import prepare
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "whatsup"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=(
-    f"{SHARED} is absent: the What'sUp tests need the shared rebuilt annotation files"))
+pytestmark = pytest.mark.skipif(
+    not SHARED.is_dir(), reason=(f"{SHARED} is absent: the What'sUp tests need the shared rebuilt annotation files")
+)
 A_JSON = SHARED / "controlled_images_dataset.json"
 SAMPLE = SHARED / "sample_images" / "apple_left_of_armchair.jpeg"
 SPEC_A = {"annotation_id": "1ap8mmmpQjLIjPGuplkpBgc1hoEHCj4hm", "archive_id": "19KGYVQjrV3syb00GgcavB2nZTW5NXX0H"}
-B_WORDS = {"left of": "to the left of", "right of": "to the right of", "in front of": "in front of",
-           "behind": "behind"}
+B_WORDS = {"left of": "to the left of", "right of": "to the right of", "in front of": "in front of", "behind": "behind"}
 
 
 def subset_b_stand_in(path: Path) -> Path:
@@ -37,8 +37,12 @@ def subset_b_stand_in(path: Path) -> Path:
     for line in (SHARED / "controlled_clevr_index_from_adaptvis.jsonl").open():
         row = json.loads(line)
         order = [row["gold_relation"], *(r for r in B_WORDS if r != row["gold_relation"])]
-        records.append({"image_path": row["image_path_guess"],
-                        "caption_options": [f"A {row['subject']} {B_WORDS[r]} a {row['object']}" for r in order]})
+        records.append(
+            {
+                "image_path": row["image_path_guess"],
+                "caption_options": [f"A {row['subject']} {B_WORDS[r]} a {row['object']}" for r in order],
+            }
+        )
     path.write_text(json.dumps(records))
     return path
 
@@ -48,10 +52,12 @@ def archive_bytes(names: list[str], hostile: bool = True, replaced: dict[str, by
     plus hostile members."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+
         def add(name: str, data: bytes):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
         for name in names:
             data = SAMPLE.read_bytes() if name == SAMPLE.name else picture_jpeg(name)
             add(f"controlled_images/{name}", (replaced or {}).get(name, data))
@@ -73,24 +79,29 @@ def drive(tmp_path):
     """Google Drive as the upstream loader sees it: uc?id=... , a confirmation form for the archive."""
     archive = archive_bytes(a_names())
     with LoopbackServer() as server:
+
         def uc(handler, hits):
             file_id = urllib.parse.parse_qs(urllib.parse.urlsplit(handler.path).query)["id"][0]
             if file_id == SPEC_A["annotation_id"]:
                 return send_bytes(handler, A_JSON.read_bytes(), "application/json")
             if file_id == SPEC_A["archive_id"]:  # too large to scan: Drive asks to confirm
-                page = (f'<form id="download-form" action="/download" method="get">'
-                        f'<input type="hidden" name="id" value="{file_id}">'
-                        f'<input type="hidden" name="confirm" value="t"></form>').encode()
+                page = (
+                    f'<form id="download-form" action="/download" method="get">'
+                    f'<input type="hidden" name="id" value="{file_id}">'
+                    f'<input type="hidden" name="confirm" value="t"></form>'
+                ).encode()
                 return send_bytes(handler, page, "text/html; charset=utf-8")
             handler.send_error(404)
+
         server.routes["/uc"] = uc
         server.routes["/download"] = archive
         yield server
 
 
 def _config(server, **overrides) -> DataConfig:
-    values = dict(source="whatsup_a", gdrive_url=f"{server.url}/uc?export=download&id={{file_id}}",
-                  retry_backoff_seconds=0.01)
+    values = dict(
+        source="whatsup_a", gdrive_url=f"{server.url}/uc?export=download&id={{file_id}}", retry_backoff_seconds=0.01
+    )
     return DataConfig(**{**values, **overrides})
 
 
@@ -110,8 +121,10 @@ def test_subset_a_parses_into_103_sets_of_two_pairs():
 
 
 def test_gold_relations_agree_with_an_independent_answer_file():
-    answers = [json.loads(line)["answer"][0].lower() for line in
-               (SHARED / "upstream_derived/adaptvis_Controlled_Images_A_with_answer_four_options.jsonl").open()]
+    answers = [
+        json.loads(line)["answer"][0].lower()
+        for line in (SHARED / "upstream_derived/adaptvis_Controlled_Images_A_with_answer_four_options.jsonl").open()
+    ]
     drafts = whatsup.parse_records(A_JSON, "whatsup_a", 0, BadRecords(skip_bad=False))
     assert [d.fields["relation"].split()[0] for d in drafts] == answers
 
@@ -139,7 +152,8 @@ def test_download_from_drive_keeps_whole_sets_and_extracts_safely(drive, tmp_pat
     raw = tmp_path / "raw/whatsup"
     assert summary["source_checksums"] == {
         "controlled_images_dataset.json": sha256_file(A_JSON),
-        "controlled_images.tar.gz": sha256_file(raw / "controlled_images.tar.gz")}
+        "controlled_images.tar.gz": sha256_file(raw / "controlled_images.tar.gz"),
+    }
     extracted = sorted(p.name for p in (raw / "controlled_images").iterdir() if not p.name.startswith("."))
     assert len(extracted) == 412 and "link_on_table.jpeg" not in extracted
     assert not list(tmp_path.rglob("evil_on_table.jpeg"))
@@ -166,8 +180,13 @@ def test_local_copies_mean_no_download(tmp_path, as_archive):
         with tarfile.open(archive) as tar:
             tar.extractall(tmp_path / "local", filter="data")
         images = tmp_path / "local"
-    cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(images),
-                     gdrive_url="http://127.0.0.1:9/{file_id}", download_retries=0)
+    cfg = DataConfig(
+        source="whatsup_a",
+        annotations_dir=str(SHARED),
+        images_dir=str(images),
+        gdrive_url="http://127.0.0.1:9/{file_id}",
+        download_retries=0,
+    )
     summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
     assert summary["examples"] == 412 and summary["images"] == 412
 
@@ -179,8 +198,9 @@ def test_a_missing_image_is_strict_by_default_and_a_counted_skip_with_skip_bad(t
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(archive))
     with pytest.raises(ZeroVLMError, match=r"controlled_images_dataset\.json:1: field 'image_path'"):
         prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), cfg)
-    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
-                          cfg.model_copy(update={"skip_bad": True}))
+    summary = prepare.run(
+        prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+    )
     assert summary["skipped"]["count"] == 1 and summary["examples"] == 411
 
 
@@ -210,8 +230,13 @@ def test_bad_records_name_file_position_and_field(tmp_path):
     bad = BadRecords(skip_bad=True)
     assert len(whatsup.parse_records(path, "whatsup_a", 0, bad)) == 1
     assert [(b.line, b.field) for b in bad.records] == [
-        (1, "image_path"), (2, "caption_options"), (3, "image_path"), (4, "caption_options"),
-        (6, "image_path"), (7, "caption_options")]
+        (1, "image_path"),
+        (2, "caption_options"),
+        (3, "image_path"),
+        (4, "caption_options"),
+        (6, "image_path"),
+        (7, "caption_options"),
+    ]
 
 
 def test_an_archived_image_that_fails_a_check_is_strict_by_default_and_a_counted_skip_with_skip_bad(tmp_path):
@@ -219,9 +244,13 @@ def test_an_archived_image_that_fails_a_check_is_strict_by_default_and_a_counted
     archive = tmp_path / "controlled_images.tar.gz"
     archive.write_bytes(archive_bytes(names, hostile=False, replaced={names[1]: picture_jpeg("one", size=(1, 1))}))
     cfg = DataConfig(source="whatsup_a", annotations_dir=str(SHARED), images_dir=str(archive))
-    with pytest.raises(ZeroVLMError, match=rf"controlled_images_dataset\.json:2: field 'image_path': \S*{names[1]}: "
-                                           rf"1x1 px: shorter side 1 < data\.min_image_side_px=32"):
+    with pytest.raises(
+        ZeroVLMError,
+        match=rf"controlled_images_dataset\.json:2: field 'image_path': \S*{names[1]}: "
+        rf"1x1 px: shorter side 1 < data\.min_image_side_px=32",
+    ):
         prepare.run(prepare.Paths(out=tmp_path / "strict", raw=tmp_path / "raw"), cfg)
-    summary = prepare.run(prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"),
-                          cfg.model_copy(update={"skip_bad": True}))
+    summary = prepare.run(
+        prepare.Paths(out=tmp_path / "skip", raw=tmp_path / "raw"), cfg.model_copy(update={"skip_bad": True})
+    )
     assert summary["skipped"]["by_check"] == {"min_image_side_px": 1} and summary["examples"] == 411

@@ -18,13 +18,25 @@ from tests.dvc_helpers import ROOT, copy_repo, run
 
 pytestmark = pytest.mark.slow
 
-COMPARED = ("results.csv", "results.md", "headline.json", "grid/*/*/summary.json", "grid/*/*/per_relation.json",
-            "grid/*/*/breakdown.json", "grid/*/*/provenance.json", "plots/**/*.json")
+COMPARED = (
+    "results.csv",
+    "results.md",
+    "headline.json",
+    "grid/*/*/summary.json",
+    "grid/*/*/per_relation.json",
+    "grid/*/*/breakdown.json",
+    "grid/*/*/provenance.json",
+    "plots/**/*.json",
+)
 # Per file name, the fields (paths of keys) that record the run rather than its results.
 IDENTITY_FIELDS = {
     "summary.json": [("overhead",)],  # seconds and peak memory
-    "provenance.json": [("infer", "fingerprint"),  # a hash that covers the backends' code
-                        ("infer", "versions"), ("infer", "device"), ("views", "device")],
+    "provenance.json": [
+        ("infer", "fingerprint"),  # a hash that covers the backends' code
+        ("infer", "versions"),
+        ("infer", "device"),
+        ("views", "device"),
+    ],
 }
 
 

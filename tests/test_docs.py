@@ -77,20 +77,47 @@ def _make_figure_module():
 
 def _demo_run(root: Path, configuration: str = "all") -> np.ndarray:
     """A finished run's three inputs of the figure, for one true/false example; returns its stitched pixels."""
-    examples = [Example("d/test/0/mc", "synthetic", "test", "multiple_choice", "img0", "images/img0.png", "",
-                        ("A left of B.", "A right of B."), 0, "left of"),
-                Example("d/test/0/tf", "synthetic", "test", "true_false", "img0", "images/img0.png",
-                        "A left of B.", ("yes", "no"), 0, "left of")]
+    examples = [
+        Example(
+            "d/test/0/mc",
+            "synthetic",
+            "test",
+            "multiple_choice",
+            "img0",
+            "images/img0.png",
+            "",
+            ("A left of B.", "A right of B."),
+            0,
+            "left of",
+        ),
+        Example(
+            "d/test/0/tf",
+            "synthetic",
+            "test",
+            "true_false",
+            "img0",
+            "images/img0.png",
+            "A left of B.",
+            ("yes", "no"),
+            0,
+            "left of",
+        ),
+    ]
     write_table(root / "data/prepared/toy", examples)
     pixels = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
     with ShardWriter(root / "data/stitched/toy") as writer:
         writer.add("img0.origin", Image.new("RGB", (10, 10)), {"image_id": "img0", "configuration": "origin"})
-        writer.add(f"img0.{configuration}", Image.fromarray(pixels),
-                   {"image_id": "img0", "configuration": configuration})
-    write_jsonl(root / "data/predictions/toy/vlm/predictions.jsonl", [
-        {"example_id": "d/test/0/tf", "configuration": "all", "with_view_prompt": False, "rendered_prompt": "off"},
-        {"example_id": "d/test/0/mc", "configuration": "all", "with_view_prompt": True, "rendered_prompt": "mc"},
-        {"example_id": "d/test/0/tf", "configuration": "all", "with_view_prompt": True, "rendered_prompt": "on"}])
+        writer.add(
+            f"img0.{configuration}", Image.fromarray(pixels), {"image_id": "img0", "configuration": configuration}
+        )
+    write_jsonl(
+        root / "data/predictions/toy/vlm/predictions.jsonl",
+        [
+            {"example_id": "d/test/0/tf", "configuration": "all", "with_view_prompt": False, "rendered_prompt": "off"},
+            {"example_id": "d/test/0/mc", "configuration": "all", "with_view_prompt": True, "rendered_prompt": "mc"},
+            {"example_id": "d/test/0/tf", "configuration": "all", "with_view_prompt": True, "rendered_prompt": "on"},
+        ],
+    )
     return pixels
 
 

@@ -14,16 +14,24 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 import pytest
 from PIL import Image
 
 from zerovlm.config import DataConfig
 from zerovlm.datasets import download
-from zerovlm.datasets.download import (DownloadError, FileRequest, Policy, SizeCaps, fetch_all, fetch_file,
-                                       policy_from_config, verify_image)
+from zerovlm.datasets.download import (
+    DownloadError,
+    FileRequest,
+    Policy,
+    SizeCaps,
+    fetch_all,
+    fetch_file,
+    policy_from_config,
+    verify_image,
+)
 from zerovlm.datasets.examples import store_image_file
 from zerovlm.io import ZeroVLMError, image_as_rgb
 
@@ -37,7 +45,7 @@ def jpeg_bytes(name: str, size=(48, 32), mode="RGB") -> bytes:
     """A small deterministic JPEG whose colour depends on `name`."""
     digest = hashlib.sha256(name.encode()).digest()
     buffer = io.BytesIO()
-    Image.new(mode, size, tuple(digest[:len(mode)])).save(buffer, format="JPEG", quality=90)
+    Image.new(mode, size, tuple(digest[: len(mode)])).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -59,8 +67,7 @@ class LoopbackServer:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -127,11 +134,13 @@ def fail_first(status: int, data: bytes, times: int = 1):
             handler.send_error(status)
         else:
             send_bytes(handler, data)
+
     return route
 
 
 def drop_mid_body_once(data: bytes):
     """First request: promise the whole body, send half, close the connection."""
+
     def route(handler, hits):
         if hits > 1:
             return send_bytes(handler, data)
@@ -142,11 +151,13 @@ def drop_mid_body_once(data: bytes):
         handler.wfile.flush()
         handler.connection.shutdown(socket.SHUT_RDWR)
         handler.close_connection = True
+
     return route
 
 
 def stall(server: LoopbackServer):
     """Headers and a few bytes, then nothing until the test ends (bounded by STALL_LIMIT_SECONDS)."""
+
     def route(handler, hits):
         handler.send_response(200)
         handler.send_header("Content-Length", "1000")
@@ -154,6 +165,7 @@ def stall(server: LoopbackServer):
         handler.wfile.write(b"x" * 10)
         handler.wfile.flush()
         server.release.wait(STALL_LIMIT_SECONDS)
+
     return route
 
 
@@ -288,8 +300,11 @@ def test_a_bad_image_put_at_the_final_name_by_hand_is_an_error_naming_it(server,
     (tmp_path / "h.jpg").write_bytes(content)
     server.routes["/h.jpg"] = jpeg_bytes("h")
     done, failures = fetch_all([FileRequest(f"{server.url}/h.jpg", "h.jpg", is_image=True)], tmp_path, FAST)
-    assert not done and str(tmp_path / "h.jpg") in failures[0].reason and "delete it to fetch it again" in \
-        failures[0].reason
+    assert (
+        not done
+        and str(tmp_path / "h.jpg") in failures[0].reason
+        and "delete it to fetch it again" in failures[0].reason
+    )
     assert (tmp_path / "h.jpg").read_bytes() == content and server.hits == {}  # never replaced silently
 
 
@@ -325,10 +340,13 @@ def test_workers_are_bounded_and_failures_are_summarised(server, tmp_path):
 
 def test_google_drive_confirmation_form_is_followed(server, tmp_path):
     def confirm_page(handler, hits):
-        page = (b'<html><form id="download-form" action="/download" method="get">'
-                b'<input type="hidden" name="id" value="FILE"><input type="hidden" name="confirm" value="t">'
-                b'</form></html>')
+        page = (
+            b'<html><form id="download-form" action="/download" method="get">'
+            b'<input type="hidden" name="id" value="FILE"><input type="hidden" name="confirm" value="t">'
+            b"</form></html>"
+        )
         send_bytes(handler, page, content_type="text/html; charset=utf-8")
+
     server.routes["/uc"] = confirm_page
     server.routes["/download"] = PAYLOAD
     request = FileRequest(f"{server.url}/uc?export=download&id=FILE", "w/f.tar.gz", follow_html_form=True)
@@ -362,13 +380,16 @@ def test_decompression_bomb_guard_stays_on(tmp_path, monkeypatch):
         verify_image(path)
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
-    (lambda: Image.new("RGB", (4, 4), (0, 0, 255)).convert("P"), (0, 0, 255)),
-    (lambda: Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
-    (lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)), (255, 255, 255)),  # transparent -> white
-    (lambda: Image.new("LA", (4, 4), (0, 255)), (0, 0, 0)),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
+        (lambda: Image.new("RGB", (4, 4), (0, 0, 255)).convert("P"), (0, 0, 255)),
+        (lambda: Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+        (lambda: Image.new("RGBA", (4, 4), (255, 0, 0, 0)), (255, 255, 255)),  # transparent -> white
+        (lambda: Image.new("LA", (4, 4), (0, 255)), (0, 0, 0)),
+    ],
+)
 def test_odd_modes_become_rgb(make, expected):
     converted = image_as_rgb(make())
     assert converted.mode == "RGB" and converted.getpixel((1, 1)) == expected
@@ -396,6 +417,7 @@ def test_a_stale_partial_file_past_the_end_starts_over(server, tmp_path):
         if header and int(header[6:].rstrip("-")) >= len(PAYLOAD):
             return handler.send_error(416)
         send_bytes(handler, PAYLOAD)
+
     server.routes["/a.bin"] = range_aware
     path = fetch_file(FileRequest(f"{server.url}/a.bin", "a.bin"), tmp_path, FAST)
     assert path.read_bytes() == PAYLOAD and server.hits["/a.bin"] == 2
@@ -404,6 +426,7 @@ def test_a_stale_partial_file_past_the_end_starts_over(server, tmp_path):
 # ---------------------------------------------------------------- deadline, size caps, local disk
 def trickle(server: LoopbackServer, data: bytes, interval_seconds=0.02):
     """Announce the whole body, then send a byte per interval: every read gets data, none times out."""
+
     def route(handler, hits):
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(data)))
@@ -413,10 +436,11 @@ def trickle(server: LoopbackServer, data: bytes, interval_seconds=0.02):
             if server.release.wait(interval_seconds) or time.monotonic() > stop:
                 return
             try:
-                handler.wfile.write(data[i:i + 1])
+                handler.wfile.write(data[i : i + 1])
                 handler.wfile.flush()
             except OSError:  # the client gave up
                 return
+
     return route
 
 
@@ -457,23 +481,33 @@ def test_back_off_never_runs_past_the_deadline(server, tmp_path):
 CAPS = SizeCaps(annotation=1000, image=2000, archive=3000, checkpoint=4000)
 
 
-@pytest.mark.parametrize("kind, fields", [("annotation", {}), ("image", {"is_image": True}),
-                                          ("archive", {"kind": "archive"}), ("checkpoint", {"kind": "checkpoint"})])
+@pytest.mark.parametrize(
+    "kind, fields",
+    [
+        ("annotation", {}),
+        ("image", {"is_image": True}),
+        ("archive", {"kind": "archive"}),
+        ("checkpoint", {"kind": "checkpoint"}),
+    ],
+)
 def test_an_endless_body_stops_at_the_size_cap_of_its_kind(server, tmp_path, kind, fields):
     server.routes["/endless"] = endless
     cap_mb = getattr(CAPS, kind) / 1e6
     with pytest.raises(DownloadError) as error:
         fetch_file(FileRequest(f"{server.url}/endless", "e.bin", **fields), tmp_path, Policy(max_bytes=CAPS))
-    assert str(error.value) == (f"{server.url}/endless: larger than the {kind} size cap of {cap_mb:g} MB; if it "
-                                f"really is this big, raise data.download_max_mb.{kind}")
+    assert str(error.value) == (
+        f"{server.url}/endless: larger than the {kind} size cap of {cap_mb:g} MB; if it "
+        f"really is this big, raise data.download_max_mb.{kind}"
+    )
     assert server.hits["/endless"] == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_a_content_length_over_the_cap_is_refused_before_writing(server, tmp_path, monkeypatch):
     server.routes["/big.bin"] = PAYLOAD
     opened = []
-    monkeypatch.setattr(download, "open", lambda *args, **kwargs: opened.append(args) or open(*args, **kwargs),
-                        raising=False)
+    monkeypatch.setattr(
+        download, "open", lambda *args, **kwargs: opened.append(args) or open(*args, **kwargs), raising=False
+    )
     with pytest.raises(DownloadError, match="larger than the annotation size cap of 0.001 MB"):
         fetch_file(FileRequest(f"{server.url}/big.bin", "big.bin"), tmp_path, Policy(max_bytes=CAPS))
     assert opened == [] and server.hits["/big.bin"] == 1 and list(tmp_path.iterdir()) == []
@@ -505,6 +539,7 @@ def _disk_with_free_bytes(monkeypatch, free: int) -> None:
     def disk_open(path, mode="r", *args, **kwargs):
         file = real_open(path, mode, *args, **kwargs)
         return FullDisk(file) if "w" in mode or "a" in mode else file
+
     monkeypatch.setattr(download, "open", disk_open, raising=False)
 
 
@@ -512,8 +547,10 @@ def test_disk_full_is_reported_as_such_and_not_retried(server, tmp_path, monkeyp
     server.routes["/a.bin"] = PAYLOAD
     _disk_with_free_bytes(monkeypatch, 5000)
     url = f"{server.url}/a.bin"
-    with pytest.raises(DownloadError, match=re.escape(f"disk full in {tmp_path / 'x'} after writing 5000 bytes "
-                                                      f"of {url}; free space there")) as error:
+    with pytest.raises(
+        DownloadError,
+        match=re.escape(f"disk full in {tmp_path / 'x'} after writing 5000 bytes of {url}; free space there"),
+    ) as error:
         fetch_file(FileRequest(url, "x/a.bin"), tmp_path, FAST)
     assert not error.value.retryable and server.hits["/a.bin"] == 1
     assert (tmp_path / "x/a.bin.part").stat().st_size == 5000  # resumed once there is room
@@ -535,6 +572,7 @@ def test_a_stall_before_the_first_byte_leaves_no_empty_part_file(server, tmp_pat
         handler.end_headers()
         handler.wfile.flush()
         server.release.wait(STALL_LIMIT_SECONDS)
+
     server.routes["/stall.bin"] = headers_then_nothing
     policy = Policy(workers=1, retries=1, backoff_seconds=0.01, timeout_seconds=0.5)
     with pytest.raises(DownloadError, match="connection lost"):

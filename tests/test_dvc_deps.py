@@ -19,8 +19,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zerovlm.config import (DataConfig, GridConfig, InferConfig, ModelsConfig, ReportConfig, ScoreConfig,
-                            StitchConfig, ViewsConfig)
+from zerovlm.config import (
+    DataConfig,
+    GridConfig,
+    InferConfig,
+    ModelsConfig,
+    ReportConfig,
+    ScoreConfig,
+    StitchConfig,
+    ViewsConfig,
+)
 from zerovlm.vlm.registry import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,13 +37,15 @@ OUTPUT_NEUTRAL = {
     "zerovlm/pickles.py": "turns torch's refusal to unpickle a weights file into an error; loads nothing itself",
     "zerovlm/parallel.py": "splits work between processes; the merged outputs are the same bytes (test_parallel)",
     "zerovlm/config.py": "the params schema: a stage's values come from params.yaml, which dvc.yaml lists as "
-                         "its params (see test_params_yaml_states_every_value_that_changes_outputs)",
+    "its params (see test_params_yaml_states_every_value_that_changes_outputs)",
 }
 DATA_FILES = {  # read at run time, not imported
     "zerovlm/prompts.py": ["zerovlm/prompts.yaml"],
     "zerovlm/datasets/sources.py": ["zerovlm/datasets/sources.yaml"],
     "zerovlm/report/gallery.py": ["zerovlm/report/templates/gallery.html.j2"],
 }
+
+
 def _module_file(name: str) -> Path | None:
     path = ROOT / Path(*name.split("."))
     for candidate in (path.with_suffix(".py"), path / "__init__.py"):
@@ -72,8 +82,9 @@ def _closure(script: Path) -> set[str]:
             names |= {target.split(":")[0] for target in BACKENDS.values()}
         for name in names:  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
             parts = name.split(".")
-            todo += [_module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)
-                     if _module_file(".".join(parts[:i]))]
+            todo += [
+                _module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1) if _module_file(".".join(parts[:i]))
+            ]
     files = {f for f in seen if f.startswith("zerovlm/")}
     files |= {data for module in files for data in DATA_FILES.get(module, [])}
     # a package's __init__ holding only a docstring (and __version__) cannot change an output
@@ -82,9 +93,13 @@ def _closure(script: Path) -> set[str]:
 
 def _is_docstring_only(path: Path) -> bool:
     tree = ast.parse(path.read_text())
-    return all(isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-               or isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["__version__"]
-               for node in tree.body)
+    return all(
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        or isinstance(node, ast.Assign)
+        and [t.id for t in node.targets] == ["__version__"]
+        for node in tree.body
+    )
 
 
 def _stages() -> list[tuple[str, Path, list[str]]]:
@@ -100,8 +115,9 @@ def _stages() -> list[tuple[str, Path, list[str]]]:
 @pytest.mark.parametrize("name, script, deps", _stages(), ids=[s[0] for s in _stages()])
 def test_every_library_file_a_stage_runs_is_one_of_its_deps(name, script, deps):
     code_deps = [d.rstrip("/") for d in deps if d.startswith(("zerovlm", "stages"))]
-    uncovered = sorted(f for f in _closure(script) - set(OUTPUT_NEUTRAL)
-                       if not any(f == d or f.startswith(d + "/") for d in code_deps))
+    uncovered = sorted(
+        f for f in _closure(script) - set(OUTPUT_NEUTRAL) if not any(f == d or f.startswith(d + "/") for d in code_deps)
+    )
     assert not uncovered, f"dvc.yaml stage {name!r}: add to its deps {uncovered}"
     assert script.relative_to(ROOT).as_posix() in code_deps
 
@@ -119,18 +135,26 @@ def test_check_runs_before_every_stage_and_each_consumer_reads_only_its_own_inpu
         shutil.copy2(ROOT / name, tmp_path / name)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     datasets, vlms = params["grid"]["datasets"], params["grid"]["vlms"]
-    own = {"models": "models.json", "views": "views.json", **{f"prepare@{d}": f"prepare-{d}.json" for d in datasets},
-           **{f"infer@{d}-{v}": f"vlm-{v}.json" for d in datasets for v in vlms}}
+    own = {
+        "models": "models.json",
+        "views": "views.json",
+        **{f"prepare@{d}": f"prepare-{d}.json" for d in datasets},
+        **{f"infer@{d}-{v}": f"vlm-{v}.json" for d in datasets for v in vlms},
+    }
     with Repo(str(tmp_path)) as repo:
         graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         stages = {stage.name: stage for stage in graph}
         check = stages.pop("check")
         assert check.always_changed
         assert {str(out): (out.use_cache, out.persist) for out in check.outs} == {
-            "data/inputs": (False, False), "models.lock": (False, True)}
+            "data/inputs": (False, False),
+            "models.lock": (False, True),
+        }
         assert [name for name, stage in stages.items() if not nx.has_path(graph, stage, check)] == []
-        inputs = {name: [d.def_path.removeprefix("data/inputs/") for d in stage.deps
-                         if d.def_path.startswith("data/inputs")] for name, stage in stages.items()}
+        inputs = {
+            name: [d.def_path.removeprefix("data/inputs/") for d in stage.deps if d.def_path.startswith("data/inputs")]
+            for name, stage in stages.items()
+        }
     assert inputs == {name: [own[name]] if name in own else [] for name in stages}
 
 
@@ -138,8 +162,16 @@ def test_params_yaml_states_every_value_that_changes_outputs():
     """A default in config.py would reach a stage only for a key params.yaml leaves out (the catalog
     entries `datasets.*` and `vlms.*` are merged over the full `data` and `infer` sections)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    sections = {"models": ModelsConfig, "views": ViewsConfig, "stitch": StitchConfig, "infer": InferConfig,
-                "score": ScoreConfig, "grid": GridConfig, "report": ReportConfig, "data": DataConfig}
+    sections = {
+        "models": ModelsConfig,
+        "views": ViewsConfig,
+        "stitch": StitchConfig,
+        "infer": InferConfig,
+        "score": ScoreConfig,
+        "grid": GridConfig,
+        "report": ReportConfig,
+        "data": DataConfig,
+    }
     missing = {name: sorted(set(cls.model_fields) - set(params[name])) for name, cls in sections.items()}
     assert not any(missing.values()), f"params.yaml leaves these to config.py's defaults: {missing}"
 
@@ -148,15 +180,15 @@ NON_PATH_FLAGS = {"dataset", "vlm"}  # grid names, not paths
 # Paths fields whose path is neither a dep nor an out of the stage, and why.
 UNDECLARED_PATHS = {
     ("check", "built_models"): "the models stage's output: check only tells a model folder under it from other "
-                               "local folders, reading nothing inside (models runs after check)",
+    "local folders, reading nothing inside (models runs after check)",
     ("prepare", "raw"): "the download cache shared by datasets: downloads are pinned by URL and checksum "
-                        "(zerovlm/datasets/sources.yaml), a local folder by data/inputs/prepare-<dataset>.json",
+    "(zerovlm/datasets/sources.yaml), a local folder by data/inputs/prepare-<dataset>.json",
 }
 # Deps that no Paths field names, and why: they re-run the stage when they change, the stage does not read them.
 UNREAD_DEPS = {
     r"data/inputs/models\.json": "the models stage's inputs record: constant, its change re-runs the stage",
     r"data/inputs/prepare-\$\{item\}\.json": "local dataset files by hash or stat: prepare reads the files "
-                                              "themselves, from the params",
+    "themselves, from the params",
     r"data/models/[\w.-]+": "the tiny model folder the params name (views.model, vlms.<name>.model)",
 }
 
@@ -169,8 +201,11 @@ def _stage_paths() -> list[tuple[str, dict[str, str], list[str]]]:
         body = stage.get("do", stage)
         tokens = shlex.split(body["cmd"])
         flags = {token[2:]: value for token, value in zip(tokens, tokens[1:]) if token.startswith("--")}
-        declared = [next(iter(entry)) if isinstance(entry, dict) else entry
-                    for key in ("deps", "outs", "metrics") for entry in body.get(key, [])]
+        declared = [
+            next(iter(entry)) if isinstance(entry, dict) else entry
+            for key in ("deps", "outs", "metrics")
+            for entry in body.get(key, [])
+        ]
         stages.append((name, flags, declared))
     return stages
 
@@ -187,15 +222,25 @@ def test_each_stage_paths_are_the_paths_dvc_yaml_passes_and_declares(name, flags
     fields = {field.name: field for field in dataclasses.fields(paths)}
     passed = {flag.replace("-", "_"): value for flag, value in flags.items() if flag not in NON_PATH_FLAGS}
     assert sorted(set(passed) - set(fields)) == [], f"dvc.yaml stage {name!r} passes flags its Paths lacks"
-    values = {field: passed.get(field, None if spec.default is dataclasses.MISSING else spec.default)
-              for field, spec in fields.items()}
+    values = {
+        field: passed.get(field, None if spec.default is dataclasses.MISSING else spec.default)
+        for field, spec in fields.items()
+    }
     assert [field for field, value in values.items() if value is None] == [], (
-        f"dvc.yaml stage {name!r}: its cmd passes no path for these Paths fields")
-    undeclared = sorted(field for field, value in values.items()
-                        if not any(_covers(str(value), d) for d in declared) and (name, field) not in UNDECLARED_PATHS)
+        f"dvc.yaml stage {name!r}: its cmd passes no path for these Paths fields"
+    )
+    undeclared = sorted(
+        field
+        for field, value in values.items()
+        if not any(_covers(str(value), d) for d in declared) and (name, field) not in UNDECLARED_PATHS
+    )
     assert undeclared == [], f"dvc.yaml stage {name!r}: these Paths fields are neither deps nor outs"
     data = [d for d in declared if not d.startswith(("zerovlm/", "stages/"))]
-    unnamed = sorted(d for d in data if not any(_covers(str(value), d) for value in values.values())
-                     and not any(re.fullmatch(pattern, d) for pattern in UNREAD_DEPS))
+    unnamed = sorted(
+        d
+        for d in data
+        if not any(_covers(str(value), d) for value in values.values())
+        and not any(re.fullmatch(pattern, d) for pattern in UNREAD_DEPS)
+    )
     assert unnamed == [], f"dvc.yaml stage {name!r}: no Paths field names these deps or outs"
     assert f"add_path_flags(parser, {name}.Paths)" in (ROOT / "stages" / f"{name}.py").read_text()

@@ -1,11 +1,11 @@
-"""FP8 Linear layers (zerovlm.fp8) on the CPU: numerics against bf16, conversion rules, clear refusals."""
+"""FP8 Linear layers (zerovlm.vlm.fp8) on the CPU: numerics against bf16, conversion rules, clear refusals."""
 
 import pytest
 import torch
 from PIL import Image
 
 from zerovlm.config import InferConfig
-from zerovlm.fp8 import E4M3_MAX, Float8Linear, check_fp8_device, convert_linears, quantize_rows
+from zerovlm.vlm.fp8 import E4M3_MAX, Float8Linear, check_fp8_device, convert_linears, quantize_rows
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request
 from zerovlm.vlm.llava import LlavaBackend, load_processor

@@ -26,8 +26,10 @@ def workspace(tmp_path_factory):
     with ShardWriter(root / "views") as views:  # the views' pixels do not matter to this stage
         for image_id in sorted({e.image_id for e in read_table(root / "prepared")}):
             views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (200, 30, 30)))
-    stitch.run(stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
-               StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
+    stitch.run(
+        stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
+        StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
+    )
     build_tiny_llava(root / "llava", seed=0)
     return root
 
@@ -57,8 +59,9 @@ def _cfg(workspace, **overrides):
 
 def _run(workspace, cfg, out_name, monkeypatch, backend):
     monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
-    return infer.run(infer.Paths(prepared=workspace / "prepared", stitched=workspace / "stitched",
-                                 out=workspace / out_name), cfg)
+    return infer.run(
+        infer.Paths(prepared=workspace / "prepared", stitched=workspace / "stitched", out=workspace / out_name), cfg
+    )
 
 
 def test_every_job_gets_a_record_and_the_baseline_is_computed_once(workspace, monkeypatch):
@@ -114,8 +117,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, mon
 def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch):
     monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     with pytest.raises(KeyboardInterrupt):
-        _run(workspace, _cfg(workspace), "changed", monkeypatch,
-             CountingBackend(_cfg(workspace), fail_after_calls=1))
+        _run(workspace, _cfg(workspace), "changed", monkeypatch, CountingBackend(_cfg(workspace), fail_after_calls=1))
     other = _cfg(workspace, question_template="true_false")
     summary = _run(workspace, other, "changed", monkeypatch, CountingBackend(other))
     assert summary["resumed"] == 0
@@ -145,10 +147,13 @@ def test_a_partial_run_on_other_images_or_weights_is_not_reused(workspace, tmp_p
             for image_id in sorted({e.image_id for e in read_table(workspace / "prepared")}):
                 views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (30, 30, 200)))
         stitched = tmp_path / "stitched"
-        stitch.run(stitch.Paths(prepared=workspace / "prepared", views=tmp_path / "views", out=stitched),
-                   StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
-        assert all((stitched / p.name).read_bytes() == p.read_bytes()
-                   for p in (workspace / "stitched").glob("shard-*.jsonl"))
+        stitch.run(
+            stitch.Paths(prepared=workspace / "prepared", views=tmp_path / "views", out=stitched),
+            StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
+        )
+        assert all(
+            (stitched / p.name).read_bytes() == p.read_bytes() for p in (workspace / "stitched").glob("shard-*.jsonl")
+        )
     else:  # the folder rebuilt in place with other weights
         build_tiny_llava(model, seed=1)
     monkeypatch.setattr(infer, "load_backend", lambda *_: CountingBackend(cfg))
@@ -162,9 +167,12 @@ SEPARATE = ("origin", "origin+left-separate")
 def _separate_store(workspace):
     """The stitched store of a configuration sent as two separate images (origin, then left)."""
     if not (workspace / "stitched_separate").exists():
-        stitch.run(stitch.Paths(prepared=workspace / "prepared", views=workspace / "views",
-                                out=workspace / "stitched_separate"),
-                   StitchConfig(configurations=SEPARATE, panel_size_px=32, gap_px=2))
+        stitch.run(
+            stitch.Paths(
+                prepared=workspace / "prepared", views=workspace / "views", out=workspace / "stitched_separate"
+            ),
+            StitchConfig(configurations=SEPARATE, panel_size_px=32, gap_px=2),
+        )
     return workspace / "stitched_separate"
 
 
@@ -173,8 +181,10 @@ def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, 
     backend = CountingBackend(cfg)
     monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
     with caplog.at_level("WARNING", logger="zerovlm.pipeline.infer"):
-        summary = infer.run(infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace),
-                                        out=workspace / "one"), cfg)
+        summary = infer.run(
+            infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace), out=workspace / "one"),
+            cfg,
+        )
     reason = "backend llava takes at most 1 image(s) per request; this configuration sends 2"
     assert summary["not_evaluated"] == {"origin+left-separate": reason}
     assert "configuration origin+left-separate not evaluated" in caplog.text
@@ -185,9 +195,15 @@ def test_a_one_image_model_is_not_given_separate_images(workspace, monkeypatch, 
     assert {r["configuration"] for r in records} == {"origin"}
 
     # score and the report show it as not evaluated, never as 0% accuracy
-    scored = score.run(score.Paths(prepared=workspace / "prepared", predictions=workspace / "one",
-                                   metrics=workspace / "one_metrics", records=workspace / "one_records.jsonl"),
-                       ScoreConfig(bootstrap_samples=0))
+    scored = score.run(
+        score.Paths(
+            prepared=workspace / "prepared",
+            predictions=workspace / "one",
+            metrics=workspace / "one_metrics",
+            records=workspace / "one_records.jsonl",
+        ),
+        ScoreConfig(bootstrap_samples=0),
+    )
     assert scored["not_evaluated"] == {"origin+left-separate": reason}
     assert scored["counts"]["n_requests_not_evaluated"] == len(examples) * 2
     assert all("origin+left-separate" not in scored[task] for task in ("true_false", "multiple_choice"))
@@ -202,8 +218,10 @@ def test_a_multi_image_model_gets_the_panels_in_order(workspace, monkeypatch):
     backend = CountingBackend(cfg)
     backend.max_images_per_request = 4  # stands in for a native multi-image model (Qwen2-VL, Idefics3, ...)
     monkeypatch.setattr(infer, "load_backend", lambda *_: backend)
-    summary = infer.run(infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace),
-                                    out=workspace / "several"), cfg)
+    summary = infer.run(
+        infer.Paths(prepared=workspace / "prepared", stitched=_separate_store(workspace), out=workspace / "several"),
+        cfg,
+    )
     assert summary["not_evaluated"] == {} and summary["requests_not_evaluated"] == 0
     example = read_table(workspace / "prepared")[0]
     origin = load_rgb(workspace / "prepared" / example.image_file, "original")
@@ -214,8 +232,10 @@ def test_a_multi_image_model_gets_the_panels_in_order(workspace, monkeypatch):
     first = next(r for r in sent if r.images[0].tobytes() == origin.tobytes())  # the original comes first
     records = {r["record_id"]: r for r in map(json.loads, (workspace / "several/predictions.jsonl").open())}
     shown = records[f"{example.example_id}|origin+left-separate|with_view_prompt"]["rendered_prompt"]
-    assert shown.startswith("USER: <image>\n<image>\nThe original image first, and the left view image second. "
-                            "Based on these two images. Judging by these two pictures, ")
+    assert shown.startswith(
+        "USER: <image>\n<image>\nThe original image first, and the left view image second. "
+        "Based on these two images. Judging by these two pictures, "
+    )
     assert first.images[0].size == origin.size  # sent unchanged, not squashed to a panel
 
 
@@ -225,8 +245,15 @@ def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record
     folders = []
     for name in ("first", "second"):
         record = workspace / f"{name}_run.json"
-        infer.run(infer.Paths(prepared=workspace / "prepared", stitched=workspace / "stitched", out=workspace / name,
-                              run_record=record), cfg)
+        infer.run(
+            infer.Paths(
+                prepared=workspace / "prepared",
+                stitched=workspace / "stitched",
+                out=workspace / name,
+                run_record=record,
+            ),
+            cfg,
+        )
         folders.append({p.name: sha256_file(p) for p in sorted((workspace / name).iterdir())})
         run = json.loads(record.read_text())
         assert run["seconds"] > 0 and run["resumed"] == 0 and run["dtype_used"] == "float32"
@@ -248,18 +275,22 @@ class GeneratingBackend(CountingBackend):
         return ["Yes"] * len(requests)
 
 
-LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "  # conversation.py
-                   "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "  # conversation.py
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
 
 
 @pytest.mark.parametrize("answer_mode, tokens, temperature", [("paper", 512, 0.2), ("generate", 16, 0.0)])
-def test_paper_mode_asks_the_authors_evaluator_question_with_the_image(workspace, monkeypatch, answer_mode, tokens,
-                                                                        temperature):
+def test_paper_mode_asks_the_authors_evaluator_question_with_the_image(
+    workspace, monkeypatch, answer_mode, tokens, temperature
+):
     cfg = _cfg(workspace, answer_mode=answer_mode, chat_format="llava_v1", view_prompt=(False,))
     backend = GeneratingBackend(cfg)
     _run(workspace, cfg, f"{answer_mode}_mode", monkeypatch, backend)
     assert {tuple(sorted(k.items())) for k in backend.calls_kwargs} == {
-        (("max_new_tokens", tokens), ("seed", 0), ("temperature", temperature))}  # no stop string: until EOS
+        (("max_new_tokens", tokens), ("seed", 0), ("temperature", temperature))
+    }  # no stop string: until EOS
     assert backend.seen and all(len(r.images) == 1 for r in backend.seen)  # unlike their evaluator: the image
     records = [json.loads(line) for line in (workspace / f"{answer_mode}_mode/predictions.jsonl").open()]
     examples = {e.example_id: e for e in read_table(workspace / "prepared") if e.task == "true_false"}
@@ -267,5 +298,6 @@ def test_paper_mode_asks_the_authors_evaluator_question_with_the_image(workspace
     assert asked
     for record in asked:  # run_llava.py's llava_v1 prompt around the evaluator's question
         caption = examples[record["example_id"]].caption
-        assert record["rendered_prompt"] == (LLAVA_V1_SYSTEM + " USER: <image>\n" + caption
-                                             + ", please answer me yes or no ASSISTANT:")
+        assert record["rendered_prompt"] == (
+            LLAVA_V1_SYSTEM + " USER: <image>\n" + caption + ", please answer me yes or no ASSISTANT:"
+        )

@@ -58,8 +58,10 @@ def test_an_image_size_zero123_cannot_encode_is_a_params_error(tmp_path):
     values["views"]["image_size_px"] = 100
     with pytest.raises(ZeroVLMError) as error:
         validate_all(write(tmp_path / "params.yaml", values))
-    assert one_line(error) == ("invalid params: views.image_size_px: Value error, must be a multiple of 8 (the "
-                               "VAE encodes 8x8 pixels per latent) (got 100)")
+    assert one_line(error) == (
+        "invalid params: views.image_size_px: Value error, must be a multiple of 8 (the "
+        "VAE encodes 8x8 pixels per latent) (got 100)"
+    )
     assert ViewsConfig(image_size_px=264).image_size_px == 264
 
 
@@ -136,6 +138,7 @@ def offline_hub(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     cache = tmp_path / "hub"
+
     def empty(folder):
         folder.mkdir(parents=True)
 
@@ -179,8 +182,11 @@ def test_online_the_hub_is_asked_for_the_commit(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
     assert pinned_commit("org/tiny", "v1.0", {}) == SHA_B and asked == [("org/tiny", "v1.0")]
-    with pytest.raises(ZeroVLMError, match=r"^org/down revision 'main': cannot ask the Hugging Face hub .*"
-                                           r"HF_HUB_OFFLINE=1") as error:
+    with pytest.raises(
+        ZeroVLMError,
+        match=r"^org/down revision 'main': cannot ask the Hugging Face hub .*"
+        r"HF_HUB_OFFLINE=1",
+    ) as error:
         pinned_commit("org/down", None, {})
     one_line(error)
 
@@ -204,8 +210,11 @@ def test_a_model_is_a_built_folder_another_folder_or_a_hub_commit(tmp_path, offl
     (tmp_path / "mine" / "config.json").write_text("{}")
     local = model_source("vlms.mine", str(tmp_path / "mine"), "ignored", {}, built)
     assert local["files"] == 1 and len(local["stat_sha256"]) == 64
-    assert model_source("views", "org/tiny", None, {}, built) == {"repo": "org/tiny", "revision": "main",
-                                                                  "commit": SHA_A}
+    assert model_source("views", "org/tiny", None, {}, built) == {
+        "repo": "org/tiny",
+        "revision": "main",
+        "commit": SHA_A,
+    }
     with pytest.raises(ZeroVLMError, match=r"^vlms.x.model: 'no/such/folder' is neither a folder"):
         model_source("vlms.x", "no/such/folder", None, {}, built)
 
@@ -225,12 +234,18 @@ def test_check_stage_writes_one_record_per_consumer_and_the_lock(tmp_path, offli
     values = params()
     values["views"]["model"] = "org/tiny"
     path = write(tmp_path / "params.yaml", values)
-    check_stage.run(check_stage.Paths(out=tmp_path / "inputs", lock=tmp_path / "models.lock",
-                                      built_models=Path("data/models"), params=path))
+    check_stage.run(
+        check_stage.Paths(
+            out=tmp_path / "inputs", lock=tmp_path / "models.lock", built_models=Path("data/models"), params=path
+        )
+    )
     written = {p.name: json.loads(p.read_text()) for p in (tmp_path / "inputs").iterdir()}
     grid = values["grid"]
-    assert set(written) == ({"models.json", "views.json"} | {f"prepare-{d}.json" for d in grid["datasets"]}
-                            | {f"vlm-{v}.json" for v in grid["vlms"]})
+    assert set(written) == (
+        {"models.json", "views.json"}
+        | {f"prepare-{d}.json" for d in grid["datasets"]}
+        | {f"vlm-{v}.json" for v in grid["vlms"]}
+    )
     assert written["views.json"] == {"repo": "org/tiny", "revision": "main", "commit": SHA_A}
     assert written[f"vlm-{grid['vlms'][0]}.json"] == {"path": "data/models/llava-1.5-tiny"}
     assert read_lock(tmp_path / "models.lock")["org--tiny--main"]["commit"] == SHA_A
@@ -274,14 +289,20 @@ def minigpt4_grid(tmp_path, offline_hub, monkeypatch) -> Path:
     commits of org/vicuna-tiny (main = SHA_A)."""
     monkeypatch.chdir(tmp_path)
     for repo, commits in (("org/blip2-tiny", (SHA_A,)), ("org/vicuna-tiny", (SHA_A, SHA_B))):
-        build_hub_cache(offline_hub.parent, repo, {commit: lambda folder: folder.mkdir(parents=True)
-                                                   for commit in commits}, main=SHA_A)
+        build_hub_cache(
+            offline_hub.parent,
+            repo,
+            {commit: lambda folder: folder.mkdir(parents=True) for commit in commits},
+            main=SHA_A,
+        )
     for name in ("mg_hub", "mg_local"):
         Path(name).mkdir()
         write_minigpt4(Path(name))
     Path("mg_hub/llama_proj.pth").write_bytes(b"llama_proj weights")
-    for part, files in (("blip2", {"config.json": b"{}"}),
-                        ("vicuna", {"config.json": b'{"model_type": "llama"}', "model.safetensors": bytes(64)})):
+    for part, files in (
+        ("blip2", {"config.json": b"{}"}),
+        ("vicuna", {"config.json": b'{"model_type": "llama"}', "model.safetensors": bytes(64)}),
+    ):
         (Path("mg_local") / part).mkdir()
         for name, content in files.items():
             (Path("mg_local") / part / name).write_bytes(content)
@@ -293,8 +314,11 @@ def minigpt4_grid(tmp_path, offline_hub, monkeypatch) -> Path:
 
 def check(params_path: Path) -> dict[str, bytes]:
     """Run the check stage (in the working directory); the bytes of each inputs file it wrote."""
-    check_stage.run(check_stage.Paths(out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"),
-                                      params=params_path))
+    check_stage.run(
+        check_stage.Paths(
+            out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"), params=params_path
+        )
+    )
     return {path.name: path.read_bytes() for path in sorted(Path("inputs").iterdir())}
 
 
@@ -305,21 +329,32 @@ def changed(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
 
 def test_check_records_a_minigpt4_manifest_by_content_with_its_hub_parts_pinned(minigpt4_grid):
     written = {name: json.loads(content) for name, content in check(minigpt4_grid).items()}
-    sha256 = {path: hashlib.sha256(Path(path).read_bytes()).hexdigest()
-              for path in ("mg_hub/minigpt4.json", "mg_hub/llama_proj.pth", "mg_local/minigpt4.json")}
+    sha256 = {
+        path: hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        for path in ("mg_hub/minigpt4.json", "mg_hub/llama_proj.pth", "mg_local/minigpt4.json")
+    }
     assert written["vlm-mg_hub.json"] == {
-        "path": "mg_hub", "manifest_sha256": sha256["mg_hub/minigpt4.json"],
-        "parts": {"vision_qformer": {"repo": "org/blip2-tiny", "revision": "main", "commit": SHA_A},
-                  "llm": {"repo": "org/vicuna-tiny", "revision": "main", "commit": SHA_A},
-                  "llama_proj": {"path": "llama_proj.pth", "sha256": sha256["mg_hub/llama_proj.pth"]}}}
+        "path": "mg_hub",
+        "manifest_sha256": sha256["mg_hub/minigpt4.json"],
+        "parts": {
+            "vision_qformer": {"repo": "org/blip2-tiny", "revision": "main", "commit": SHA_A},
+            "llm": {"repo": "org/vicuna-tiny", "revision": "main", "commit": SHA_A},
+            "llama_proj": {"path": "llama_proj.pth", "sha256": sha256["mg_hub/llama_proj.pth"]},
+        },
+    }
     local = written["vlm-mg_local.json"]
     assert local["manifest_sha256"] == sha256["mg_local/minigpt4.json"]
     assert local["parts"]["llama_proj"] == {"gdrive": DRIVE_ID}
     assert {key: value for key, value in local["parts"]["llm"].items() if key != "sha256"} == {
-        "path": "vicuna", "files": 2, "bytes": 23 + 64}
+        "path": "vicuna",
+        "files": 2,
+        "bytes": 23 + 64,
+    }
     lock = read_lock(Path("models.lock"))
-    assert {key: entry["commit"] for key, entry in lock.items()} == {"org--blip2-tiny--main": SHA_A,
-                                                                     "org--vicuna-tiny--main": SHA_A}
+    assert {key: entry["commit"] for key, entry in lock.items()} == {
+        "org--blip2-tiny--main": SHA_A,
+        "org--vicuna-tiny--main": SHA_A,
+    }
     assert pinned_part_revisions(Path("inputs/vlm-mg_hub.json")) == {"vision_qformer": SHA_A, "llm": SHA_A}
     assert pinned_part_revisions(Path("inputs/vlm-mg_local.json")) == {}
     assert pinned_part_revisions(Path("inputs/vlm-llava_tiny.json")) is None
@@ -362,9 +397,12 @@ def test_zerovlm_lock_lists_and_pins_minigpt4_parts(minigpt4_grid, offline_hub, 
     args = ["--params", str(minigpt4_grid), "--lock", "models.lock"]
     cli(["lock", *args])
     out = capsys.readouterr().out
-    for line in (f"mg_hub.vision_qformer: org/blip2-tiny@main -> {SHA_A}",
-                 f"mg_hub.llm: org/vicuna-tiny@main -> {SHA_A}",
-                 "mg_local.vision_qformer: local folder blip2", "mg_local.llm: local folder vicuna"):
+    for line in (
+        f"mg_hub.vision_qformer: org/blip2-tiny@main -> {SHA_A}",
+        f"mg_hub.llm: org/vicuna-tiny@main -> {SHA_A}",
+        "mg_local.vision_qformer: local folder blip2",
+        "mg_local.llm: local folder vicuna",
+    ):
         assert line in out.splitlines()
     (offline_hub.parent / "models--org--vicuna-tiny" / "refs" / "main").write_text(SHA_B)
     cli(["lock", *args])
@@ -394,15 +432,24 @@ def test_loaders_read_the_pinned_commit_from_the_hub_cache(tmp_path):
     from zerovlm.vlm.tiny import build_tiny_llava
 
     cache = tmp_path / "hub"
-    build_hub_cache(cache, "org/zero123-tiny", {SHA_A: lambda p: build_tiny_zero123(p, 0, "bennyguo"),
-                                                SHA_B: lambda p: build_tiny_zero123(p, 1, "bennyguo")}, main=SHA_A)
-    build_hub_cache(cache, "org/llava-tiny", {SHA_A: lambda p: build_tiny_llava(p, seed=0),
-                                              SHA_B: lambda p: build_tiny_llava(p, seed=1)}, main=SHA_A)
+    build_hub_cache(
+        cache,
+        "org/zero123-tiny",
+        {SHA_A: lambda p: build_tiny_zero123(p, 0, "bennyguo"), SHA_B: lambda p: build_tiny_zero123(p, 1, "bennyguo")},
+        main=SHA_A,
+    )
+    build_hub_cache(
+        cache,
+        "org/llava-tiny",
+        {SHA_A: lambda p: build_tiny_llava(p, seed=0), SHA_B: lambda p: build_tiny_llava(p, seed=1)},
+        main=SHA_A,
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
 
     def weights(commit):
-        result = subprocess.run([sys.executable, "-c", LOAD_BOTH, commit], cwd=ROOT, env=env, capture_output=True,
-                                text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_BOTH, commit], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 

@@ -12,8 +12,16 @@ import re
 import pytest
 import yaml
 
-from tests.dvc_helpers import (SMALL_DEMO, base_names, clone_producer, copy_repo, pipeline_template, repro, run,
-                               set_param)
+from tests.dvc_helpers import (
+    SMALL_DEMO,
+    base_names,
+    clone_producer,
+    copy_repo,
+    pipeline_template,
+    repro,
+    run,
+    set_param,
+)
 from tests.test_inputs import SHA_A, SHA_B, build_hub_cache, noise, whatsup_folder
 
 pytestmark = pytest.mark.slow
@@ -25,16 +33,18 @@ def ran_and_errors(repo, env=None) -> tuple[set[str], list[str], str]:
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "Traceback" not in output
-    return (set(re.findall(r"Running stage '([\w@-]+)'", output)),
-            [line for line in result.stderr.splitlines() if line.startswith("error:")], output)
+    return (
+        set(re.findall(r"Running stage '([\w@-]+)'", output)),
+        [line for line in result.stderr.splitlines() if line.startswith("error:")],
+        output,
+    )
 
 
 # ---------------------------------------------------------------- params, before any stage works
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """A clone of a repo where the whole pipeline ran: with valid params, only check would run."""
-    return clone_producer(pipeline_template(tmp_path_factory), tmp_path_factory.mktemp("done") / "repo",
-                          checkout=True)
+    return clone_producer(pipeline_template(tmp_path_factory), tmp_path_factory.mktemp("done") / "repo", checkout=True)
 
 
 def _typo_section(params):
@@ -55,12 +65,16 @@ def _only_the_grid(params):
             del params[name]
 
 
-@pytest.mark.parametrize("change, message", [  # each of these was a clean exit or found after other stages ran
-    (_typo_section, "error: params.yaml: unknown section 'viewz'. Did you mean 'views'?"),
-    (_image_size, "error: invalid params: views.image_size_px: Value error, must be a multiple of 8"),
-    (_method_not_run, "error: report.method_configuration 'origin+left' is not in stitch.configurations"),
-    (_only_the_grid, "error: params.yaml: no section data, models, views, stitch, infer, score, report;"),
-], ids=["typo-section", "image-size-100", "method-not-a-configuration", "sections-missing"])
+@pytest.mark.parametrize(
+    "change, message",
+    [  # each of these was a clean exit or found after other stages ran
+        (_typo_section, "error: params.yaml: unknown section 'viewz'. Did you mean 'views'?"),
+        (_image_size, "error: invalid params: views.image_size_px: Value error, must be a multiple of 8"),
+        (_method_not_run, "error: report.method_configuration 'origin+left' is not in stitch.configurations"),
+        (_only_the_grid, "error: params.yaml: no section data, models, views, stitch, infer, score, report;"),
+    ],
+    ids=["typo-section", "image-size-100", "method-not-a-configuration", "sections-missing"],
+)
 def test_invalid_params_stop_the_pipeline_in_check_with_one_error_line(done, change, message):
     params_file = done / "params.yaml"
     good = params_file.read_text()
@@ -92,11 +106,20 @@ def test_a_replaced_local_image_reruns_prepare_and_the_old_images_never_come_bac
     annotations, images = whatsup_folder(tmp_path / "whatsup")
     demo = copy.deepcopy(SMALL_DEMO)
     demo["grid"]["datasets"] = ["local"]
-    demo["datasets"]["local"] = {"source": "whatsup_a", "annotations_dir": str(annotations),
-                                 "images_dir": str(images)}
+    demo["datasets"]["local"] = {"source": "whatsup_a", "annotations_dir": str(annotations), "images_dir": str(images)}
     repo = copy_repo(tmp_path / "repo", demo)
-    everything = {"check", "models", "prepare@local", "pool", "views", "stitch@local", "infer@local-tiny",
-                  "score@local-tiny", "report", "gallery"}
+    everything = {
+        "check",
+        "models",
+        "prepare@local",
+        "pool",
+        "views",
+        "stitch@local",
+        "infer@local-tiny",
+        "score@local-tiny",
+        "report",
+        "gallery",
+    }
     assert repro(repo)[0] == everything
     assert repro(repo)[0] == {"check"}
 
@@ -129,19 +152,36 @@ def test_hub_models_are_loaded_at_the_commit_the_lock_pins(tmp_path):
     from zerovlm.vlm.tiny import build_tiny_llava
 
     cache = tmp_path / "hub"
-    zero123 = build_hub_cache(cache, "org/zero123-tiny", {SHA_A: lambda p: build_tiny_zero123(p, 0, "bennyguo"),
-                                                          SHA_B: lambda p: build_tiny_zero123(p, 1, "bennyguo")},
-                              main=SHA_A)
-    build_hub_cache(cache, "org/llava-tiny", {SHA_A: lambda p: build_tiny_llava(p, seed=0),
-                                              SHA_B: lambda p: build_tiny_llava(p, seed=1)}, main=SHA_A)
+    zero123 = build_hub_cache(
+        cache,
+        "org/zero123-tiny",
+        {SHA_A: lambda p: build_tiny_zero123(p, 0, "bennyguo"), SHA_B: lambda p: build_tiny_zero123(p, 1, "bennyguo")},
+        main=SHA_A,
+    )
+    build_hub_cache(
+        cache,
+        "org/llava-tiny",
+        {SHA_A: lambda p: build_tiny_llava(p, seed=0), SHA_B: lambda p: build_tiny_llava(p, seed=1)},
+        main=SHA_A,
+    )
     offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     demo = copy.deepcopy(SMALL_DEMO)
     demo["grid"]["datasets"] = ["sparse"]
     demo["views"]["model"] = "org/zero123-tiny"
     demo["vlms"]["tiny"]["model"] = "org/llava-tiny"
     repo = copy_repo(tmp_path / "repo", demo)
-    everything = {"check", "models", "prepare@sparse", "pool", "views", "stitch@sparse", "infer@sparse-tiny",
-                  "score@sparse-tiny", "report", "gallery"}
+    everything = {
+        "check",
+        "models",
+        "prepare@sparse",
+        "pool",
+        "views",
+        "stitch@sparse",
+        "infer@sparse-tiny",
+        "score@sparse-tiny",
+        "report",
+        "gallery",
+    }
 
     # 1. revision null: main, resolved offline from the cache's refs/main and pinned in models.lock
     assert repro(repo, env=offline)[0] == everything

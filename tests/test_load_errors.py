@@ -51,9 +51,14 @@ def assert_refused(error: pytest.ExceptionInfo, path: Path, marker: Path) -> Non
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("part, file_name", [("image_encoder", "pytorch_model.bin"),
-                                             ("unet", "diffusion_pytorch_model.bin"),
-                                             ("vae", "diffusion_pytorch_model.bin")])
+@pytest.mark.parametrize(
+    "part, file_name",
+    [
+        ("image_encoder", "pytorch_model.bin"),
+        ("unet", "diffusion_pytorch_model.bin"),
+        ("vae", "diffusion_pytorch_model.bin"),
+    ],
+)
 def test_zero123_part_with_code_is_refused_naming_the_file_and_reason(tmp_path, tiny_models, part, file_name):
     model = shutil.copytree(tiny_models["kxic"], tmp_path / "zero123")
     path = plant_pickle(model / part, file_name, tmp_path / "ran")
@@ -62,13 +67,15 @@ def test_zero123_part_with_code_is_refused_naming_the_file_and_reason(tmp_path, 
     assert_refused(error, path, tmp_path / "ran")
 
 
-@pytest.mark.parametrize("backend, build, weights_folder", [
-    ("llava", build_tiny_llava, "."),
-    ("hf_auto", build_tiny_idefics3, "."),
-    ("minigpt4", build_tiny_minigpt4, "vicuna"),  # MiniGPT-4's LLM (Vicuna) is a Llama folder of its own
-])
-def test_vlm_with_code_in_its_weights_is_refused_naming_the_file_and_reason(tmp_path, backend, build,
-                                                                             weights_folder):
+@pytest.mark.parametrize(
+    "backend, build, weights_folder",
+    [
+        ("llava", build_tiny_llava, "."),
+        ("hf_auto", build_tiny_idefics3, "."),
+        ("minigpt4", build_tiny_minigpt4, "vicuna"),  # MiniGPT-4's LLM (Vicuna) is a Llama folder of its own
+    ],
+)
+def test_vlm_with_code_in_its_weights_is_refused_naming_the_file_and_reason(tmp_path, backend, build, weights_folder):
     model = tmp_path / backend
     build(model, seed=0)
     path = plant_pickle(model / weights_folder, "pytorch_model.bin", tmp_path / "ran")
@@ -86,9 +93,23 @@ def test_the_views_stage_prints_one_plain_line_and_no_traceback(tmp_path, tiny_m
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["views"].update(model=str(model), device="cpu", dtype="float32")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    result = subprocess.run([sys.executable, "-m", "stages.views", "--params", tmp_path / "params.yaml",
-                             "--prepared", prepared, "--out", tmp_path / "views"], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "ZEROVLM_LOG": "WARNING"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stages.views",
+            "--params",
+            tmp_path / "params.yaml",
+            "--prepared",
+            prepared,
+            "--out",
+            tmp_path / "views",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ZEROVLM_LOG": "WARNING"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr and "\x1b[" not in result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: {path}: refused to unpickle")
     assert not (tmp_path / "views").exists() and not (tmp_path / "ran").exists()

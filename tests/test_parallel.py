@@ -38,8 +38,10 @@ def workspace(tmp_path_factory):
     with ShardWriter(root / "views") as views:
         for image_id in sorted({e.image_id for e in read_table(root / "prepared")}):
             views.add(f"{image_id}.left", Image.new("RGB", (32, 32), (20, 160, 30)))
-    stitch.run(stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
-               StitchConfig(configurations=("origin", "left"), panel_size_px=32, gap_px=2))
+    stitch.run(
+        stitch.Paths(prepared=root / "prepared", views=root / "views", out=root / "stitched"),
+        StitchConfig(configurations=("origin", "left"), panel_size_px=32, gap_px=2),
+    )
     build_tiny_llava(root / "llava", seed=0)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["infer"].update(model=str(root / "llava"), dtype="float32", device="cpu")
@@ -48,19 +50,46 @@ def workspace(tmp_path_factory):
 
 
 def _command(root, out, processes, module="stages.infer"):
-    stage = ["-m", module, "--params", str(root / "params.yaml"), "--prepared", str(root / "prepared"),
-             "--stitched", str(root / "stitched"), "--out", str(root / out)]
+    stage = [
+        "-m",
+        module,
+        "--params",
+        str(root / "params.yaml"),
+        "--prepared",
+        str(root / "prepared"),
+        "--stitched",
+        str(root / "stitched"),
+        "--out",
+        str(root / out),
+    ]
     if processes == 1:
         return [sys.executable, *stage]
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", "0"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "0",
+    ]
     return [*launcher, *stage]
 
 
 def _env():
-    return {**os.environ, "ZEROVLM_LOG": "WARNING", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return {
+        **os.environ,
+        "ZEROVLM_LOG": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
 
 
 def _run(command):
@@ -83,9 +112,14 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
     # The delayed entry point uses small chunks; chunks fix the batch composition, so the reference
     # and the resumed run use the same entry point.
     _run(_command(workspace, "slow_one", 1, module="tests.infer_with_delay"))
-    process = subprocess.Popen(_command(workspace, "killed", 2, module="tests.infer_with_delay"), cwd=ROOT,
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        _command(workspace, "killed", 2, module="tests.infer_with_delay"),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     part = workspace / ".killed.partial/part-001-of-002.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (part.exists() and part.read_text().count("\n") >= 2):
@@ -102,7 +136,9 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
     assert not (workspace / "killed").exists(), "a killed launch must not leave a finished-looking output"
 
     _run(_command(workspace, "killed", 1, module="tests.infer_with_delay"))
-    assert (workspace / "killed/predictions.jsonl").read_text() == (workspace / "slow_one/predictions.jsonl").read_text()
+    assert (workspace / "killed/predictions.jsonl").read_text() == (
+        workspace / "slow_one/predictions.jsonl"
+    ).read_text()
 
 
 def test_two_processes_synthesise_the_same_view_store(workspace):
@@ -110,15 +146,22 @@ def test_two_processes_synthesise_the_same_view_store(workspace):
 
     build_tiny_zero123(workspace / "zero123", seed=0)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["views"].update(model=str(workspace / "zero123"), image_size_px=32, num_inference_steps=2,
-                           dtype="float32", device="cpu", batch_size=3, presets=["left", "random"])
+    params["views"].update(
+        model=str(workspace / "zero123"),
+        image_size_px=32,
+        num_inference_steps=2,
+        dtype="float32",
+        device="cpu",
+        batch_size=3,
+        presets=["left", "random"],
+    )
     (workspace / "views_params.yaml").write_text(yaml.safe_dump(params))
 
     def views(out, processes):
         command = _command(workspace, out, processes, module="stages.views")
         command[command.index("--params") + 1] = str(workspace / "views_params.yaml")
         stitched = command.index("--stitched")
-        del command[stitched:stitched + 2]
+        del command[stitched : stitched + 2]
         _run(command)
         return {p.name: p.read_bytes() for p in (workspace / out).iterdir() if p.name.startswith("shard-")}
 

@@ -31,8 +31,9 @@ def test_the_same_stamp_resumes_and_keeps_the_parts(tmp_path, caplog):
     assert json.loads((again.folder / "stamp.json").read_text()) == {"inputs": "settings-1", "code": "code-1"}
 
 
-@pytest.mark.parametrize("inputs, code", [("settings-2", "code-1"), ("settings-1", "code-2")],
-                         ids=["other inputs", "other code"])
+@pytest.mark.parametrize(
+    "inputs, code", [("settings-2", "code-1"), ("settings-1", "code-2")], ids=["other inputs", "other code"]
+)
 def test_a_partial_from_other_inputs_or_code_is_discarded(tmp_path, caplog, inputs, code):
     _interrupted(tmp_path / "answers")
     again = PartialRun(tmp_path / "answers", "infer", inputs, code)

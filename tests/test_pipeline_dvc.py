@@ -2,8 +2,8 @@
 
 The copy gets a smaller demo profile (fewer scenes, steps and configurations; a grid of two datasets x
 one tiny VLM, to which a second VLM is added and removed) so that the whole module stays within a few
-minutes on 2 cores; the stage code and dvc.yaml are the real ones. The paper profile's grid is checked by expanding dvc.yaml with
-DVC's own parser, without running anything.
+minutes on 2 cores; the stage code and dvc.yaml are the real ones. The paper profile's grid is checked by
+expanding dvc.yaml with DVC's own parser, without running anything.
 """
 
 import json
@@ -18,8 +18,12 @@ from tests.dvc_helpers import ROOT, SMALL_DEMO, copy_repo, git_commit, repro, ru
 DATASETS, VLMS = tuple(SMALL_DEMO["grid"]["datasets"]), ("tiny", "tiny_b")
 GRID = {f"{stage}@{d}-tiny" for stage in ("infer", "score") for d in DATASETS}  # tiny_b: added by a test
 CHECK = {"check"}  # always_changed: validates params and rewrites data/inputs on every repro, first
-ALL_STAGES = ({"check", "models", "pool", "views", "report", "gallery"} | {f"prepare@{d}" for d in DATASETS}
-              | {f"stitch@{d}" for d in DATASETS} | GRID)
+ALL_STAGES = (
+    {"check", "models", "pool", "views", "report", "gallery"}
+    | {f"prepare@{d}" for d in DATASETS}
+    | {f"stitch@{d}" for d in DATASETS}
+    | GRID
+)
 AFTER_INFER = {"report", "gallery"}
 
 
@@ -123,13 +127,16 @@ def test_paper_profile_grid_expands_to_the_expected_instances(tmp_path, monkeypa
         per_instance = {f"{s}@{d}-{v}" for s in ("infer", "score") for d in PAPER_DATASETS for v in PAPER_VLMS}
         assert set(stages) == {"check", "models", "pool", "views", "report", "gallery"} | per_dataset | per_instance
         assert len(stages) == 6 + 2 * 4 + 2 * 4 * 4 == 46
-        params = {dep.def_path: list(dep.params) for dep in stages["infer@whatsup_b-llava_13b"].deps
-                  if hasattr(dep, "params")}
+        params = {
+            dep.def_path: list(dep.params) for dep in stages["infer@whatsup_b-llava_13b"].deps if hasattr(dep, "params")
+        }
         assert params == {"params.yaml": ["infer", "vlms.llava_13b"]}  # granular: one VLM's knobs only
         infer = stages["infer@vsr_zeroshot-llava_7b"]
         assert "--vlm llava_7b" in infer.cmd and "data/stitched/vsr_zeroshot" in infer.cmd
-        assert [str(out) for out in infer.outs] == ["data/predictions/vsr_zeroshot/llava_7b",
-                                                    "data/predictions/vsr_zeroshot/llava_7b_run.json"]
+        assert [str(out) for out in infer.outs] == [
+            "data/predictions/vsr_zeroshot/llava_7b",
+            "data/predictions/vsr_zeroshot/llava_7b_run.json",
+        ]
         views = [dep.def_path for dep in stages["views"].deps]
         assert "data/pool/images" in views  # one views stage for the union of the datasets' images
 
@@ -146,8 +153,11 @@ def test_grid_entries_merge_over_the_shared_sections_and_bad_names_are_explained
     assert tiny.model == "data/models/llava-1.5-tiny" and tiny.view_prompt == (True, False)  # from `infer`
     with pytest.raises(ZeroVLMError, match="unknown name 'llava_13'.*Did you mean 'llava_13b'"):
         vlm_config(params, "llava_13")
-    bad = {**params, "datasets": {**params["datasets"], "broken": {"synthetic": {"max_objects": 1}}},
-           "grid": {"datasets": ["broken"], "vlms": ["llava_tiny"]}}
+    bad = {
+        **params,
+        "datasets": {**params["datasets"], "broken": {"synthetic": {"max_objects": 1}}},
+        "grid": {"datasets": ["broken"], "vlms": ["llava_tiny"]},
+    }
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ZeroVLMError, match=r"(?s)datasets.broken.synthetic.max_objects.*merged over the `data`"):

@@ -27,7 +27,8 @@ def _compose(profile, tmp_path):
 def test_committed_params_equal_the_composed_demo_profile(in_repo_root, tmp_path):
     composed = yaml.safe_load(_compose("demo", tmp_path).read_text())
     assert composed == yaml.safe_load((ROOT / "params.yaml").read_text()), (
-        "params.yaml is stale: run `zerovlm params --profile demo` and commit it")
+        "params.yaml is stale: run `zerovlm params --profile demo` and commit it"
+    )
 
 
 def test_paper_profile_is_valid_and_matches_the_paper(in_repo_root, tmp_path):
@@ -39,13 +40,24 @@ def test_paper_profile_is_valid_and_matches_the_paper(in_repo_root, tmp_path):
     assert infer.model == "llava-hf/llava-1.5-13b-hf" and infer.answer_mode == "loglik"
     assert not infer.trust_remote_code
     assert data.source in ("vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b")
-    assert sections["stitch"].configurations == ("origin", "left", "right", "random", "top", "no-origin",
-                                                 "origin+left", "origin+left+right", "all")
+    assert sections["stitch"].configurations == (
+        "origin",
+        "left",
+        "right",
+        "random",
+        "top",
+        "no-origin",
+        "origin+left",
+        "origin+left+right",
+        "all",
+    )
 
 
 # Vision-CAIR/MiniGPT-4's README: Vicuna v0 (merged) on the hub, the released llama_proj checkpoints on Drive
-PAPER_MINIGPT4 = {"minigpt4_7b": ("Vision-CAIR/vicuna-7b", "gdrive:1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R"),
-                  "minigpt4_13b": ("Vision-CAIR/vicuna", "gdrive:1a4zLvaiDBr-36pasffmgpvH5P7CKmpze")}
+PAPER_MINIGPT4 = {
+    "minigpt4_7b": ("Vision-CAIR/vicuna-7b", "gdrive:1RY9jV0dyqLX-o38LrumkKRh6Jtaop58R"),
+    "minigpt4_13b": ("Vision-CAIR/vicuna", "gdrive:1a4zLvaiDBr-36pasffmgpvH5P7CKmpze"),
+}
 
 
 def test_the_paper_grid_has_llava_and_minigpt4_in_both_sizes(in_repo_root, tmp_path):
@@ -57,8 +69,11 @@ def test_the_paper_grid_has_llava_and_minigpt4_in_both_sizes(in_repo_root, tmp_p
         cfg = vlm_config(params, name)
         assert cfg.backend == "minigpt4"
         assert json.loads((ROOT / cfg.model / "minigpt4.json").read_text()) == {  # committed, no folder to make
-            "variant": "vicuna0", "vision_qformer": "Salesforce/blip2-flan-t5-xxl", "llama_proj": llama_proj,
-            "llm": llm}
+            "variant": "vicuna0",
+            "vision_qformer": "Salesforce/blip2-flan-t5-xxl",
+            "llama_proj": llama_proj,
+            "llm": llm,
+        }
 
 
 def test_unknown_profile_lists_the_valid_ones(in_repo_root, tmp_path):

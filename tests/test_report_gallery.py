@@ -5,13 +5,13 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
+import tomllib
 from PIL import Image
 
 from zerovlm.config import DataConfig, ReportConfig, ScoreConfig, StitchConfig, SyntheticSource
@@ -36,45 +36,81 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
     carries HOSTILE, and so do the true/false prompts, which quote the caption."""
     image_ids = set()
     for name, (low, high) in DATASETS.items():
-        prepare.run(prepare.Paths(out=root / "prepared" / name),
-                    DataConfig(synthetic=SyntheticSource(num_scenes=4, min_objects=low, max_objects=high)))
+        prepare.run(
+            prepare.Paths(out=root / "prepared" / name),
+            DataConfig(synthetic=SyntheticSource(num_scenes=4, min_objects=low, max_objects=high)),
+        )
         if hostile:
-            write_table(root / "prepared" / name, [
-                replace(e, caption=e.caption and f"{HOSTILE} {e.caption}", relation=f"{HOSTILE} {e.relation}",
-                        options=e.options if e.task == "true_false" else tuple(f"{HOSTILE} {o}" for o in e.options))
-                for e in read_table(root / "prepared" / name)])
+            write_table(
+                root / "prepared" / name,
+                [
+                    replace(
+                        e,
+                        caption=e.caption and f"{HOSTILE} {e.caption}",
+                        relation=f"{HOSTILE} {e.relation}",
+                        options=e.options if e.task == "true_false" else tuple(f"{HOSTILE} {o}" for o in e.options),
+                    )
+                    for e in read_table(root / "prepared" / name)
+                ],
+            )
         image_ids |= {e.image_id for e in read_table(root / "prepared" / name)}
     with ShardWriter(root / "views") as views:
         for image_id in sorted(image_ids):
             for view, colour in (("left", (200, 30, 30)), ("right", (30, 30, 200))):
-                views.add(f"{image_id}.{view}", Image.new("RGB", (32, 32), colour), {"image_id": image_id, "view": view})
+                views.add(
+                    f"{image_id}.{view}", Image.new("RGB", (32, 32), colour), {"image_id": image_id, "view": view}
+                )
     for name in DATASETS:
-        stitch.run(stitch.Paths(prepared=root / "prepared" / name, views=root / "views", out=root / "stitched" / name),
-                   StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2))
+        stitch.run(
+            stitch.Paths(prepared=root / "prepared" / name, views=root / "views", out=root / "stitched" / name),
+            StitchConfig(configurations=CONFIGURATIONS, panel_size_px=32, gap_px=2),
+        )
         predictions = []
         for index, example in enumerate(read_table(root / "prepared" / name)):
             for configuration in CONFIGURATIONS:
                 for prompt in (True, False):
                     mode = "with_view_prompt" if prompt else "without_view_prompt"
-                    scores = [-1.0 - ((index + len(configuration) + prompt) % len(example.options))
-                              for _ in example.options]
+                    scores = [
+                        -1.0 - ((index + len(configuration) + prompt) % len(example.options)) for _ in example.options
+                    ]
                     scores[(index + prompt) % len(scores)] = 0.0
-                    predictions.append({
-                        "record_id": f"{example.example_id}|{configuration}|{mode}", "example_id": example.example_id,
-                        "configuration": configuration, "with_view_prompt": prompt,
-                        "answers": ["Yes", "No"] if example.task == "true_false" else list("ABCD")[:len(scores)],
-                        "option_logprobs": scores,
-                        "rendered_prompt": f"USER: <image>\n<{configuration}> {example.caption} ASSISTANT:"})
+                    predictions.append(
+                        {
+                            "record_id": f"{example.example_id}|{configuration}|{mode}",
+                            "example_id": example.example_id,
+                            "configuration": configuration,
+                            "with_view_prompt": prompt,
+                            "answers": ["Yes", "No"] if example.task == "true_false" else list("ABCD")[: len(scores)],
+                            "option_logprobs": scores,
+                            "rendered_prompt": f"USER: <image>\n<{configuration}> {example.caption} ASSISTANT:",
+                        }
+                    )
         write_jsonl(root / "predictions" / name / "tiny" / "predictions.jsonl", predictions)
         write_json(root / "predictions" / name / "tiny" / "summary.json", {"answer_mode": "loglik", "requests": 1})
-        score.run(score.Paths(prepared=root / "prepared" / name, predictions=root / "predictions" / name / "tiny",
-                              metrics=root / "metrics" / name,
-                              records=root / "scored" / name / "tiny" / "records.jsonl"),
-                  ScoreConfig(bootstrap_samples=0), dataset=name, vlm="tiny")
+        score.run(
+            score.Paths(
+                prepared=root / "prepared" / name,
+                predictions=root / "predictions" / name / "tiny",
+                metrics=root / "metrics" / name,
+                records=root / "scored" / name / "tiny" / "records.jsonl",
+            ),
+            ScoreConfig(bootstrap_samples=0),
+            dataset=name,
+            vlm="tiny",
+        )
     summary = gallery_stage.run(
-        gallery_stage.Paths(prepared=root / "prepared", views=root / "views", stitched=root / "stitched",
-                            predictions=root / "predictions", scored=root / "scored", out=root / "gallery"),
-        list(DATASETS), ["tiny"], ReportConfig(gallery_examples=3, gallery_image_px=64))
+        gallery_stage.Paths(
+            prepared=root / "prepared",
+            views=root / "views",
+            stitched=root / "stitched",
+            predictions=root / "predictions",
+            scored=root / "scored",
+            out=root / "gallery",
+        ),
+        list(DATASETS),
+        ["tiny"],
+        ReportConfig(gallery_examples=3, gallery_image_px=64),
+    )
     return root / "gallery", summary
 
 
@@ -126,8 +162,9 @@ class _Parsed(HTMLParser):
 
     def values(self, tag: str, attribute: str) -> list[str]:
         """The value of `attribute` on every <tag> that has it, in page order."""
-        return [dict(item[2])[attribute] for item in self.items
-                if item[:2] == ("start", tag) and attribute in dict(item[2])]
+        return [
+            dict(item[2])[attribute] for item in self.items if item[:2] == ("start", tag) and attribute in dict(item[2])
+        ]
 
     def text(self) -> str:
         return " ".join(item[1] for item in self.items if item[0] == "text")
@@ -177,10 +214,25 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def _dump_dom(page: Path, hash_: str, profile: Path) -> str:
     """The DOM after load (scripts run, images decoded), as headless Chromium prints it."""
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
-         "--dump-dom", f"{page.as_uri()}#{hash_}"],
-        capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(profile)})
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"{page.as_uri()}#{hash_}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HOME": str(profile)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 

@@ -6,20 +6,32 @@ import itertools
 import numpy as np
 import pytest
 
-from zerovlm.scoring.significance import (bootstrap_means, cluster_leans, discordant_counts, holm, mcnemar_exact_p,
-                                          mcnemar_p, paired_bootstrap_ci, sign_flip_p, significance_mark)
+from zerovlm.scoring.significance import (
+    bootstrap_means,
+    cluster_leans,
+    discordant_counts,
+    holm,
+    mcnemar_exact_p,
+    mcnemar_p,
+    paired_bootstrap_ci,
+    sign_flip_p,
+    significance_mark,
+)
 
 
-@pytest.mark.parametrize("b, c, expected", [
-    (0, 0, 1.0),                      # never disagree: no evidence
-    (5, 0, 2 * 1 / 2 ** 5),           # 0.0625: five discordant pairs can never reach 0.05
-    (6, 0, 2 * 1 / 2 ** 6),           # 0.03125
-    (0, 6, 2 * 1 / 2 ** 6),           # symmetric in b and c
-    (1, 4, 2 * (1 + 5) / 2 ** 5),     # 0.375
-    (10, 2, 2 * (1 + 12 + 66) / 2 ** 12),  # 0.03857421875
-    (3, 3, 1.0),                      # 2 * 42/64 > 1 is capped
-    (7, 8, 1.0),
-])
+@pytest.mark.parametrize(
+    "b, c, expected",
+    [
+        (0, 0, 1.0),  # never disagree: no evidence
+        (5, 0, 2 * 1 / 2**5),  # 0.0625: five discordant pairs can never reach 0.05
+        (6, 0, 2 * 1 / 2**6),  # 0.03125
+        (0, 6, 2 * 1 / 2**6),  # symmetric in b and c
+        (1, 4, 2 * (1 + 5) / 2**5),  # 0.375
+        (10, 2, 2 * (1 + 12 + 66) / 2**12),  # 0.03857421875
+        (3, 3, 1.0),  # 2 * 42/64 > 1 is capped
+        (7, 8, 1.0),
+    ],
+)
 def test_mcnemar_exact_matches_hand_computed_values(b, c, expected):
     assert mcnemar_exact_p(b, c) == pytest.approx(expected, rel=1e-12)
 
@@ -44,8 +56,8 @@ def test_mcnemar_over_clusters_matches_a_hand_computed_value():
 
 
 def test_without_evidence_the_p_value_is_one():
-    assert mcnemar_p([1, 0], [0, 1], ["a", "a"]) == 1.0           # the one cluster balances out
-    assert mcnemar_p([1, 1], [0, 0], ["a", "a"]) == 1.0           # one cluster: +2 and -2 equally likely
+    assert mcnemar_p([1, 0], [0, 1], ["a", "a"]) == 1.0  # the one cluster balances out
+    assert mcnemar_p([1, 1], [0, 0], ["a", "a"]) == 1.0  # one cluster: +2 and -2 equally likely
     assert mcnemar_p([1, 1, 0], [1, 1, 0], ["a", "a", "b"]) == 1.0  # never disagree
     with pytest.raises(ValueError, match="differ in length"):
         mcnemar_p([1], [1], ["a", "b"])
@@ -97,7 +109,7 @@ def _null_rejection_rates(sizes, seed, simulations=400, alpha=0.05):
     naive = clustered = 0
     for _ in range(simulations):
         outcome = rng.choice(3, size=len(sizes), p=[0.15, 0.15, 0.7])[cluster_of]
-        right = rng.random(len(cluster_of)) < 0.5                      # concordant: both right or both wrong
+        right = rng.random(len(cluster_of)) < 0.5  # concordant: both right or both wrong
         baseline = np.where(outcome == 0, True, np.where(outcome == 1, False, right))
         treatment = np.where(outcome == 1, True, np.where(outcome == 0, False, right))
         naive += mcnemar_p(baseline, treatment) < alpha
@@ -106,12 +118,17 @@ def _null_rejection_rates(sizes, seed, simulations=400, alpha=0.05):
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("sizes", [np.full(200, 4),                                          # What'sUp sets
-                                   np.random.default_rng(1).integers(1, 5, size=300)])      # VSR captions
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        np.full(200, 4),  # What'sUp sets
+        np.random.default_rng(1).integers(1, 5, size=300),
+    ],
+)  # VSR captions
 def test_the_test_over_clusters_holds_its_level_where_the_test_on_examples_does_not(sizes, seed):
     naive, clustered = _null_rejection_rates(sizes, seed)
-    assert clustered <= 0.075                 # nominal 0.05, an exact test (400 simulations: standard error 0.011)
-    assert naive >= 0.18                      # counting correlated examples as independent rejects far too often
+    assert clustered <= 0.075  # nominal 0.05, an exact test (400 simulations: standard error 0.011)
+    assert naive >= 0.18  # counting correlated examples as independent rejects far too often
 
 
 def test_discordant_counts_pair_by_position():
@@ -125,9 +142,9 @@ def test_paired_bootstrap_interval_is_narrow_when_the_difference_is_consistent()
     baseline = (rng.random(200) < 0.5).astype(float)
     treatment = baseline.copy()
     flips = np.flatnonzero(baseline == 0)[:20]
-    treatment[flips] = 1.0                                  # 20 more right, none lost: +0.10
+    treatment[flips] = 1.0  # 20 more right, none lost: +0.10
     low, high = paired_bootstrap_ci(baseline, treatment, samples=2000, seed=0)
-    assert 0.05 < low < 0.10 < high < 0.15                  # unpaired, the interval would straddle 0
+    assert 0.05 < low < 0.10 < high < 0.15  # unpaired, the interval would straddle 0
     assert paired_bootstrap_ci(baseline, treatment, samples=2000, seed=0) == [low, high]  # seeded
     assert paired_bootstrap_ci(baseline, baseline, 500, 0) == [0.0, 0.0]
     assert paired_bootstrap_ci(np.zeros(10), np.ones(10), 500, 0) == [1.0, 1.0]

@@ -24,8 +24,11 @@ def store(tmp_path):
     with ShardWriter(folder, shard_size=4) as writer:
         for i, image_id in enumerate(IMAGES):
             for j, view in enumerate(VIEWS):
-                writer.add(f"{image_id}.{view}", Image.new("RGB", (8, 8), (40 * i, 100 * j, 7)),
-                           {"image_id": image_id, "view": view})
+                writer.add(
+                    f"{image_id}.{view}",
+                    Image.new("RGB", (8, 8), (40 * i, 100 * j, 7)),
+                    {"image_id": image_id, "view": view},
+                )
     return folder
 
 
@@ -33,7 +36,8 @@ def test_exports_every_view_as_png_with_an_index(store, tmp_path):
     out = tmp_path / "data" / "exports" / "views"
     assert export_views(store, out) == 6
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{i}.{v}.png" for i in IMAGES for v in VIEWS] + ["index.jsonl"])
+        [f"{i}.{v}.png" for i in IMAGES for v in VIEWS] + ["index.jsonl"]
+    )
     with Image.open(out / "cccc.right.png") as image:
         assert image.getpixel((0, 0)) == (80, 100, 7)
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
@@ -81,7 +85,11 @@ def test_refuses_to_write_into_the_store_itself(store):
     with pytest.raises(ZeroVLMError, match="inside the store"):
         export_views(store, store / "png")
     assert sorted(p.name for p in store.iterdir()) == [
-        "shard-00000.jsonl", "shard-00000.tar", "shard-00001.jsonl", "shard-00001.tar"]
+        "shard-00000.jsonl",
+        "shard-00000.tar",
+        "shard-00001.jsonl",
+        "shard-00001.tar",
+    ]
 
 
 def test_a_shard_not_pulled_yet_is_named_with_the_pull_command(store, tmp_path):

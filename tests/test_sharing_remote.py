@@ -16,8 +16,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.dvc_helpers import (CRASHING_DVC, base_names, cache_objects, clone_producer, corrupt, git_commit,
-                         lock_md5, pipeline_template, remote_objects, repro, run, set_param)
+from tests.dvc_helpers import (
+    CRASHING_DVC,
+    base_names,
+    cache_objects,
+    clone_producer,
+    corrupt,
+    git_commit,
+    lock_md5,
+    pipeline_template,
+    remote_objects,
+    repro,
+    run,
+    set_param,
+)
 from zerovlm.io import ZeroVLMError
 from zerovlm.sharing import check_remote, export_views
 from zerovlm.store import ShardReader
@@ -38,9 +50,16 @@ def shared(tmp_path_factory):
     assert "files pushed" in run(["dvc", "push"], producer).stdout
     views_dir = lock_md5(producer, "views", "data/views")
     manifest = json.loads((remote / "files/md5" / views_dir[:2] / views_dir[2:]).read_text())
-    return SimpleNamespace(base=base, template=template, producer=producer, remote=remote, views_dir=views_dir,
-                           views_files=[entry["relpath"] for entry in manifest],
-                           n_views=len(ShardReader(template / "data/views")), n_objects=len(remote_objects(remote)))
+    return SimpleNamespace(
+        base=base,
+        template=template,
+        producer=producer,
+        remote=remote,
+        views_dir=views_dir,
+        views_files=[entry["relpath"] for entry in manifest],
+        n_views=len(ShardReader(template / "data/views")),
+        n_objects=len(remote_objects(remote)),
+    )
 
 
 def consumer(shared, name: str, remote: Path | None = None) -> Path:
@@ -167,8 +186,12 @@ def test_without_verify_dvc_silently_uses_a_corrupted_object(shared):
 def test_an_interrupted_push_completes_when_run_again(shared):
     remote = shared.base / "remote-interrupted"
     run(["dvc", "remote", "add", "--local", "interrupted", remote], shared.producer)
-    crashed = run([sys.executable, "-c", CRASHING_DVC, "push", "-r", "interrupted", "-j", "1"],
-                  shared.producer, check=False, env={"CRASH_AFTER": "5"})
+    crashed = run(
+        [sys.executable, "-c", CRASHING_DVC, "push", "-r", "interrupted", "-j", "1"],
+        shared.producer,
+        check=False,
+        env={"CRASH_AFTER": "5"},
+    )
     assert crashed.returncode == 137
     uploaded = remote_objects(remote)
     assert 0 < len(uploaded) < shared.n_objects and list(remote.rglob(".interrupted.tmp"))
@@ -194,7 +217,8 @@ def test_an_object_deleted_after_a_complete_push_needs_repair(shared):
     assert "Everything is up to date" in run(["dvc", "push", "-r", "deleted"], shared.producer).stdout
     assert not lost.exists()
     assert [(p.kind, p.path) for p in check_remote(shared.producer, ["views"], "deleted", repair=True)] == [
-        ("missing", "data/views/shard-00000.tar")]
+        ("missing", "data/views/shard-00000.tar")
+    ]
     assert "files pushed" in run(["dvc", "push", "-r", "deleted"], shared.producer).stdout
     assert lost.exists()
     clone = consumer(shared, "after-repair", remote)

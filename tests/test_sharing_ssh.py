@@ -15,9 +15,22 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.dvc_helpers import (CRASHING_DVC, SshServer, base_names, cache_objects, clone_producer, corrupt,
-                               git_commit, lock_md5, pipeline_template, remote_objects, repro, run, set_param,
-                               ssh_unavailable_reason)
+from tests.dvc_helpers import (
+    CRASHING_DVC,
+    SshServer,
+    base_names,
+    cache_objects,
+    clone_producer,
+    corrupt,
+    git_commit,
+    lock_md5,
+    pipeline_template,
+    remote_objects,
+    repro,
+    run,
+    set_param,
+    ssh_unavailable_reason,
+)
 from zerovlm.sharing import check_remote
 from zerovlm.store import ShardReader
 
@@ -44,8 +57,9 @@ def shared(ssh, tmp_path_factory):
     git_commit(producer, "share over SSH")
     assert "pushed" in run(["dvc", "push", "--run-cache"], producer, env=ssh.env).stdout
     views_dir = lock_md5(producer, "views", "data/views")
-    return SimpleNamespace(base=base, producer=producer, remote=remote, ssh=ssh, views_dir=views_dir,
-                           n_objects=len(remote_objects(remote)))
+    return SimpleNamespace(
+        base=base, producer=producer, remote=remote, ssh=ssh, views_dir=views_dir, n_objects=len(remote_objects(remote))
+    )
 
 
 def consumer(shared, name: str, remote: Path | None = None) -> Path:
@@ -96,8 +110,7 @@ def test_a_corrupted_object_over_ssh_is_detected_and_reported(shared):
     result = run(["dvc", "pull", "views"], clone, check=False, env=shared.ssh.env)
     assert result.returncode != 0 and "data/views" in result.stderr
     assert not (clone / "data/views").exists()
-    check = run([sys.executable, "-m", "zerovlm.cli", "check-remote", "views"], clone, check=False,
-                env=shared.ssh.env)
+    check = run([sys.executable, "-m", "zerovlm.cli", "check-remote", "views"], clone, check=False, env=shared.ssh.env)
     assert check.returncode == 1 and f"corrupt: data/views/shard-00000.tar = object {md5}" in check.stdout
 
 
@@ -105,8 +118,12 @@ def test_an_interrupted_push_over_ssh_completes_when_run_again(shared, monkeypat
     remote = shared.base / "remote-interrupted"
     run(["dvc", "remote", "add", "--local", "interrupted", shared.ssh.url(remote)], shared.producer)
     run(["dvc", "remote", "modify", "--local", "interrupted", "keyfile", shared.ssh.client_key], shared.producer)
-    crashed = run([sys.executable, "-c", CRASHING_DVC, "push", "-r", "interrupted", "-j", "1"], shared.producer,
-                  check=False, env={**shared.ssh.env, "CRASH_AFTER": "5"})
+    crashed = run(
+        [sys.executable, "-c", CRASHING_DVC, "push", "-r", "interrupted", "-j", "1"],
+        shared.producer,
+        check=False,
+        env={**shared.ssh.env, "CRASH_AFTER": "5"},
+    )
     assert crashed.returncode == 137
     assert 0 < len(remote_objects(remote)) < shared.n_objects
     monkeypatch.setenv("HOME", str(shared.ssh.home))

@@ -31,8 +31,13 @@ def _params(tmp_path, **sections):
 
 
 def _stage(name, *args):
-    result = subprocess.run([sys.executable, "-m", f"stages.{name}", *map(str, args)], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "ZEROVLM_LOG": "WARNING"})
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ZEROVLM_LOG": "WARNING"},
+    )
     return result.returncode, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
 
 
@@ -124,16 +129,17 @@ def _stage_error(capsys, main) -> str:
     return err.strip().splitlines()[-1]
 
 
-def test_a_full_disk_while_writing_views_is_one_line_and_a_rerun_resumes(tmp_path, tiny_models, monkeypatch,
-                                                                        capsys):
+def test_a_full_disk_while_writing_views_is_one_line_and_a_rerun_resumes(tmp_path, tiny_models, monkeypatch, capsys):
     prepared, out = tmp_path / "prepared", tmp_path / "views"
     make_prepared(prepared, num_images=3)
     cfg = views_config(tiny_models["kxic"])
     fill_disk_after(monkeypatch, finished_tars=1)
     line = _stage_error(capsys, lambda: views.run(views.Paths(prepared=prepared, out=out), cfg, shard_size=4))
     partial = tmp_path / ".views.partial" / "part-000-of-001"
-    assert line.startswith(f"error: {partial / 'shard-00001.tar'}: No space left on device; free space on that "
-                           "disk") and "a re-run resumes" in line
+    assert (
+        line.startswith(f"error: {partial / 'shard-00001.tar'}: No space left on device; free space on that disk")
+        and "a re-run resumes" in line
+    )
     assert sorted(p.name for p in partial.iterdir()) == ["shard-00000.jsonl", "shard-00000.tar"]
     monkeypatch.undo()
     summary = views.run(views.Paths(prepared=prepared, out=out), cfg, shard_size=4)
@@ -156,6 +162,7 @@ def read_only(folder: Path, monkeypatch) -> None:
             if isinstance(path, (str, os.PathLike)) and Path(path).parent == folder:
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
             return create(path, *args, **kwargs)
+
         return guarded
 
     monkeypatch.setattr(os, "mkdir", refusing(os.mkdir))
@@ -167,10 +174,16 @@ def test_a_read_only_data_folder_is_one_line_naming_the_folder(tmp_path, tiny_mo
     make_prepared(data / "prepared", num_images=1)
     read_only(data, monkeypatch)
     try:
-        views_line = _stage_error(capsys, lambda: views.run(views.Paths(prepared=data / "prepared", out=data / "views"),
-                                                            views_config(tiny_models["kxic"])))
-        prepare_line = _stage_error(capsys, lambda: prepare.run(prepare.Paths(out=data / "more"),
-                                                                DataConfig(synthetic=SyntheticSource(num_scenes=1))))
+        views_line = _stage_error(
+            capsys,
+            lambda: views.run(
+                views.Paths(prepared=data / "prepared", out=data / "views"), views_config(tiny_models["kxic"])
+            ),
+        )
+        prepare_line = _stage_error(
+            capsys,
+            lambda: prepare.run(prepare.Paths(out=data / "more"), DataConfig(synthetic=SyntheticSource(num_scenes=1))),
+        )
     finally:
         data.chmod(0o755)
     fix = f"let this user read and write there (e.g. `chmod u+w {data}`) and re-run"

@@ -40,8 +40,9 @@ def test_single_panel_passes_the_original_through_unchanged():
 def test_missing_view_names_the_fix():
     cfg = StitchConfig(configurations=("origin", "all"))
     with pytest.raises(ZeroVLMError, match="add 'random' to views.presets"):
-        compose_configuration("all", Image.new("RGB", (4, 4)), {"left": Image.new("RGB", (4, 4)),
-                                                                "right": Image.new("RGB", (4, 4))}, cfg)
+        compose_configuration(
+            "all", Image.new("RGB", (4, 4)), {"left": Image.new("RGB", (4, 4)), "right": Image.new("RGB", (4, 4))}, cfg
+        )
 
 
 def test_separate_configuration_stores_each_panel_in_order(tmp_path):
@@ -61,8 +62,9 @@ def test_separate_configuration_stores_each_panel_in_order(tmp_path):
             for name, colour in views.items():
                 writer.add(f"{image_id}.{name}", Image.new("RGB", (16, 16), colour))
     cfg = StitchConfig(configurations=("origin", "all", "all-separate"), panel_size_px=16, gap_px=0)
-    summary = stitch_stage.run(stitch_stage.Paths(prepared=tmp_path / "prepared", views=tmp_path / "views",
-                                                  out=tmp_path / "stitched"), cfg)
+    summary = stitch_stage.run(
+        stitch_stage.Paths(prepared=tmp_path / "prepared", views=tmp_path / "views", out=tmp_path / "stitched"), cfg
+    )
     images = len({e.image_id for e in examples})
     assert (summary["stitched"], summary["separate"]) == (2 * images, images)  # origin and all; all-separate
     example = examples[0]
@@ -75,6 +77,10 @@ def test_separate_configuration_stores_each_panel_in_order(tmp_path):
     assert images[0].tobytes() == original.tobytes()  # panels unchanged: the VLM's processor resizes
     assert [i.getpixel((0, 0)) for i in images[1:]] == list(views.values())
     meta = store.metadata(keys[2])
-    assert (meta["configuration"], meta["panel"], meta["index"], meta["layout"]) == ("all-separate", "right", 2,
-                                                                                      "separate")
+    assert (meta["configuration"], meta["panel"], meta["index"], meta["layout"]) == (
+        "all-separate",
+        "right",
+        2,
+        "separate",
+    )
     store.close()

@@ -26,22 +26,31 @@ def test_layouts_are_detected(tiny_models):
 def test_both_layouts_round_trip_to_the_same_model(tiny_models):
     kxic = load_components(tiny_models["kxic"])
     benny = load_components(tiny_models["bennyguo"])
-    for a, b in [(kxic.unet, benny.unet), (kxic.vae, benny.vae), (kxic.image_encoder, benny.image_encoder),
-                 (kxic.pose_projection, benny.pose_projection)]:
+    for a, b in [
+        (kxic.unet, benny.unet),
+        (kxic.vae, benny.vae),
+        (kxic.image_encoder, benny.image_encoder),
+        (kxic.pose_projection, benny.pose_projection),
+    ]:
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert kxic.pose_projection.in_features == kxic.image_encoder.config.projection_dim + 4
     assert {k: kxic.scheduler.config[k] for k in SCHEDULER_CONFIG} == SCHEDULER_CONFIG
     # and they sample the same pixels
-    views = [Zero123Pipeline.from_pretrained(tiny_models[layout], torch.float32, "cpu")(
-        [scene(0)], pose_vector(PRESETS["left"])[None], [torch.Generator().manual_seed(0)], 2, 3.0, 1.0, 32)[0]
-        for layout in ("kxic", "bennyguo")]
+    views = [
+        Zero123Pipeline.from_pretrained(tiny_models[layout], torch.float32, "cpu")(
+            [scene(0)], pose_vector(PRESETS["left"])[None], [torch.Generator().manual_seed(0)], 2, 3.0, 1.0, 32
+        )[0]
+        for layout in ("kxic", "bennyguo")
+    ]
     assert views[0].tobytes() == views[1].tobytes()
 
 
 def test_fp16_variant_loads(tiny_models):
     parts = load_components(tiny_models["bennyguo"], torch.float16, variant="fp16")
-    assert parts.unet.dtype == torch.float16 and parts.pose_projection.weight.dtype == torch.float32  # runs in float32, as the original
+    assert (
+        parts.unet.dtype == torch.float16 and parts.pose_projection.weight.dtype == torch.float32
+    )  # runs in float32, as the original
     full = load_components(tiny_models["bennyguo"])
     assert torch.allclose(parts.pose_projection.weight.float(), full.pose_projection.weight, atol=1e-3)
 
@@ -52,7 +61,9 @@ def test_tiny_model_bytes_are_deterministic(tmp_path, tiny_models):
     assert files == sorted(p.relative_to(tiny_models["kxic"]) for p in tiny_models["kxic"].rglob("*") if p.is_file())
     assert all(sha256_file(again / f) == sha256_file(tiny_models["kxic"] / f) for f in files)
     other = build_tiny_zero123(tmp_path / "other", seed=1, layout="kxic")
-    assert sha256_file(other / "unet/diffusion_pytorch_model.bin") != sha256_file(again / "unet/diffusion_pytorch_model.bin")
+    assert sha256_file(other / "unet/diffusion_pytorch_model.bin") != sha256_file(
+        again / "unet/diffusion_pytorch_model.bin"
+    )
 
 
 def test_missing_folder_names_path_and_fix(tmp_path):

@@ -7,8 +7,8 @@ import logging
 import typing
 
 import numpy as np
-import torch
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from tests.views_fixtures import make_prepared, tiny_models, views_config  # noqa: F401  (pytest fixture)
@@ -41,7 +41,7 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width] / max(width, height)
     background = np.stack([200 + 20 * x, 205 + 10 * y, 195 + 15 * x * y], -1) + rng.normal(0, 2, (height, width, 3))
-    shape = Image.new("L", (4 * width, 4 * height), 0)   # drawn at 4x and shrunk: soft, partial edges
+    shape = Image.new("L", (4 * width, 4 * height), 0)  # drawn at 4x and shrunk: soft, partial edges
     ImageDraw.Draw(shape).ellipse([4 * width // 5, 4 * height // 4, 4 * width * 3 // 5, 4 * height * 4 // 5], fill=255)
     ImageDraw.Draw(shape).rectangle([4 * width // 2, 4 * height // 3, 4 * width * 4 // 5, 4 * height // 2], fill=255)
     coverage = np.asarray(shape.resize((width, height), Image.Resampling.BOX), dtype=np.float64)[..., None] / 255
@@ -55,10 +55,10 @@ def original_preprocess(raw_im: Image.Image, mask_fn) -> np.ndarray:
     """A transcription of the original demo's path with preprocessing on (cvlab-columbia/zero123:
     gradio_new.py main_run's thumbnail, ldm/util.py load_and_preprocess and add_margin), carvekit replaced by
     an interface whose alpha is `mask_fn` of the image it gets. (256, 256, 3) uint8."""
-    raw_im = raw_im.convert("RGBA")                       # gr.Image(type='pil', image_mode='RGBA')
+    raw_im = raw_im.convert("RGBA")  # gr.Image(type='pil', image_mode='RGBA')
     raw_im.thumbnail([1536, 1536], Image.Resampling.LANCZOS)
 
-    def interface(images):                                # carvekit's HiInterface: RGBA, alpha = object
+    def interface(images):  # carvekit's HiInterface: RGBA, alpha = object
         return [Image.fromarray(np.dstack([np.asarray(im), mask_fn(im)]), "RGBA") for im in images]
 
     image = raw_im.convert("RGB")
@@ -66,13 +66,13 @@ def original_preprocess(raw_im: Image.Image, mask_fn) -> np.ndarray:
     est_seg = image_without_background > 127
     image = np.array(image)
     foreground = est_seg[:, :, -1].astype(np.bool_)
-    image[~foreground] = [255., 255., 255.]
-    ys, xs = np.nonzero(foreground.astype(np.uint8))      # cv2.boundingRect: the box of the non-zero pixels
+    image[~foreground] = [255.0, 255.0, 255.0]
+    ys, xs = np.nonzero(foreground.astype(np.uint8))  # cv2.boundingRect: the box of the non-zero pixels
     x, y, w, h = xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
-    image = image[y:y + h, x:x + w, :]
+    image = image[y : y + h, x : x + w, :]
     image = Image.fromarray(np.array(image))
     image.thumbnail([200, 200], Image.Resampling.LANCZOS)
-    result = Image.new(image.mode, (256, 256), (255, 255, 255))   # add_margin(image, white, size=256)
+    result = Image.new(image.mode, (256, 256), (255, 255, 255))  # add_margin(image, white, size=256)
     result.paste(image, ((256 - image.width) // 2, (256 - image.height) // 2))
     return np.array(result)
 
@@ -85,13 +85,13 @@ def test_border_mask_finds_the_object():
 
 @pytest.mark.parametrize("size_px", [256, 64])
 def test_recentre_centres_the_object_at_the_demo_ratio(size_px):
-    image = Image.new("RGB", (960, 960), BACKGROUND)       # a box of 300 x 200 px, off-centre
+    image = Image.new("RGB", (960, 960), BACKGROUND)  # a box of 300 x 200 px, off-centre
     ImageDraw.Draw(image).rectangle([100, 500, 399, 699], fill=(210, 40, 40))
     out = recentre(image, load_foreground("border")(image), size_px, demo_object_px(size_px))
     assert out.mode == "RGB" and out.size == (size_px, size_px)
     rgb = np.asarray(out).astype(int)
     x0, y0, x1, y1 = bbox((rgb != 255).any(axis=-1))
-    object_px = demo_object_px(size_px)                     # 200 of 256, 50 of 64
+    object_px = demo_object_px(size_px)  # 200 of 256, 50 of 64
     assert object_px == {256: 200, 64: 50}[size_px]
     assert (x1 - x0, y1 - y0) == (object_px, round(object_px * 200 / 300))  # shrunk, aspect ratio kept
     assert abs((x0 + x1) / 2 - size_px / 2) <= 1 and abs((y0 + y1) / 2 - size_px / 2) <= 1
@@ -153,7 +153,7 @@ def test_foreground_settings_change_the_fingerprint():
 
 def test_views_stage_records_recentring_and_fallbacks(tmp_path, tiny_models):  # noqa: F811
     examples = make_prepared(tmp_path / "prepared", num_images=2, examples_per_image=1)
-    blank = tmp_path / "prepared" / examples[1].image_file   # second image: nothing but background
+    blank = tmp_path / "prepared" / examples[1].image_file  # second image: nothing but background
     Image.new("RGBA", (48, 48), (0, 0, 0, 0)).save(blank)
     cfg = views_config(tiny_models["kxic"], foreground="border", presets=("left",))
     summary = views.run(views.Paths(prepared=tmp_path / "prepared", out=tmp_path / "views"), cfg)

@@ -18,12 +18,15 @@ def test_presets_match_the_demo():
     assert PRESETS["top"] == ViewPose("top", -90.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("pose, expected", [
-    (ViewPose("left", 0, -90, 0), [0.0, -1.0, 0.0, 0.0]),
-    (ViewPose("right", 0, 90, 0), [0.0, 1.0, 0.0, 0.0]),
-    (ViewPose("top", -90, 0, 0), [-math.pi / 2, 0.0, 1.0, 0.0]),
-    (ViewPose("x", 30, 45, 0.25), [math.pi / 6, math.sqrt(0.5), math.sqrt(0.5), 0.25]),
-])
+@pytest.mark.parametrize(
+    "pose, expected",
+    [
+        (ViewPose("left", 0, -90, 0), [0.0, -1.0, 0.0, 0.0]),
+        (ViewPose("right", 0, 90, 0), [0.0, 1.0, 0.0, 0.0]),
+        (ViewPose("top", -90, 0, 0), [-math.pi / 2, 0.0, 1.0, 0.0]),
+        (ViewPose("x", 30, 45, 0.25), [math.pi / 6, math.sqrt(0.5), math.sqrt(0.5), 0.25]),
+    ],
+)
 def test_pose_vector_zero123(pose, expected):
     assert torch.allclose(pose_vector(pose, "zero123"), torch.tensor(expected), atol=1e-7)
 
@@ -36,7 +39,7 @@ def test_pose_vector_stable_zero123_uses_the_conditioning_polar():
 
 def test_random_view_is_seeded_per_image_and_in_the_demo_range():
     poses = [random_pose(0, f"image{i}") for i in range(300)]
-    assert random_pose(0, "image7") == poses[7]                       # same seed, same image: same view
+    assert random_pose(0, "image7") == poses[7]  # same seed, same image: same view
     assert random_pose(1, "image7") != poses[7] or random_pose(2, "image7") != poses[7]
     assert all(-80 <= p.polar_deg <= 80 and -150 <= p.azimuth_deg <= 150 and p.radius == 0 for p in poses)
     assert all(p.polar_deg == int(p.polar_deg) and p.azimuth_deg == int(p.azimuth_deg) for p in poses)
@@ -46,22 +49,26 @@ def test_random_view_is_seeded_per_image_and_in_the_demo_range():
 
 
 def test_resolve_views_presets_then_custom():
-    cfg = ViewsConfig(presets=("top", "random", "left"), custom=(CustomView(name="back", polar_deg=0,
-                                                                            azimuth_deg=180),), seed=3)
+    cfg = ViewsConfig(
+        presets=("top", "random", "left"), custom=(CustomView(name="back", polar_deg=0, azimuth_deg=180),), seed=3
+    )
     views = resolve_views(cfg, "abc")
     assert [v.name for v in views] == ["top", "random", "left", "back"]
     assert views[1] == random_pose(3, "abc")
     assert views[3] == ViewPose("back", 0.0, 180.0, 0.0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(name="x", polar_deg=float("nan"), azimuth_deg=0), "finite"),
-    (dict(name="x", polar_deg=200, azimuth_deg=0), "polar_deg=200"),
-    (dict(name="x", polar_deg=0, azimuth_deg=-400), "azimuth_deg=-400"),
-    (dict(name="x", polar_deg=0, azimuth_deg=0, radius=2.0), "radius=2.0"),
-    (dict(name="x", polar_deg="up", azimuth_deg=0), "finite number"),
-    (dict(name="a.b", polar_deg=0, azimuth_deg=0), "view name"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(name="x", polar_deg=float("nan"), azimuth_deg=0), "finite"),
+        (dict(name="x", polar_deg=200, azimuth_deg=0), "polar_deg=200"),
+        (dict(name="x", polar_deg=0, azimuth_deg=-400), "azimuth_deg=-400"),
+        (dict(name="x", polar_deg=0, azimuth_deg=0, radius=2.0), "radius=2.0"),
+        (dict(name="x", polar_deg="up", azimuth_deg=0), "finite number"),
+        (dict(name="a.b", polar_deg=0, azimuth_deg=0), "view name"),
+    ],
+)
 def test_bad_pose_values_are_clear_errors(kwargs, message):
     with pytest.raises(ZeroVLMError, match=message):
         ViewPose(**kwargs)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError
-from zerovlm.views.poses import PRESETS, ViewPose, pose_vector
 from zerovlm.views.checkpoints import load_pose_projection
+from zerovlm.views.poses import PRESETS, ViewPose, pose_vector
 from zerovlm.views.zero123 import Zero123Pipeline, clip_preprocess, ldm_timesteps, prepare_image
 
 SIZE = 32  # px -> 8x8 latents with the tiny VAE (downsampling 4)
@@ -38,7 +38,7 @@ def capture_latents(pipe, monkeypatch) -> list[torch.Tensor]:
 
 
 def alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2  # scaled_linear
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2  # scaled_linear
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -49,7 +49,7 @@ def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
     t_start=-1 is the original's default; None runs the whole list. -> (latents, timesteps run)."""
     context, cond = pipe.encode(images, poses, SIZE)
     a = alphas_cumprod()
-    ddim_timesteps = np.asarray(list(range(0, 1000, 1000 // steps))) + 1     # "uniform", steps_out = +1
+    ddim_timesteps = np.asarray(list(range(0, 1000, 1000 // steps))) + 1  # "uniform", steps_out = +1
     alphas = a[ddim_timesteps]
     alphas_prev = torch.cat([a[:1], a[ddim_timesteps[:-1]]])
     timesteps = ddim_timesteps[:t_start]
@@ -60,12 +60,15 @@ def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
         run.append(int(step))
         with torch.no_grad():
             e_c = pipe.unet(torch.cat([x.float(), cond], 1), int(step), encoder_hidden_states=context).sample.double()
-            e_u = pipe.unet(torch.cat([x.float(), torch.zeros_like(cond)], 1), int(step),
-                            encoder_hidden_states=torch.zeros_like(context)).sample.double()
+            e_u = pipe.unet(
+                torch.cat([x.float(), torch.zeros_like(cond)], 1),
+                int(step),
+                encoder_hidden_states=torch.zeros_like(context),
+            ).sample.double()
         e_t = e_u + guidance * (e_c - e_u) if guidance > 1 else e_c
         a_t, a_prev = alphas[index], alphas_prev[index]
         pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
-        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t                 # sigma_t = 0 at eta 0
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t  # sigma_t = 0 at eta 0
     return x.float(), run
 
 
@@ -74,8 +77,16 @@ def test_ddim_eta0_matches_an_independent_update(pipe, monkeypatch, guidance):
     images, poses, generators = inputs()
     latents = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(5))
     captured = capture_latents(pipe, monkeypatch)
-    pipe(images, poses, generators, num_inference_steps=4, guidance_scale=guidance, eta=0.0,
-         image_size_px=SIZE, latents=latents)
+    pipe(
+        images,
+        poses,
+        generators,
+        num_inference_steps=4,
+        guidance_scale=guidance,
+        eta=0.0,
+        image_size_px=SIZE,
+        latents=latents,
+    )
     # diffusers' 4 "leading" steps are LDM's whole list for 4 (751, 501, 251, 1)
     expected, run = original_ddim(pipe, images, poses, latents, 4, guidance, t_start=None)
     assert run == [751, 501, 251, 1]
@@ -90,8 +101,17 @@ def test_ldm_schedule_equals_the_original_sampler(pipe, monkeypatch, steps, exec
     seen, captured = [], capture_latents(pipe, monkeypatch)
     unet_forward = pipe.unet.forward
     monkeypatch.setattr(pipe.unet, "forward", lambda x, t, *a, **k: seen.append(int(t)) or unet_forward(x, t, *a, **k))
-    pipe(images, poses, generators, num_inference_steps=steps, guidance_scale=3.0, eta=0.0, image_size_px=SIZE,
-         timesteps=ldm_timesteps(steps), latents=latents)
+    pipe(
+        images,
+        poses,
+        generators,
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        eta=0.0,
+        image_size_px=SIZE,
+        timesteps=ldm_timesteps(steps),
+        latents=latents,
+    )
     ran = list(seen)  # original_ddim below calls the same (patched) UNet
     expected, original_run = original_ddim(pipe, images, poses, latents, steps, 3.0, t_start=-1)
     assert ran == original_run == list(executed)
@@ -144,15 +164,16 @@ def test_input_is_shrunk_to_1536_first_as_the_demo():
 
 def test_pose_projection_runs_in_float32_then_casts(tiny_models):
     half = Zero123Pipeline.from_pretrained(tiny_models["kxic"], torch.float16, "cpu")
-    projection = load_pose_projection(str(tiny_models["kxic"]), "kxic")        # the float32 weights on disk
+    projection = load_pose_projection(str(tiny_models["kxic"]), "kxic")  # the float32 weights on disk
     images = [scene(i) for i in range(4)]
-    poses = torch.stack([pose_vector(ViewPose(f"v{i}", -35.0 + 23 * i, 17.0 + 41 * i, 0.3 - 0.2 * i))
-                         for i in range(4)])
+    poses = torch.stack(
+        [pose_vector(ViewPose(f"v{i}", -35.0 + 23 * i, 17.0 + 41 * i, 0.3 - 0.2 * i)) for i in range(4)]
+    )
     context, _ = half.encode(images, poses, SIZE)
     x = torch.stack([prepare_image(im, SIZE) for im in images])
-    with torch.no_grad():                                                        # (B, E) from the fp16 CLIP
+    with torch.no_grad():  # (B, E) from the fp16 CLIP
         embeds = half.image_encoder(clip_preprocess(x, half.image_encoder.config.image_size).half()).image_embeds
-        inputs32 = torch.cat([embeds.float(), poses], dim=-1)                    # (B, E + 4)
+        inputs32 = torch.cat([embeds.float(), poses], dim=-1)  # (B, E + 4)
         expected = F.linear(inputs32, projection.weight, projection.bias).half()
         in_half = F.linear(inputs32.half(), projection.weight.half(), projection.bias.half())
     assert context.dtype == torch.float16 and torch.equal(context[:, 0], expected)
@@ -185,27 +206,36 @@ def test_single_token_cross_attention_is_exact(pipe, monkeypatch):
     assert torch.allclose(captured[0], captured[1], atol=1e-5)
 
 
-@pytest.mark.parametrize("change, message", [
-    (dict(poses=torch.zeros(3, 3)), "poses: expected a tensor of shape"),
-    (dict(poses=torch.full((3, 4), float("nan"))), "finite"),
-    (dict(generators=[]), "generators"),
-    (dict(guidance_scale=0.5), "guidance_scale"),
-    (dict(eta=2.0), "eta"),
-    (dict(image_size_px=36), "multiple of 8"),
-    (dict(timesteps=[1, 14, 27]), "descending"),
-    (dict(timesteps=[901, 601, 301, 1]), r"stride 300 cannot be stepped \(DDIM goes back 1000 // 3 = 333"),
-    (dict(images=["not an image"] * 3), "PIL images"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(poses=torch.zeros(3, 3)), "poses: expected a tensor of shape"),
+        (dict(poses=torch.full((3, 4), float("nan"))), "finite"),
+        (dict(generators=[]), "generators"),
+        (dict(guidance_scale=0.5), "guidance_scale"),
+        (dict(eta=2.0), "eta"),
+        (dict(image_size_px=36), "multiple of 8"),
+        (dict(timesteps=[1, 14, 27]), "descending"),
+        (dict(timesteps=[901, 601, 301, 1]), r"stride 300 cannot be stepped \(DDIM goes back 1000 // 3 = 333"),
+        (dict(images=["not an image"] * 3), "PIL images"),
+    ],
+)
 def test_bad_inputs_are_clear_errors(pipe, change, message):
     images, poses, generators = inputs()
-    kwargs = dict(images=images, poses=poses, generators=generators, num_inference_steps=2,
-                  guidance_scale=3.0, eta=1.0, image_size_px=SIZE)
+    kwargs = dict(
+        images=images,
+        poses=poses,
+        generators=generators,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        eta=1.0,
+        image_size_px=SIZE,
+    )
     kwargs.update(change)
     with pytest.raises(ZeroVLMError, match=message):
         pipe(**kwargs)
 
 
 def test_preset_pose_runs(pipe):
-    views = pipe([scene(0)], pose_vector(PRESETS["top"])[None], [torch.Generator().manual_seed(0)], 2, 3.0,
-                 1.0, SIZE)
+    views = pipe([scene(0)], pose_vector(PRESETS["top"])[None], [torch.Generator().manual_seed(0)], 2, 3.0, 1.0, SIZE)
     assert views[0].size == (SIZE, SIZE) and views[0].mode == "RGB"

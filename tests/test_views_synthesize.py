@@ -48,8 +48,7 @@ def prepared(tmp_path_factory):
 def reference(tmp_path_factory, tiny_models, prepared):
     """An uninterrupted run: (output folder, summary)."""
     out = tmp_path_factory.mktemp("reference") / "views"
-    return out, views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]),
-                          shard_size=4)
+    return out, views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
 
 
 def test_each_unique_image_once_with_its_metadata(reference, prepared):
@@ -62,7 +61,10 @@ def test_each_unique_image_once_with_its_metadata(reference, prepared):
     metadata = reader.metadata(f"{image_id}.random")
     expected = random_pose(0, image_id)
     assert (metadata["polar_deg"], metadata["azimuth_deg"], metadata["radius"]) == (
-        expected.polar_deg, expected.azimuth_deg, 0.0)
+        expected.polar_deg,
+        expected.azimuth_deg,
+        0.0,
+    )
     assert metadata["view"] == "random" and metadata["seed"] == 0
     assert reader.image(f"{image_id}.left").size == (32, 32)
     assert (out / "summary.json").is_file() and not (out.parent / ".views.partial").exists()
@@ -71,8 +73,11 @@ def test_each_unique_image_once_with_its_metadata(reference, prepared):
 def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
     """The whole store, summary.json included, is the same for a re-run; timings go to the run record."""
     record = tmp_path / "views_run.json"
-    views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
-              views_config(tiny_models["kxic"]), shard_size=4)
+    views.run(
+        views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
+        views_config(tiny_models["kxic"]),
+        shard_size=4,
+    )
     files = sorted(p.name for p in reference[0].iterdir())
     assert "summary.json" in files and files == sorted(p.name for p in (tmp_path / "views").iterdir())
     for name in files:
@@ -135,8 +140,7 @@ def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
     _, stderr = process.communicate()
     assert first.exists(), stderr.decode()[-2000:]
     assert not out.exists()  # killed before publishing
-    summary = views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]),
-                        shard_size=4)
+    summary = views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
     assert summary["views_reused"] >= 4 and summary["views_generated"] <= 8
     assert pngs(out) == pngs(reference[0])
 
@@ -182,8 +186,10 @@ def test_changed_settings_discard_the_partial_folder(tmp_path, tiny_models, prep
     with caplog.at_level(logging.WARNING):
         summary = views.run(views.Paths(prepared=prepared[0], out=out), after, shard_size=4)
     assert "discarding" in caplog.text and summary["views_reused"] == 0
-    poses = {ShardReader(out).metadata(f"{job.image_id}.tilt")["polar_deg"]
-             for job in synthesize.plan_view_jobs(after, prepared[1], prepared[0])}
+    poses = {
+        ShardReader(out).metadata(f"{job.image_id}.tilt")["polar_deg"]
+        for job in synthesize.plan_view_jobs(after, prepared[1], prepared[0])
+    }
     assert poses == {after.custom[0].polar_deg}
 
 
@@ -192,8 +198,9 @@ def test_an_image_that_is_not_an_image_names_file_and_example(tmp_path, tiny_mod
     bad = tmp_path / "prepared" / examples[1].image_file
     bad.write_bytes(b"this is not a PNG")
     with pytest.raises(ZeroVLMError) as error:
-        views.run(views.Paths(prepared=tmp_path / "prepared", out=tmp_path / "views"),
-                  views_config(tiny_models["kxic"]))
+        views.run(
+            views.Paths(prepared=tmp_path / "prepared", out=tmp_path / "views"), views_config(tiny_models["kxic"])
+        )
     assert str(bad) in str(error.value) and examples[1].example_id in str(error.value)
     assert not (tmp_path / "views").exists()
 
@@ -237,8 +244,10 @@ def test_half_precision_on_the_cpu_runs_in_float32_and_says_so(tmp_path, tiny_mo
     runtime._warn_half_precision_on_cpu.cache_clear()  # warnings of earlier tests in this process
     record = tmp_path / "views_run.json"
     with caplog.at_level(logging.WARNING):
-        views.run(views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
-                  views_config(tiny_models["kxic"], dtype="float16", presets=("left",)))
+        views.run(
+            views.Paths(prepared=prepared[0], out=tmp_path / "views", run_record=record),
+            views_config(tiny_models["kxic"], dtype="float16", presets=("left",)),
+        )
     run = json.loads(record.read_text())
     assert (run["dtype"], run["dtype_used"]) == ("float16", "float32")
     assert "views.dtype float16 on the CPU: using float32" in caplog.text

@@ -30,11 +30,13 @@ def backends(tiny_folder):
 
 def requests():
     a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
-    return [Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
-            Request((b,), "Which caption?", ("A mug on a table", "A mug under a table", "a")),
-            Request((a, b), "The left view, then the right view. Is it left?", ("Yes", "No")),  # two images
-            Request((), "A question without an image?", ("Yes", "No")),
-            Request((a,), "Nothing to score.", ())]
+    return [
+        Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
+        Request((b,), "Which caption?", ("A mug on a table", "A mug under a table", "a")),
+        Request((a, b), "The left view, then the right view. Is it left?", ("Yes", "No")),  # two images
+        Request((), "A question without an image?", ("Yes", "No")),
+        Request((a,), "Nothing to score.", ()),
+    ]
 
 
 def test_prompt_is_the_model_chat_template(backends):
@@ -86,8 +88,11 @@ def test_bf16_option_logits_are_float32(tiny_folder, backends):
         assert hidden.dtype == torch.bfloat16 and logits.dtype == torch.float32
         reference = hidden.double() @ head.weight.double().T
         assert torch.allclose(logits.double(), reference, atol=1e-5)
-        assert not torch.allclose(hidden.double() @ head.weight.to(torch.bfloat16).double().T,
-                                  (hidden @ head.weight.to(torch.bfloat16).T).double(), atol=1e-5)  # bf16 rounds
+        assert not torch.allclose(
+            hidden.double() @ head.weight.to(torch.bfloat16).double().T,
+            (hidden @ head.weight.to(torch.bfloat16).T).double(),
+            atol=1e-5,
+        )  # bf16 rounds
 
 
 def test_generation_matches_and_stops(backends):
@@ -113,6 +118,7 @@ def test_model_without_chat_template_is_refused(backends):
     class NoTemplate:
         chat_template = None
         tokenizer = auto.tokenizer
+
     with pytest.raises(ZeroVLMError, match="chat template"):
         HFAutoBackend(auto.model, NoTemplate())
 
@@ -120,8 +126,9 @@ def test_model_without_chat_template_is_refused(backends):
 def scores_and_pixels(backend, request):
     """The request's option scores and the pixel_values of every forward that computed them."""
     seen = []
-    hook = backend.model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["pixel_values"]),
-                                                   with_kwargs=True)
+    hook = backend.model.register_forward_pre_hook(
+        lambda _, args, kwargs: seen.append(kwargs["pixel_values"]), with_kwargs=True
+    )
     try:
         return backend.option_logprobs([request])[0], seen
     finally:
@@ -148,6 +155,7 @@ def test_images_per_request_follows_the_model_type(backends):
 
     from zerovlm.vlm.hf_auto import HFAutoBackend
     from zerovlm.vlm.minigpt4 import MiniGPT4Backend
+
     auto, llava, _ = backends
     assert auto.max_images_per_request == llava.max_images_per_request == MiniGPT4Backend.max_images_per_request == 1
 
@@ -159,6 +167,7 @@ def test_images_per_request_follows_the_model_type(backends):
 
         def get_output_embeddings(self):
             return torch.nn.Linear(2, 2)
+
     native = HFAutoBackend(Stub(), auto.processor)
     assert native.max_images_per_request > 4 and native.info()["native_multi_image"]
 
@@ -170,8 +179,9 @@ def idefics3(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("tiny_idefics3")
     build_tiny_idefics3(folder, seed=0)
-    return lambda batch_size: load_backend(InferConfig(backend="hf_auto", model=str(folder), device="cpu",
-                                                       batch_size=batch_size))
+    return lambda batch_size: load_backend(
+        InferConfig(backend="hf_auto", model=str(folder), device="cpu", batch_size=batch_size)
+    )
 
 
 def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
@@ -179,14 +189,16 @@ def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
 
     backend = idefics3(3)
     assert backend.info()["model_type"] == "idefics3" and backend.max_images_per_request == 8
-    runnable, skipped = split_by_capability(["origin", "origin+left-separate", "all-separate"],
-                                            backend.max_images_per_request, "hf_auto")
+    runnable, skipped = split_by_capability(
+        ["origin", "origin+left-separate", "all-separate"], backend.max_images_per_request, "hf_auto"
+    )
     assert runnable == ["origin", "origin+left-separate", "all-separate"] and not skipped
     a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
     request = Request((a, b), "The original image first, the left view second. Is it left?", ("Yes", "No"))
     assert backend.render_prompt(request) == (
         "<|im_start|>User:<image><image>The original image first, the left view second. Is it left?"
-        "<end_of_utterance>\nAssistant:")
+        "<end_of_utterance>\nAssistant:"
+    )
     scores, seen = scores_and_pixels(backend, request)
     assert seen[0].shape[:2] == (2, 2)  # two options, each with both images
     swapped = backend.option_logprobs([Request((b, a), request.prompt, request.options)])[0]
@@ -195,9 +207,11 @@ def test_native_multi_image_model_gets_the_separate_views_in_order(idefics3):
 
 def test_native_multi_image_batched_equals_one_at_a_time(idefics3):
     a, b = Image.new("RGB", (64, 48), (200, 10, 10)), Image.new("RGB", (30, 60), (10, 200, 10))
-    reqs = [Request((a,), "Is it left?", ("Yes", "No")),
-            Request((a, b), "Two views. Is it left?", ("Yes", "No", "maybe so")),
-            Request((b, a, b, a), "Four views. Which caption?", ("A mug on a table", "A mug under a table"))]
+    reqs = [
+        Request((a,), "Is it left?", ("Yes", "No")),
+        Request((a, b), "Two views. Is it left?", ("Yes", "No", "maybe so")),
+        Request((b, a, b, a), "Four views. Which caption?", ("A mug on a table", "A mug under a table")),
+    ]
     batched, single = idefics3(3), idefics3(1)
     for got, expected in zip(batched.option_logprobs(reqs), [single.option_logprobs([r])[0] for r in reqs]):
         assert got == pytest.approx(expected, abs=1e-4)
@@ -232,10 +246,11 @@ def test_options_are_scored_from_one_prefix_when_merges_cross_the_boundary(unspl
         shared = len(os.path.commonprefix([prompt, *joints]))
         prefixes_differ |= len({len(os.path.commonprefix([prompt, j])) for j in joints}) > 1
         for option, joint, score in zip(request.options, joints, scores):
-            inputs = backend.processor(text=text + " " + option, images=list(request.images) or None,
-                                       return_tensors="pt")
+            inputs = backend.processor(
+                text=text + " " + option, images=list(request.images) or None, return_tensors="pt"
+            )
             with torch.no_grad():
                 logprobs = backend.model(**inputs).logits[0, :-1].float().log_softmax(-1)
             picked = logprobs.gather(-1, inputs["input_ids"][0, 1:, None]).squeeze(-1)
-            assert score == pytest.approx(picked[-(len(joint) - shared):].sum().item(), abs=1e-4)
+            assert score == pytest.approx(picked[-(len(joint) - shared) :].sum().item(), abs=1e-4)
     assert prefixes_differ  # the case in point: some option's merges reach back into the prompt

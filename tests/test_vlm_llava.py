@@ -36,12 +36,19 @@ def mixed_requests():
     a, b, c = images()
     return [
         Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
-        Request((b,), "This is a 3D single-view image generated from the original image. Centered on the "
-                      "Object. Is the cup above the table?", ("Yes", "No")),
-        Request((c,), "Which caption is right?", ("A mug on a table", "A mug under a table",
-                                                  "A mug to the left of a table", "A mug behind a table")),
-        Request((a,), "Is the ball below the box?", ()),                       # no options: no scores
-        Request((b,), "Is it true?", ("True", "False", "not sure at all")),    # mixed lengths
+        Request(
+            (b,),
+            "This is a 3D single-view image generated from the original image. Centered on the "
+            "Object. Is the cup above the table?",
+            ("Yes", "No"),
+        ),
+        Request(
+            (c,),
+            "Which caption is right?",
+            ("A mug on a table", "A mug under a table", "A mug to the left of a table", "A mug behind a table"),
+        ),
+        Request((a,), "Is the ball below the box?", ()),  # no options: no scores
+        Request((b,), "Is it true?", ("True", "False", "not sure at all")),  # mixed lengths
         Request((), "A question without an image?", ("Yes", "No")),
         Request((a, c), "Two images. Is the dog left of the cat?", ("Yes", "No", "yes it is")),
     ]
@@ -68,10 +75,14 @@ def test_rendered_prompts_match_golden_strings(backend):
 # The system sentences of conv_vicuna_v1 and conv_llava_v1, copied from haotian-liu/LLaVA llava/conversation.py
 # (commit 053c284); with sep " " and roles USER / ASSISTANT, run_llava.py's prompt for one image is
 # system + " USER: <image>\n" + question + " ASSISTANT:".
-CONV_VICUNA_V1 = ("A chat between a curious user and an artificial intelligence assistant. "
-                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-CONV_LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+CONV_VICUNA_V1 = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+CONV_LLAVA_V1 = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
 
 
 @pytest.mark.parametrize("chat_format, system", [("vicuna_v1", CONV_VICUNA_V1), ("llava_v1", CONV_LLAVA_V1)])
@@ -79,7 +90,8 @@ def test_original_templates_render_as_the_original_conversations(backend, chat_f
     question = "The cat is left of the dog., please answer me yes or no"
     original = LlavaBackend(backend.model, backend.processor, chat_format=chat_format)
     assert original.render_prompt(Request(tuple(images(1)), question)) == (
-        system + " USER: <image>\n" + question + " ASSISTANT:")
+        system + " USER: <image>\n" + question + " ASSISTANT:"
+    )
     assert original.info()["chat_format"] == chat_format
 
 
@@ -94,7 +106,9 @@ def test_input_ids_match_the_processor(backend):
         encoded = backend._encode(request)
         text = backend.render_prompt(request)
         expected = backend.processor(text=text, images=list(request.images), return_tensors="pt")["input_ids"][0]
-        ours = [t for i in encoded.prefix for t in ([i] * backend.tokens_per_image if i == backend.image_token_id else [i])]
+        ours = [
+            t for i in encoded.prefix for t in ([i] * backend.tokens_per_image if i == backend.image_token_id else [i])
+        ]
         assert ours == expected.tolist()
 
 
@@ -127,8 +141,9 @@ def test_option_scores_match_a_plain_full_forward(backend):
 def test_batched_scores_equal_one_at_a_time(backend, padding_side, batch_size):
     requests = mixed_requests()
     single = [backend.option_logprobs([r])[0] for r in requests]
-    other = LlavaBackend(backend.model, backend.processor, batch_size=batch_size, padding_side=padding_side,
-                         prefetch_workers=2)
+    other = LlavaBackend(
+        backend.model, backend.processor, batch_size=batch_size, padding_side=padding_side, prefetch_workers=2
+    )
     batched = other.option_logprobs(requests)
     for a, b in zip(batched, single):
         assert a == pytest.approx(b, abs=1e-4)
@@ -141,8 +156,10 @@ def test_image_features_are_computed_once_per_image(backend):
     backend.model.get_image_features = lambda **kw: calls.append(kw["pixel_values"].shape[0]) or hook(**kw)
     try:
         a, b, _ = images()
-        requests = [Request((img,), f"Is the cup left of the box {i}?", ("Yes", "No", "maybe so"))
-                    for i, img in enumerate([a, b, a, a.copy(), b, a])]
+        requests = [
+            Request((img,), f"Is the cup left of the box {i}?", ("Yes", "No", "maybe so"))
+            for i, img in enumerate([a, b, a, a.copy(), b, a])
+        ]
         backend.option_logprobs(requests)
     finally:
         del backend.model.get_image_features
@@ -154,7 +171,7 @@ def test_greedy_generation_matches_transformers_generate(backend):
     text = backend.render_prompt(request)
     inputs = backend.processor(text=text, images=list(request.images), return_tensors="pt")
     out = backend.model.generate(**inputs, max_new_tokens=6, do_sample=False, eos_token_id=None)
-    expected = backend.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    expected = backend.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert backend.generate([request], max_new_tokens=6) == [expected]
 
 
@@ -204,10 +221,14 @@ def test_fast_preprocessing_equals_the_image_processor(backend, tmp_path, side):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     from zerovlm.vlm.llava import load_processor
-    LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": side},
-                                                         crop_size={"height": side, "width": side}),
-                   tokenizer=backend.tokenizer, patch_size=14, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+
+    LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=backend.tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    ).save_pretrained(tmp_path)
     processor = load_processor(str(tmp_path))
     fast = LlavaBackend(backend.model, processor, chat_format="llava_v1")
     assert fast._fast_crop == (side, side, side)
@@ -237,7 +258,7 @@ def original_pad_and_process(image, image_processor):
     square = square.resize((side, side), Image.BICUBIC)
     crop_h, crop_w = image_processor.crop_size["height"], image_processor.crop_size["width"]
     top, left = (side - crop_h) // 2, (side - crop_w) // 2
-    pixels = np.asarray(square, dtype=np.float64)[top:top + crop_h, left:left + crop_w] / 255
+    pixels = np.asarray(square, dtype=np.float64)[top : top + crop_h, left : left + crop_w] / 255
     return torch.from_numpy(((pixels - mean) / std).transpose(2, 0, 1).astype(np.float32))
 
 
@@ -247,10 +268,14 @@ def test_pad_equals_the_original_llava_preprocessing(backend, tmp_path, side):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     from zerovlm.vlm.llava import load_processor
-    LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": side},
-                                                         crop_size={"height": side, "width": side}),
-                   tokenizer=backend.tokenizer, patch_size=14, vision_feature_select_strategy="default",
-                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+
+    LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=backend.tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    ).save_pretrained(tmp_path)
     processor = load_processor(str(tmp_path))
     padded = LlavaBackend(backend.model, processor, image_preprocess="pad")
     generator = torch.Generator().manual_seed(1)

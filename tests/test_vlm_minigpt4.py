@@ -41,15 +41,20 @@ def backend(tiny_dir):
 
 def requests():
     a, b = Image.new("RGB", (90, 50), (200, 20, 20)), Image.new("RGB", (40, 70), (20, 200, 90))
-    return [Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
-            Request((b,), "Which caption describes the image?", ("A mug on a table", "A mug under a table", "No")),
-            Request((a,), "Is the ball behind the box?", ()),
-            Request((b,), "Is the cup above the bowl? Answer yes or no.", ("yes", "no", "yes it is"))]
+    return [
+        Request((a,), "Is the red cube left of the mug?", ("Yes", "No")),
+        Request((b,), "Which caption describes the image?", ("A mug on a table", "A mug under a table", "No")),
+        Request((a,), "Is the ball behind the box?", ()),
+        Request((b,), "Is the cup above the bowl? Answer yes or no.", ("yes", "no", "yes it is")),
+    ]
 
 
 def hashes(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_tiny_build_is_deterministic_and_sharded(tiny_dir, tmp_path):
@@ -62,7 +67,8 @@ def test_prompt_matches_the_vicuna0_conversation(backend):
     image = Image.new("RGB", (8, 8))
     assert backend.render_prompt(Request((image,), "Is it left?")) == (
         "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it "
-        "to you. Please answer my questions.###Human: <Img><ImageHere></Img> Is it left?###Assistant: ")
+        "to you. Please answer my questions.###Human: <Img><ImageHere></Img> Is it left?###Assistant: "
+    )
 
 
 def reference_scores(backend, request):
@@ -138,12 +144,17 @@ class Payload:
     """Anything that is not a tensor or a plain container."""
 
 
-@pytest.mark.parametrize("content, message", [
-    ({"model": {"llama_proj.weight": torch.zeros(2, 2), "llama_proj.bias": torch.zeros(2)}, "cfg": Payload()},
-     "refused to unpickle .*nothing in it was run"),
-    ({"model": {"llama_proj.weight": [[0.0]], "llama_proj.bias": torch.zeros(2)}}, "not a tensor"),
-    ({"model": {"other": torch.zeros(1)}}, "expected"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"model": {"llama_proj.weight": torch.zeros(2, 2), "llama_proj.bias": torch.zeros(2)}, "cfg": Payload()},
+            "refused to unpickle .*nothing in it was run",
+        ),
+        ({"model": {"llama_proj.weight": [[0.0]], "llama_proj.bias": torch.zeros(2)}}, "not a tensor"),
+        ({"model": {"other": torch.zeros(1)}}, "expected"),
+    ],
+)
 def test_unsafe_or_malformed_projection_checkpoints_are_refused(tmp_path, content, message):
     path = tmp_path / "llama_proj.pth"
     torch.save(content, path)
@@ -157,10 +168,10 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------- the image path, computed independently
-EVA_EPS = 1e-6     # eva_vit.py: norm_layer=partial(nn.LayerNorm, eps=1e-6)
-BERT_EPS = 1e-12   # Qformer.py: BertConfig (bert-base-uncased) layer_norm_eps
+EVA_EPS = 1e-6  # eva_vit.py: norm_layer=partial(nn.LayerNorm, eps=1e-6)
+BERT_EPS = 1e-12  # Qformer.py: BertConfig (bert-base-uncased) layer_norm_eps
 LN_VISION_EPS = 1e-5  # minigpt4.py: ln_vision = LayerNorm(num_features), torch's default eps
-TOLERANCE = 2e-5   # float32; the embeddings' entries reach about 5
+TOLERANCE = 2e-5  # float32; the embeddings' entries reach about 5
 
 
 def checkpoint_state(folder):
@@ -174,28 +185,35 @@ def checkpoint_state(folder):
 def eva_vit(state, pixels, heads, patch_px):
     """VisionTransformer.forward_features of Vision-CAIR/MiniGPT-4 minigpt4/models/eva_vit.py (no final norm;
     commit f1a33af), on the weights under their HF Blip2 names: (n, 1 + patches, width)."""
+
     def w(name):
         return state[f"vision_model.{name}"]
 
-    x = F.conv2d(pixels, w("embeddings.patch_embedding.weight"), w("embeddings.patch_embedding.bias"),
-                 stride=patch_px).flatten(2).transpose(1, 2)                      # PatchEmbed: (n, patches, width)
+    x = (
+        F.conv2d(pixels, w("embeddings.patch_embedding.weight"), w("embeddings.patch_embedding.bias"), stride=patch_px)
+        .flatten(2)
+        .transpose(1, 2)
+    )  # PatchEmbed: (n, patches, width)
     n, _, width = x.shape
     x = torch.cat([w("embeddings.class_embedding").expand(n, -1, -1), x], 1) + w("embeddings.position_embedding")
     layers = {key.split(".")[3] for key in state if key.startswith("vision_model.encoder.layers.")}
     for i in range(len(layers)):
+
         def b(name):
             return w(f"encoder.layers.{i}.{name}")
+
         h = F.layer_norm(x, (width,), b("layer_norm1.weight"), b("layer_norm1.bias"), EVA_EPS)
         bias = b("self_attn.qkv.bias")
-        qkv_bias = torch.cat([bias[:width], torch.zeros(width), bias[2 * width:]])  # q_bias, no key bias, v_bias
+        qkv_bias = torch.cat([bias[:width], torch.zeros(width), bias[2 * width :]])  # q_bias, no key bias, v_bias
         qkv = F.linear(h, b("self_attn.qkv.weight"), qkv_bias).reshape(n, -1, 3, heads, width // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attention = (q * (width // heads) ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
         mixed = (attention @ v).transpose(1, 2).reshape(n, -1, width)
         x = x + F.linear(mixed, b("self_attn.projection.weight"), b("self_attn.projection.bias"))
         h = F.layer_norm(x, (width,), b("layer_norm2.weight"), b("layer_norm2.bias"), EVA_EPS)
-        x = x + F.linear(F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))),
-                         b("mlp.fc2.weight"), b("mlp.fc2.bias"))
+        x = x + F.linear(
+            F.gelu(F.linear(h, b("mlp.fc1.weight"), b("mlp.fc1.bias"))), b("mlp.fc2.weight"), b("mlp.fc2.bias")
+        )
     return x
 
 
@@ -203,6 +221,7 @@ def qformer(state, image, heads, cross_attention_frequency):
     """BertModel of minigpt4/models/Qformer.py given only query_embeds: the embeddings' LayerNorm, then per
     layer self-attention, cross-attention to the image (every `cross_attention_frequency` layers) and the
     queries' feed-forward, each post-norm with a residual: (n, queries, width)."""
+
     def w(name):
         return state[f"qformer.{name}"]
 
@@ -216,25 +235,42 @@ def qformer(state, image, heads, cross_attention_frequency):
 
         def heads_of(t):
             return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
         q = heads_of(F.linear(hidden, a("attention.query.weight"), a("attention.query.bias")))
         k = heads_of(F.linear(context, a("attention.key.weight"), a("attention.key.bias")))
         v = heads_of(F.linear(context, a("attention.value.weight"), a("attention.value.bias")))
         probabilities = (q @ k.transpose(-1, -2) / (width // heads) ** 0.5).softmax(-1)
         mixed = (probabilities @ v).transpose(1, 2).reshape(hidden.shape)
-        return F.layer_norm(F.linear(mixed, a("output.dense.weight"), a("output.dense.bias")) + hidden, (width,),
-                            a("output.LayerNorm.weight"), a("output.LayerNorm.bias"), BERT_EPS)
+        return F.layer_norm(
+            F.linear(mixed, a("output.dense.weight"), a("output.dense.bias")) + hidden,
+            (width,),
+            a("output.LayerNorm.weight"),
+            a("output.LayerNorm.bias"),
+            BERT_EPS,
+        )
 
     layers = {key.split(".")[3] for key in state if key.startswith("qformer.encoder.layer.")}
     for i in range(len(layers)):
         x = attend(f"encoder.layer.{i}.attention", x, x)
         if i % cross_attention_frequency == 0:
             x = attend(f"encoder.layer.{i}.crossattention", x, image)
-        h = F.gelu(F.linear(x, w(f"encoder.layer.{i}.intermediate_query.dense.weight"),
-                            w(f"encoder.layer.{i}.intermediate_query.dense.bias")))
-        x = F.layer_norm(F.linear(h, w(f"encoder.layer.{i}.output_query.dense.weight"),
-                                  w(f"encoder.layer.{i}.output_query.dense.bias")) + x, (width,),
-                         w(f"encoder.layer.{i}.output_query.LayerNorm.weight"),
-                         w(f"encoder.layer.{i}.output_query.LayerNorm.bias"), BERT_EPS)
+        h = F.gelu(
+            F.linear(
+                x,
+                w(f"encoder.layer.{i}.intermediate_query.dense.weight"),
+                w(f"encoder.layer.{i}.intermediate_query.dense.bias"),
+            )
+        )
+        x = F.layer_norm(
+            F.linear(
+                h, w(f"encoder.layer.{i}.output_query.dense.weight"), w(f"encoder.layer.{i}.output_query.dense.bias")
+            )
+            + x,
+            (width,),
+            w(f"encoder.layer.{i}.output_query.LayerNorm.weight"),
+            w(f"encoder.layer.{i}.output_query.LayerNorm.bias"),
+            BERT_EPS,
+        )
     return x
 
 
@@ -250,14 +286,24 @@ def reference_embeddings(folder, pixels, ln_vision_eps=LN_VISION_EPS, state=None
     hidden = eva_vit(state, pixels, vision["num_attention_heads"], vision["patch_size"])
     width = hidden.shape[-1]
     if manifest["variant"] == "vicuna0":
-        image = F.layer_norm(hidden, (width,), state["vision_model.post_layernorm.weight"],
-                             state["vision_model.post_layernorm.bias"], ln_vision_eps)
-        tokens = qformer(state, image, config["qformer_config"]["num_attention_heads"],
-                         config["qformer_config"]["cross_attention_frequency"])
+        image = F.layer_norm(
+            hidden,
+            (width,),
+            state["vision_model.post_layernorm.weight"],
+            state["vision_model.post_layernorm.bias"],
+            ln_vision_eps,
+        )
+        tokens = qformer(
+            state,
+            image,
+            config["qformer_config"]["num_attention_heads"],
+            config["qformer_config"]["cross_attention_frequency"],
+        )
     else:
         patches = F.layer_norm(hidden, (width,), eps=ln_vision_eps)[:, 1:]
-        tokens = torch.stack([torch.cat([row[i + k] for k in range(4)]) for row in patches
-                              for i in range(0, row.shape[0], 4)]).reshape(len(patches), -1, 4 * width)
+        tokens = torch.stack(
+            [torch.cat([row[i + k] for k in range(4)]) for row in patches for i in range(0, row.shape[0], 4)]
+        ).reshape(len(patches), -1, 4 * width)
     projection = torch.load(folder / "llama_proj.pth", weights_only=True)["model"]
     return F.linear(tokens, projection["llama_proj.weight"], projection["llama_proj.bias"])
 
@@ -282,9 +328,11 @@ def test_a_wrong_ln_vision_eps_vit_weight_or_image_moves_the_embeddings_far_beyo
     got = backend.image_embeddings(pixels)
     state = checkpoint_state(tiny_dir)
     fc1 = "vision_model.encoder.layers.1.mlp.fc1.weight"
-    for wrong in (reference_embeddings(tiny_dir, pixels, ln_vision_eps=1e-6),      # Blip2VisionConfig's eps
-                  reference_embeddings(tiny_dir, pixels, state={**state, fc1: state[fc1] * 1.02}),  # one ViT weight
-                  got[[1, 2, 0]]):                                                  # other images
+    for wrong in (
+        reference_embeddings(tiny_dir, pixels, ln_vision_eps=1e-6),  # Blip2VisionConfig's eps
+        reference_embeddings(tiny_dir, pixels, state={**state, fc1: state[fc1] * 1.02}),  # one ViT weight
+        got[[1, 2, 0]],
+    ):  # other images
         assert (wrong - got).abs().max() > 100 * TOLERANCE
 
 
@@ -305,7 +353,8 @@ def test_llama2_prompt_matches_conv_vision_llama2(llama2):
     image = Image.new("RGB", (8, 8))
     assert llama2.render_prompt(Request((image,), "Is it left?")) == (
         "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it "
-        "to you. Please answer my questions.<s>[INST] <Img><ImageHere></Img> Is it left? [/INST] ")
+        "to you. Please answer my questions.<s>[INST] <Img><ImageHere></Img> Is it left? [/INST] "
+    )
     prefix, _ = llama2._tokenise(Request((image,), "Is it left?", ("Yes", "No")))
     assert prefix.count(llama2.tokenizer.bos_token_id) == 2  # the tokenizer's BOS and the template's "<s>"
 
@@ -343,9 +392,13 @@ def test_llama2_reads_no_qformer_shard(llama2_dir, tmp_path):
     assert load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu")).qformer is None
 
 
-@pytest.mark.parametrize("change, message", [({"variant": "llama3"}, "variant must be one of"),
-                                             ({"variant": "llama2", "llama_proj": "../vicuna0/llama_proj.pth"},
-                                              "llama2 image tokens")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"variant": "llama3"}, "variant must be one of"),
+        ({"variant": "llama2", "llama_proj": "../vicuna0/llama_proj.pth"}, "llama2 image tokens"),
+    ],
+)
 def test_bad_variant_or_projection_is_a_clear_error(tiny_dir, llama2_dir, tmp_path, change, message):
     copy = tmp_path / "llama2"
     shutil.copytree(llama2_dir, copy)
@@ -363,8 +416,11 @@ def test_an_llm_whose_tokenizer_cannot_be_read_is_one_line_naming_the_setting(ti
         (copy / "vicuna" / name).unlink()
     (copy / "vicuna" / "tokenizer.model").write_bytes(b"not a sentencepiece model")
     (copy / "vicuna" / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
-    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: llm: cannot load .*vicuna' as a Llama model and its "
-                                           r"tokenizer") as error:
+    with pytest.raises(
+        ZeroVLMError,
+        match=r"minigpt4.json: llm: cannot load .*vicuna' as a Llama model and its "
+        r"tokenizer",
+    ) as error:
         load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu"))
     if importlib.util.find_spec("sentencepiece") is None:
         assert str(error.value).endswith("needs `pip install sentencepiece protobuf`")
@@ -394,10 +450,12 @@ def offline_hub(monkeypatch, tmp_path):
     return tmp_path / "hub"
 
 
-@pytest.mark.parametrize("name, variant", [("minigpt4-7b", "vicuna0"), ("minigpt4-13b", "vicuna0"),
-                                           ("minigpt4-llama2-7b", "llama2")])
-def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(request, offline_hub, monkeypatch, tmp_path,
-                                                                        name, variant):
+@pytest.mark.parametrize(
+    "name, variant", [("minigpt4-7b", "vicuna0"), ("minigpt4-13b", "vicuna0"), ("minigpt4-llama2-7b", "llama2")]
+)
+def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(
+    request, offline_hub, monkeypatch, tmp_path, name, variant
+):
     """The manifest as committed, through the code path of a GPU run: its hub ids come from a hub cache holding
     the tiny build's parts, its Drive file (llama_proj) from a loopback server standing in for Google Drive,
     which asks to confirm the download as Drive does for large files. The result equals the tiny build loaded
@@ -412,13 +470,18 @@ def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(request,
     file_id = manifest["llama_proj"].removeprefix("gdrive:")
     cfg = InferConfig(backend="minigpt4", model=str(MANIFESTS / name), device="cpu", batch_size=3)
     with LoopbackServer() as drive:
+
         def uc(handler, hits):
-            page = (f'<form id="download-form" action="/download" method="get">'
-                    f'<input type="hidden" name="id" value="{file_id}"></form>').encode()
+            page = (
+                f'<form id="download-form" action="/download" method="get">'
+                f'<input type="hidden" name="id" value="{file_id}"></form>'
+            ).encode()
             send_bytes(handler, page, "text/html; charset=utf-8")
+
         drive.routes["/uc"] = uc
-        drive.routes["/download"] = lambda handler, hits: (send_bytes(handler, payload) if f"id={file_id}" in
-                                                           handler.path else handler.send_error(404))
+        drive.routes["/download"] = lambda handler, hits: (
+            send_bytes(handler, payload) if f"id={file_id}" in handler.path else handler.send_error(404)
+        )
         monkeypatch.setenv("ZEROVLM_GDRIVE_URL", f"{drive.url}/uc?export=download&id={{file_id}}")
         served = load_backend(cfg)
         assert drive.hits == {"/uc": 1, "/download": 1}  # the confirmation page, then the file
@@ -426,24 +489,34 @@ def test_a_committed_manifest_loads_from_the_hub_cache_and_a_drive_file(request,
         assert got == pytest.approx(expected, abs=1e-6)
     assert served.generate(requests()[:2], max_new_tokens=4) == local.generate(requests()[:2], max_new_tokens=4)
     sha256 = hashlib.sha256(payload).hexdigest()
-    assert served.info()["parts"] == {"vision_qformer": manifest["vision_qformer"], "llm": manifest["llm"],
-                                      "llama_proj": manifest["llama_proj"], "llama_proj_sha256": sha256,
-                                      "revisions": {"vision_qformer": "main", "llm": "main"}}
+    assert served.info()["parts"] == {
+        "vision_qformer": manifest["vision_qformer"],
+        "llm": manifest["llm"],
+        "llama_proj": manifest["llama_proj"],
+        "llama_proj_sha256": sha256,
+        "revisions": {"vision_qformer": "main", "llm": "main"},
+    }
     assert load_backend(cfg).info()["parts"]["llama_proj_sha256"] == sha256  # the server is gone: from the cache
 
 
 def test_a_part_missing_from_an_offline_hub_cache_is_one_line_naming_it(offline_hub):
-    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: vision_qformer: cannot reach the Hugging Face hub for "
-                                           r"'Salesforce/blip2-flan-t5-xxl' at main \(config.json\) and it is not "
-                                           r"in the local cache"):
+    with pytest.raises(
+        ZeroVLMError,
+        match=r"minigpt4.json: vision_qformer: cannot reach the Hugging Face hub for "
+        r"'Salesforce/blip2-flan-t5-xxl' at main \(config.json\) and it is not "
+        r"in the local cache",
+    ):
         load_backend(InferConfig(backend="minigpt4", model=str(MANIFESTS / "minigpt4-7b"), device="cpu"))
 
 
 def test_info_names_the_parts_and_the_checksum_of_a_local_llama_proj(backend, tiny_dir):
-    assert backend.info()["parts"] == {"vision_qformer": "blip2", "llm": "vicuna", "llama_proj": "llama_proj.pth",
-                                       "llama_proj_sha256": hashlib.sha256((tiny_dir / "llama_proj.pth")
-                                                                           .read_bytes()).hexdigest(),
-                                       "revisions": {}}  # local folders: no hub revision
+    assert backend.info()["parts"] == {
+        "vision_qformer": "blip2",
+        "llm": "vicuna",
+        "llama_proj": "llama_proj.pth",
+        "llama_proj_sha256": hashlib.sha256((tiny_dir / "llama_proj.pth").read_bytes()).hexdigest(),
+        "revisions": {},
+    }  # local folders: no hub revision
 
 
 # ---------------------------------------------------------------- hub parts at the commits the check stage pins
@@ -464,12 +537,14 @@ def write_manifest(folder, **changes):
 def hub_minigpt4(offline_hub, tiny_dir, other_vicuna, tmp_path):
     """A manifest folder naming hub parts, in an offline hub cache: org/blip2-tiny at SHA_A, and org/vicuna-tiny
     at SHA_A (the tiny build's LLM, main) and SHA_B (other weights)."""
+
     def copy(source):
         return lambda snapshot: shutil.copytree(source, snapshot)
 
     build_hub_cache(offline_hub, "org/blip2-tiny", {SHA_A: copy(tiny_dir / "blip2")}, main=SHA_A)
-    build_hub_cache(offline_hub, "org/vicuna-tiny", {SHA_A: copy(tiny_dir / "vicuna"), SHA_B: copy(other_vicuna)},
-                    main=SHA_A)
+    build_hub_cache(
+        offline_hub, "org/vicuna-tiny", {SHA_A: copy(tiny_dir / "vicuna"), SHA_B: copy(other_vicuna)}, main=SHA_A
+    )
     folder = tmp_path / "minigpt4-hub"
     folder.mkdir()
     shutil.copy2(tiny_dir / "llama_proj.pth", folder)
@@ -483,8 +558,9 @@ def holds_weights(model, snapshot) -> bool:
     return all(torch.equal(state[key], tensor) for key, tensor in load_file(snapshot / "model.safetensors").items())
 
 
-def test_the_infer_stage_loads_each_hub_part_at_the_commit_check_pinned(hub_minigpt4, offline_hub, tmp_path,
-                                                                         monkeypatch):
+def test_the_infer_stage_loads_each_hub_part_at_the_commit_check_pinned(
+    hub_minigpt4, offline_hub, tmp_path, monkeypatch
+):
     """check pins the manifest's hub parts; the infer stage passes those commits to the loader, which reads
     main's pinned commit even after upstream moved on, and the other snapshot once the manifest names it."""
     monkeypatch.chdir(tmp_path)  # the params' model paths are relative to the repository root
@@ -496,8 +572,11 @@ def test_the_infer_stage_loads_each_hub_part_at_the_commit_check_pinned(hub_mini
     snapshots = offline_hub / "models--org--vicuna-tiny" / "snapshots"
 
     def check_and_load():
-        check.run(check.Paths(out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"),
-                              params=params_path))
+        check.run(
+            check.Paths(
+                out=Path("inputs"), lock=Path("models.lock"), built_models=Path("data/models"), params=params_path
+            )
+        )
         source = Path("inputs/vlm-mg.json")
         pinned = pinned_part_revisions(source)
         return pinned, load_backend(pin_revision(cfg, source), pinned)
@@ -526,9 +605,15 @@ def test_unpinned_each_hub_part_loads_at_the_manifests_revision(hub_minigpt4, of
 
 def test_pins_that_miss_a_hub_part_or_reach_a_single_model_backend_are_one_line_errors(hub_minigpt4):
     cfg = InferConfig(backend="minigpt4", model=str(hub_minigpt4), device="cpu")
-    with pytest.raises(ZeroVLMError, match=r"minigpt4.json: its hub parts are \['llm', 'vision_qformer'\], but "
-                                           r"commits were pinned for \['llm'\]; run `dvc repro`"):
+    with pytest.raises(
+        ZeroVLMError,
+        match=r"minigpt4.json: its hub parts are \['llm', 'vision_qformer'\], but "
+        r"commits were pinned for \['llm'\]; run `dvc repro`",
+    ):
         load_backend(cfg, {"llm": SHA_A})
-    with pytest.raises(ZeroVLMError, match=r"minigpt4-hub: a model assembled from parts .* but backend 'llava' loads "
-                                           r"one model; set the backend to one of \['minigpt4'\]"):
+    with pytest.raises(
+        ZeroVLMError,
+        match=r"minigpt4-hub: a model assembled from parts .* but backend 'llava' loads "
+        r"one model; set the backend to one of \['minigpt4'\]",
+    ):
         load_backend(cfg.model_copy(update={"backend": "llava"}), {"llm": SHA_A})

@@ -31,9 +31,11 @@ def test_backend_contract(name, tiny_folders):
     backend = load_backend(InferConfig(backend=name, model=str(tiny_folders[name]), device="cpu", batch_size=2))
     assert isinstance(backend, VisionLanguageModel) and backend.name == name
     image = Image.new("RGB", (48, 32), (90, 20, 160))
-    requests = [Request((image,), "Is the purple box left of the cup?", ("Yes", "No")),
-                Request((image,), "Which caption is right?", ("A box on a cup", "A box under a cup", "A box")),
-                Request((image,), "Describe the image.")]
+    requests = [
+        Request((image,), "Is the purple box left of the cup?", ("Yes", "No")),
+        Request((image,), "Which caption is right?", ("A box on a cup", "A box under a cup", "A box")),
+        Request((image,), "Describe the image."),
+    ]
     scores = backend.option_logprobs(requests)
     assert [len(s) for s in scores] == [2, 3, 0]
     assert all(s <= 0 for row in scores for s in row)

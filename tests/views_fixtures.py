@@ -42,18 +42,36 @@ def make_prepared(folder: Path, num_images: int = 3, examples_per_image: int = 2
         image_id = f"{index:016x}"
         scene(index).save(folder / "images" / f"{image_id}.png")
         for copy in range(examples_per_image):
-            examples.append(Example(
-                example_id=f"synthetic/test/{index}-{copy}", dataset="synthetic", split="test",
-                task="true_false", image_id=image_id, image_file=f"images/{image_id}.png",
-                caption="the red box is left of the blue ball", options=("yes", "no"), answer_index=0,
-                relation="left of"))
+            examples.append(
+                Example(
+                    example_id=f"synthetic/test/{index}-{copy}",
+                    dataset="synthetic",
+                    split="test",
+                    task="true_false",
+                    image_id=image_id,
+                    image_file=f"images/{image_id}.png",
+                    caption="the red box is left of the blue ball",
+                    options=("yes", "no"),
+                    answer_index=0,
+                    relation="left of",
+                )
+            )
     write_table(folder, examples)
     return examples
 
 
 def views_config(model: Path, **overrides) -> ViewsConfig:
     """Small, fast settings on the CPU (32 px -> 8x8 latents, 2 DDIM steps)."""
-    values = dict(model=str(model), image_size_px=32, num_inference_steps=2, guidance_scale=3.0, eta=1.0,
-                  dtype="float32", device="cpu", batch_size=4, seed=0)
+    values = dict(
+        model=str(model),
+        image_size_px=32,
+        num_inference_steps=2,
+        guidance_scale=3.0,
+        eta=1.0,
+        dtype="float32",
+        device="cpu",
+        batch_size=4,
+        seed=0,
+    )
     values.update(overrides)
     return ViewsConfig(**values)

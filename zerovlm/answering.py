@@ -16,8 +16,8 @@ and writes the predictions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from PIL import Image
 
@@ -39,7 +39,7 @@ class AnswerJob:
     example: Example
     configuration: str
     with_view_prompt: bool
-    text: str                 # the user message (view prompt + question)
+    text: str  # the user message (view prompt + question)
     answers: tuple[str, ...]  # scored continuations, aligned with example.options
 
     @property
@@ -53,8 +53,9 @@ class AnswerJob:
         return tuple(input_keys(self.example.image_id, self.configuration))
 
 
-def plan_answer_jobs(cfg: InferConfig, examples: list[Example], configurations: list[str],
-                     layout: str) -> list[AnswerJob]:
+def plan_answer_jobs(
+    cfg: InferConfig, examples: list[Example], configurations: list[str], layout: str
+) -> list[AnswerJob]:
     """Every (configuration, view prompt on/off, example); the baseline (origin without the view prompt)
     is asked even when infer.view_prompt is [true]: every comparison is made against it."""
     jobs = []
@@ -65,8 +66,9 @@ def plan_answer_jobs(cfg: InferConfig, examples: list[Example], configurations: 
             modes = (*modes, False)
         for with_view_prompt in modes:
             for example in examples:
-                text, asked = user_message(example, cfg.question_template, CONFIGURATIONS[configuration],
-                                           prompt_layout, with_view_prompt)
+                text, asked = user_message(
+                    example, cfg.question_template, CONFIGURATIONS[configuration], prompt_layout, with_view_prompt
+                )
                 jobs.append(AnswerJob(example, configuration, with_view_prompt, text, asked.answers))
     return jobs
 
@@ -80,8 +82,9 @@ def split_by_capability(configurations: list[str], max_images: int, backend: str
         if needed <= max_images:
             runnable.append(configuration)
         else:
-            not_evaluated[configuration] = (f"backend {backend} takes at most {max_images} image(s) per "
-                                            f"request; this configuration sends {needed}")
+            not_evaluated[configuration] = (
+                f"backend {backend} takes at most {max_images} image(s) per request; this configuration sends {needed}"
+            )
     return runnable, not_evaluated
 
 
@@ -122,8 +125,9 @@ def chunk_requests(jobs: list[AnswerJob], image: Callable[[str], Image.Image]) -
         key = (job.image_keys, job.text, job.answers)
         if key not in unique:
             unique[key] = len(requests)
-            requests.append(Request(images=tuple(image(k) for k in job.image_keys), prompt=job.text,
-                                    options=job.answers))
+            requests.append(
+                Request(images=tuple(image(k) for k in job.image_keys), prompt=job.text, options=job.answers)
+            )
     return ChunkRequests(jobs, requests, [unique[(j.image_keys, j.text, j.answers)] for j in jobs])
 
 
@@ -135,8 +139,9 @@ def _answer(model: VisionLanguageModel, cfg: InferConfig, requests: list[Request
     # it kept in the answer. That text contains "yes", so decoding on to EOS gives the same verdict by its
     # "contains yes" rule: no stop string is needed.
     temperature = cfg.temperature if cfg.answer_mode == "paper" else 0.0
-    texts = model.generate(requests, max_new_tokens=getattr(cfg.max_new_tokens, cfg.answer_mode),
-                           temperature=temperature, seed=cfg.seed)
+    texts = model.generate(
+        requests, max_new_tokens=getattr(cfg.max_new_tokens, cfg.answer_mode), temperature=temperature, seed=cfg.seed
+    )
     return [{"output_text": text} for text in texts]
 
 
@@ -145,7 +150,15 @@ def answer_chunk(model: VisionLanguageModel, cfg: InferConfig, chunk: ChunkReque
     answers = _answer(model, cfg, chunk.requests)
     if len(answers) != len(chunk.requests):
         raise ZeroVLMError(f"backend {cfg.backend} returned {len(answers)} results for {len(chunk.requests)} requests")
-    return [{"record_id": job.record_id, "example_id": job.example.example_id,
-             "configuration": job.configuration, "with_view_prompt": job.with_view_prompt,
-             "answers": list(job.answers), "rendered_prompt": model.render_prompt(chunk.requests[index]),
-             **answers[index]} for job, index in zip(chunk.jobs, chunk.index)]
+    return [
+        {
+            "record_id": job.record_id,
+            "example_id": job.example.example_id,
+            "configuration": job.configuration,
+            "with_view_prompt": job.with_view_prompt,
+            "answers": list(job.answers),
+            "rendered_prompt": model.render_prompt(chunk.requests[index]),
+            **answers[index],
+        }
+        for job, index in zip(chunk.jobs, chunk.index)
+    ]

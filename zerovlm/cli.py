@@ -22,11 +22,19 @@ def compose_params(profile: str, out: Path, overrides: list[str]) -> None:
     from hydra.errors import HydraException
 
     try:
-        compose_and_dump(out, str(Path("conf").resolve()), None, "config", str(Path(".dvc").resolve()),
-                         [f"profile={profile}", *overrides])
+        compose_and_dump(
+            out,
+            str(Path("conf").resolve()),
+            None,
+            "config",
+            str(Path(".dvc").resolve()),
+            [f"profile={profile}", *overrides],
+        )
     except HydraException as error:  # an unknown key or a malformed override
-        raise ZeroVLMError(f"{' '.join(overrides)}: {str(error).splitlines()[0]} (a key not in conf/config.yaml "
-                           f"needs '+', e.g. +vlms.NAME.KEY=VALUE)") from None
+        raise ZeroVLMError(
+            f"{' '.join(overrides)}: {str(error).splitlines()[0]} (a key not in conf/config.yaml "
+            f"needs '+', e.g. +vlms.NAME.KEY=VALUE)"
+        ) from None
 
 
 def _cmd_build_tiny_models(args) -> None:
@@ -69,8 +77,14 @@ def _cmd_show(args) -> None:
         return
     from zerovlm.scoring.summary_text import results_table
 
-    print(results_table(read_json(args.metrics, "run the pipeline first (`dvc repro`); instances are "
-                                                "metrics/grid/<dataset>/<vlm>/summary.json")))
+    print(
+        results_table(
+            read_json(
+                args.metrics,
+                "run the pipeline first (`dvc repro`); instances are metrics/grid/<dataset>/<vlm>/summary.json",
+            )
+        )
+    )
 
 
 def _cmd_export_views(args) -> None:
@@ -91,11 +105,15 @@ def _cmd_check_remote(args) -> None:
         print("remote OK: every object of the checked outputs is present and hashes to its name")
         return
     if args.repair:
-        print(f"{len(problems)} bad object(s); removed the corrupt ones and the manifests listing bad ones: now run "
-              f"`dvc push` where the good data is cached (`dvc status -c` shows what it will upload)")
+        print(
+            f"{len(problems)} bad object(s); removed the corrupt ones and the manifests listing bad ones: now run "
+            f"`dvc push` where the good data is cached (`dvc status -c` shows what it will upload)"
+        )
     else:
-        print(f"{len(problems)} bad object(s); `--repair` removes them (and their manifests) so that "
-              f"`dvc push` uploads them again")
+        print(
+            f"{len(problems)} bad object(s); `--repair` removes them (and their manifests) so that "
+            f"`dvc push` uploads them again"
+        )
     sys.exit(1)
 
 
@@ -118,27 +136,45 @@ def main(argv: list[str] | None = None) -> None:
     validate.add_argument("--params", type=Path, default=Path("params.yaml"))
     validate.set_defaults(func=_cmd_validate)
 
-    lock = commands.add_parser("lock", help="pin the grid's hub models to commits in models.lock (`dvc repro` "
-                                            "pins new ones itself); --update re-resolves")
+    lock = commands.add_parser(
+        "lock",
+        help="pin the grid's hub models to commits in models.lock (`dvc repro` "
+        "pins new ones itself); --update re-resolves",
+    )
     lock.add_argument("names", nargs="*", help="`views` and/or grid VLM names (default: every model of the grid)")
-    lock.add_argument("--update", action="store_true",
-                      help="resolve the revisions again (e.g. main moved on) instead of keeping the pinned commits")
+    lock.add_argument(
+        "--update",
+        action="store_true",
+        help="resolve the revisions again (e.g. main moved on) instead of keeping the pinned commits",
+    )
     lock.add_argument("--params", type=Path, default=Path("params.yaml"))
     lock.add_argument("--lock", type=Path, default=Path("models.lock"))
-    lock.add_argument("--built-models", type=Path, default=Path("data/models"),
-                      help="the models stage's output folder (as in dvc.yaml)")
+    lock.add_argument(
+        "--built-models",
+        type=Path,
+        default=Path("data/models"),
+        help="the models stage's output folder (as in dvc.yaml)",
+    )
     lock.set_defaults(func=_cmd_lock)
 
     show = commands.add_parser("show", help="print the results table (or one grid instance's metrics)")
     show.add_argument("--results", type=Path, default=Path("metrics/results.md"), help="the report stage's table")
-    show.add_argument("--metrics", type=Path, default=None,
-                      help="instead: one instance's metrics, e.g. metrics/grid/synthetic_sparse/llava_tiny/summary.json")
+    show.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        help="instead: one instance's metrics, e.g. metrics/grid/synthetic_sparse/llava_tiny/summary.json",
+    )
     show.set_defaults(func=_cmd_show)
 
     export = commands.add_parser("export-views", help="write the PNGs of a shard store into a folder, to look at")
     export.add_argument("--store", type=Path, default=Path("data/views"), help="shard store (views or stitched)")
-    export.add_argument("--out", type=Path, default=None,
-                        help="folder to write (default: data/exports/<store name>); must be empty unless --force")
+    export.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder to write (default: data/exports/<store name>); must be empty unless --force",
+    )
     export.add_argument("--image-id", action="append", help="only the views of this image (repeatable)")
     export.add_argument("--force", action="store_true", help="write into a non-empty --out, overwriting same names")
     export.set_defaults(func=_cmd_export_views)
@@ -146,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     check = commands.add_parser("check-remote", help="re-hash a DVC remote's objects of the pipeline outputs")
     check.add_argument("stages", nargs="*", help="stage names (default: every stage in dvc.lock)")
     check.add_argument("-r", "--remote", default=None, help="remote name (default: the default remote)")
-    check.add_argument("--repair", action="store_true",
-                       help="delete corrupt objects and the manifests listing bad objects, for a re-push")
+    check.add_argument(
+        "--repair",
+        action="store_true",
+        help="delete corrupt objects and the manifests listing bad objects, for a re-push",
+    )
     check.set_defaults(func=_cmd_check_remote)
 
     args = parser.parse_args(argv)

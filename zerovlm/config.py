@@ -35,9 +35,11 @@ Device = Literal["auto", "cpu", "cuda"]
 def conf_base() -> dict[str, Any]:
     """conf/config.yaml's base values, before a profile: the value of every key a params file leaves out."""
     if not CONF_FILE.is_file():
-        raise ZeroVLMError(f"{CONF_FILE}: not found. zerovlm reads the params defaults from conf/config.yaml "
-                           f"next to its package, which a wheel does not carry: install from a clone of the "
-                           f"repository (pip install -e .)")
+        raise ZeroVLMError(
+            f"{CONF_FILE}: not found. zerovlm reads the params defaults from conf/config.yaml "
+            f"next to its package, which a wheel does not carry: install from a clone of the "
+            f"repository (pip install -e .)"
+        )
     base = yaml.safe_load(CONF_FILE.read_text())
     return {key: value for key, value in base.items() if key != "defaults"}  # defaults: Hydra's profile list
 
@@ -52,6 +54,7 @@ def conf_default(path: str) -> Any:
 
 class Section(BaseModel):
     """A params section; the keys a caller leaves out take conf/config.yaml's base values at `conf_path`."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
     conf_path: ClassVar[str | None] = None  # e.g. "views" or "data.synthetic"; None: every key must be given
 
@@ -66,6 +69,7 @@ class Section(BaseModel):
 # ---------------------------------------------------------------- prepare
 class SyntheticSource(Section):
     """data.synthetic: the rendered scenes (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "data.synthetic"
 
     num_scenes: int = Field(ge=1)
@@ -85,6 +89,7 @@ class SyntheticSource(Section):
 
 class DownloadSizeCaps(Section):
     """data.download_max_mb: the largest file accepted per kind (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "data.download_max_mb"
 
     annotation: float = Field(gt=0.0)
@@ -95,6 +100,7 @@ class DownloadSizeCaps(Section):
 
 class DataConfig(Section):
     """The `data` section, shared by every dataset of the grid (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "data"
 
     source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b"]
@@ -124,6 +130,7 @@ class DataConfig(Section):
 # ---------------------------------------------------------------- tiny models
 class ModelsConfig(Section):
     """The `models` section: the demo's tiny models (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "models"
 
     tiny_seed: int
@@ -132,6 +139,7 @@ class ModelsConfig(Section):
 # ---------------------------------------------------------------- views
 class CustomView(Section):
     """One item of views.custom: a named camera delta (meaning: conf/config.yaml, `custom`)."""
+
     name: str
     polar_deg: float = Field(ge=POLAR_RANGE_DEG[0], le=POLAR_RANGE_DEG[1])
     azimuth_deg: float = Field(ge=AZIMUTH_RANGE_DEG[0], le=AZIMUTH_RANGE_DEG[1])
@@ -141,6 +149,7 @@ class CustomView(Section):
 
 class ViewsConfig(Section):
     """The `views` section: Zero-1-to-3 novel views (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "views"
 
     model: str
@@ -181,6 +190,7 @@ class ViewsConfig(Section):
 # ---------------------------------------------------------------- stitch
 class StitchConfig(Section):
     """The `stitch` section: the VLM inputs of each view configuration (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "stitch"
 
     configurations: tuple[str, ...]
@@ -196,14 +206,16 @@ class StitchConfig(Section):
         if len(set(self.configurations)) != len(self.configurations):
             raise ValueError(f"configurations: each once, got {list(self.configurations)}")
         if BASELINE_CONFIGURATION not in self.configurations:
-            raise ValueError(f"configurations: include {BASELINE_CONFIGURATION!r}, the baseline every "
-                             f"configuration is compared with")
+            raise ValueError(
+                f"configurations: include {BASELINE_CONFIGURATION!r}, the baseline every configuration is compared with"
+            )
         return self
 
 
 # ---------------------------------------------------------------- infer
 class MaxNewTokens(Section):
     """infer.max_new_tokens: one limit per generating answer mode (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "infer.max_new_tokens"
 
     generate: int = Field(ge=1)
@@ -212,6 +224,7 @@ class MaxNewTokens(Section):
 
 class InferConfig(Section):
     """The `infer` section, shared by every VLM of the grid (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "infer"
 
     backend: str
@@ -236,8 +249,10 @@ class InferConfig(Section):
     @classmethod
     def _one_per_mode(cls, value):
         if isinstance(value, int) and not isinstance(value, bool):
-            raise ValueError(f"give one value per answer mode, e.g. {{generate: {value}, "
-                             f"paper: {conf_default('infer.max_new_tokens.paper')}}}")
+            raise ValueError(
+                f"give one value per answer mode, e.g. {{generate: {value}, "
+                f"paper: {conf_default('infer.max_new_tokens.paper')}}}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -251,19 +266,23 @@ class InferConfig(Section):
             raise ValueError(_unknown("backend", self.backend, sorted(BACKENDS)) + " (zerovlm/vlm/registry.py)")
         templates = load_prompts()["question_templates"]
         if self.question_template not in templates:
-            raise ValueError(_unknown("question_template", self.question_template, templates)
-                             + " (zerovlm/prompts.yaml)")
+            raise ValueError(
+                _unknown("question_template", self.question_template, templates) + " (zerovlm/prompts.yaml)"
+            )
         answers = [a.lower() for a in templates[self.question_template]["true_false"]["answers"]]
         if self.answer_mode == "paper" and answers != ["yes", "no"]:  # the authors' rule looks for "yes"
-            raise ValueError(f"answer_mode 'paper' reads a verdict by the authors' \"yes\" rule, but "
-                             f"question_template {self.question_template!r} answers {answers}; use "
-                             f"question_template yes_no, or answer_mode loglik or generate")
+            raise ValueError(
+                f"answer_mode 'paper' reads a verdict by the authors' \"yes\" rule, but "
+                f"question_template {self.question_template!r} answers {answers}; use "
+                f"question_template yes_no, or answer_mode loglik or generate"
+            )
         return self
 
 
 # ---------------------------------------------------------------- score
 class ScoreConfig(Section):
     """The `score` section: intervals and significance (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "score"
 
     bootstrap_samples: int = Field(ge=0)
@@ -280,6 +299,7 @@ GRID_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # becomes part of DVC stage n
 class GridConfig(Section):
     """The `grid` section: which datasets x VLMs run (meaning: conf/config.yaml). Always given in full: what runs
     is never left to a default."""
+
     datasets: tuple[str, ...] = Field(min_length=1)
     vlms: tuple[str, ...] = Field(min_length=1)
 
@@ -293,6 +313,7 @@ class GridConfig(Section):
 
 class _Catalog(RootModel[dict[str, dict[str, Any]]]):
     """name -> overrides merged over a base section (`data` for datasets, `infer` for vlms)."""
+
     model_config = ConfigDict(frozen=True)
 
     @model_validator(mode="after")
@@ -313,6 +334,7 @@ class VlmsCatalog(_Catalog):
 
 class ReportConfig(Section):
     """The `report` section: plots, headline and gallery (values and meaning: conf/config.yaml)."""
+
     conf_path: ClassVar[str] = "report"
 
     method_configuration: str
@@ -357,7 +379,8 @@ RENAMED = {"score.bootstrap_unit": "score.sampling_unit (it now also sets the un
 RENAMED_VALUES = {
     (InferConfig, "chat_format", "llava_original"): (
         "'llava_v1' (the same prompt: the original LLaVA conv_llava_v1, \"a curious human\"); 'vicuna_v1' is "
-        "conv_vicuna_v1 (\"a curious user\"), used by LLaVA-1.5's evaluation scripts"),
+        'conv_vicuna_v1 ("a curious user"), used by LLaVA-1.5\'s evaluation scripts'
+    ),
 }
 
 
@@ -417,8 +440,10 @@ def load_section(name: str, cls: type[S], path: str | Path = "params.yaml") -> S
 def check_report_method(report: ReportConfig, configurations: tuple[str, ...]) -> None:
     """The method the headline and plots compare with the baseline must be one the pipeline runs."""
     if report.method_configuration not in configurations:
-        raise ZeroVLMError(f"report.method_configuration {report.method_configuration!r} is not in "
-                           f"stitch.configurations {list(configurations)}; pick one of those")
+        raise ZeroVLMError(
+            f"report.method_configuration {report.method_configuration!r} is not in "
+            f"stitch.configurations {list(configurations)}; pick one of those"
+        )
 
 
 def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
@@ -426,8 +451,10 @@ def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
     params = load_params(path)
     missing = [name for name in SECTIONS if name not in params]
     if missing:  # a stage would silently run on conf/config.yaml's base values, not the profile's
-        raise ZeroVLMError(f"{path}: no section {', '.join(missing)}; compose the file from conf/ with "
-                           f"`zerovlm params --profile demo` (or paper)")
+        raise ZeroVLMError(
+            f"{path}: no section {', '.join(missing)}; compose the file from conf/ with "
+            f"`zerovlm params --profile demo` (or paper)"
+        )
     sections = {name: parse_section(name, params[name]) for name in SECTIONS}
     check_report_method(sections["report"], sections["stitch"].configurations)
     for name in sections["grid"].datasets:  # every dataset and VLM of the grid resolves to a valid section
@@ -439,27 +466,31 @@ def validate_all(path: str | Path = "params.yaml") -> dict[str, BaseModel]:
 
 # ---------------------------------------------------------------- grid instances
 
+
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` over `base`; nested mappings merge, everything else (lists included) is replaced."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict)
-                       else value)
+        merged[key] = (
+            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
 def _instance(params: dict, catalog: str, base: str, name: str) -> BaseModel:
     entries = parse_section(catalog, params.get(catalog)).root
     if name not in entries:
-        raise ZeroVLMError(f"{catalog}: " + _unknown("name", name, entries) + f" (the names under `{catalog}:` "
-                           f"in params.yaml)")
+        raise ZeroVLMError(
+            f"{catalog}: " + _unknown("name", name, entries) + f" (the names under `{catalog}:` in params.yaml)"
+        )
     parse_section(base, params.get(base))  # a mistake in the base section is reported under its own name
     model = SECTIONS[base]
     try:
         return model.model_validate(deep_merge(params.get(base) or {}, entries[name]))
     except ValidationError as error:
-        raise ZeroVLMError(_explain(f"{catalog}.{name}", model, error)
-                           + f"\n  ({catalog}.{name} is merged over the `{base}` section)") from None
+        raise ZeroVLMError(
+            _explain(f"{catalog}.{name}", model, error) + f"\n  ({catalog}.{name} is merged over the `{base}` section)"
+        ) from None
 
 
 def dataset_config(params: dict, name: str) -> DataConfig:

@@ -47,8 +47,16 @@ import yaml
 
 from zerovlm.config import dataset_config, load_params, parse_section, validate_all, vlm_config
 from zerovlm.io import ZeroVLMError, atomic_path, sha256_file, stable_hash
-from zerovlm.vlm.model_files import (DEFAULT_REVISION, FILE_PART, GDRIVE_PREFIX, HUB_ID, MANIFEST, REPOSITORY_PARTS,
-                                     read_manifest, single_file)
+from zerovlm.vlm.model_files import (
+    DEFAULT_REVISION,
+    FILE_PART,
+    GDRIVE_PREFIX,
+    HUB_ID,
+    MANIFEST,
+    REPOSITORY_PARTS,
+    read_manifest,
+    single_file,
+)
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 ANNOTATION_SUFFIXES = (".json", ".jsonl")  # the annotation files of every supported source
@@ -77,25 +85,33 @@ def stat_manifest(path: Path) -> dict[str, Any]:
     entries = []
     for file in files:
         stat = file.stat()
-        entries.append((file.relative_to(path).as_posix() if file != path else file.name, stat.st_size,
-                        stat.st_mtime_ns))
-    return {"files": len(entries), "bytes": sum(size for _, size, _ in entries),
-            "stat_sha256": stable_hash(entries, length=64)}
+        entries.append(
+            (file.relative_to(path).as_posix() if file != path else file.name, stat.st_size, stat.st_mtime_ns)
+        )
+    return {
+        "files": len(entries),
+        "bytes": sum(size for _, size, _ in entries),
+        "stat_sha256": stable_hash(entries, length=64),
+    }
 
 
 def content_manifest(path: Path) -> dict[str, Any]:
     """files, bytes, and one SHA-256 of every file's (relative path, SHA-256) in folder `path`."""
     files = _visible_files(path)
-    return {"files": len(files), "bytes": sum(file.stat().st_size for file in files),
-            "sha256": stable_hash([(file.relative_to(path).as_posix(), sha256_file(file)) for file in files],
-                                  length=64)}
+    return {
+        "files": len(files),
+        "bytes": sum(file.stat().st_size for file in files),
+        "sha256": stable_hash([(file.relative_to(path).as_posix(), sha256_file(file)) for file in files], length=64),
+    }
 
 
 def _local_path(value: str, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.exists():
-        raise ZeroVLMError(f"{key}: {value!r} not found (looked in {path.resolve()}); fix the path, or set it "
-                           f"to null to download the files")
+        raise ZeroVLMError(
+            f"{key}: {value!r} not found (looked in {path.resolve()}); fix the path, or set it "
+            f"to null to download the files"
+        )
     return path
 
 
@@ -114,9 +130,10 @@ def dataset_inputs(params: dict, name: str) -> dict[str, Any]:
         files = [f for f in ([root] if root.is_file() else _visible_files(root)) if f.suffix in ANNOTATION_SUFFIXES]
         if not files:
             raise ZeroVLMError(f"{key('annotations_dir')}: no .json or .jsonl file in {cfg.annotations_dir!r}")
-        annotations = {"path": cfg.annotations_dir,
-                       "sha256": {(f.relative_to(root).as_posix() if f != root else f.name): sha256_file(f)
-                                  for f in files}}
+        annotations = {
+            "path": cfg.annotations_dir,
+            "sha256": {(f.relative_to(root).as_posix() if f != root else f.name): sha256_file(f) for f in files},
+        }
     images = None
     if cfg.images_dir:
         images = {"path": cfg.images_dir, **stat_manifest(_local_path(cfg.images_dir, key("images_dir")))}
@@ -140,11 +157,16 @@ def read_lock(path: Path) -> dict[str, dict[str, str]]:
     if not isinstance(entries, dict):
         raise ZeroVLMError(f"{path}: expected a mapping of entries, got {type(entries).__name__}; {fix}")
     for key, entry in entries.items():
-        if (not isinstance(entry, dict) or set(entry) != {"repo", "revision", "commit"}
-                or not COMMIT.match(str(entry["commit"]))
-                or key != lock_key(str(entry["repo"]), str(entry["revision"]))):
-            raise ZeroVLMError(f"{path}: entry {key!r} must be {{repo, revision, commit (40 hex digits)}} under "
-                               f"the key <org>--<name>--<revision>; {fix}")
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"repo", "revision", "commit"}
+            or not COMMIT.match(str(entry["commit"]))
+            or key != lock_key(str(entry["repo"]), str(entry["revision"]))
+        ):
+            raise ZeroVLMError(
+                f"{path}: entry {key!r} must be {{repo, revision, commit (40 hex digits)}} under "
+                f"the key <org>--<name>--<revision>; {fix}"
+            )
     return entries
 
 
@@ -164,19 +186,25 @@ def hub_commit(repo: str, revision: str) -> str:
         ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model") / "refs" / revision
         commit = ref.read_text().strip() if ref.is_file() else ""
         if not COMMIT.match(commit):
-            raise ZeroVLMError(f"{repo} revision {revision!r}: offline (HF_HUB_OFFLINE=1) and neither models.lock nor "
-                               f"the hub cache ({ref}) knows its commit; run `zerovlm lock` where there is network "
-                               f"and commit models.lock, or set the revision to a commit held in the cache")
+            raise ZeroVLMError(
+                f"{repo} revision {revision!r}: offline (HF_HUB_OFFLINE=1) and neither models.lock nor "
+                f"the hub cache ({ref}) knows its commit; run `zerovlm lock` where there is network "
+                f"and commit models.lock, or set the revision to a commit held in the cache"
+            )
         return commit
     try:
         return HfApi().model_info(repo, revision=revision).sha
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise ZeroVLMError(f"{repo} revision {revision!r}: no such repository or revision on the Hugging Face hub "
-                           f"(or it is private); check the model id and its revision") from None
+        raise ZeroVLMError(
+            f"{repo} revision {revision!r}: no such repository or revision on the Hugging Face hub "
+            f"(or it is private); check the model id and its revision"
+        ) from None
     except (HTTPError, HFValidationError, OSError) as error:
-        raise ZeroVLMError(f"{repo} revision {revision!r}: cannot ask the Hugging Face hub for its commit "
-                           f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); retry "
-                           f"with network, or offline set HF_HUB_OFFLINE=1 to read the local cache") from None
+        raise ZeroVLMError(
+            f"{repo} revision {revision!r}: cannot ask the Hugging Face hub for its commit "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); retry "
+            f"with network, or offline set HF_HUB_OFFLINE=1 to read the local cache"
+        ) from None
 
 
 def pinned_commit(repo: str, revision: str | None, lock: dict[str, dict[str, str]], update: bool = False) -> str:
@@ -209,12 +237,17 @@ def assembled_source(key: str, model: str, folder: Path, lock: dict, update: boo
     for part in REPOSITORY_PARTS:
         source, revision = manifest.repository(part)
         if revision is not None:
-            parts[part] = {"repo": source, "revision": revision,
-                           "commit": pinned_commit(source, revision, lock, update)}
+            parts[part] = {
+                "repo": source,
+                "revision": revision,
+                "commit": pinned_commit(source, revision, lock, update),
+            }
         else:
             stats = stat_manifest(Path(source))
-            parts[part] = {"path": manifest.parts[part],
-                           **(stats if stats["bytes"] > PART_CONTENT_MAX_BYTES else content_manifest(Path(source)))}
+            parts[part] = {
+                "path": manifest.parts[part],
+                **(stats if stats["bytes"] > PART_CONTENT_MAX_BYTES else content_manifest(Path(source))),
+            }
     value = manifest.parts[FILE_PART]
     if value.startswith(GDRIVE_PREFIX):
         parts[FILE_PART] = {"gdrive": value.removeprefix(GDRIVE_PREFIX)}
@@ -223,8 +256,9 @@ def assembled_source(key: str, model: str, folder: Path, lock: dict, update: boo
     return {"path": model, "manifest_sha256": sha256_file(manifest.path), "parts": parts}
 
 
-def model_source(key: str, model: str, revision: str | None, lock: dict, built_models: Path,
-                 update: bool = False) -> dict[str, Any]:
+def model_source(
+    key: str, model: str, revision: str | None, lock: dict, built_models: Path, update: bool = False
+) -> dict[str, Any]:
     """The identity of a model: {repo, revision, commit}, {path} (built by the `models` stage),
     {path, manifest_sha256, parts} (a MiniGPT-4 manifest folder) or {path, files, bytes, stat_sha256} (another
     local folder)."""
@@ -236,15 +270,19 @@ def model_source(key: str, model: str, revision: str | None, lock: dict, built_m
     if path.exists():
         return {"path": model, **stat_manifest(path)}
     if HUB_ID.match(model):
-        return {"repo": model, "revision": revision or DEFAULT_REVISION,
-                "commit": pinned_commit(model, revision, lock, update)}
-    raise ZeroVLMError(f"{key}.model: {model!r} is neither a folder (looked in {path.resolve()}) nor a hub id "
-                       f"(org/name); build the tiny models with `zerovlm build-tiny-models`, or fix the name")
+        return {
+            "repo": model,
+            "revision": revision or DEFAULT_REVISION,
+            "commit": pinned_commit(model, revision, lock, update),
+        }
+    raise ZeroVLMError(
+        f"{key}.model: {model!r} is neither a folder (looked in {path.resolve()}) nor a hub id "
+        f"(org/name); build the tiny models with `zerovlm build-tiny-models`, or fix the name"
+    )
 
 
 # ---------------------------------------------------------------- `zerovlm lock`
-def lock_models(params_path: Path, lock_path: Path, built_models: Path, names: list[str],
-                update: bool) -> list[str]:
+def lock_models(params_path: Path, lock_path: Path, built_models: Path, names: list[str], update: bool) -> list[str]:
     """Pin the grid's hub models, and the hub parts of MiniGPT-4 manifests, in models.lock; `update` re-resolves
     `names` (every one when empty). Returns one line per model, or per vision_qformer and llm of a manifest
     (`name.part`): `name: repo@revision -> commit` or `name: local folder <path>`."""
@@ -257,9 +295,16 @@ def lock_models(params_path: Path, lock_path: Path, built_models: Path, names: l
     lines = []
     for name, (key, model, revision) in models.items():
         source = model_source(key, model, revision, lock, built_models, update and (not names or name in names))
-        entries = ({f"{name}.{part}": source["parts"][part] for part in REPOSITORY_PARTS} if "parts" in source
-                   else {name: source})
-        lines += [f"{label}: {entry['repo']}@{entry['revision']} -> {entry['commit']}" if "commit" in entry
-                  else f"{label}: local folder {entry['path']}" for label, entry in entries.items()]
+        entries = (
+            {f"{name}.{part}": source["parts"][part] for part in REPOSITORY_PARTS}
+            if "parts" in source
+            else {name: source}
+        )
+        lines += [
+            f"{label}: {entry['repo']}@{entry['revision']} -> {entry['commit']}"
+            if "commit" in entry
+            else f"{label}: local folder {entry['path']}"
+            for label, entry in entries.items()
+        ]
     write_lock(lock_path, lock)
     return lines

@@ -15,8 +15,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # Pillow is imported where images are decoded, not by every stage that imports io
     from PIL import Image
@@ -34,8 +35,11 @@ def _reported_as(path: Path, tmp: Path | None) -> Iterator[None]:
         yield
     except OSError as error:
         named = Path(os.fsdecode(error.filename)) if isinstance(error.filename, (str, bytes)) else None
-        if tmp is None or (named is None and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-                named is not None and (named == tmp or tmp in named.parents)):
+        if (
+            tmp is None
+            or (named is None and error.errno in (errno.ENOSPC, errno.EDQUOT))
+            or (named is not None and (named == tmp or tmp in named.parents))
+        ):
             error.filename, error.filename2 = os.fspath(path), None
         raise
 
@@ -197,8 +201,9 @@ def load_rgb(path: str | os.PathLike, context: str = "") -> Image.Image:
     except FileNotFoundError:
         raise ZeroVLMError(f"{path}: image file not found{where}; re-run the prepare stage") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ZeroVLMError(f"{path}: not a readable image{where} ({error}); replace or remove the "
-                           f"file and re-run the prepare stage") from None
+        raise ZeroVLMError(
+            f"{path}: not a readable image{where} ({error}); replace or remove the file and re-run the prepare stage"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -19,8 +19,9 @@ import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Callable, Container, Iterator
 from pathlib import Path
-from typing import Callable, Container, Iterator, TypeVar
+from typing import TypeVar
 
 from zerovlm.io import atomic_dir, write_json
 from zerovlm.parallel import Worker
@@ -49,8 +50,9 @@ class PartialRun:
                 if previous == self.stamp:
                     log.info("%s: resuming from %s", self.stage, self.folder)
                 else:
-                    log.warning("%s: discarding %s (written from other inputs or by other code)", self.stage,
-                                self.folder)
+                    log.warning(
+                        "%s: discarding %s (written from other inputs or by other code)", self.stage, self.folder
+                    )
                     shutil.rmtree(self.folder)
             if not self.folder.exists():
                 self.folder.mkdir(parents=True)

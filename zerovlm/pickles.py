@@ -15,8 +15,8 @@ import os
 import pickle
 import re
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from zerovlm.io import ZeroVLMError
 
@@ -64,5 +64,7 @@ def refused_pickles(source: str | os.PathLike) -> Iterator[None]:
         if not refusals:
             raise
         path = next((file for file in map(_loaded_file, chain) if file), None) or os.fspath(source)
-        raise ZeroVLMError(f"{path}: refused to unpickle ({_reason(refusals[-1])}): pickled weights are read "
-                           f"as tensors only (torch.load weights_only=True); {FIX}") from None
+        raise ZeroVLMError(
+            f"{path}: refused to unpickle ({_reason(refusals[-1])}): pickled weights are read "
+            f"as tensors only (torch.load weights_only=True); {FIX}"
+        ) from None

@@ -22,7 +22,7 @@ from zerovlm.io import ZeroVLMError, sha256_file
 PROMPTS_FILE = Path(__file__).with_name("prompts.yaml")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_prompts(path: str = str(PROMPTS_FILE)) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
@@ -44,8 +44,9 @@ def view_prompt(panels: tuple[str, ...], layout: str) -> str:
     if layout not in data["positions"]:
         raise ZeroVLMError(f"view prompt: unknown layout {layout!r}; valid: {', '.join(data['positions'])}")
     positions = data["positions"][layout][len(panels)]
-    clauses = [data["panel_clause"].format(panel=data["panel_names"][p], position=pos)
-               for p, pos in zip(panels, positions)]
+    clauses = [
+        data["panel_clause"].format(panel=data["panel_names"][p], position=pos) for p, pos in zip(panels, positions)
+    ]
     listing = ", ".join(clauses[:-1]) + ", and " + clauses[-1]
     return f"{listing[0].upper()}{listing[1:]}. " + data["closing"].format(count=data["counts"][len(panels)])
 
@@ -59,8 +60,8 @@ def question_lead(panels: tuple[str, ...]) -> str:
 
 @dataclass(frozen=True)
 class Question:
-    text: str                  # the question as asked, without any view prompt
-    answers: tuple[str, ...]   # the continuations scored, aligned with the example's options
+    text: str  # the question as asked, without any view prompt
+    answers: tuple[str, ...]  # the continuations scored, aligned with the example's options
 
 
 def _template(name: str) -> dict:
@@ -87,8 +88,9 @@ def lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def user_message(example: Example, template_name: str, panels: tuple[str, ...], layout: str,
-                 with_view_prompt: bool) -> tuple[str, Question]:
+def user_message(
+    example: Example, template_name: str, panels: tuple[str, ...], layout: str, with_view_prompt: bool
+) -> tuple[str, Question]:
     """The full user text for one example and one view configuration, and its question."""
     asked = question(example, template_name)
     if not with_view_prompt:

@@ -7,8 +7,21 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-LIBRARIES = ("zerovlm", "torch", "transformers", "diffusers", "accelerate", "tokenizers", "safetensors", "numpy",
-             "pillow", "pydantic", "dvc", "hydra-core", "scipy")
+LIBRARIES = (
+    "zerovlm",
+    "torch",
+    "transformers",
+    "diffusers",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "pydantic",
+    "dvc",
+    "hydra-core",
+    "scipy",
+)
 
 
 def library_versions() -> dict[str, str | None]:
@@ -25,6 +38,7 @@ def library_versions() -> dict[str, str | None]:
 def git_revision(root: Path = Path(".")) -> dict[str, str | bool | None]:
     """The commit checked out and whether tracked files other than dvc.lock, params.yaml and metrics/ had
     changes (None outside a git repo)."""
+
     def git(*args: str) -> str | None:
         try:
             result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
@@ -35,6 +49,5 @@ def git_revision(root: Path = Path(".")) -> dict[str, str | bool | None]:
     revision = git("rev-parse", "HEAD")
     # Pipeline bookkeeping (dvc.lock, params.yaml under `dvc exp run -S`, metrics/) changes during every
     # run; what matters is whether the code and configuration files differ from the revision.
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!params.yaml",
-                 ":!metrics")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock", ":!params.yaml", ":!metrics")
     return {"revision": revision, "code_dirty": None if status is None else bool(status)}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-
 from pydantic import BaseModel
 
 from zerovlm.io import ZeroVLMError, read_json, sha256_file, stable_hash
@@ -47,8 +46,10 @@ def pin_revision(cfg: M, source_path: Path) -> M:
     source = read_json(source_path, "run `dvc repro`: its check stage writes it")
     recorded = source.get("repo", source.get("path"))
     if recorded != cfg.model:
-        raise ZeroVLMError(f"{source_path}: records model {recorded!r}, not {cfg.model!r}; run `dvc repro`, whose "
-                           f"check stage rewrites it from params.yaml")
+        raise ZeroVLMError(
+            f"{source_path}: records model {recorded!r}, not {cfg.model!r}; run `dvc repro`, whose "
+            f"check stage rewrites it from params.yaml"
+        )
     return cfg.model_copy(update={"revision": source.get("commit")})
 
 
@@ -104,14 +105,19 @@ def resolve_device_dtype(device: str, dtype: str, section: str) -> tuple[torch.d
 
 @functools.cache
 def _warn_half_precision_on_cpu(section: str, dtype: str) -> None:
-    log.warning("%s.dtype %s on the CPU: using float32 instead (set %s.dtype: float32, or run on a GPU)",
-                section, dtype, section)
+    log.warning(
+        "%s.dtype %s on the CPU: using float32 instead (set %s.dtype: float32, or run on a GPU)",
+        section,
+        dtype,
+        section,
+    )
 
 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA out-of-memory errors (torch.OutOfMemoryError or its older RuntimeError text)."""
     return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "CUDA out of memory" in str(error))
+        isinstance(error, RuntimeError) and "CUDA out of memory" in str(error)
+    )
 
 
 class BatchSize:

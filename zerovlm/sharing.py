@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from zerovlm.io import ZeroVLMError, atomic_path, read_jsonl, write_jsonl
 from zerovlm.store import ShardReader
@@ -42,12 +42,16 @@ def shard_of_keys(store: str | Path) -> dict[str, str]:
     The indexes are enough to plan a granular pull: `dvc pull data/views/shard-00003.tar` fetches one
     shard of a stage output (DVC fetches the output's `.dir` manifest and that one object).
     """
-    return {record["key"]: index.with_suffix(".tar").name
-            for index in sorted(Path(store).glob("shard-*.jsonl")) for record in read_jsonl(index)}
+    return {
+        record["key"]: index.with_suffix(".tar").name
+        for index in sorted(Path(store).glob("shard-*.jsonl"))
+        for record in read_jsonl(index)
+    }
 
 
-def export_views(store: str | Path, out: str | Path, image_ids: Iterable[str] | None = None,
-                 force: bool = False) -> int:
+def export_views(
+    store: str | Path, out: str | Path, image_ids: Iterable[str] | None = None, force: bool = False
+) -> int:
     """Write the PNGs (and an index.jsonl of their metadata) of a shard store into `out`.
 
     Writes only inside `out`: files are named `<key>.png` with keys checked by the store's key rules,
@@ -69,8 +73,10 @@ def export_views(store: str | Path, out: str | Path, image_ids: Iterable[str] | 
         missing = sorted({tar_of[key] for key in keys} - {p.name for p in store.glob("*.tar")})
         if missing:
             pulls = " ".join(str(store / name) for name in missing)
-            raise ZeroVLMError(f"{store}: {len(missing)} shard(s) holding these views are not in the workspace; "
-                               f"fetch just them with `dvc pull {pulls}` (or all: `dvc pull {store}`)")
+            raise ZeroVLMError(
+                f"{store}: {len(missing)} shard(s) holding these views are not in the workspace; "
+                f"fetch just them with `dvc pull {pulls}` (or all: `dvc pull {store}`)"
+            )
         out.mkdir(parents=True, exist_ok=True)
         records = []
         for key in keys:
@@ -93,21 +99,27 @@ def _select(reader: ShardReader, store: Path, image_ids: Iterable[str] | None) -
     image_of = {key: reader.metadata(key).get("image_id", key.split(".")[0]) for key in keys}
     known = set(image_of.values())
     if unknown := sorted(wanted - known):
-        raise ZeroVLMError(f"{store}: no views of image {unknown[0]!r} ({len(known)} images, e.g. "
-                           f"{', '.join(sorted(known)[:3])}); `head -1 {store}/shard-00000.jsonl` shows the ids")
+        raise ZeroVLMError(
+            f"{store}: no views of image {unknown[0]!r} ({len(known)} images, e.g. "
+            f"{', '.join(sorted(known)[:3])}); `head -1 {store}/shard-00000.jsonl` shows the ids"
+        )
     return [key for key in keys if image_of[key] in wanted]
 
 
 def _check_out_dir(store: Path, out: Path, force: bool) -> None:
     resolved_out, resolved_store = out.resolve(), store.resolve()
     if resolved_out == resolved_store or resolved_store in resolved_out.parents:
-        raise ZeroVLMError(f"--out {out} is inside the store {store}: that would change a DVC-tracked "
-                           f"output; choose another folder (default: {default_export_dir(store)})")
+        raise ZeroVLMError(
+            f"--out {out} is inside the store {store}: that would change a DVC-tracked "
+            f"output; choose another folder (default: {default_export_dir(store)})"
+        )
     if out.exists() and not out.is_dir():
         raise ZeroVLMError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise ZeroVLMError(f"--out {out} is not empty; choose an empty folder or pass --force to "
-                           f"overwrite same-named files (nothing else is deleted)")
+        raise ZeroVLMError(
+            f"--out {out} is not empty; choose an empty folder or pass --force to "
+            f"overwrite same-named files (nothing else is deleted)"
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +137,9 @@ class RemoteProblem:
         return f"{self.kind}: {self.path} = object {self.oid} at {self.remote_path}{found}"
 
 
-def check_remote(repo_root: str | Path = ".", stages: Iterable[str] | None = None, remote: str | None = None,
-                 repair: bool = False) -> list[RemoteProblem]:
+def check_remote(
+    repo_root: str | Path = ".", stages: Iterable[str] | None = None, remote: str | None = None, repair: bool = False
+) -> list[RemoteProblem]:
     """Re-hash the remote objects of the cached outputs that dvc.lock records for `stages` (default all).
 
     Every object is read once from the remote (a full download for a cloud remote). A manifest is
@@ -158,8 +171,10 @@ def check_remote(repo_root: str | Path = ".", stages: Iterable[str] | None = Non
                 if not out.use_cache or not out.hash_info or not out.hash_info.value:
                     continue  # not cached (metrics kept in git) or never run: nothing on a remote
                 if out.hash_info.name != "md5":
-                    raise ZeroVLMError(f"{out.def_path}: recorded by DVC 2 ({out.hash_info.name}), which this "
-                                       f"check cannot re-hash; `dvc cache migrate --dvc-files` first")
+                    raise ZeroVLMError(
+                        f"{out.def_path}: recorded by DVC 2 ({out.hash_info.name}), which this "
+                        f"check cannot re-hash; `dvc cache migrate --dvc-files` first"
+                    )
                 found = _check_tree(odb, out.def_path, out.hash_info.value)
                 problems += found
                 if out.hash_info.isdir and found:
@@ -178,8 +193,7 @@ def _check_tree(odb, path: str, oid: str) -> list[RemoteProblem]:
         return [problem] if problem else []
     with odb.fs.open(odb.oid_to_path(oid), "rb") as f:
         entries = json.loads(f.read())
-    return [p for entry in entries
-            if (p := _check_object(odb, f"{path}/{entry['relpath']}", entry["md5"])) is not None]
+    return [p for entry in entries if (p := _check_object(odb, f"{path}/{entry['relpath']}", entry["md5"])) is not None]
 
 
 def _check_object(odb, path: str, oid: str) -> RemoteProblem | None:

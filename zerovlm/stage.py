@@ -13,15 +13,18 @@ import errno
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from zerovlm.io import ZeroVLMError
 
 P = TypeVar("P")
 
-KEPT = ("this stage published no output (views and infer keep their finished work in a partial store beside it, "
-        "and a re-run resumes from there)")
+KEPT = (
+    "this stage published no output (views and infer keep their finished work in a partial store beside it, "
+    "and a re-run resumes from there)"
+)
 # Failures of the machine rather than of the code, each with its fix (the folder is the named file's); any
 # other OSError is a bug and keeps its traceback.
 _ACCESS_FIX = "let this user read and write there (e.g. `chmod u+w {folder}`) and re-run"
@@ -48,8 +51,9 @@ def run_stage(main: Callable[[], object]) -> None:
     """Run a stage's main(); a ZeroVLMError becomes `error: ...` on stderr and exit status 2, and so does an
     OSError of a full disk or a read-only folder (naming the file); Ctrl-C is one line saying that finished
     work is kept (exit status 130, as the shell reports an interrupt)."""
-    logging.basicConfig(level=os.environ.get("ZEROVLM_LOG", "INFO"),
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=os.environ.get("ZEROVLM_LOG", "INFO"), format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         main()
     except ZeroVLMError as error:
@@ -75,8 +79,14 @@ def add_path_flags(parser: argparse.ArgumentParser, paths: type) -> None:
     """One flag per field of `paths` (a stage's Paths dataclass), e.g. `--run-record` for `run_record`."""
     for field in dataclasses.fields(paths):
         required = field.default is dataclasses.MISSING
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, type=Path, required=required,
-                            default=None if required else field.default, help=field.metadata["help"])
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            type=Path,
+            required=required,
+            default=None if required else field.default,
+            help=field.metadata["help"],
+        )
 
 
 def parsed_paths(args: argparse.Namespace, paths: type[P]) -> P:

@@ -19,7 +19,7 @@ stitched store.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image
 
@@ -63,8 +63,7 @@ def input_keys(image_id: str, configuration: str) -> list[str]:
     return [f"{image_id}.{configuration}"]
 
 
-def configuration_panels(configuration: str, origin: Image.Image,
-                         views: dict[str, Image.Image]) -> list[Image.Image]:
+def configuration_panels(configuration: str, origin: Image.Image, views: dict[str, Image.Image]) -> list[Image.Image]:
     """The panels of `configuration` in order, from the original and its synthesised views (by view name)."""
     panels = []
     for name in CONFIGURATIONS[configuration]:
@@ -73,13 +72,16 @@ def configuration_panels(configuration: str, origin: Image.Image,
         elif name in views:
             panels.append(views[name])
         else:
-            raise ZeroVLMError(f"configuration {configuration!r} needs the {name!r} view, which the views "
-                               f"stage did not synthesise: add {name!r} to views.presets")
+            raise ZeroVLMError(
+                f"configuration {configuration!r} needs the {name!r} view, which the views "
+                f"stage did not synthesise: add {name!r} to views.presets"
+            )
     return panels
 
 
-def compose_configuration(configuration: str, origin: Image.Image, views: dict[str, Image.Image],
-                          cfg: StitchConfig) -> list[Image.Image]:
+def compose_configuration(
+    configuration: str, origin: Image.Image, views: dict[str, Image.Image], cfg: StitchConfig
+) -> list[Image.Image]:
     """The input images of `configuration`, aligned with `input_keys`: one stitched image, or for a
     -separate configuration each panel unchanged (the VLM's processor resizes each image itself)."""
     panels = configuration_panels(configuration, origin, views)
@@ -88,22 +90,26 @@ def compose_configuration(configuration: str, origin: Image.Image, views: dict[s
     return [stitch(panels, cfg.layout, cfg.panel_size_px, cfg.gap_px)]
 
 
-
 def needed_views(configurations: Sequence[str]) -> list[str]:
     """The synthesised views (not the original) that `configurations` show, sorted by name."""
     return sorted({panel for c in configurations for panel in CONFIGURATIONS[c]} - {"origin"})
 
 
-def stitched_entries(image_id: str, origin: Image.Image, views: dict[str, Image.Image],
-                     cfg: StitchConfig) -> list[tuple[str, Image.Image, dict]]:
+def stitched_entries(
+    image_id: str, origin: Image.Image, views: dict[str, Image.Image], cfg: StitchConfig
+) -> list[tuple[str, Image.Image, dict]]:
     """(store key, image, metadata) of every configuration of one image, in `cfg.configurations` order."""
     entries = []
     for configuration in cfg.configurations:
         panels = CONFIGURATIONS[configuration]
         images = compose_configuration(configuration, origin, views, cfg)
         for index, (key, image) in enumerate(zip(input_keys(image_id, configuration), images)):
-            meta = {"image_id": image_id, "configuration": configuration, "panels": list(panels),
-                    "layout": "separate" if is_separate(configuration) else cfg.layout}
+            meta = {
+                "image_id": image_id,
+                "configuration": configuration,
+                "panels": list(panels),
+                "layout": "separate" if is_separate(configuration) else cfg.layout,
+            }
             if is_separate(configuration):
                 meta.update(panel=panels[index], index=index)
             entries.append((key, image, meta))
@@ -112,7 +118,10 @@ def stitched_entries(image_id: str, origin: Image.Image, views: dict[str, Image.
 
 def stitch_summary(images: int, cfg: StitchConfig) -> dict:
     """The stitched store's summary.json: what the infer stage reads back (configurations, layout)."""
-    return {"images": images, "configurations": list(cfg.configurations),
-            "stitched": images * sum(not is_separate(c) for c in cfg.configurations),
-            "separate": images * sum(is_separate(c) for c in cfg.configurations),
-            "layout": cfg.layout}
+    return {
+        "images": images,
+        "configurations": list(cfg.configurations),
+        "stitched": images * sum(not is_separate(c) for c in cfg.configurations),
+        "separate": images * sum(is_separate(c) for c in cfg.configurations),
+        "layout": cfg.layout,
+    }

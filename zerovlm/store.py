@@ -19,8 +19,8 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from PIL import Image
 
@@ -107,7 +107,7 @@ class ShardWriter:
     def close(self) -> None:
         self.flush()
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -167,8 +167,9 @@ class ShardReader:
         return key
 
 
-def publish(partials: Sequence[str | os.PathLike], final: str | os.PathLike, keep: Iterable[str],
-            shard_size: int = 256) -> None:
+def publish(
+    partials: Sequence[str | os.PathLike], final: str | os.PathLike, keep: Iterable[str], shard_size: int = 256
+) -> None:
     """Move finished partial stores to `final`, holding exactly the keys of `keep` in that order.
 
     One partial store that already holds exactly those keys in that order is renamed (cheap);

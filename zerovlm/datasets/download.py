@@ -32,11 +32,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from PIL import Image
 from tqdm import tqdm
@@ -46,10 +46,12 @@ from zerovlm.io import ZeroVLMError, safe_join, sha256_file
 USER_AGENT = "zerovlm-downloader/0.1"
 CHUNK_BYTES = 1 << 16
 PAGE_BYTES = 1 << 20  # a confirmation page is read up to this much
-MB = 1_000_000        # the unit of the download_max_mb params
+MB = 1_000_000  # the unit of the download_max_mb params
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-HOW_TO_SUPPLY = ("download it on a machine with network access and put it at {path}, "
-                 "or point data.annotations_dir / data.images_dir at a folder that already has it")
+HOW_TO_SUPPLY = (
+    "download it on a machine with network access and put it at {path}, "
+    "or point data.annotations_dir / data.images_dir at a folder that already has it"
+)
 
 
 class DownloadError(ZeroVLMError):
@@ -68,9 +70,10 @@ class LocalWriteError(DownloadError):
 @dataclass(frozen=True)
 class SizeCaps:
     """The largest file accepted per kind of file, in bytes (the params give them in MB)."""
-    annotation: int = 500 * MB     # VSR JSONL, What'sUp JSON: a few MB
-    image: int = 100 * MB          # one COCO image: well under 1 MB
-    archive: int = 20_000 * MB     # What'sUp image archives
+
+    annotation: int = 500 * MB  # VSR JSONL, What'sUp JSON: a few MB
+    image: int = 100 * MB  # one COCO image: well under 1 MB
+    archive: int = 20_000 * MB  # What'sUp image archives
     checkpoint: int = 20_000 * MB  # model files: about 0.1-1 GB
 
 
@@ -80,13 +83,13 @@ KINDS = tuple(field.name for field in dataclasses.fields(SizeCaps))
 @dataclass(frozen=True)
 class Policy:
     workers: int = 8
-    retries: int = 3               # extra attempts after the first
-    backoff_seconds: float = 1.0   # wait before the first retry; doubles each time
+    retries: int = 3  # extra attempts after the first
+    backoff_seconds: float = 1.0  # wait before the first retry; doubles each time
     timeout_seconds: float = 30.0  # per connect / per read (a stalled body fails after this long)
     deadline_seconds: float = 3600.0  # per file, over all attempts and back-offs
     max_bytes: SizeCaps = SizeCaps()
-    params_section: str = "data"   # where these knobs live (download_deadline_seconds, download_max_mb.KIND),
-                                   # named in errors
+    params_section: str = "data"  # where these knobs live (download_deadline_seconds, download_max_mb.KIND),
+    # named in errors
 
     def cap(self, request: FileRequest) -> int:
         return getattr(self.max_bytes, request.kind)
@@ -95,11 +98,11 @@ class Policy:
 @dataclass(frozen=True)
 class FileRequest:
     url: str
-    relative: str                  # target path under the download root
-    sha256: str | None = None      # pinned sum: a mismatch is an error, and the file is not kept
-    is_image: bool = False         # decode fully once before the file is accepted
+    relative: str  # target path under the download root
+    sha256: str | None = None  # pinned sum: a mismatch is an error, and the file is not kept
+    is_image: bool = False  # decode fully once before the file is accepted
     follow_html_form: bool = False  # Google Drive: a large file first answers with a confirmation form
-    kind: str | None = None        # which size cap applies (KINDS); None: "image" if is_image else "annotation"
+    kind: str | None = None  # which size cap applies (KINDS); None: "image" if is_image else "annotation"
 
     def __post_init__(self):
         if self.kind is None:  # frozen: set once, here
@@ -124,8 +127,7 @@ def verify_image(path: Path) -> None:
     try:
         with Image.open(path) as image:
             if image.width * image.height > limit:  # from the header: such an image is never decoded
-                raise DownloadError(f"{path.name}: refused: {image.width}x{image.height} pixels exceed "
-                                    f"{limit}; {fix}")
+                raise DownloadError(f"{path.name}: refused: {image.width}x{image.height} pixels exceed {limit}; {fix}")
             image.load()
     except Image.DecompressionBombError:
         raise DownloadError(f"{path.name}: refused: more than {2 * limit} pixels; {fix}") from None
@@ -184,9 +186,14 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 def _http_only_opener() -> urllib.request.OpenerDirector:
     """urlopen's handlers minus ftp://, file:// and data: (a redirect cannot reach them either)."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), _HttpOnlyRedirects(),
-                    urllib.request.HTTPErrorProcessor()):
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _HttpOnlyRedirects(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
         opener.add_handler(handler)
     return opener
 
@@ -224,28 +231,37 @@ def _body(response, url: str) -> Iterator[bytes]:
 
 def _check_deadline(url: str, deadline: float, policy: Policy, received: int) -> None:
     if time.monotonic() > deadline:
-        raise DownloadError(f"{url}: not finished within {policy.params_section}.download_deadline_seconds="
-                            f"{policy.deadline_seconds:g} ({received} bytes so far); raise it for a slow link "
-                            f"(a partial file is resumed on the next run)")
+        raise DownloadError(
+            f"{url}: not finished within {policy.params_section}.download_deadline_seconds="
+            f"{policy.deadline_seconds:g} ({received} bytes so far); raise it for a slow link "
+            f"(a partial file is resumed on the next run)"
+        )
 
 
 def _too_large(request: FileRequest, url: str, part: Path, policy: Policy) -> DownloadError:
     part.unlink(missing_ok=True)  # an oversized file is never resumed from
-    return DownloadError(f"{url}: larger than the {request.kind} size cap of {policy.cap(request) / MB:g} MB; if "
-                         f"it really is this big, raise {policy.params_section}.download_max_mb.{request.kind}")
+    return DownloadError(
+        f"{url}: larger than the {request.kind} size cap of {policy.cap(request) / MB:g} MB; if "
+        f"it really is this big, raise {policy.params_section}.download_max_mb.{request.kind}"
+    )
 
 
 def _write_error(error: OSError, url: str, part: Path) -> LocalWriteError:
     size = part.stat().st_size if part.exists() else 0  # what reached the disk, a failed write's part included
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return LocalWriteError(f"disk full in {part.parent} after writing {size} bytes of {url}; free space "
-                               f"there and run again (the partial file is resumed)")
-    return LocalWriteError(f"cannot write {part} after {size} bytes of {url} ({error.strerror or error}); "
-                           f"check that folder's permissions and free space")
+        return LocalWriteError(
+            f"disk full in {part.parent} after writing {size} bytes of {url}; free space "
+            f"there and run again (the partial file is resumed)"
+        )
+    return LocalWriteError(
+        f"cannot write {part} after {size} bytes of {url} ({error.strerror or error}); "
+        f"check that folder's permissions and free space"
+    )
 
 
-def _write_body(response, request: FileRequest, url: str, part: Path, start: int, policy: Policy,
-                deadline: float) -> int:
+def _write_body(
+    response, request: FileRequest, url: str, part: Path, start: int, policy: Policy, deadline: float
+) -> int:
     """Stream the body into part, after `start` resumed bytes (0: from scratch); return part's size.
     The cap is checked before each write, so no more than the cap ever reaches the disk."""
     size = start
@@ -287,8 +303,13 @@ def _stream_to_part(request: FileRequest, url: str, part: Path, policy: Policy, 
         if request.follow_html_form and "text/html" in response.headers.get("Content-Type", ""):
             part.unlink(missing_ok=True)
             page = _read_page(response, url, policy, deadline)
-            return _stream_to_part(dataclasses.replace(request, follow_html_form=False),
-                                   _confirmation_url(page, url), part, policy, deadline)
+            return _stream_to_part(
+                dataclasses.replace(request, follow_html_form=False),
+                _confirmation_url(page, url),
+                part,
+                policy,
+                deadline,
+            )
         start = offset if offset and response.status == 206 else 0
         length = response.headers.get("Content-Length", "")
         announced = int(length) if length.isdigit() else None
@@ -298,8 +319,7 @@ def _stream_to_part(request: FileRequest, url: str, part: Path, policy: Policy, 
     # http.client's read returns b"" on a closed connection instead of raising IncompleteRead,
     # so a short body is caught here; the bytes kept in .part are resumed from next time.
     if announced is not None and size - start < announced:
-        raise DownloadError(f"{url}: connection lost mid-body ({size - start} of {announced} bytes)",
-                            retryable=True)
+        raise DownloadError(f"{url}: connection lost mid-body ({size - start} of {announced} bytes)", retryable=True)
 
 
 def _verify(request: FileRequest, part: Path) -> None:
@@ -307,8 +327,9 @@ def _verify(request: FileRequest, part: Path) -> None:
         actual = sha256_file(part)
         if actual != request.sha256:
             part.unlink(missing_ok=True)  # wrong bytes are never resumed from
-            raise DownloadError(f"{request.url}: SHA-256 mismatch (expected {request.sha256}, got {actual})",
-                                retryable=True)
+            raise DownloadError(
+                f"{request.url}: SHA-256 mismatch (expected {request.sha256}, got {actual})", retryable=True
+            )
     if request.is_image:
         try:
             verify_image(part)
@@ -360,18 +381,21 @@ def _attempts(request: FileRequest, target: Path, part: Path, policy: Policy) ->
                 if "could not reach" in str(error):
                     raise DownloadError(f"{error}; {HOW_TO_SUPPLY.format(path=target)}") from None
                 raise
-            wait = policy.backoff_seconds * (2 ** attempt)
+            wait = policy.backoff_seconds * (2**attempt)
             if time.monotonic() + wait >= deadline:
-                raise DownloadError(f"{error}; not retried: the next attempt would start after "
-                                    f"{policy.params_section}.download_deadline_seconds="
-                                    f"{policy.deadline_seconds:g}") from None
+                raise DownloadError(
+                    f"{error}; not retried: the next attempt would start after "
+                    f"{policy.params_section}.download_deadline_seconds="
+                    f"{policy.deadline_seconds:g}"
+                ) from None
             time.sleep(wait)
     raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- many files
-def fetch_all(requests: Iterable[FileRequest], root: Path, policy: Policy,
-              description: str = "download") -> tuple[dict[str, Path], list[Failure]]:
+def fetch_all(
+    requests: Iterable[FileRequest], root: Path, policy: Policy, description: str = "download"
+) -> tuple[dict[str, Path], list[Failure]]:
     """Fetch concurrently with `policy.workers` threads; return (relative -> path, failures).
     A failed local write (LocalWriteError) is raised instead: it is the disk's fault, not one file's."""
     unique = {request.relative: request for request in requests}  # one fetch per target file
@@ -385,8 +409,10 @@ def fetch_all(requests: Iterable[FileRequest], root: Path, policy: Policy,
             failures.append(Failure(request, str(error)))
             continue
         todo.append(request)  # a file already there is checked by fetch_file, in the pool's threads
-    with ThreadPoolExecutor(max_workers=policy.workers) as pool, \
-            tqdm(total=len(todo), desc=description, unit="file", mininterval=1.0) as progress:
+    with (
+        ThreadPoolExecutor(max_workers=policy.workers) as pool,
+        tqdm(total=len(todo), desc=description, unit="file", mininterval=1.0) as progress,
+    ):
         futures = {pool.submit(fetch_file, request, root, policy): request for request in todo}
         for future in as_completed(futures):
             request = futures[future]
@@ -406,6 +432,11 @@ def fetch_all(requests: Iterable[FileRequest], root: Path, policy: Policy,
 def policy_from_config(cfg) -> Policy:
     """The download knobs of a DataConfig."""
     caps = {kind: round(mb * MB) for kind, mb in cfg.download_max_mb.model_dump().items()}
-    return Policy(workers=cfg.download_workers, retries=cfg.download_retries,
-                  backoff_seconds=cfg.retry_backoff_seconds, timeout_seconds=cfg.timeout_seconds,
-                  deadline_seconds=cfg.download_deadline_seconds, max_bytes=SizeCaps(**caps))
+    return Policy(
+        workers=cfg.download_workers,
+        retries=cfg.download_retries,
+        backoff_seconds=cfg.retry_backoff_seconds,
+        timeout_seconds=cfg.timeout_seconds,
+        deadline_seconds=cfg.download_deadline_seconds,
+        max_bytes=SizeCaps(**caps),
+    )

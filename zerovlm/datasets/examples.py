@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -67,28 +68,38 @@ def image_problem(path: Path, cfg: DataConfig) -> tuple[str, str] | None:
             size, shorter = f"{width}x{height} px", min(width, height)
             ratio = max(width, height) / shorter if shorter else float("inf")
             if width * height > cfg.max_image_pixels:
-                return "max_image_pixels", (f"{size} = {width * height} pixels > data.max_image_pixels="
-                                            f"{cfg.max_image_pixels}; raise it (at most {PILLOW_MAX_IMAGE_PIXELS}) "
-                                            f"to accept the image")
+                return "max_image_pixels", (
+                    f"{size} = {width * height} pixels > data.max_image_pixels="
+                    f"{cfg.max_image_pixels}; raise it (at most {PILLOW_MAX_IMAGE_PIXELS}) "
+                    f"to accept the image"
+                )
             if ratio > cfg.max_aspect_ratio:  # Zero123 resizes its input to a square: a strip comes out squashed
-                return "max_aspect_ratio", (f"{size}: aspect ratio {ratio:.2f} > data.max_aspect_ratio="
-                                            f"{cfg.max_aspect_ratio:g}; raise it to accept the image")
+                return "max_aspect_ratio", (
+                    f"{size}: aspect ratio {ratio:.2f} > data.max_aspect_ratio="
+                    f"{cfg.max_aspect_ratio:g}; raise it to accept the image"
+                )
             if shorter < cfg.min_image_side_px:
-                return "min_image_side_px", (f"{size}: shorter side {shorter} < data.min_image_side_px="
-                                             f"{cfg.min_image_side_px}; lower it to accept the image")
+                return "min_image_side_px", (
+                    f"{size}: shorter side {shorter} < data.min_image_side_px="
+                    f"{cfg.min_image_side_px}; lower it to accept the image"
+                )
             image.load()
             rgb = image_as_rgb(image, str(path))
     except Image.DecompressionBombError:
-        return "max_image_pixels", (f"more than {2 * cfg.max_image_pixels} pixels (Pillow stops reading at twice "
-                                    f"data.max_image_pixels={cfg.max_image_pixels}); raise it (at most "
-                                    f"{PILLOW_MAX_IMAGE_PIXELS}) to accept a smaller image")
+        return "max_image_pixels", (
+            f"more than {2 * cfg.max_image_pixels} pixels (Pillow stops reading at twice "
+            f"data.max_image_pixels={cfg.max_image_pixels}); raise it (at most "
+            f"{PILLOW_MAX_IMAGE_PIXELS}) to accept a smaller image"
+        )
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ZeroVLMError) as error:
         return "readable", f"not a readable image ({error}); replace the file, or delete a downloaded one"
     spread = max(high - low for low, high in rgb.getextrema())
     if cfg.blank_max_range is not None and spread <= cfg.blank_max_range:
-        return "blank_max_range", (f"{size}, blank: every channel's max - min is {spread} <= "
-                                   f"data.blank_max_range={cfg.blank_max_range} after compositing transparency "
-                                   f"on white; set it to null to accept blank images")
+        return "blank_max_range", (
+            f"{size}, blank: every channel's max - min is {spread} <= "
+            f"data.blank_max_range={cfg.blank_max_range} after compositing transparency "
+            f"on white; set it to null to accept blank images"
+        )
     return None
 
 
@@ -131,22 +142,57 @@ def synthetic_examples(cfg: DataConfig, prepared_dir: Path) -> tuple[list[Exampl
     for scene, image in synthetic.scenes(cfg.synthetic, cfg.seed):
         image_id, image_file = store_image_bytes(prepared_dir, encode_png(image), "png")
         stem = f"synthetic/{cfg.split}/{scene.index:05d}"
-        source = {"scene": scene.index, "relation_set": scene.relation_set, "gold_relation": scene.relation,
-                  "subject": scene.subject.name, "object": scene.reference.name,
-                  "objects": [obj.to_record() for obj in scene.objects]}
-        common = dict(dataset="synthetic", split=cfg.split, image_id=image_id, image_file=image_file,
-                      num_objects=len(scene.objects))
+        source = {
+            "scene": scene.index,
+            "relation_set": scene.relation_set,
+            "gold_relation": scene.relation,
+            "subject": scene.subject.name,
+            "object": scene.reference.name,
+            "objects": [obj.to_record() for obj in scene.objects],
+        }
+        common = dict(
+            dataset="synthetic",
+            split=cfg.split,
+            image_id=image_id,
+            image_file=image_file,
+            num_objects=len(scene.objects),
+        )
         text, is_true, stated = synthetic.true_false_task(scene, relations)
-        examples.append(Example(example_id=f"{stem}/tf", task="true_false", caption=text,
-                                options=("yes", "no"), answer_index=0 if is_true else 1, relation=stated,
-                                source={**source, "label": int(is_true)}, **common))
+        examples.append(
+            Example(
+                example_id=f"{stem}/tf",
+                task="true_false",
+                caption=text,
+                options=("yes", "no"),
+                answer_index=0 if is_true else 1,
+                relation=stated,
+                source={**source, "label": int(is_true)},
+                **common,
+            )
+        )
         upstream, shown, gold = synthetic.choice_task(scene, cfg.seed)
-        examples.append(Example(example_id=f"{stem}/mc", task="multiple_choice", caption="",
-                                options=tuple(shown), answer_index=gold, relation=scene.relation,
-                                source={**source, "caption_options": upstream}, **common))
+        examples.append(
+            Example(
+                example_id=f"{stem}/mc",
+                task="multiple_choice",
+                caption="",
+                options=tuple(shown),
+                answer_index=gold,
+                relation=scene.relation,
+                source={**source, "caption_options": upstream},
+                **common,
+            )
+        )
     # Selection works on drafts; a scene's two examples are kept or dropped together.
-    drafts = [Draft(fields={"example_id": e.example_id}, image=None, unit=str(e.source["scene"]),
-                    stratum=e.source["gold_relation"]) for e in examples]
+    drafts = [
+        Draft(
+            fields={"example_id": e.example_id},
+            image=None,
+            unit=str(e.source["scene"]),
+            stratum=e.source["gold_relation"],
+        )
+        for e in examples
+    ]
     kept = {d.example_id for d in select_drafts(drafts, cfg.limit, cfg.seed, cfg.stratify_by_relation)}
     _remove_unused_images(prepared_dir, [e for e in examples if e.example_id in kept])
     return [e for e in examples if e.example_id in kept], {"scenes_rendered": cfg.synthetic.num_scenes}
@@ -163,13 +209,16 @@ def _remove_unused_images(prepared_dir: Path, examples: list[Example]) -> None:
 def _source_module(source: str):
     if source.startswith("vsr_"):
         from zerovlm.datasets import vsr
+
         return vsr
     from zerovlm.datasets import whatsup
+
     return whatsup
 
 
-def real_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path,
-                  bad: BadRecords) -> tuple[list[Example], dict[str, Any]]:
+def real_examples(
+    cfg: DataConfig, prepared_dir: Path, raw_dir: Path, bad: BadRecords
+) -> tuple[list[Example], dict[str, Any]]:
     module = _source_module(cfg.source)
     drafts, checksums = module.load_drafts(cfg, raw_dir, bad)
     available = len(drafts)
@@ -209,10 +258,13 @@ def summarise(examples: Iterable[Example]) -> dict[str, Any]:
         per_task[e.dataset][e.task] += 1
         if e.task == "true_false":
             labels["true" if e.answer_index == 0 else "false"] += 1
-    return {"examples": len(examples), "images": len({e.image_id for e in examples}),
-            "per_dataset_relation": {d: dict(sorted(c.items())) for d, c in sorted(per_relation.items())},
-            "per_dataset_task": {d: dict(sorted(c.items())) for d, c in sorted(per_task.items())},
-            "true_false_labels": dict(sorted(labels.items()))}
+    return {
+        "examples": len(examples),
+        "images": len({e.image_id for e in examples}),
+        "per_dataset_relation": {d: dict(sorted(c.items())) for d, c in sorted(per_relation.items())},
+        "per_dataset_task": {d: dict(sorted(c.items())) for d, c in sorted(per_task.items())},
+        "true_false_labels": dict(sorted(labels.items())),
+    }
 
 
 def build_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path) -> tuple[list[Example], dict[str, Any]]:
@@ -229,9 +281,16 @@ def build_examples(cfg: DataConfig, prepared_dir: Path, raw_dir: Path) -> tuple[
         else:
             examples, details = real_examples(cfg, prepared_dir, raw_dir, bad)
     if not examples:
-        raise ZeroVLMError(f"data.source={cfg.source}: no example left after selection and skips "
-                           f"({len(bad.records)} bad records); check data.split, data.limit, data.skip_bad")
-    summary = {"source": cfg.source, "split": cfg.split,
-               "selection": {"limit": cfg.limit, "stratify_by_relation": cfg.stratify_by_relation, "seed": cfg.seed},
-               **details, **summarise(examples), "skipped": bad.summary()}
+        raise ZeroVLMError(
+            f"data.source={cfg.source}: no example left after selection and skips "
+            f"({len(bad.records)} bad records); check data.split, data.limit, data.skip_bad"
+        )
+    summary = {
+        "source": cfg.source,
+        "split": cfg.split,
+        "selection": {"limit": cfg.limit, "stratify_by_relation": cfg.stratify_by_relation, "seed": cfg.seed},
+        **details,
+        **summarise(examples),
+        "skipped": bad.summary(),
+    }
     return examples, summary

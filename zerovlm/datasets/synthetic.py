@@ -19,8 +19,8 @@ a seeded shuffle). Same seed -> byte-identical PNGs and table (no clock, no glob
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from PIL import Image, ImageDraw
 
@@ -29,12 +29,24 @@ from zerovlm.io import ZeroVLMError
 
 VERTICAL_SET = ("left of", "right of", "above", "below")
 DEPTH_SET = ("left of", "right of", "in front of", "behind")
-OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above",
-            "in front of": "behind", "behind": "in front of"}
+OPPOSITE = {
+    "left of": "right of",
+    "right of": "left of",
+    "above": "below",
+    "below": "above",
+    "in front of": "behind",
+    "behind": "in front of",
+}
 SHAPES = ("cube", "ball", "cylinder", "cone")
 COLOURS = {  # name -> base RGB; none is close to a background or shadow colour
-    "red": (210, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 205, 30),
-    "purple": (140, 60, 190), "orange": (245, 130, 20), "pink": (240, 110, 180), "cyan": (30, 190, 200),
+    "red": (210, 40, 40),
+    "blue": (40, 80, 220),
+    "green": (40, 170, 60),
+    "yellow": (235, 205, 30),
+    "purple": (140, 60, 190),
+    "orange": (245, 130, 20),
+    "pink": (240, 110, 180),
+    "cyan": (30, 190, 200),
 }
 PLAIN_BACKGROUND = (235, 235, 230)
 SKY, GROUND, SHADOW = (205, 220, 235), (200, 185, 150), (150, 135, 105)
@@ -67,11 +79,11 @@ class SceneObject:
 @dataclass(frozen=True)
 class Scene:
     index: int
-    relation_set: str             # "vertical" | "depth"
+    relation_set: str  # "vertical" | "depth"
     objects: tuple[SceneObject, ...]  # in drawing order (far to near on the ground plane)
     subject: SceneObject
-    reference: SceneObject        # the "object" of the relation
-    relation: str                 # what truly holds: subject <relation> reference
+    reference: SceneObject  # the "object" of the relation
+    relation: str  # what truly holds: subject <relation> reference
 
 
 # ---------------------------------------------------------------- planning (which relation, which set)
@@ -180,8 +192,9 @@ def _distractor_box(rng: random.Random, relation_set: str, s: int, base: float):
     return _box(rng.uniform(size / 2, s - size / 2), rng.uniform(size, s), size)
 
 
-def _try_layout(rng: random.Random, index: int, relation: str, relation_set: str, num_objects: int,
-                s: int) -> Scene | None:
+def _try_layout(
+    rng: random.Random, index: int, relation: str, relation_set: str, num_objects: int, s: int
+) -> Scene | None:
     base = s * (0.18 if num_objects <= 4 else 0.13)  # smaller objects when the scene is crowded
     pair = (_pair_vertical if relation_set == "vertical" else _pair_depth)(rng, relation, s, base)
     if pair is None:
@@ -206,8 +219,10 @@ def _try_layout(rng: random.Random, index: int, relation: str, relation_set: str
 def make_scene(cfg: SyntheticSource, seed: int, index: int) -> Scene:
     """Lay out scene `index`; deterministic in (cfg, seed, index)."""
     if cfg.max_objects > len(COLOURS):
-        raise ZeroVLMError(f"data.synthetic.max_objects={cfg.max_objects}: at most {len(COLOURS)} "
-                           f"(one colour per object keeps names unambiguous)")
+        raise ZeroVLMError(
+            f"data.synthetic.max_objects={cfg.max_objects}: at most {len(COLOURS)} "
+            f"(one colour per object keeps names unambiguous)"
+        )
     rng = random.Random(f"zerovlm-synthetic:{seed}:{index}")
     relation, relation_set, _ = scene_plan(index, tuple(cfg.relations))
     num_objects = rng.randint(cfg.min_objects, cfg.max_objects)
@@ -215,8 +230,10 @@ def make_scene(cfg: SyntheticSource, seed: int, index: int) -> Scene:
         scene = _try_layout(rng, index, relation, relation_set, num_objects, cfg.image_size_px)
         if scene is not None:
             return scene
-    raise ZeroVLMError(f"synthetic scene {index}: could not place {num_objects} objects on a "
-                       f"{cfg.image_size_px} px canvas; lower data.synthetic.max_objects or raise image_size_px")
+    raise ZeroVLMError(
+        f"synthetic scene {index}: could not place {num_objects} objects on a "
+        f"{cfg.image_size_px} px canvas; lower data.synthetic.max_objects or raise image_size_px"
+    )
 
 
 # ---------------------------------------------------------------- drawing
@@ -226,8 +243,14 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject) -> None:
     fill = shades(obj.colour)
     if obj.shape == "cube":  # front face, lit top face and shaded side face
         d = w // 4
-        draw.polygon([(x0 + d, y0), (x1 - 1, y0), (x1 - 1 - d, y0 + d), (x0, y0 + d)], fill=fill["light"], outline=OUTLINE)
-        draw.polygon([(x1 - 1 - d, y0 + d), (x1 - 1, y0), (x1 - 1, y1 - 1 - d), (x1 - 1 - d, y1 - 1)], fill=fill["dark"], outline=OUTLINE)
+        draw.polygon(
+            [(x0 + d, y0), (x1 - 1, y0), (x1 - 1 - d, y0 + d), (x0, y0 + d)], fill=fill["light"], outline=OUTLINE
+        )
+        draw.polygon(
+            [(x1 - 1 - d, y0 + d), (x1 - 1, y0), (x1 - 1, y1 - 1 - d), (x1 - 1 - d, y1 - 1)],
+            fill=fill["dark"],
+            outline=OUTLINE,
+        )
         draw.rectangle([x0, y0 + d, x1 - 1 - d, y1 - 1], fill=fill["base"], outline=OUTLINE)
     elif obj.shape == "ball":  # disc with a highlight up-left
         draw.ellipse([x0, y0, x1 - 1, y1 - 1], fill=fill["base"], outline=OUTLINE)

@@ -6,9 +6,9 @@ encoded bytes), so datasets that share an image (the two VSR test sets do) share
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from zerovlm.io import ZeroVLMError, read_jsonl, write_jsonl
 
@@ -17,27 +17,28 @@ TASKS = ("true_false", "multiple_choice")
 
 @dataclass(frozen=True)
 class Example:
-    example_id: str          # unique and stable across runs: "<dataset>/<split>/<source index or name>"
-    dataset: str             # synthetic | vsr_random | vsr_zeroshot | whatsup_a | whatsup_b
+    example_id: str  # unique and stable across runs: "<dataset>/<split>/<source index or name>"
+    dataset: str  # synthetic | vsr_random | vsr_zeroshot | whatsup_a | whatsup_b
     split: str
-    task: str                # true_false: is `caption` true of the image? multiple_choice: pick from `options`
-    image_id: str            # sha256 (first 16 hex) of the image file's bytes
-    image_file: str          # relative to the prepared folder, e.g. "images/<image_id>.png"
-    caption: str             # the statement (true_false) or "" (multiple_choice)
+    task: str  # true_false: is `caption` true of the image? multiple_choice: pick from `options`
+    image_id: str  # sha256 (first 16 hex) of the image file's bytes
+    image_file: str  # relative to the prepared folder, e.g. "images/<image_id>.png"
+    caption: str  # the statement (true_false) or "" (multiple_choice)
     options: tuple[str, ...]  # true_false: ("yes", "no"); multiple_choice: captions in display order
-    answer_index: int        # index of the correct option in `options`
-    relation: str            # spatial relation of the gold caption, e.g. "left of"
+    answer_index: int  # index of the correct option in `options`
+    relation: str  # spatial relation of the gold caption, e.g. "left of"
     num_objects: int | None = None  # objects in the scene, where known (synthetic scenes)
-    group_id: str | None = None     # What'sUp: the set of 4 images of one object pair
-    pair_id: str | None = None      # What'sUp: the opposite-relation pair (left/right, on/under, ...)
+    group_id: str | None = None  # What'sUp: the set of 4 images of one object pair
+    pair_id: str | None = None  # What'sUp: the opposite-relation pair (left/right, on/under, ...)
     source: dict = field(default_factory=dict)  # original record fields, for auditing
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ZeroVLMError(f"example {self.example_id}: unknown task {self.task!r}; valid: {TASKS}")
         if not 0 <= self.answer_index < len(self.options):
-            raise ZeroVLMError(f"example {self.example_id}: answer_index {self.answer_index} outside "
-                               f"{len(self.options)} options")
+            raise ZeroVLMError(
+                f"example {self.example_id}: answer_index {self.answer_index} outside {len(self.options)} options"
+            )
         if self.task == "true_false" and not self.caption:
             raise ZeroVLMError(f"example {self.example_id}: a true_false example needs a caption")
 
@@ -51,7 +52,7 @@ class Example:
         return record
 
     @classmethod
-    def from_record(cls, record: dict) -> "Example":
+    def from_record(cls, record: dict) -> Example:
         known = cls.__dataclass_fields__
         unknown = set(record) - set(known)
         if unknown:

@@ -15,14 +15,13 @@ from typing import Any
 
 from zerovlm.config import DataConfig
 from zerovlm.datasets.download import FileRequest, fetch_all, fetch_file, policy_from_config
-from zerovlm.datasets.sources import (BadRecords, Draft, ImageRef, fill_url, report_missing_images,
-                                      source_spec)
+from zerovlm.datasets.sources import BadRecords, Draft, ImageRef, fill_url, report_missing_images, source_spec
 from zerovlm.io import ZeroVLMError, parse_jsonl_lines, safe_join, sha256_file
 
-RAW_FOLDER = "vsr"            # annotations: <raw>/vsr/<split_dir>/<split>.jsonl
-COCO_FOLDER = "coco"          # images:      <raw>/coco/<train2017|val2017>/<name>.jpg
+RAW_FOLDER = "vsr"  # annotations: <raw>/vsr/<split_dir>/<split>.jsonl
+COCO_FOLDER = "coco"  # images:      <raw>/coco/<train2017|val2017>/<name>.jpg
 _IMAGE_NAME = re.compile(r"^[0-9A-Za-z_-]{1,64}\.jpe?g$")
-IMAGE_FIELD = "image"         # the record field an image check's bad record names (the COCO file name)
+IMAGE_FIELD = "image"  # the record field an image check's bad record names (the COCO file name)
 
 
 def split_dir(dataset: str) -> str:
@@ -33,8 +32,9 @@ def split_dir(dataset: str) -> str:
 def annotation_request(cfg: DataConfig) -> FileRequest:
     spec = source_spec("vsr")
     folder = split_dir(cfg.source)
-    url = fill_url(cfg.vsr_annotations_url or spec["annotations_url"], commit=spec["commit"],
-                   split_dir=folder, split=cfg.split)
+    url = fill_url(
+        cfg.vsr_annotations_url or spec["annotations_url"], commit=spec["commit"], split_dir=folder, split=cfg.split
+    )
     relative = f"{folder}/{cfg.split}.jsonl"
     return FileRequest(url=url, relative=f"{RAW_FOLDER}/{relative}", sha256=spec["sha256"][relative])
 
@@ -49,8 +49,10 @@ def _local_annotation(cfg: DataConfig, request: FileRequest) -> Path:
         if path.is_file():
             actual = sha256_file(path)
             if actual != request.sha256:
-                raise ZeroVLMError(f"{path}: SHA-256 {actual} differs from the pinned upstream file "
-                                   f"({request.sha256}); use the files of commit {source_spec('vsr')['commit']}")
+                raise ZeroVLMError(
+                    f"{path}: SHA-256 {actual} differs from the pinned upstream file "
+                    f"({request.sha256}); use the files of commit {source_spec('vsr')['commit']}"
+                )
             return path
     raise ZeroVLMError(f"data.annotations_dir={root}: none of {names} exists there")
 
@@ -81,8 +83,11 @@ def _check_record(record: Any) -> tuple[str | None, str] | None:
         return "image", f"not a COCO file name: {record['image']!r}"
     link = urllib.parse.urlsplit(str(record["image_link"]))
     folder = link.path.strip("/").split("/")[0]
-    if link.scheme not in ("http", "https") or folder not in spec["image_folders"] \
-            or not link.path.endswith("/" + record["image"]):
+    if (
+        link.scheme not in ("http", "https")
+        or folder not in spec["image_folders"]
+        or not link.path.endswith("/" + record["image"])
+    ):
         return "image_link", f"not a COCO 2017 image URL for {record['image']!r}: {record['image_link']!r}"
     return None
 
@@ -103,12 +108,24 @@ def _draft(record: dict, dataset: str, split: str, line: int, coco_url: str, fil
     folder = urllib.parse.urlsplit(record["image_link"]).path.strip("/").split("/")[0]
     relative = f"{folder}/{record['image']}"
     example_id = f"{dataset}/{split}/{line:05d}"
-    fields = dict(example_id=example_id, dataset=dataset, split=split, task="true_false",
-                  caption=record["caption"].strip(), options=("yes", "no"),
-                  answer_index=0 if record["label"] == 1 else 1, relation=record["relation"],
-                  source={**record, "line": line})
-    return Draft(fields=fields, image=ImageRef(relative, f"{coco_url.rstrip('/')}/{relative}"),
-                 unit=example_id, stratum=record["relation"], origin=f"{file_name}:{line}")
+    fields = dict(
+        example_id=example_id,
+        dataset=dataset,
+        split=split,
+        task="true_false",
+        caption=record["caption"].strip(),
+        options=("yes", "no"),
+        answer_index=0 if record["label"] == 1 else 1,
+        relation=record["relation"],
+        source={**record, "line": line},
+    )
+    return Draft(
+        fields=fields,
+        image=ImageRef(relative, f"{coco_url.rstrip('/')}/{relative}"),
+        unit=example_id,
+        stratum=record["relation"],
+        origin=f"{file_name}:{line}",
+    )
 
 
 def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[Draft], dict[str, str]]:
@@ -147,8 +164,9 @@ def _already_there(root: Path, drafts: list[Draft]) -> dict[str, Path]:
     return found
 
 
-def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
-                bad: BadRecords) -> tuple[dict[str, Path], dict[str, str]]:
+def image_files(
+    cfg: DataConfig, raw_dir: Path, drafts: list[Draft], bad: BadRecords
+) -> tuple[dict[str, Path], dict[str, str]]:
     """Local files of the drafts' images (relative name -> path); failures go to `bad`. Prepare decodes
     and checks each (image_problem), so a file already in the raw folder is not handed to the downloader,
     whose verification would decode it first under Pillow's limit alone; a downloaded one is verified by
@@ -159,8 +177,11 @@ def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
     else:
         root = raw_dir / COCO_FOLDER
         found = _already_there(root, drafts)
-        requests = [FileRequest(url=d.image.url, relative=d.image.relative, is_image=True)
-                    for d in drafts if d.image.relative not in found]
+        requests = [
+            FileRequest(url=d.image.url, relative=d.image.relative, is_image=True)
+            for d in drafts
+            if d.image.relative not in found
+        ]
         fetched, failures = fetch_all(requests, root, policy_from_config(cfg), "COCO images")
         found.update(fetched)
         problems = {failure.request.relative: failure.reason for failure in failures}

@@ -22,16 +22,21 @@ from typing import Any
 
 from zerovlm.config import DataConfig
 from zerovlm.datasets.download import FileRequest, fetch_file, policy_from_config
-from zerovlm.datasets.sources import (BadRecords, Draft, ImageRef, fill_url, report_missing_images,
-                                      source_spec)
+from zerovlm.datasets.sources import BadRecords, Draft, ImageRef, fill_url, report_missing_images, source_spec
 from zerovlm.io import ZeroVLMError, atomic_dir, safe_join, sha256_file
 
-RAW_FOLDER = "whatsup"        # <raw>/whatsup/<annotation json>, <archive>, <image_folder>/<files>
-IMAGE_FIELD = "image_path"    # the record field an image check's bad record names
+RAW_FOLDER = "whatsup"  # <raw>/whatsup/<annotation json>, <archive>, <image_folder>/<files>
+IMAGE_FIELD = "image_path"  # the record field an image check's bad record names
 _FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}\.(jpe?g|png)$")
 # The word of a caption that states each file-name relation (the upstream evaluator's keywords).
-_CAPTION_WORD = {"on": "on", "under": "under", "left": "left", "right": "right",
-                 "in-front": "front", "behind": "behind"}
+_CAPTION_WORD = {
+    "on": "on",
+    "under": "under",
+    "left": "left",
+    "right": "right",
+    "in-front": "front",
+    "behind": "behind",
+}
 
 
 def subset_spec(dataset: str) -> dict[str, Any]:
@@ -40,8 +45,9 @@ def subset_spec(dataset: str) -> dict[str, Any]:
 
 def _drive_request(cfg: DataConfig, file_id: str, name: str, kind: str) -> FileRequest:
     template = cfg.gdrive_url or source_spec("whatsup")["drive_url"]
-    return FileRequest(url=fill_url(template, file_id=file_id), relative=f"{RAW_FOLDER}/{name}",
-                       follow_html_form=True, kind=kind)
+    return FileRequest(
+        url=fill_url(template, file_id=file_id), relative=f"{RAW_FOLDER}/{name}", follow_html_form=True, kind=kind
+    )
 
 
 # ---------------------------------------------------------------- annotation file
@@ -59,8 +65,12 @@ def annotation_file(cfg: DataConfig, raw_dir: Path) -> Path:
 
 def _parse_file_name(image_path: str, spec: dict) -> tuple[str, str, str] | str:
     """(subject, relation token, reference) from `subject_<relation>[_of]_reference.jpeg`, or a problem."""
-    if not isinstance(image_path, str) or ".." in image_path.split("/") or image_path.startswith("/") \
-            or "\\" in image_path:
+    if (
+        not isinstance(image_path, str)
+        or ".." in image_path.split("/")
+        or image_path.startswith("/")
+        or "\\" in image_path
+    ):
         return f"unsafe or invalid path {image_path!r}"
     name = image_path.split("/")[-1]
     if not _FILE_NAME.match(name):
@@ -79,8 +89,12 @@ def _record_problem(record: Any, spec: dict) -> tuple[str | None, str] | None:
         if name not in record:
             return name, "missing"
     options = record["caption_options"]
-    if not isinstance(options, list) or len(options) != 4 \
-            or not all(isinstance(o, str) and o.strip() for o in options) or len(set(options)) != 4:
+    if (
+        not isinstance(options, list)
+        or len(options) != 4
+        or not all(isinstance(o, str) and o.strip() for o in options)
+        or len(set(options)) != 4
+    ):
         return "caption_options", "expected 4 distinct non-empty captions"
     parsed = _parse_file_name(record["image_path"], spec)
     if isinstance(parsed, str):
@@ -114,8 +128,7 @@ def parse_records(path: Path, dataset: str, seed: int, bad: BadRecords) -> list[
     return drafts
 
 
-def _draft(record: dict, parsed: tuple[str, str, str], dataset: str, spec: dict, seed: int,
-           origin: str) -> Draft:
+def _draft(record: dict, parsed: tuple[str, str, str], dataset: str, spec: dict, seed: int, origin: str) -> Draft:
     subject, token, reference = parsed
     name = record["image_path"].split("/")[-1]
     example_id = f"{dataset}/test/{name.rsplit('.', 1)[0]}"
@@ -123,13 +136,26 @@ def _draft(record: dict, parsed: tuple[str, str, str], dataset: str, spec: dict,
     order = list(range(4))
     random.Random(f"zerovlm-options:{seed}:{example_id}").shuffle(order)  # gold first upstream: hide it
     group_id = f"{dataset}/{subject}_{reference}"
-    fields = dict(example_id=example_id, dataset=dataset, split="test", task="multiple_choice", caption="",
-                  options=tuple(upstream[i] for i in order), answer_index=order.index(0),
-                  relation=spec["relations"][token], group_id=group_id,
-                  pair_id=f"{group_id}/{spec['pairs'][token]}",
-                  source={"image_path": record["image_path"], "caption_options": upstream, "origin": origin})
-    return Draft(fields=fields, image=ImageRef(f"{spec['image_folder']}/{name}", None),
-                 unit=group_id, stratum="set", origin=origin)
+    fields = dict(
+        example_id=example_id,
+        dataset=dataset,
+        split="test",
+        task="multiple_choice",
+        caption="",
+        options=tuple(upstream[i] for i in order),
+        answer_index=order.index(0),
+        relation=spec["relations"][token],
+        group_id=group_id,
+        pair_id=f"{group_id}/{spec['pairs'][token]}",
+        source={"image_path": record["image_path"], "caption_options": upstream, "origin": origin},
+    )
+    return Draft(
+        fields=fields,
+        image=ImageRef(f"{spec['image_folder']}/{name}", None),
+        unit=group_id,
+        stratum="set",
+        origin=origin,
+    )
 
 
 def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[Draft], dict[str, str]]:
@@ -191,8 +217,9 @@ def image_folder(cfg: DataConfig, raw_dir: Path) -> tuple[list[Path], dict[str, 
     return [extract_images(archive, extracted, checksum)], {spec["archive"]: checksum}
 
 
-def image_files(cfg: DataConfig, raw_dir: Path, drafts: list[Draft],
-                bad: BadRecords) -> tuple[dict[str, Path], dict[str, str]]:
+def image_files(
+    cfg: DataConfig, raw_dir: Path, drafts: list[Draft], bad: BadRecords
+) -> tuple[dict[str, Path], dict[str, str]]:
     """Local files of the drafts' images (relative name -> path), and the archive's checksum; prepare
     decodes and checks each (image_problem)."""
     folders, checksums = image_folder(cfg, raw_dir)

@@ -1,8 +1,8 @@
 """Stage `check`: validate params.yaml, then record what each stage reads from outside the pipeline.
 
-    out/<consumer>.json  one record per consumer stage (models, prepare-<dataset>, views, vlm-<name>): what it
-                         reads from outside the repo (zerovlm/inputs.py describes each record)
-    lock                 models.lock, with an entry added for each hub revision not pinned yet
+out/<consumer>.json  one record per consumer stage (models, prepare-<dataset>, views, vlm-<name>): what it
+                     reads from outside the repo (zerovlm/inputs.py describes each record)
+lock                 models.lock, with an entry added for each hub revision not pinned yet
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ def run(paths: Paths) -> None:
     params = load_params(paths.params)
     lock = read_lock(paths.lock)
     before = dict(lock)
-    records = {"models.json": {"inputs": "none besides the models params and code"},
-               **{f"prepare-{name}.json": dataset_inputs(params, name) for name in sections["grid"].datasets}}
+    records = {
+        "models.json": {"inputs": "none besides the models params and code"},
+        **{f"prepare-{name}.json": dataset_inputs(params, name) for name in sections["grid"].datasets},
+    }
     for name, (key, model, revision) in grid_models(params).items():
         records["views.json" if key == "views" else f"vlm-{name}.json"] = model_source(
-            key, model, revision, lock, paths.built_models)
+            key, model, revision, lock, paths.built_models
+        )
     if lock != before or not paths.lock.is_file():
         write_lock(paths.lock, lock)
     with atomic_dir(paths.out) as tmp:

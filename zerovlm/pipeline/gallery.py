@@ -1,17 +1,17 @@
 """Stage `gallery`: a static HTML gallery of sampled examples that opens offline (zerovlm/report/gallery.py).
 
-    out/index.html
-    out/images/*.jpg   each image once, the longest side at most report.gallery_image_px
-    out/summary.json   examples, cards and images in the gallery
+out/index.html
+out/images/*.jpg   each image once, the longest side at most report.gallery_image_px
+out/summary.json   examples, cards and images in the gallery
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -61,9 +61,11 @@ def _view_keys(views: ShardReader) -> dict[str, list[tuple[str, str]]]:
     return keys
 
 
-def _thumbnail(thumbnails: _Thumbnails, example: Example, prepared: Path, views: ShardReader,
-               stitched: ShardReader) -> Callable[[str, str], str]:
+def _thumbnail(
+    thumbnails: _Thumbnails, example: Example, prepared: Path, views: ShardReader, stitched: ShardReader
+) -> Callable[[str, str], str]:
     """example_section's `thumbnail` for one example: writes the image once, returns its gallery path."""
+
     def load(source: str, key: str) -> Image.Image:
         if source == "original":
             return load_rgb(safe_join(prepared, example.image_file), example.example_id)
@@ -96,9 +98,16 @@ def run(paths: Paths, datasets: list[str], vlms: list[str], cfg: ReportConfig) -
             examples = sample_examples(read_table(prepared), cfg.gallery_examples, cfg.seed, dataset)
             stitched = ShardReader(paths.stitched / dataset)
             runs = _runs(paths, dataset, vlms)
-            sections += [example_section(example, dataset, runs, view_keys[example.image_id],
-                                         _thumbnail(thumbnails, example, prepared, views, stitched))
-                         for example in examples]
+            sections += [
+                example_section(
+                    example,
+                    dataset,
+                    runs,
+                    view_keys[example.image_id],
+                    _thumbnail(thumbnails, example, prepared, views, stitched),
+                )
+                for example in examples
+            ]
             stitched.close()
         (tmp / "index.html").write_text(page(sections), encoding="utf-8")
         cards_total = sum(len(section["cards"]) for section in sections)

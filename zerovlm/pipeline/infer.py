@@ -30,8 +30,14 @@ from zerovlm.parallel import Worker, current_worker
 from zerovlm.partial_run import PartialRun, unfinished
 from zerovlm.prompts import prompts_sha256
 from zerovlm.provenance import library_versions
-from zerovlm.runtime import (code_identity, model_identity, peak_memory_bytes, pin_revision, pinned_part_revisions,
-                             resolve_device_dtype)
+from zerovlm.runtime import (
+    code_identity,
+    model_identity,
+    peak_memory_bytes,
+    pin_revision,
+    pinned_part_revisions,
+    resolve_device_dtype,
+)
 from zerovlm.stage import path_flag
 from zerovlm.store import ShardReader
 from zerovlm.view_configurations import images_per_request
@@ -46,31 +52,45 @@ class Paths:
     prepared: Path = path_flag("the dataset's prepared folder (examples.jsonl)")
     stitched: Path = path_flag("the dataset's stitched image store")
     out: Path = path_flag("predictions folder")
-    run_record: Path | None = path_flag("JSON file for the run's timings, peak memory and versions (kept out of "
-                                        "--out)", default=None)
+    run_record: Path | None = path_flag(
+        "JSON file for the run's timings, peak memory and versions (kept out of --out)", default=None
+    )
     model_source: Path | None = path_flag(
         "the check stage's record of the VLM (data/inputs/vlm-<name>.json): a hub id, or each hub part of an "
         "assembled model (MiniGPT-4), is loaded at the commit it pins (without it: at the revision param, or the "
-        "manifest's, as it stands)", default=None)
+        "manifest's, as it stands)",
+        default=None,
+    )
 
 
 def backend_code_identity() -> str:
-    """A content hash of the code that computes the answers (zerovlm/vlm/*.py, fp8.py, answering.py): a partial
-    run written before a change to how answers are computed (e.g. float32 option logits) must not be finished
-    by the new code."""
+    """A content hash of the code that computes the answers (zerovlm/vlm/*.py, answering.py): a partial run
+    written before a change to how answers are computed (e.g. float32 option logits) must not be finished by
+    the new code."""
     package = Path(__file__).parents[1]
-    return code_identity(package / "vlm", package / "fp8.py", package / "answering.py")
+    return code_identity(package / "vlm", package / "answering.py")
 
 
-def _fingerprint(cfg: InferConfig, device: torch.device, dtype: torch.dtype, paths: Paths,
-                 part_revisions: dict[str, str] | None) -> str:
+def _fingerprint(
+    cfg: InferConfig, device: torch.device, dtype: torch.dtype, paths: Paths, part_revisions: dict[str, str] | None
+) -> str:
     """What the answers depend on besides the code: the settings, the kind of device and the dtype used there,
     a local model folder's content or a hub model's commit (and the commits of an assembled model's hub parts),
     the examples, the prompts, and the stitched images themselves (the shard indexes hold no pixels)."""
     knobs = cfg.model_dump(exclude={"batch_size", "device"})
     stitched = sorted((p.name, sha256_file(p)) for p in paths.stitched.glob("shard-*"))
-    return stable_hash([knobs, device.type, str(dtype), model_identity(cfg.model, cfg.revision), part_revisions,
-                        sha256_file(paths.prepared / "examples.jsonl"), stitched, prompts_sha256()])
+    return stable_hash(
+        [
+            knobs,
+            device.type,
+            str(dtype),
+            model_identity(cfg.model, cfg.revision),
+            part_revisions,
+            sha256_file(paths.prepared / "examples.jsonl"),
+            stitched,
+            prompts_sha256(),
+        ]
+    )
 
 
 def _read_part(path: Path) -> list[dict]:
@@ -106,8 +126,12 @@ def _runtime(dtype: torch.dtype) -> dict:
         device = "cpu"
     installed = library_versions()
     versions = {package: installed[package] for package in ("torch", "transformers", "accelerate")}
-    return {"device": device, "dtype_used": str(dtype).removeprefix("torch."), "peak_memory_bytes": peak_memory_bytes(),
-            "versions": versions}
+    return {
+        "device": device,
+        "dtype_used": str(dtype).removeprefix("torch."),
+        "peak_memory_bytes": peak_memory_bytes(),
+        "versions": versions,
+    }
 
 
 def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | None:
@@ -143,8 +167,13 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
     chunks = unfinished(plan_chunks(jobs, examples), done, key=lambda job: job.record_id)
     reused = len(jobs) - sum(len(chunk) for chunk in chunks)  # a partly done chunk is recomputed whole
     mine = worker.owned(chunks, key=lambda chunk: chunk[0].example.example_id)
-    log.info("infer [%s]: %d requests planned, %d already done, %d chunks to run here",
-             worker.part_name, len(jobs), reused, len(mine))
+    log.info(
+        "infer [%s]: %d requests planned, %d already done, %d chunks to run here",
+        worker.part_name,
+        len(jobs),
+        reused,
+        len(mine),
+    )
 
     if mine and model is None:
         loading_start = time.perf_counter()
@@ -171,18 +200,30 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
     done = _finished(partial)
     missing = [job.record_id for job in jobs if job.record_id not in done]
     if missing:
-        raise ZeroVLMError(f"infer: {len(missing)} requests have no answer (first: {missing[0]}), a process "
-                           f"stopped early; re-run the stage to finish them (finished answers are kept)")
-    summary = {"requests": len(jobs), "not_evaluated": not_evaluated,
-               "requests_not_evaluated": len(examples) * len(cfg.view_prompt) * len(not_evaluated),
-               "backend": cfg.backend, "model": cfg.model, "answer_mode": cfg.answer_mode,
-               "prompts_sha256": prompts_sha256(), "fingerprint": fingerprint}
-    run_facts = {"resumed": reused, "processes": worker.world_size, "seconds": round(seconds, 3),
-                 "seconds_loading": round(seconds_loading, 3),
-                 "model_info": model.info() if model is not None else None,
-                 # under `dvc repro` the commit the check stage pinned: of a hub model, or of each hub part
-                 "model_revision": cfg.revision if part_revisions is None else part_revisions,
-                 **_runtime(dtype)}
+        raise ZeroVLMError(
+            f"infer: {len(missing)} requests have no answer (first: {missing[0]}), a process "
+            f"stopped early; re-run the stage to finish them (finished answers are kept)"
+        )
+    summary = {
+        "requests": len(jobs),
+        "not_evaluated": not_evaluated,
+        "requests_not_evaluated": len(examples) * len(cfg.view_prompt) * len(not_evaluated),
+        "backend": cfg.backend,
+        "model": cfg.model,
+        "answer_mode": cfg.answer_mode,
+        "prompts_sha256": prompts_sha256(),
+        "fingerprint": fingerprint,
+    }
+    run_facts = {
+        "resumed": reused,
+        "processes": worker.world_size,
+        "seconds": round(seconds, 3),
+        "seconds_loading": round(seconds_loading, 3),
+        "model_info": model.info() if model is not None else None,
+        # under `dvc repro` the commit the check stage pinned: of a hub model, or of each hub part
+        "model_revision": cfg.revision if part_revisions is None else part_revisions,
+        **_runtime(dtype),
+    }
     with partial.publish() as tmp:
         with open(tmp / PREDICTIONS_FILE, "w", encoding="utf-8") as f:
             for job in jobs:  # plan order, whatever process or chunk answered it

@@ -45,8 +45,9 @@ def run(paths: Paths, datasets: list[str]) -> dict:
     for name in datasets:
         folder = prepared_root / name
         if not (folder / "examples.jsonl").is_file():
-            raise ZeroVLMError(f"{folder}/examples.jsonl: missing; run `dvc repro prepare@{name}` "
-                               f"(grid.datasets lists {name!r})")
+            raise ZeroVLMError(
+                f"{folder}/examples.jsonl: missing; run `dvc repro prepare@{name}` (grid.datasets lists {name!r})"
+            )
         images = {}
         for example in read_table(folder):
             images.setdefault(example.image_id, example)
@@ -55,12 +56,16 @@ def run(paths: Paths, datasets: list[str]) -> dict:
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         pooled = []
-        for image_id, (name, example) in first.items():
+        for name, example in first.values():
             source = safe_join(prepared_root / name, example.image_file)
             _link_or_copy(source, safe_join(tmp, example.image_file))
             pooled.append(dataclasses.replace(example, example_id=f"{name}/{example.example_id}"))
         write_table(tmp, pooled)
-        summary = {"datasets": list(datasets), "images": len(first), "images_per_dataset": per_dataset,
-                   "images_shared": sum(per_dataset.values()) - len(first)}
+        summary = {
+            "datasets": list(datasets),
+            "images": len(first),
+            "images_per_dataset": per_dataset,
+            "images_shared": sum(per_dataset.values()) - len(first),
+        }
         write_json(tmp / "summary.json", summary)
     return summary

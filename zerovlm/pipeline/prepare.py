@@ -1,9 +1,9 @@
 """Stage `prepare`: the normalised example table of one grid dataset, and its images.
 
-    out/examples.jsonl        one Example per line (zerovlm.datasets.table)
-    out/images/<image_id>.*   every image once, named by the sha256 prefix of its bytes
-    out/summary.json          counts per dataset / task / relation, skipped records with reasons,
-                              checksums of the source files, the selection that was applied
+out/examples.jsonl        one Example per line (zerovlm.datasets.table)
+out/images/<image_id>.*   every image once, named by the sha256 prefix of its bytes
+out/summary.json          counts per dataset / task / relation, skipped records with reasons,
+                          checksums of the source files, the selection that was applied
 """
 
 from __future__ import annotations

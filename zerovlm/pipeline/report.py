@@ -1,11 +1,11 @@
 """Stage `report`: read every grid instance's metrics and write the grid-wide reports.
 
-    out/results.md       the paper-shaped table (`zerovlm show` prints it)
-    out/results.csv      the same table with numbers, intervals, p-values and counts
-    out/headline.json    baseline vs method configuration per dataset / VLM / task (a DVC metric)
-    out/provenance.json  library versions, git revision, and every instance's resolved config,
-                         fingerprints and prompt hashes
-    out/plots/           data of the DVC plots (zerovlm/report/plots.py)
+out/results.md       the paper-shaped table (`zerovlm show` prints it)
+out/results.csv      the same table with numbers, intervals, p-values and counts
+out/headline.json    baseline vs method configuration per dataset / VLM / task (a DVC metric)
+out/provenance.json  library versions, git revision, and every instance's resolved config,
+                     fingerprints and prompt hashes
+out/plots/           data of the DVC plots (zerovlm/report/plots.py)
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def read_instances(grid_dir: Path, datasets: list[str], vlms: list[str]) -> dict
     return found
 
 
-def run(paths: Paths, datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig,
-        cfg: ReportConfig) -> dict:
+def run(
+    paths: Paths, datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig, cfg: ReportConfig
+) -> dict:
     """Write every report; return the headline metrics."""
     check_report_method(cfg, tuple(configurations))
     instances = read_instances(paths.grid_metrics, datasets, vlms)
@@ -55,11 +56,15 @@ def run(paths: Paths, datasets: list[str], vlms: list[str], configurations: list
         tmp.write_text(table.to_csv(summaries, datasets, vlms, configurations, score.alpha))
     headline = table.headline(summaries, method)
     write_json(paths.out / "headline.json", headline)
-    write_json(paths.out / "provenance.json", {
-        "git": git_revision(), "libraries": library_versions(),
-        "grid": {"datasets": datasets, "vlms": vlms, "configurations": configurations,
-                 "method": list(method)},
-        "instances": {f"{d}-{v}": p for (d, v), p in sorted(instances["provenance.json"].items())}})
+    write_json(
+        paths.out / "provenance.json",
+        {
+            "git": git_revision(),
+            "libraries": library_versions(),
+            "grid": {"datasets": datasets, "vlms": vlms, "configurations": configurations, "method": list(method)},
+            "instances": {f"{d}-{v}": p for (d, v), p in sorted(instances["provenance.json"].items())},
+        },
+    )
 
     plots = paths.out / "plots"
     shutil.rmtree(plots, ignore_errors=True)  # no stale files from an earlier grid

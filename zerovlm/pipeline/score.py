@@ -1,7 +1,7 @@
 """Stage `score`: per-example verdicts and the metrics of one grid instance (dataset x VLM).
 
-    metrics/summary.json, per_relation.json, breakdown.json, provenance.json  (zerovlm.scoring.metrics)
-    records                                                                   one verdict per prediction (JSONL)
+metrics/summary.json, per_relation.json, breakdown.json, provenance.json  (zerovlm.scoring.metrics)
+records                                                                   one verdict per prediction (JSONL)
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ class Paths:
     predictions: Path = path_flag("the infer stage's predictions folder of this dataset and VLM")
     metrics: Path = path_flag("folder for this instance's metrics files")
     records: Path = path_flag("per-example JSONL of verdicts")
-    views_summary: Path | None = path_flag("the views stage's run record (data/views_run.json); with --infer-run, "
-                                           "it gives the overhead metrics", default=None)
+    views_summary: Path | None = path_flag(
+        "the views stage's run record (data/views_run.json); with --infer-run, it gives the overhead metrics",
+        default=None,
+    )
     infer_run: Path | None = path_flag("the infer stage's run record", default=None)
 
 
-def run(paths: Paths, cfg: ScoreConfig, dataset: str | None = None, vlm: str | None = None,
-        resolved: dict | None = None) -> dict:
+def run(
+    paths: Paths, cfg: ScoreConfig, dataset: str | None = None, vlm: str | None = None, resolved: dict | None = None
+) -> dict:
     """Score one grid instance; return its summary. `resolved`: the params sections that produced it."""
     examples = read_table(paths.prepared)
     predictions_file = paths.predictions / "predictions.jsonl"
@@ -37,14 +40,18 @@ def run(paths: Paths, cfg: ScoreConfig, dataset: str | None = None, vlm: str | N
     if not predictions:
         raise ZeroVLMError(f"{predictions_file}: no predictions to score; re-run infer (`dvc repro -f infer`)")
     prepare_summary_path = paths.prepared / "summary.json"
-    prepare_summary = (read_json(prepare_summary_path, "re-run the prepare stage (`dvc repro`)")
-                       if prepare_summary_path.is_file() else {})
+    prepare_summary = (
+        read_json(prepare_summary_path, "re-run the prepare stage (`dvc repro`)")
+        if prepare_summary_path.is_file()
+        else {}
+    )
     rerun = "re-run the stage that writes it (`dvc repro`)"
     views_summary = read_json(paths.views_summary, rerun) if paths.views_summary else None
     infer_run = read_json(paths.infer_run, rerun) if paths.infer_run else {}
 
-    scores = score_instance(cfg, examples, predictions, infer_summary, prepare_summary, views_summary, infer_run,
-                            dataset, vlm, resolved)
+    scores = score_instance(
+        cfg, examples, predictions, infer_summary, prepare_summary, views_summary, infer_run, dataset, vlm, resolved
+    )
     write_json(paths.metrics / "summary.json", scores.summary)
     write_json(paths.metrics / "per_relation.json", scores.per_relation)
     write_json(paths.metrics / "breakdown.json", scores.breakdown)

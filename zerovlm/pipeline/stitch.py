@@ -1,8 +1,8 @@
 """Stage `stitch`: the VLM input images of every view configuration, for one grid dataset.
 
-    out/shard-*.{tar,jsonl}  store keys `zerovlm.stitching.input_keys` names: one stitched image per
-                             configuration, or a "-separate" configuration's panels one by one
-    out/summary.json         images, configurations and layout (read by the infer stage)
+out/shard-*.{tar,jsonl}  store keys `zerovlm.stitching.input_keys` names: one stitched image per
+                         configuration, or a "-separate" configuration's panels one by one
+out/summary.json         images, configurations and layout (read by the infer stage)
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def run(paths: Paths, cfg: StitchConfig) -> dict:
         with ShardWriter(tmp) as writer:
             for image_id, image_file in image_files.items():
                 origin = load_rgb(safe_join(paths.prepared, image_file), f"image {image_id}")
-                view_images = {name: views.image(f"{image_id}.{name}") for name in names
-                               if f"{image_id}.{name}" in views}
+                view_images = {
+                    name: views.image(f"{image_id}.{name}") for name in names if f"{image_id}.{name}" in views
+                }
                 for key, image, meta in stitched_entries(image_id, origin, view_images, cfg):
                     writer.add(key, image, meta)
         summary = stitch_summary(len(image_files), cfg)

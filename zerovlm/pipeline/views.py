@@ -28,8 +28,15 @@ from zerovlm.runtime import code_identity, peak_memory_bytes, pin_revision, reso
 from zerovlm.stage import path_flag
 from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
 from zerovlm.views.foreground import MaskFn, load_foreground
-from zerovlm.views.synthesize import (Sampler, ViewJob, input_image, plan_batches, plan_view_jobs,
-                                      settings_fingerprint, view_metadata)
+from zerovlm.views.synthesize import (
+    Sampler,
+    ViewJob,
+    input_image,
+    plan_batches,
+    plan_view_jobs,
+    settings_fingerprint,
+    view_metadata,
+)
 from zerovlm.views.zero123 import Zero123Pipeline
 
 log = logging.getLogger(__name__)
@@ -43,11 +50,14 @@ STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallback
 class Paths:
     prepared: Path = path_flag("prepared-style folder of the images (examples.jsonl, images/): the pool")
     out: Path = path_flag("view store (shards + index)")
-    run_record: Path | None = path_flag("JSON with this run's timings, peak memory and counts (kept out of the "
-                                        "store)", default=None)
+    run_record: Path | None = path_flag(
+        "JSON with this run's timings, peak memory and counts (kept out of the store)", default=None
+    )
     model_source: Path | None = path_flag(
         "the check stage's record of views.model (data/inputs/views.json): a hub id is loaded at the commit it "
-        "pins (without it: at views.revision as it stands)", default=None)
+        "pins (without it: at views.revision as it stands)",
+        default=None,
+    )
 
 
 def views_code_identity() -> str:
@@ -63,19 +73,23 @@ def _load_image(job: ViewJob) -> Image.Image:
             image.load()
             return image.convert("RGBA")  # keeps transparency for compositing on white
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ZeroVLMError(f"{job.image_path}: unreadable image for example {job.example_id} "
-                           f"({type(error).__name__}: {error}); re-run the prepare stage") from None
+        raise ZeroVLMError(
+            f"{job.image_path}: unreadable image for example {job.example_id} "
+            f"({type(error).__name__}: {error}); re-run the prepare stage"
+        ) from None
 
 
-def _load_batch(jobs: list[ViewJob], foreground: MaskFn | None,
-                size_px: int) -> tuple[dict[str, Image.Image], dict[str, str]]:
+def _load_batch(
+    jobs: list[ViewJob], foreground: MaskFn | None, size_px: int
+) -> tuple[dict[str, Image.Image], dict[str, str]]:
     """The input image of each image id, and its foreground status ("none", "recentred" or "fallback")."""
     images: dict[str, Image.Image] = {}
     status: dict[str, str] = {}
     for job in jobs:
         if job.image_id not in images:
-            images[job.image_id], status[job.image_id] = input_image(_load_image(job), foreground, size_px,
-                                                                     str(job.image_path))
+            images[job.image_id], status[job.image_id] = input_image(
+                _load_image(job), foreground, size_px, str(job.image_path)
+            )
     return images, status
 
 
@@ -83,8 +97,13 @@ def _count_fallbacks(store: Path) -> int:
     """Images whose foreground step found no object (read from the views' metadata: resume-safe)."""
     reader = ShardReader(store)
     try:
-        return len({reader.metadata(key)["image_id"] for key in reader.keys()
-                    if reader.metadata(key).get("foreground") == "fallback"})
+        return len(
+            {
+                reader.metadata(key)["image_id"]
+                for key in reader.keys()
+                if reader.metadata(key).get("foreground") == "fallback"
+            }
+        )
     finally:
         reader.close()
 
@@ -126,13 +145,13 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
     writer = ShardWriter(partial.part(worker), shard_size)
     sampler, generating, generated = None, 0.0, 0
     if mine:
-        pipeline = Zero123Pipeline.from_pretrained(cfg.model, dtype, device, variant=cfg.weights_variant,
-                                                   revision=cfg.revision)
+        pipeline = Zero123Pipeline.from_pretrained(
+            cfg.model, dtype, device, variant=cfg.weights_variant, revision=cfg.revision
+        )
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
         sampler = Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
-        foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground,
-                                                                           cfg.foreground_threshold_rgb)
+        foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
         # Threads (both release the GIL in C): the next batch's images are decoded, and the last batch's
         # views PNG-encoded, while the GPU computes this batch. On one core the encoding alone would idle an
@@ -149,8 +168,11 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
                 finally:  # the last batch's views are kept even if this one fails
                     generated += _store_encoded(writer, encoding)
                 # a resumed batch recomputes views finished before (same bytes): only the others are new
-                encoding = [(job, encoder.submit(encode_png, view), view_metadata(cfg, job, status[job.image_id]))
-                            for job, view in zip(batch, views, strict=True) if job.key not in done]
+                encoding = [
+                    (job, encoder.submit(encode_png, view), view_metadata(cfg, job, status[job.image_id]))
+                    for job, view in zip(batch, views, strict=True)
+                    if job.key not in done
+                ]
                 log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
             generated += _store_encoded(writer, encoding)
         generating = time.perf_counter() - tick
@@ -163,16 +185,25 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
     with partial.publish() as tmp:
         publish(partial.parts(), tmp, [job.key for job in jobs], shard_size)
         summary = {
-            "examples": len(examples), "images": len({job.image_id for job in jobs}), "views": len(jobs),
-            "views_generated": len(jobs) - reused, "views_reused": reused, "processes": worker.world_size,
-            "seconds": round(time.perf_counter() - started, 3), "seconds_generating": round(generating, 3),
+            "examples": len(examples),
+            "images": len({job.image_id for job in jobs}),
+            "views": len(jobs),
+            "views_generated": len(jobs) - reused,
+            "views_reused": reused,
+            "processes": worker.world_size,
+            "seconds": round(time.perf_counter() - started, 3),
+            "seconds_generating": round(generating, 3),
             "views_per_second": round(generated / generating, 3) if generating else None,
-            "device": str(device), "dtype": cfg.dtype, "dtype_used": str(dtype).removeprefix("torch."),
+            "device": str(device),
+            "dtype": cfg.dtype,
+            "dtype_used": str(dtype).removeprefix("torch."),
             "batch_size": cfg.batch_size,
             "batch_size_final": sampler.batch_size.value if sampler else cfg.batch_size,
             "oom_backoffs": sampler.batch_size.backoffs if sampler else 0,
             "recentre_fallbacks": _count_fallbacks(tmp),
-            "peak_memory_bytes": peak_memory_bytes(), "fingerprint": fingerprint, "settings": settings,
+            "peak_memory_bytes": peak_memory_bytes(),
+            "fingerprint": fingerprint,
+            "settings": settings,
             "model_revision": cfg.revision,  # a hub model's commit under `dvc repro` (pinned by the check stage)
         }
         # The store keeps only what its pixels depend on, so that re-synthesising identical views gives an

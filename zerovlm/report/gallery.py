@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jinja2
 
 from zerovlm.datasets.table import Example
 from zerovlm.stitching import input_keys
 
-FILTERS = (("dataset", "dataset"), ("vlm", "model"), ("relation", "relation"), ("configuration", "configuration"),
-           ("prompt", "view prompt"), ("correct", "verdict"))
+FILTERS = (
+    ("dataset", "dataset"),
+    ("vlm", "model"),
+    ("relation", "relation"),
+    ("configuration", "configuration"),
+    ("prompt", "view prompt"),
+    ("correct", "verdict"),
+)
 
 
 def sample_examples(examples: list[Example], count: int, seed: int, dataset: str) -> list[Example]:
@@ -48,8 +54,10 @@ def _answer_text(example: Example, prediction: dict, record: dict) -> str:
     choice = record["predicted_index"]
     parts = []
     if choice is not None:
-        parts.append(f"{prediction['answers'][choice]}" + (f" = {example.options[choice]}"
-                                                           if example.task == "multiple_choice" else ""))
+        parts.append(
+            f"{prediction['answers'][choice]}"
+            + (f" = {example.options[choice]}" if example.task == "multiple_choice" else "")
+        )
     else:
         parts.append("(no parseable answer)")
     if "output_text" in prediction:
@@ -60,8 +68,9 @@ def _answer_text(example: Example, prediction: dict, record: dict) -> str:
     return " | ".join(parts)
 
 
-def example_section(example: Example, dataset: str, runs: dict, view_keys: list[tuple[str, str]],
-                    thumbnail: Callable[[str, str], str]) -> dict:
+def example_section(
+    example: Example, dataset: str, runs: dict, view_keys: list[tuple[str, str]], thumbnail: Callable[[str, str], str]
+) -> dict:
     """One example's section as plain text values for the template (which escapes them).
 
     runs: vlm -> (predictions by record id, scored records by example id); view_keys: (view name, view store
@@ -71,8 +80,11 @@ def example_section(example: Example, dataset: str, runs: dict, view_keys: list[
     panels = [{"src": thumbnail("original", example.image_id), "caption": "original"}]
     for view, key in view_keys:
         panels.append({"src": thumbnail("views", key), "caption": f"{view} view"})
-    question = example.caption if example.task == "true_false" else " / ".join(
-        f"{chr(65 + i)}. {o}" for i, o in enumerate(example.options))
+    question = (
+        example.caption
+        if example.task == "true_false"
+        else " / ".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(example.options))
+    )
     cards = []
     for vlm, (predictions, records) in runs.items():
         for record in records.get(example.example_id, []):
@@ -80,22 +92,43 @@ def example_section(example: Example, dataset: str, runs: dict, view_keys: list[
             configuration = record["configuration"]
             inputs = [thumbnail("stitched", key) for key in input_keys(example.image_id, configuration)]
             # the card's data-* attributes, which the page's filters match (keys as in FILTERS)
-            attributes = {"dataset": dataset, "vlm": vlm, "relation": example.relation, "configuration": configuration,
-                          "prompt": "on" if record["prompt_mode"] == "with_view_prompt" else "off",
-                          "correct": "right" if record["correct"] else "wrong"}
-            cards.append({"attributes": attributes, "inputs": inputs, "prompt": prediction.get("rendered_prompt", ""),
-                          "answer": _answer_text(example, prediction, record)})
+            attributes = {
+                "dataset": dataset,
+                "vlm": vlm,
+                "relation": example.relation,
+                "configuration": configuration,
+                "prompt": "on" if record["prompt_mode"] == "with_view_prompt" else "off",
+                "correct": "right" if record["correct"] else "wrong",
+            }
+            cards.append(
+                {
+                    "attributes": attributes,
+                    "inputs": inputs,
+                    "prompt": prediction.get("rendered_prompt", ""),
+                    "answer": _answer_text(example, prediction, record),
+                }
+            )
     return {"dataset": dataset, "example": example, "question": question, "panels": panels, "cards": cards}
 
 
-_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
-                                autoescape=jinja2.select_autoescape(["html.j2"]), undefined=jinja2.StrictUndefined,
-                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
+    autoescape=jinja2.select_autoescape(["html.j2"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
 
 
 def page(sections: list[dict]) -> str:
     """index.html: the filter bar (each filter offers the values its cards carry) and the sections."""
-    filters = [{"key": key, "label": label,
-                "options": sorted({card["attributes"][key] for section in sections for card in section["cards"]})}
-               for key, label in FILTERS]
+    filters = [
+        {
+            "key": key,
+            "label": label,
+            "options": sorted({card["attributes"][key] for section in sections for card in section["cards"]}),
+        }
+        for key, label in FILTERS
+    ]
     return _TEMPLATES.get_template("gallery.html.j2").render(sections=sections, filters=filters)

@@ -33,20 +33,32 @@ def objects_rows(breakdowns: dict, method: tuple[str, str]) -> dict[tuple[str, s
     """(vlm, task) -> rows {num_objects, baseline, method, n}: accuracy from the (correct, total) counts
     summed over the grid datasets; a series without examples at a count is left out, n is the baseline's."""
     tallies = pd.DataFrame(
-        [(vlm, task, int(num_objects), name, correct, total)
-         for (_, vlm), data in breakdowns.items() for task, configurations in data.get("objects", {}).items()
-         for name, key in (("baseline", BASELINE), ("method", method))
-         for num_objects, (correct, total) in configurations.get(key[0], {}).get(key[1], {}).items()],
-        columns=["vlm", "task", "num_objects", "series", "correct", "total"])
-    sums = (tallies.groupby(["vlm", "task", "num_objects", "series"])[["correct", "total"]].sum()
-            .unstack("series", fill_value=0))
+        [
+            (vlm, task, int(num_objects), name, correct, total)
+            for (_, vlm), data in breakdowns.items()
+            for task, configurations in data.get("objects", {}).items()
+            for name, key in (("baseline", BASELINE), ("method", method))
+            for num_objects, (correct, total) in configurations.get(key[0], {}).get(key[1], {}).items()
+        ],
+        columns=["vlm", "task", "num_objects", "series", "correct", "total"],
+    )
+    sums = (
+        tallies.groupby(["vlm", "task", "num_objects", "series"])[["correct", "total"]]
+        .sum()
+        .unstack("series", fill_value=0)
+    )
     plots: dict[tuple[str, str], list[dict]] = {}
     for (vlm, task, num_objects), counts in sums.iterrows():
         totals = counts["total"]
-        plots.setdefault((vlm, task), []).append({
-            "num_objects": int(num_objects),
-            **{name: round(int(counts["correct", name]) / int(total), 4) for name, total in totals.items() if total},
-            "n": int(totals.get("baseline", 0))})
+        plots.setdefault((vlm, task), []).append(
+            {
+                "num_objects": int(num_objects),
+                **{
+                    name: round(int(counts["correct", name]) / int(total), 4) for name, total in totals.items() if total
+                },
+                "n": int(totals.get("baseline", 0)),
+            }
+        )
     return plots
 
 
@@ -57,9 +69,16 @@ def plot_files(per_relation: dict, breakdowns: dict, method: tuple[str, str]) ->
     series = [BASELINE] if method == BASELINE else [BASELINE, method]
     for (dataset, vlm), tasks in sorted(per_relation.items()):
         for task, configurations in tasks.items():
-            rows = [{"relation": relation, "accuracy": values["accuracy"], "n": values["n_total"],
-                     "series": series_name(*key)}
-                    for key in series for relation, values in configurations.get(key[0], {}).get(key[1], {}).items()]
+            rows = [
+                {
+                    "relation": relation,
+                    "accuracy": values["accuracy"],
+                    "n": values["n_total"],
+                    "series": series_name(*key),
+                }
+                for key in series
+                for relation, values in configurations.get(key[0], {}).get(key[1], {}).items()
+            ]
             if rows:
                 files[f"per_relation/{dataset}.{vlm}.{task}.json"] = rows
     for (dataset, vlm), data in sorted(breakdowns.items()):
@@ -70,7 +89,9 @@ def plot_files(per_relation: dict, breakdowns: dict, method: tuple[str, str]) ->
                     continue
                 files[f"confusion/{dataset}.{vlm}.{task}.{_slug(*key)}.json"] = [
                     {"actual": pair.split("|", 1)[0], "predicted": pair.split("|", 1)[1]}
-                    for pair, count in sorted(counts.items()) for _ in range(count)]
+                    for pair, count in sorted(counts.items())
+                    for _ in range(count)
+                ]
     objects = objects_rows(breakdowns, method)
     if not objects:  # no dataset knows its object counts: an empty plot keeps the declared folder in git
         files["objects/no-dataset-with-object-counts.json"] = []

@@ -54,34 +54,51 @@ def long_form(summaries: dict[tuple[str, str], dict]) -> pd.DataFrame:
     records = []
     for (dataset, vlm), summary in summaries.items():
         for task in (t for t in TASK_ORDER if t in summary):
-            records += [(dataset, task, vlm, configuration, mode, metrics)
-                        for configuration, modes in summary[task].items() for mode, metrics in modes.items()]
-            records += [(dataset, task, vlm, configuration, NOT_EVALUATED, {NOT_EVALUATED: reason})
-                        for configuration, reason in summary.get(NOT_EVALUATED, {}).items()]
+            records += [
+                (dataset, task, vlm, configuration, mode, metrics)
+                for configuration, modes in summary[task].items()
+                for mode, metrics in modes.items()
+            ]
+            records += [
+                (dataset, task, vlm, configuration, NOT_EVALUATED, {NOT_EVALUATED: reason})
+                for configuration, reason in summary.get(NOT_EVALUATED, {}).items()
+            ]
     return pd.DataFrame(records, columns=["dataset", "task", "vlm", "configuration", "prompt_mode", "metrics"])
 
 
-def layout(summaries: dict[tuple[str, str], dict], datasets: list[str], vlms: list[str],
-           configurations: list[str]) -> pd.DataFrame:
+def layout(
+    summaries: dict[tuple[str, str], dict], datasets: list[str], vlms: list[str], configurations: list[str]
+) -> pd.DataFrame:
     """The table's metrics (None where absent), in the table's order, rows and columns without a cell dropped.
     Rows (vlm, configuration, prompt mode): per VLM the baseline, then each configuration with and without
     the view prompt or, when the model could not be given it, its not-evaluated row. Columns (dataset, task):
     datasets in grid order, true/false first."""
-    keys = [BASELINE] + [(configuration, mode) for configuration in configurations if configuration != BASELINE[0]
-                         for mode in (*PROMPT_ORDER, NOT_EVALUATED)]
-    grid = (long_form(summaries)
-            .pivot(index=["vlm", "configuration", "prompt_mode"], columns=["dataset", "task"], values="metrics")
-            .reindex(index=pd.MultiIndex.from_tuples([(vlm, *key) for vlm in vlms for key in keys]),
-                     columns=pd.MultiIndex.from_product([datasets, TASK_ORDER]))
-            .dropna(how="all").dropna(axis=1, how="all"))
+    keys = [BASELINE] + [
+        (configuration, mode)
+        for configuration in configurations
+        if configuration != BASELINE[0]
+        for mode in (*PROMPT_ORDER, NOT_EVALUATED)
+    ]
+    grid = (
+        long_form(summaries)
+        .pivot(index=["vlm", "configuration", "prompt_mode"], columns=["dataset", "task"], values="metrics")
+        .reindex(
+            index=pd.MultiIndex.from_tuples([(vlm, *key) for vlm in vlms for key in keys]),
+            columns=pd.MultiIndex.from_product([datasets, TASK_ORDER]),
+        )
+        .dropna(how="all")
+        .dropna(axis=1, how="all")
+    )
     return grid.where(grid.notna(), None)
 
 
 def column_labels(grid: pd.DataFrame) -> list[str]:
     """The dataset, with the task where the dataset has two columns."""
     datasets = list(grid.columns.get_level_values(0))
-    return [dataset if datasets.count(dataset) == 1 else f"{dataset} ({TASK_LABELS[task]})"
-            for dataset, task in grid.columns]
+    return [
+        dataset if datasets.count(dataset) == 1 else f"{dataset} ({TASK_LABELS[task]})"
+        for dataset, task in grid.columns
+    ]
 
 
 def format_cell(metrics: dict | None, alpha: float) -> str:
@@ -101,16 +118,21 @@ def significance_footnote(score: ScoreConfig) -> str:
     correction = "Holm-corrected within each model x dataset x task" if score.p_adjust == "holm" else "uncorrected"
     if score.sampling_unit == "example":
         return f"McNemar's exact test ({correction})"
-    return (f"McNemar's exact test over clusters: the examples of one image, or one What'sUp set, count as one "
-            f"unit ({correction})")
+    return (
+        f"McNemar's exact test over clusters: the examples of one image, or one What'sUp set, count as one "
+        f"unit ({correction})"
+    )
 
 
-def markdown(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str],
-             score: ScoreConfig) -> str:
+def markdown(
+    summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig
+) -> str:
     """The table; `score` (ScoreConfig) gives the significance level, the correction and the sampling unit."""
     grid = layout(summaries, datasets, vlms, configurations)
-    lines = ["| model | configuration | view prompt | " + " | ".join(column_labels(grid)) + " |",
-             "|---|---|---|" + "---:|" * len(grid.columns)]
+    lines = [
+        "| model | configuration | view prompt | " + " | ".join(column_labels(grid)) + " |",
+        "|---|---|---|" + "---:|" * len(grid.columns),
+    ]
     table_rows = [Row(*key) for key in grid.index]
     alpha = score.alpha
     for row, metrics in zip(table_rows, grid.itertuples(index=False)):
@@ -119,21 +141,39 @@ def markdown(summaries: dict, datasets: list[str], vlms: list[str], configuratio
         model = row.vlm if row.is_baseline else f"ZeroVLM ({row.vlm})"
         lines.append(f"| {model} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
     baselines = grid[[row.is_baseline for row in table_rows]]
-    chance = sorted({f"{TASK_LABELS[task]} {100 * m['chance']:.0f}%" for (_, task), cells in baselines.items()
-                     for m in cells if m})
-    lines += ["", f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "
-                  f"dataset and task in percentage points; {significance_footnote(score)}: "
-                  f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
-                  f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json."]
+    chance = sorted(
+        {f"{TASK_LABELS[task]} {100 * m['chance']:.0f}%" for (_, task), cells in baselines.items() for m in cells if m}
+    )
+    lines += [
+        "",
+        f"Accuracy in %. In parentheses: the difference to the origin baseline of the same model, "
+        f"dataset and task in percentage points; {significance_footnote(score)}: "
+        f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
+        f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json.",
+    ]
     if any(row.prompt_mode == NOT_EVALUATED for row in table_rows):
-        lines += ["", "n/e: not evaluated; the model takes fewer images per request than the configuration "
-                      "sends (the reason is in summary.json `not_evaluated` and the CSV)."]
+        lines += [
+            "",
+            "n/e: not evaluated; the model takes fewer images per request than the configuration "
+            "sends (the reason is in summary.json `not_evaluated` and the CSV).",
+        ]
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("accuracy", "accuracy_ci95_low", "accuracy_ci95_high", "delta_vs_origin", "delta_ci95_low",
-              "delta_ci95_high", "mcnemar_p", "mcnemar_p_adjusted", "mark", "n_total", "n_unparseable",
-              NOT_EVALUATED)
+CSV_FIELDS = (
+    "accuracy",
+    "accuracy_ci95_low",
+    "accuracy_ci95_high",
+    "delta_vs_origin",
+    "delta_ci95_low",
+    "delta_ci95_high",
+    "mcnemar_p",
+    "mcnemar_p_adjusted",
+    "mark",
+    "n_total",
+    "n_unparseable",
+    NOT_EVALUATED,
+)
 
 
 def _csv_values(metrics: dict | None, alpha: float) -> list:
@@ -143,10 +183,18 @@ def _csv_values(metrics: dict | None, alpha: float) -> list:
         return [""] * (len(CSV_FIELDS) - 1) + [metrics[NOT_EVALUATED]]
     accuracy_ci = metrics.get("accuracy_ci95") or ["", ""]
     delta_ci = metrics.get("delta_ci95") or ["", ""]
-    return [metrics["accuracy"], *accuracy_ci, metrics.get("delta_vs_origin", ""), *delta_ci,
-            metrics.get("mcnemar_p", ""), metrics.get("mcnemar_p_adjusted", ""),
-            significance_mark(metrics.get("mcnemar_p_adjusted"), alpha) if "delta_vs_origin" in metrics else "",
-            metrics["n_total"], metrics["n_unparseable"], ""]
+    return [
+        metrics["accuracy"],
+        *accuracy_ci,
+        metrics.get("delta_vs_origin", ""),
+        *delta_ci,
+        metrics.get("mcnemar_p", ""),
+        metrics.get("mcnemar_p_adjusted", ""),
+        significance_mark(metrics.get("mcnemar_p_adjusted"), alpha) if "delta_vs_origin" in metrics else "",
+        metrics["n_total"],
+        metrics["n_unparseable"],
+        "",
+    ]
 
 
 def to_csv(summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str], alpha: float) -> str:
@@ -154,12 +202,19 @@ def to_csv(summaries: dict, datasets: list[str], vlms: list[str], configurations
     grid = layout(summaries, datasets, vlms, configurations)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "configuration", "view_prompt",
-                     *[f"{label}: {field}" for label in column_labels(grid) for field in CSV_FIELDS]])
+    writer.writerow(
+        [
+            "model",
+            "configuration",
+            "view_prompt",
+            *[f"{label}: {field}" for label in column_labels(grid) for field in CSV_FIELDS],
+        ]
+    )
     for key, metrics in zip(grid.index, grid.itertuples(index=False)):
         row = Row(*key)
-        writer.writerow([row.vlm, row.configuration, row.view_prompt,
-                         *[v for m in metrics for v in _csv_values(m, alpha)]])
+        writer.writerow(
+            [row.vlm, row.configuration, row.view_prompt, *[v for m in metrics for v in _csv_values(m, alpha)]]
+        )
     return buffer.getvalue()
 
 
@@ -172,8 +227,10 @@ def headline(summaries: dict, method: tuple[str, str]) -> dict:
                 continue
             baseline = summary[task].get(BASELINE[0], {}).get(BASELINE[1])
             chosen = summary[task].get(method[0], {}).get(method[1])
-            entry = {"baseline_accuracy": baseline["accuracy"] if baseline else None,
-                     "method_accuracy": chosen["accuracy"] if chosen else None}
+            entry = {
+                "baseline_accuracy": baseline["accuracy"] if baseline else None,
+                "method_accuracy": chosen["accuracy"] if chosen else None,
+            }
             if chosen and "delta_vs_origin" in chosen:
                 entry.update(delta=chosen["delta_vs_origin"], p_adjusted=chosen["mcnemar_p_adjusted"])
             result.setdefault(dataset, {}).setdefault(vlm, {})[task] = entry

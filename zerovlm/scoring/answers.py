@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # a parenthesised letter "(b)", a word (letters and digits, inner apostrophes: "isn't"), a line break, or
 # any other single character that is not a space
@@ -49,8 +49,22 @@ _COPULAS = {"is", "are", "was", "were"}
 _LIST_JOINS = {",", "/", "&", "and", "or", "nor"}
 _CONDITIONALS = {"if", "whether"}
 # words that follow the verdict "no" but never the determiner: conjunctions and prepositions
-_AFTER_VERDICT_NO = {"and", "or", "nor", "but", "because", "since", "so", "as", "in", "on", "at", "for", "from",
-                     "according"}
+_AFTER_VERDICT_NO = {
+    "and",
+    "or",
+    "nor",
+    "but",
+    "because",
+    "since",
+    "so",
+    "as",
+    "in",
+    "on",
+    "at",
+    "for",
+    "from",
+    "according",
+}
 _AFTER_LETTER = {"and", "or", "nor", "is", "because"}  # "A is ...", never the article "A ..."
 
 
@@ -65,7 +79,7 @@ def _is_word(token: str) -> bool:
 @dataclass(frozen=True)
 class _Mention:
     first: int  # token index of its first word
-    last: int   # token index of its last word
+    last: int  # token index of its last word
     value: int  # the option it names (for verdicts: 1 for the positive word, 0 for the negative)
 
 
@@ -87,7 +101,7 @@ class _Text:
             clause += token in _CLAUSE_END
             if token in _SENTENCE_END:
                 if token == "?":
-                    self.asked[sentence_start:i + 1] = [True] * (i + 1 - sentence_start)
+                    self.asked[sentence_start : i + 1] = [True] * (i + 1 - sentence_start)
                 sentence_start = i + 1
 
     def next_token(self, i: int) -> str:
@@ -120,7 +134,7 @@ class _Text:
         """Asserted mentions in text order, grouped where only list joins ("and", ",", ...) separate them."""
         groups: list[list[_Mention]] = []
         for mention in sorted((m for m in mentions if self.asserted(m)), key=lambda m: m.first):
-            between = self.lower[groups[-1][-1].last + 1:mention.first] if groups else []
+            between = self.lower[groups[-1][-1].last + 1 : mention.first] if groups else []
             if between and all(t in _LIST_JOINS for t in between):
                 groups[-1].append(mention)
             else:
@@ -145,16 +159,25 @@ def _accepted(text: _Text, mentions: list[_Mention]) -> int | None:
 def _verdict_no(text: _Text, i: int) -> bool:
     """Whether "no" at token i is a verdict, not a determiner ("there is no mug")."""
     following = text.next_token(i)
-    return (i == text.words[0] or not _is_word(following) or following.lower() in _AFTER_VERDICT_NO
-            or i >= 2 and text.lower[i - 2] == "yes" and text.lower[i - 1] in _LIST_JOINS)  # "yes or no ..."
+    return (
+        i == text.words[0]
+        or not _is_word(following)
+        or following.lower() in _AFTER_VERDICT_NO
+        or i >= 2
+        and text.lower[i - 2] == "yes"
+        and text.lower[i - 1] in _LIST_JOINS
+    )  # "yes or no ..."
 
 
 def _binary(text: str | None, positive: str, negative: str) -> bool | None:
     if not text:
         return None
     parsed = _Text(text)
-    mentions = [_Mention(i, i, int(parsed.lower[i] == positive)) for i in parsed.words
-                if parsed.lower[i] in (positive, negative) and (parsed.lower[i] != "no" or _verdict_no(parsed, i))]
+    mentions = [
+        _Mention(i, i, int(parsed.lower[i] == positive))
+        for i in parsed.words
+        if parsed.lower[i] in (positive, negative) and (parsed.lower[i] != "no" or _verdict_no(parsed, i))
+    ]
     verdicts = {bool(m.value) != parsed.negated(group) for group in parsed.lists(mentions) for m in group}
     return verdicts.pop() if len(verdicts) == 1 else None
 
@@ -174,10 +197,10 @@ def _letter(text: _Text, i: int) -> int | None:
     token, following = text.tokens[i], text.next_token(i)
     if token[0] == "(":  # "(b)"
         return ord(token[1].upper()) - ord("A")
-    if len(token) != 1 or not token.isascii() or not token.isalpha() or text.source[text.ends[i]:][:1] == "-":
+    if len(token) != 1 or not token.isascii() or not token.isalpha() or text.source[text.ends[i] :][:1] == "-":
         return None  # not a single letter, or part of a word ("X-ray")
     if token.islower():  # only "b)", "b.", "b:" opening the text, the mark followed by a space or the end
-        rest = text.source[text.ends[i]:text.ends[i] + 2]
+        rest = text.source[text.ends[i] : text.ends[i] + 2]
         if i != text.words[0] or rest[:1] not in (")", ".", ":") or rest[1:].strip():
             return None
     elif token in "AI" and _is_word(following) and following.lower() not in _AFTER_LETTER:
@@ -206,11 +229,14 @@ def parse_option_text(text: str | None, options: Sequence[str]) -> int | None:
         option_text = _Text(option)
         target = [option_text.lower[i] for i in option_text.words]
         for p in range(len(words) - len(target) + 1) if target else ():
-            if words[p:p + len(target)] == target:
+            if words[p : p + len(target)] == target:
                 found.append(_Mention(parsed.words[p], parsed.words[p + len(target) - 1], k))
     # an occurrence inside a longer one is part of it ("mug on table" inside "mug on table edge")
-    outer = [m for m in found
-             if not any(o.first <= m.first and m.last <= o.last and o.last - o.first > m.last - m.first for o in found)]
+    outer = [
+        m
+        for m in found
+        if not any(o.first <= m.first and m.last <= o.last and o.last - o.first > m.last - m.first for o in found)
+    ]
     return _accepted(parsed, outer)
 
 

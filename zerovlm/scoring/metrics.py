@@ -32,8 +32,14 @@ from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example
 from zerovlm.io import ZeroVLMError
 from zerovlm.scoring import answers as parse
-from zerovlm.scoring.significance import (bootstrap_means, discordant_counts, holm, mcnemar_p, paired_bootstrap_ci,
-                                          percentile_interval)
+from zerovlm.scoring.significance import (
+    bootstrap_means,
+    discordant_counts,
+    holm,
+    mcnemar_p,
+    paired_bootstrap_ci,
+    percentile_interval,
+)
 from zerovlm.view_configurations import BASELINE_CONFIGURATION
 
 log = logging.getLogger(__name__)
@@ -74,15 +80,22 @@ def option_relation(option: str, relations: list[str]) -> str:
 def _labels(example: Example, choice: int | None, relations: list[str]) -> tuple[str, str]:
     """(actual, predicted) labels for confusion matrices: true/false, or the relation a caption states."""
     if example.task == "true_false":
+
         def name(index):
             return "true" if index == 0 else "false"
+
         return name(example.answer_index), UNPARSED if choice is None else name(choice)
     actual = example.relation
     return actual, UNPARSED if choice is None else option_relation(example.options[choice], relations)
 
 
-def score_records(examples: list[Example], predictions: list[dict], answer_mode: str,
-                  dataset: str | None = None, vlm: str | None = None) -> list[dict]:
+def score_records(
+    examples: list[Example],
+    predictions: list[dict],
+    answer_mode: str,
+    dataset: str | None = None,
+    vlm: str | None = None,
+) -> list[dict]:
     """One verdict per prediction. `dataset`/`vlm`: grid names (default: the example's dataset)."""
     by_id = {e.example_id: e for e in examples}
     relations = sorted({e.relation for e in examples})
@@ -90,26 +103,40 @@ def score_records(examples: list[Example], predictions: list[dict], answer_mode:
     for record in predictions:
         example = by_id.get(record["example_id"])
         if example is None:
-            raise ZeroVLMError(f"prediction {record['record_id']} names an example not in the prepared table; "
-                               f"re-run infer (`dvc repro infer`)")
+            raise ZeroVLMError(
+                f"prediction {record['record_id']} names an example not in the prepared table; "
+                f"re-run infer (`dvc repro infer`)"
+            )
         choice = predicted_index(record, example, answer_mode)
         actual, predicted = _labels(example, choice, relations)
-        scored.append({
-            "record_id": record["record_id"], "example_id": example.example_id,
-            "dataset": dataset or example.dataset, "vlm": vlm, "source_dataset": example.dataset,
-            "task": example.task, "relation": example.relation, "num_objects": example.num_objects,
-            "group_id": example.group_id, "pair_id": example.pair_id, "image_id": example.image_id,
-            "configuration": record["configuration"],
-            "prompt_mode": "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt",
-            "predicted_index": choice, "answer_index": example.answer_index,
-            "actual_label": actual, "predicted_label": predicted,
-            "parsed": choice is not None, "correct": choice == example.answer_index,
-            "chance": 1.0 / len(example.options)})
+        scored.append(
+            {
+                "record_id": record["record_id"],
+                "example_id": example.example_id,
+                "dataset": dataset or example.dataset,
+                "vlm": vlm,
+                "source_dataset": example.dataset,
+                "task": example.task,
+                "relation": example.relation,
+                "num_objects": example.num_objects,
+                "group_id": example.group_id,
+                "pair_id": example.pair_id,
+                "image_id": example.image_id,
+                "configuration": record["configuration"],
+                "prompt_mode": "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt",
+                "predicted_index": choice,
+                "answer_index": example.answer_index,
+                "actual_label": actual,
+                "predicted_label": predicted,
+                "parsed": choice is not None,
+                "correct": choice == example.answer_index,
+                "chance": 1.0 / len(example.options),
+            }
+        )
     return scored
 
 
-def bootstrap_ci(correct: np.ndarray, samples: int, seed: int,
-                 clusters: list[str] | None = None) -> list[float] | None:
+def bootstrap_ci(correct: np.ndarray, samples: int, seed: int, clusters: list[str] | None = None) -> list[float] | None:
     """Percentile bootstrap 95% interval of the mean of a 0/1 vector, resampling values or, with
     `clusters`, whole clusters (None when disabled)."""
     if samples == 0 or len(correct) == 0:
@@ -152,8 +179,7 @@ def summarise(rows: pd.DataFrame, cfg: ScoreConfig) -> dict:
     return summary
 
 
-def compare_with_baseline(cells: dict[tuple[str, str], pd.DataFrame],
-                          cfg: ScoreConfig) -> dict[tuple[str, str], dict]:
+def compare_with_baseline(cells: dict[tuple[str, str], pd.DataFrame], cfg: ScoreConfig) -> dict[tuple[str, str], dict]:
     """Difference, interval and McNemar test of every cell of one task against BASELINE.
 
     `cells`: (configuration, prompt mode) -> its verdicts. The origin configuration is not compared with
@@ -166,9 +192,11 @@ def compare_with_baseline(cells: dict[tuple[str, str], pd.DataFrame],
     for key, rows in cells.items():
         ids = rows["example_id"].tolist()
         if len(set(ids)) != len(ids) or set(ids) != set(baseline):  # paired tests need a 1:1 pairing
-            raise ZeroVLMError(f"{key}: not the baseline's examples once each ({len(ids) - len(set(ids))} "
-                               f"answered twice, {len(set(baseline) - set(ids))} missing, "
-                               f"{len(set(ids) - set(baseline))} extra); re-run infer (`dvc repro -f infer`)")
+            raise ZeroVLMError(
+                f"{key}: not the baseline's examples once each ({len(ids) - len(set(ids))} "
+                f"answered twice, {len(set(baseline) - set(ids))} missing, "
+                f"{len(set(ids) - set(baseline))} extra); re-run infer (`dvc repro -f infer`)"
+            )
         if key[0] == BASELINE[0]:
             continue
         treatment = rows["correct"].to_numpy(dtype=float)
@@ -179,10 +207,16 @@ def compare_with_baseline(cells: dict[tuple[str, str], pd.DataFrame],
         results[key] = {
             "delta_vs_origin": round(float(treatment.mean() - reference.mean()), 4),
             "delta_ci95": paired_bootstrap_ci(reference, treatment, cfg.bootstrap_samples, cfg.seed, clusters),
-            "mcnemar_b": b, "mcnemar_c": c, "mcnemar_p": p}
+            "mcnemar_b": b,
+            "mcnemar_c": c,
+            "mcnemar_p": p,
+        }
     keys = sorted(results)
-    adjusted = holm([results[k]["mcnemar_p"] for k in keys]) if cfg.p_adjust == "holm" else \
-        [results[k]["mcnemar_p"] for k in keys]
+    adjusted = (
+        holm([results[k]["mcnemar_p"] for k in keys])
+        if cfg.p_adjust == "holm"
+        else [results[k]["mcnemar_p"] for k in keys]
+    )
     for key, p in zip(keys, adjusted):
         results[key]["mcnemar_p_adjusted"] = p
     return results
@@ -204,15 +238,18 @@ def overhead(examples: list[Example], views_summary: dict, infer_summary: dict, 
 
     def rounded(value):
         return None if value is None else round(value, 6)
+
     return {
         "views_seconds_per_view": rounded(per_view),
-        "views_seconds_per_example": rounded(per_view * views_per_image * n_images / n_examples
-                                             if per_view is not None else None),
+        "views_seconds_per_example": rounded(
+            per_view * views_per_image * n_images / n_examples if per_view is not None else None
+        ),
         "views_peak_memory_bytes": views_summary.get("peak_memory_bytes"),
         "infer_seconds_loading": infer_run.get("seconds_loading"),
         "infer_seconds_per_request": rounded(per_request),
-        "infer_seconds_per_example": rounded(per_request * infer_summary["requests"] / n_examples
-                                             if per_request is not None else None),
+        "infer_seconds_per_example": rounded(
+            per_request * infer_summary["requests"] / n_examples if per_request is not None else None
+        ),
         "infer_peak_memory_bytes": infer_run.get("peak_memory_bytes"),
     }
 
@@ -232,8 +269,10 @@ def breakdown(rows: pd.DataFrame) -> dict:
     confusion = rows.groupby([*CELL, rows["actual_label"] + "|" + rows["predicted_label"]]).size()
     counted = rows.dropna(subset=["num_objects"])
     objects = counted.groupby([*CELL, counted["num_objects"].astype(int).astype(str)])["correct"].agg(["sum", "size"])
-    return {"confusion": _nest({key: int(count) for key, count in confusion.items()}),
-            "objects": _nest({key: [int(right), int(total)] for key, right, total in objects.itertuples()})}
+    return {
+        "confusion": _nest({key: int(count) for key, count in confusion.items()}),
+        "objects": _nest({key: [int(right), int(total)] for key, right, total in objects.itertuples()}),
+    }
 
 
 def rendered_prompt_hashes(predictions: list[dict]) -> dict:
@@ -242,8 +281,9 @@ def rendered_prompt_hashes(predictions: list[dict]) -> dict:
     for record in predictions:
         mode = "with_view_prompt" if record["with_view_prompt"] else "without_view_prompt"
         prompts[(record["configuration"], mode)].append(record.get("rendered_prompt", ""))
-    return _nest({key: hashlib.sha256("\n".join(sorted(texts)).encode()).hexdigest()[:16]
-                  for key, texts in prompts.items()})
+    return _nest(
+        {key: hashlib.sha256("\n".join(sorted(texts)).encode()).hexdigest()[:16] for key, texts in prompts.items()}
+    )
 
 
 @dataclass(frozen=True)
@@ -257,9 +297,18 @@ class InstanceScores:
     records: list[dict]  # one verdict per prediction
 
 
-def score_instance(cfg: ScoreConfig, examples: list[Example], predictions: list[dict], infer_summary: dict,
-                   prepare_summary: dict, views_summary: dict | None = None, infer_run: dict | None = None,
-                   dataset: str | None = None, vlm: str | None = None, resolved: dict | None = None) -> InstanceScores:
+def score_instance(
+    cfg: ScoreConfig,
+    examples: list[Example],
+    predictions: list[dict],
+    infer_summary: dict,
+    prepare_summary: dict,
+    views_summary: dict | None = None,
+    infer_run: dict | None = None,
+    dataset: str | None = None,
+    vlm: str | None = None,
+    resolved: dict | None = None,
+) -> InstanceScores:
     """Score one grid instance. `resolved`: the configuration sections that produced it (provenance).
     The views and infer run records (timings, peak memory) give the overhead metrics when both are given."""
     infer_run = infer_run or {}
@@ -270,30 +319,47 @@ def score_instance(cfg: ScoreConfig, examples: list[Example], predictions: list[
     for task, task_verdicts in verdicts.groupby("task"):
         task_cells = dict(iter(task_verdicts.groupby(CELL[1:])))
         if BASELINE not in task_cells:
-            log.warning("score %s: no %s cell for %s, so nothing is compared with the baseline; keep origin "
-                        "in stitch.configurations and false in infer.view_prompt", vlm, BASELINE, task)
+            log.warning(
+                "score %s: no %s cell for %s, so nothing is compared with the baseline; keep origin "
+                "in stitch.configurations and false in infer.view_prompt",
+                vlm,
+                BASELINE,
+                task,
+            )
         for (configuration, mode), comparison in compare_with_baseline(task_cells, cfg).items():
             metrics[(task, configuration, mode)].update(comparison)
 
-    summary = {"counts": {"n_examples": len(examples), "n_images": len({e.image_id for e in examples}),
-                          "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
-                          "n_requests": infer_summary["requests"],
-                          "n_requests_not_evaluated": infer_summary.get("requests_not_evaluated", 0)},
-               # configurations the model was not given (more images than it takes): absent, not 0%
-               "not_evaluated": infer_summary.get("not_evaluated", {}),
-               **_nest(metrics)}
+    summary = {
+        "counts": {
+            "n_examples": len(examples),
+            "n_images": len({e.image_id for e in examples}),
+            "n_skipped": prepare_summary.get("skipped", {}).get("count", 0),
+            "n_requests": infer_summary["requests"],
+            "n_requests_not_evaluated": infer_summary.get("requests_not_evaluated", 0),
+        },
+        # configurations the model was not given (more images than it takes): absent, not 0%
+        "not_evaluated": infer_summary.get("not_evaluated", {}),
+        **_nest(metrics),
+    }
     if views_summary is not None and infer_run:
         summary["overhead"] = overhead(examples, views_summary, infer_summary, infer_run)
     relations = verdicts.groupby([*CELL, "relation"])["correct"].agg(["mean", "size"])
-    per_relation = _nest({key: {"accuracy": round(float(mean), 4), "n_total": int(size)}
-                          for key, mean, size in relations.itertuples()})
+    per_relation = _nest(
+        {key: {"accuracy": round(float(mean), 4), "n_total": int(size)} for key, mean, size in relations.itertuples()}
+    )
     provenance = {
-        "dataset": dataset, "vlm": vlm, "params": resolved or {},
+        "dataset": dataset,
+        "vlm": vlm,
+        "params": resolved or {},
         "prepare": {k: prepare_summary.get(k) for k in ("source", "split", "selection", "source_checksums")},
-        "views": {k: (views_summary or {}).get(k) for k in ("fingerprint", "settings", "device", "dtype",
-                                                            "batch_size", "batch_size_final", "model_revision")},
-        "infer": {**{k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint")},
-                  **{k: infer_run.get(k) for k in ("device", "versions", "model_revision")}},
+        "views": {
+            k: (views_summary or {}).get(k)
+            for k in ("fingerprint", "settings", "device", "dtype", "batch_size", "batch_size_final", "model_revision")
+        },
+        "infer": {
+            **{k: infer_summary.get(k) for k in ("backend", "model", "answer_mode", "fingerprint")},
+            **{k: infer_run.get(k) for k in ("device", "versions", "model_revision")},
+        },
         "prompts_sha256": infer_summary.get("prompts_sha256"),
         "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
     }

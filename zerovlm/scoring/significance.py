@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))  # P[X <= min(b, c)] * 2**n
-    return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
 
 
 def cluster_leans(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Sequence | None) -> list[int]:
@@ -72,10 +72,10 @@ def sign_flip_p(leans: Sequence[int]) -> float:
     # sum over the m clusters of lean magnitude a: a * (2j - m), j ~ Binomial(m, 1/2)
     magnitudes = Counter(abs(d) for d in leans)
     total = sum(a * m for a, m in magnitudes.items())
-    pmf = np.ones(1)                                                  # index i: a sum of i - total
+    pmf = np.ones(1)  # index i: a sum of i - total
     for a, m in sorted(magnitudes.items()):
         binomial = np.zeros(2 * a * m + 1)
-        binomial[::2 * a] = [math.comb(m, j) / 2 ** m for j in range(m + 1)]
+        binomial[:: 2 * a] = [math.comb(m, j) / 2**m for j in range(m + 1)]
         pmf = np.convolve(pmf, binomial)
     sums = np.arange(len(pmf)) - total
     return float(min(1.0, pmf[np.abs(sums) >= abs(sum(leans))].sum()))
@@ -86,8 +86,7 @@ def mcnemar_p(baseline: Sequence[bool], treatment: Sequence[bool], clusters: Seq
     return sign_flip_p(cluster_leans(baseline, treatment, clusters))
 
 
-def bootstrap_means(values: np.ndarray, samples: int, seed: int,
-                    clusters: Sequence | None = None) -> np.ndarray:
+def bootstrap_means(values: np.ndarray, samples: int, seed: int, clusters: Sequence | None = None) -> np.ndarray:
     """Means of `samples` bootstrap resamples of `values`: of single values, or with `clusters` (one id
     per value) of whole clusters drawn with replacement (the mean over the drawn clusters' values)."""
     values = np.asarray(values, dtype=float)
@@ -100,9 +99,9 @@ def bootstrap_means(values: np.ndarray, samples: int, seed: int,
     number[np.argsort(first)] = np.arange(len(first))
     cluster_of = number[cluster_of]
     count = len(first)
-    sums = np.bincount(cluster_of, weights=values, minlength=count)            # per cluster
+    sums = np.bincount(cluster_of, weights=values, minlength=count)  # per cluster
     sizes = np.bincount(cluster_of, minlength=count)
-    drawn = rng.integers(0, count, size=(samples, count))                      # (samples, clusters)
+    drawn = rng.integers(0, count, size=(samples, count))  # (samples, clusters)
     return sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1)
 
 
@@ -110,8 +109,9 @@ def percentile_interval(means: np.ndarray) -> list[float]:
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
-def paired_bootstrap_ci(baseline: np.ndarray, treatment: np.ndarray, samples: int,
-                        seed: int, clusters: Sequence | None = None) -> list[float] | None:
+def paired_bootstrap_ci(
+    baseline: np.ndarray, treatment: np.ndarray, samples: int, seed: int, clusters: Sequence | None = None
+) -> list[float] | None:
     """Percentile bootstrap 95% interval of mean(treatment) - mean(baseline) over paired 0/1 verdicts,
     resampling examples, or whole clusters when `clusters` gives one id per example.
 

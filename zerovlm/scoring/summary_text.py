@@ -22,8 +22,10 @@ def _cell(metrics: dict | None, alpha: float) -> str:
 
 def results_table(summary: dict, alpha: float = 0.05) -> str:
     """A Markdown table of one instance: one row per task x configuration, one column per prompt mode."""
-    lines = ["| task | configuration | chance | " + " | ".join(PROMPT_MODES) + " |",
-             "|---|---|---|" + "---|" * len(PROMPT_MODES)]
+    lines = [
+        "| task | configuration | chance | " + " | ".join(PROMPT_MODES) + " |",
+        "|---|---|---|" + "---|" * len(PROMPT_MODES),
+    ]
     for task in TASKS:
         for configuration, modes in summary.get(task, {}).items():
             chance = next(iter(modes.values()))["chance"]

@@ -35,8 +35,14 @@ log = logging.getLogger(__name__)
 
 # The note's DDIM configuration (= LDM's DDIMSampler over the SD-1.x training schedule).
 SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-    clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
     prediction_type="epsilon",
 )
 _TRAINING_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
@@ -46,8 +52,10 @@ LAYOUTS = {
     "bennyguo": ("clip_camera_projection", "diffusion_pytorch_model", "proj"),
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FIX_HINT = ("for the demo profile build the tiny model with `zerovlm build-tiny-models`; for a hub id check "
-            "the name, the network or HF_HOME's cache")
+FIX_HINT = (
+    "for the demo profile build the tiny model with `zerovlm build-tiny-models`; for a hub id check "
+    "the name, the network or HF_HOME's cache"
+)
 
 
 @dataclass
@@ -55,9 +63,9 @@ class Zero123Components:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     image_encoder: CLIPVisionModelWithProjection
-    pose_projection: torch.nn.Linear   # (projection_dim + 4) -> cross_attention_dim, float32 in any dtype
+    pose_projection: torch.nn.Linear  # (projection_dim + 4) -> cross_attention_dim, float32 in any dtype
     scheduler: DDIMScheduler
-    layout: str                         # "kxic" or "bennyguo"
+    layout: str  # "kxic" or "bennyguo"
 
 
 def make_scheduler() -> DDIMScheduler:
@@ -87,16 +95,20 @@ def _model_file(model: str, relative: str, required: bool = True, revision: str 
     try:
         return Path(hf_hub_download(model, relative, revision=revision))
     except LocalEntryNotFoundError:  # offline (or the hub unreachable) and nothing in the local cache
-        raise ZeroVLMError(f"cannot reach the Hugging Face hub for {model!r} ({relative}) and it is not in "
-                           f"the local cache (HF_HOME); download it where there is network, or point "
-                           f"views.model at a local folder; {FIX_HINT}") from None
+        raise ZeroVLMError(
+            f"cannot reach the Hugging Face hub for {model!r} ({relative}) and it is not in "
+            f"the local cache (HF_HOME); download it where there is network, or point "
+            f"views.model at a local folder; {FIX_HINT}"
+        ) from None
     except EntryNotFoundError:
         if required:
             raise ZeroVLMError(f"hub repo {model!r} has no file {relative}; is it a Zero123 repo?") from None
         return None
     except OSError as error:  # not found, offline, gated: huggingface_hub's errors are OSErrors
-        raise ZeroVLMError(f"cannot fetch {relative} of hub repo {model!r} ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); {FIX_HINT}") from None
+        raise ZeroVLMError(
+            f"cannot fetch {relative} of hub repo {model!r} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); {FIX_HINT}"
+        ) from None
 
 
 def detect_layout(model: str, revision: str | None = None) -> str:
@@ -106,8 +118,10 @@ def detect_layout(model: str, revision: str | None = None) -> str:
     found = [name for name, (folder, _, _) in LAYOUTS.items() if folder in index]
     if len(found) != 1:
         folders = [folder for folder, _, _ in LAYOUTS.values()]
-        raise ZeroVLMError(f"{index_path}: expected exactly one pose projection component of {folders}, "
-                           f"found components {sorted(k for k in index if not k.startswith('_'))}")
+        raise ZeroVLMError(
+            f"{index_path}: expected exactly one pose projection component of {folders}, "
+            f"found components {sorted(k for k in index if not k.startswith('_'))}"
+        )
     return found[0]
 
 
@@ -119,9 +133,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     with refused_pickles(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ZeroVLMError(f"{path}: refused: expected a mapping of names to tensors, got "
-                           f"{type(state).__name__} holding non-tensor values")
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ZeroVLMError(
+            f"{path}: refused: expected a mapping of names to tensors, got "
+            f"{type(state).__name__} holding non-tensor values"
+        )
     return state
 
 
@@ -138,8 +155,9 @@ def _projection_file(model: str, folder: str, stem: str, variant: str | None, re
     raise ZeroVLMError(f"{model}: no pose projection weights in {folder}/ (looked for {names}); {FIX_HINT}")
 
 
-def load_pose_projection(model: str, layout: str, variant: str | None = None,
-                         revision: str | None = None) -> torch.nn.Linear:
+def load_pose_projection(
+    model: str, layout: str, variant: str | None = None, revision: str | None = None
+) -> torch.nn.Linear:
     """The camera projection Linear(projection_dim + 4, cross_attention_dim), from either key naming."""
     folder, stem, prefix = LAYOUTS[layout]
     path = _projection_file(model, folder, stem, variant, revision)
@@ -162,8 +180,10 @@ def _check_training_schedule(model: str, revision: str | None = None) -> None:
     config = read_json(path, "the model folder is damaged: download it again")
     wrong = {k: config[k] for k in _TRAINING_KEYS if k in config and config[k] != SCHEDULER_CONFIG[k]}
     if wrong:
-        raise ZeroVLMError(f"{path}: training noise schedule {wrong} differs from Zero123's "
-                           f"{ {k: SCHEDULER_CONFIG[k] for k in wrong} }: not a Zero123 checkpoint?")
+        raise ZeroVLMError(
+            f"{path}: training noise schedule {wrong} differs from Zero123's "
+            f"{ {k: SCHEDULER_CONFIG[k] for k in wrong} }: not a Zero123 checkpoint?"
+        )
 
 
 def _load(cls, model: str, subfolder: str, dtype: torch.dtype, variant: str | None, **kwargs):
@@ -172,13 +192,19 @@ def _load(cls, model: str, subfolder: str, dtype: torch.dtype, variant: str | No
         with refused_pickles(f"{model}/{subfolder}"):  # diffusers wraps the refusal in an OSError without its reason
             return cls.from_pretrained(model, subfolder=subfolder, variant=variant, **{dtype_arg: dtype}, **kwargs)
     except (OSError, ValueError) as error:
-        raise ZeroVLMError(f"{model}: cannot load {subfolder}/ as {cls.__name__} "
-                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
-                           f"{FIX_HINT}") from None
+        raise ZeroVLMError(
+            f"{model}: cannot load {subfolder}/ as {cls.__name__} "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
+            f"{FIX_HINT}"
+        ) from None
 
 
-def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    variant: str | None = None, revision: str | None = None) -> Zero123Components:
+def load_components(
+    model: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    variant: str | None = None,
+    revision: str | None = None,
+) -> Zero123Components:
     """Every part of a Zero123 checkpoint, on the CPU in `dtype` but the pose projection in float32
     (variant: e.g. "fp16", "fp16_ema"; revision: a hub id's branch, tag or commit, None: main)."""
     model = str(model)
@@ -186,12 +212,18 @@ def load_components(model: str | os.PathLike, dtype: torch.dtype = torch.float32
     _check_training_schedule(model, revision)
     unet = _load(UNet2DConditionModel, model, "unet", dtype, variant, revision=revision)
     vae = _load(AutoencoderKL, model, "vae", dtype, variant, revision=revision)
-    image_encoder = _load(CLIPVisionModelWithProjection, model, "image_encoder", dtype, variant,
-                          attn_implementation="sdpa", revision=revision)
+    image_encoder = _load(
+        CLIPVisionModelWithProjection,
+        model,
+        "image_encoder",
+        dtype,
+        variant,
+        attn_implementation="sdpa",
+        revision=revision,
+    )
     projection = load_pose_projection(model, layout, variant, revision)  # float32: the original projects in fp32
     _check_shapes(model, unet, vae, image_encoder, projection)
-    return Zero123Components(unet.eval(), vae.eval(), image_encoder.eval(), projection.eval(),
-                             make_scheduler(), layout)
+    return Zero123Components(unet.eval(), vae.eval(), image_encoder.eval(), projection.eval(), make_scheduler(), layout)
 
 
 def _check_shapes(model, unet, vae, image_encoder, projection) -> None:
@@ -200,10 +232,14 @@ def _check_shapes(model, unet, vae, image_encoder, projection) -> None:
     latent_channels = vae.config.latent_channels
     problems = []
     if (projection.in_features, projection.out_features) != (embed_dim + 4, context_dim):
-        problems.append(f"pose projection is {projection.in_features}->{projection.out_features}, expected "
-                        f"{embed_dim + 4}->{context_dim} (CLIP projection_dim + 4 -> UNet cross_attention_dim)")
+        problems.append(
+            f"pose projection is {projection.in_features}->{projection.out_features}, expected "
+            f"{embed_dim + 4}->{context_dim} (CLIP projection_dim + 4 -> UNet cross_attention_dim)"
+        )
     if unet.config.in_channels != 2 * latent_channels:
-        problems.append(f"unet in_channels {unet.config.in_channels} != 2 x VAE latent_channels "
-                        f"{latent_channels} (noisy latent + conditioning latent)")
+        problems.append(
+            f"unet in_channels {unet.config.in_channels} != 2 x VAE latent_channels "
+            f"{latent_channels} (noisy latent + conditioning latent)"
+        )
     if problems:
         raise ZeroVLMError(f"{model}: not a Zero123 checkpoint: " + "; ".join(problems))

@@ -6,10 +6,10 @@ background of the RGB image, crops to the mask's bounding box, thumbnails the cr
 centred on a 256x256 white canvas. `recentre` does exactly that after the mask; the mask comes from a
 pluggable backend (`views.foreground`):
 
-| backend | downloads | suited to |
-|---|---|---|
-| `none` (default) | nothing | inputs are used as they are, no step at all |
-| `border` | nothing | plain backgrounds: the synthetic "vertical" scenes, What'sUp's controlled images; NOT cluttered COCO photos (VSR) nor the synthetic ground-plane scenes (sky and ground differ, so one of them counts as object) |
+- `none` (default): no step at all, inputs are used as they are; downloads nothing.
+- `border`: downloads nothing; suited to plain backgrounds (the synthetic "vertical" scenes, What'sUp's
+  controlled images), NOT to cluttered COCO photos (VSR) nor the synthetic ground-plane scenes (sky and
+  ground differ, so one of them counts as object).
 
 `border` takes the median colour of the image's outermost pixel ring as the background and marks every
 pixel farther than `views.foreground_threshold_rgb` (Euclidean distance of 8-bit RGB, 0..441) from it as
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -39,8 +39,8 @@ from zerovlm.views.zero123 import demo_input
 log = logging.getLogger(__name__)
 
 MaskFn = Callable[[Image.Image], np.ndarray]  # image -> (H, W) uint8 alpha mask, 255 = object
-DEMO_SIZE_PX, DEMO_OBJECT_PX = 256, 200        # the demo's canvas and the side its object is fitted to
-MASK_CUTOFF = 127                              # the demo's `> 127`: a (soft) mask value that counts as object
+DEMO_SIZE_PX, DEMO_OBJECT_PX = 256, 200  # the demo's canvas and the side its object is fitted to
+MASK_CUTOFF = 127  # the demo's `> 127`: a (soft) mask value that counts as object
 
 
 def _on_white(image: Image.Image) -> np.ndarray:
@@ -56,10 +56,10 @@ def make_border(threshold_rgb: float) -> MaskFn:
         raise ZeroVLMError(f"threshold_rgb must be >= 0, got {threshold_rgb}")
 
     def border_mask(image: Image.Image) -> np.ndarray:
-        rgb = _on_white(image)                                                    # (H, W, 3)
-        ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])     # (2W + 2H - 4, 3)
-        background = np.median(ring, axis=0)                                      # (3,): robust to an object touching the edge
-        distance = np.linalg.norm(rgb - background, axis=-1)                      # (H, W)
+        rgb = _on_white(image)  # (H, W, 3)
+        ring = np.concatenate([rgb[0], rgb[-1], rgb[1:-1, 0], rgb[1:-1, -1]])  # (2W + 2H - 4, 3)
+        background = np.median(ring, axis=0)  # (3,): robust to an object touching the edge
+        distance = np.linalg.norm(rgb - background, axis=-1)  # (H, W)
         return np.where(distance > threshold_rgb, 255, 0).astype(np.uint8)
 
     return border_mask
@@ -80,8 +80,9 @@ def load_foreground(name: str, threshold_rgb: float = 30.0) -> MaskFn:
     if name not in BACKENDS:
         close = difflib.get_close_matches(name, BACKENDS, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ZeroVLMError(f"views.foreground: unknown backend {name!r}.{hint} "
-                           f"Valid: none, {', '.join(backend_names())}")
+        raise ZeroVLMError(
+            f"views.foreground: unknown backend {name!r}.{hint} Valid: none, {', '.join(backend_names())}"
+        )
     return BACKENDS[name](threshold_rgb)
 
 
@@ -102,13 +103,13 @@ def recentre(image: Image.Image, mask: np.ndarray, size_px: int, object_px: int)
         raise ZeroVLMError(f"object_px must be in [1, size_px={size_px}], got {object_px}")
     if mask.shape != (image.height, image.width):
         raise ZeroVLMError(f"mask: expected shape {(image.height, image.width)}, got {mask.shape}")
-    foreground = mask > MASK_CUTOFF                                               # (H, W) bool
+    foreground = mask > MASK_CUTOFF  # (H, W) bool
     if not foreground.any():
         return None
     rows, cols = np.flatnonzero(foreground.any(axis=1)), np.flatnonzero(foreground.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1    # cv2.boundingRect's box
-    rgb = np.array(image.convert("RGB"))                                          # (H, W, 3) uint8
-    rgb[~foreground] = 255                                                        # whiten the background
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1  # cv2.boundingRect's box
+    rgb = np.array(image.convert("RGB"))  # (H, W, 3) uint8
+    rgb[~foreground] = 255  # whiten the background
     crop = Image.fromarray(rgb[top:bottom, left:right])
     crop.thumbnail((object_px, object_px), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (size_px, size_px), (255, 255, 255))
@@ -116,8 +117,7 @@ def recentre(image: Image.Image, mask: np.ndarray, size_px: int, object_px: int)
     return canvas
 
 
-def remove_background(image: Image.Image, mask_fn: MaskFn, size_px: int,
-                      name: str = "") -> tuple[Image.Image, bool]:
+def remove_background(image: Image.Image, mask_fn: MaskFn, size_px: int, name: str = "") -> tuple[Image.Image, bool]:
     """(input for the sampler, recentred?): the demo's input (shrunk to fit 1536 px) masked and recentred
     at the demo's ratio, or the image unchanged (with a warning) when the backend finds no object."""
     demo = demo_input(image)

@@ -33,18 +33,21 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,39}$")  # part of a st
 
 @dataclass(frozen=True)
 class ViewPose:
-    name: str            # the view's name, e.g. "left"; part of the store key "<image_id>.<name>"
-    polar_deg: float     # polar delta in degrees; positive moves the camera down
-    azimuth_deg: float   # azimuth delta in degrees; positive turns right
+    name: str  # the view's name, e.g. "left"; part of the store key "<image_id>.<name>"
+    polar_deg: float  # polar delta in degrees; positive moves the camera down
+    azimuth_deg: float  # azimuth delta in degrees; positive turns right
     radius: float = 0.0  # distance delta in scene units
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME_PATTERN.match(self.name):
-            raise ZeroVLMError(f"view name {self.name!r}: use 1-40 letters, digits, '_', '+', '-' "
-                               "(it becomes part of a file key)")
-        for field, value, (low, high) in (("polar_deg", self.polar_deg, POLAR_RANGE_DEG),
-                                          ("azimuth_deg", self.azimuth_deg, AZIMUTH_RANGE_DEG),
-                                          ("radius", self.radius, RADIUS_RANGE)):
+            raise ZeroVLMError(
+                f"view name {self.name!r}: use 1-40 letters, digits, '_', '+', '-' (it becomes part of a file key)"
+            )
+        for field, value, (low, high) in (
+            ("polar_deg", self.polar_deg, POLAR_RANGE_DEG),
+            ("azimuth_deg", self.azimuth_deg, AZIMUTH_RANGE_DEG),
+            ("radius", self.radius, RADIUS_RANGE),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ZeroVLMError(f"view {self.name!r}: {field} must be a finite number, got {value!r}")
             if not low <= value <= high:
@@ -52,11 +55,14 @@ class ViewPose:
 
 
 # The official demo's named views (gradio_new.py); RANDOM_PRESET is drawn by random_pose().
-PRESETS: dict[str, ViewPose] = {pose.name: pose for pose in (
-    ViewPose("left", 0.0, -90.0, 0.0),
-    ViewPose("right", 0.0, 90.0, 0.0),
-    ViewPose("top", -90.0, 0.0, 0.0),  # "view from above": the camera moves up by 90 degrees
-)}
+PRESETS: dict[str, ViewPose] = {
+    pose.name: pose
+    for pose in (
+        ViewPose("left", 0.0, -90.0, 0.0),
+        ViewPose("right", 0.0, 90.0, 0.0),
+        ViewPose("top", -90.0, 0.0, 0.0),  # "view from above": the camera moves up by 90 degrees
+    )
+}
 RANDOM_PRESET = "random"
 VIEW_PRESETS = (*PRESETS, RANDOM_PRESET)  # the names views.presets accepts
 
@@ -89,8 +95,7 @@ def resolve_views(cfg, image_id: str) -> list[ViewPose]:
         else:
             raise ZeroVLMError(f"views.presets: unknown preset {preset!r}; valid: {list(VIEW_PRESETS)}")
     for custom in cfg.custom:
-        views.append(ViewPose(custom.name, float(custom.polar_deg), float(custom.azimuth_deg),
-                              float(custom.radius)))
+        views.append(ViewPose(custom.name, float(custom.polar_deg), float(custom.azimuth_deg), float(custom.radius)))
     names = [view.name for view in views]
     if len(set(names)) != len(names):
         raise ZeroVLMError(f"views: view names must be unique, got {names}")
@@ -114,5 +119,4 @@ def pose_vector(pose: ViewPose, variant: str = "zero123", cond_polar_deg: float 
         raise ZeroVLMError(f"cond_polar_deg must be in [0, 180], got {cond_polar_deg!r}")
     azimuth = math.radians(pose.azimuth_deg)
     last = pose.radius if variant == "zero123" else math.radians(cond_polar_deg)
-    return torch.tensor([math.radians(pose.polar_deg), math.sin(azimuth), math.cos(azimuth), last],
-                        dtype=torch.float32)
+    return torch.tensor([math.radians(pose.polar_deg), math.sin(azimuth), math.cos(azimuth), last], dtype=torch.float32)

@@ -27,9 +27,21 @@ from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
 
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
 # Presets are poses fixed in poses.py (random: drawn from the seed); custom views are poses from params.
-PIXEL_SETTINGS = ("model", "variant", "weights_variant", "custom", "image_size_px", "num_inference_steps",
-                  "timestep_schedule", "guidance_scale", "eta", "dtype", "seed", "foreground",
-                  "foreground_threshold_rgb")
+PIXEL_SETTINGS = (
+    "model",
+    "variant",
+    "weights_variant",
+    "custom",
+    "image_size_px",
+    "num_inference_steps",
+    "timestep_schedule",
+    "guidance_scale",
+    "eta",
+    "dtype",
+    "seed",
+    "foreground",
+    "foreground_threshold_rgb",
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class ViewJob:
 
     image_id: str
     image_path: Path
-    example_id: str   # the first example using the image, for error messages
+    example_id: str  # the first example using the image, for error messages
     pose: ViewPose
 
     @property
@@ -65,14 +77,17 @@ def plan_view_jobs(cfg, examples, prepared_dir: Path) -> list[ViewJob]:
     for example in examples:
         if example.image_id not in first:
             first[example.image_id] = (safe_join(prepared_dir, example.image_file), example.example_id)
-    return [ViewJob(image_id, path, example_id, pose)
-            for image_id, (path, example_id) in first.items() for pose in resolve_views(cfg, image_id)]
+    return [
+        ViewJob(image_id, path, example_id, pose)
+        for image_id, (path, example_id) in first.items()
+        for pose in resolve_views(cfg, image_id)
+    ]
 
 
 def plan_batches(jobs: list[ViewJob], batch_size: int) -> list[list[ViewJob]]:
     """Fixed batches of the whole plan: whatever process runs a batch, and whether it runs in a
     fresh or a resumed run, its views are computed in the same company (same bytes on one device)."""
-    return [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    return [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
 
 
 def input_image(image: Image.Image, foreground: MaskFn | None, size_px: int, name: str) -> tuple[Image.Image, str]:
@@ -85,9 +100,15 @@ def input_image(image: Image.Image, foreground: MaskFn | None, size_px: int, nam
 
 def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
     """What the view store records beside each view."""
-    return {"image_id": job.image_id, "view": job.pose.name, "polar_deg": job.pose.polar_deg,
-            "azimuth_deg": job.pose.azimuth_deg, "radius": job.pose.radius, "seed": cfg.seed,
-            "foreground": foreground_status}
+    return {
+        "image_id": job.image_id,
+        "view": job.pose.name,
+        "polar_deg": job.pose.polar_deg,
+        "azimuth_deg": job.pose.azimuth_deg,
+        "radius": job.pose.radius,
+        "seed": cfg.seed,
+        "foreground": foreground_status,
+    }
 
 
 class Sampler:
@@ -97,23 +118,29 @@ class Sampler:
         self.cfg, self.pipeline = cfg, pipeline
         self.batch_size = BatchSize(batch_size, "views", "lower views.image_size_px or use a larger GPU")
         self.pad_to_batch = pad_to_batch  # compiled UNet: keep shapes static, pad the last batch
-        self.timesteps = (ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None)
+        self.timesteps = ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None
 
     def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[Image.Image]:
         padded = jobs + [jobs[-1]] * (self.batch_size.value - len(jobs) if self.pad_to_batch else 0)
         poses = torch.stack([pose_vector(job.pose, self.cfg.variant) for job in padded])  # (B, 4)
         generators = [view_generator(self.cfg.seed, job.image_id, job.pose.name) for job in padded]
-        views = self.pipeline([images[job.image_id] for job in padded], poses, generators,
-                              num_inference_steps=self.cfg.num_inference_steps,
-                              guidance_scale=self.cfg.guidance_scale, eta=self.cfg.eta,
-                              image_size_px=self.cfg.image_size_px, timesteps=self.timesteps)
-        return views[:len(jobs)]
+        views = self.pipeline(
+            [images[job.image_id] for job in padded],
+            poses,
+            generators,
+            num_inference_steps=self.cfg.num_inference_steps,
+            guidance_scale=self.cfg.guidance_scale,
+            eta=self.cfg.eta,
+            image_size_px=self.cfg.image_size_px,
+            timesteps=self.timesteps,
+        )
+        return views[: len(jobs)]
 
     def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[Image.Image]:
         """The view of each job, in order; `images`: the input image of each image id."""
         views, start = [], 0
         while start < len(jobs):
-            chunk = jobs[start:start + self.batch_size.value]
+            chunk = jobs[start : start + self.batch_size.value]
             try:
                 views += self._run(chunk, images)
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised

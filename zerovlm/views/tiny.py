@@ -28,46 +28,85 @@ CONTEXT_DIM = 32  # CLIP projection_dim == UNet cross_attention_dim (768 in the 
 
 def _feature_extractor(size_px: int) -> dict:
     """The hub repos' CLIPImageProcessor settings at the image encoder's input size."""
-    return {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": size_px},
-            "resample": 3, "do_center_crop": True, "crop_size": {"height": size_px, "width": size_px},
-            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
-PIPELINE_CLASS = {"kxic": ("Zero1to3StableDiffusionPipeline", "pipeline_zero1to3", "CCProjection"),
-                  "bennyguo": ("Zero123Pipeline", "pipeline_zero123", "CLIPCameraProjection")}
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": size_px},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": size_px, "width": size_px},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+
+
+PIPELINE_CLASS = {
+    "kxic": ("Zero1to3StableDiffusionPipeline", "pipeline_zero1to3", "CCProjection"),
+    "bennyguo": ("Zero123Pipeline", "pipeline_zero123", "CLIPCameraProjection"),
+}
 
 
 def _unet() -> UNet2DConditionModel:
     # 2 levels: the latent side must be even. norm_num_groups divides every channel count.
     return UNet2DConditionModel(
-        sample_size=16, in_channels=8, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=16,
+        in_channels=8,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=CONTEXT_DIM,
-        attention_head_dim=8, norm_num_groups=8)
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=CONTEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
 
 
 def _vae() -> AutoencoderKL:
     # 3 blocks: downsampling by 4 (the real SD VAE: 4 blocks, by 8), so 64 px -> 16x16 latents.
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1, norm_num_groups=8, sample_size=64, scaling_factor=0.18215)
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
 
 
 def _image_encoder() -> CLIPVisionModelWithProjection:
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=CONTEXT_DIM)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=CONTEXT_DIM,
+    )
     return CLIPVisionModelWithProjection(config)
 
 
 def _model_index(layout: str) -> dict:
     pipeline, module, projection = PIPELINE_CLASS[layout]
-    return {"_class_name": pipeline, "_diffusers_version": "0.42.1",
-            LAYOUTS[layout][0]: [module, projection],
-            "feature_extractor": ["transformers", "CLIPImageProcessor"],
-            "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"]}
+    return {
+        "_class_name": pipeline,
+        "_diffusers_version": "0.42.1",
+        LAYOUTS[layout][0]: [module, projection],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
 
 
 def _save_projection(folder: Path, layout: str, projection: torch.nn.Linear, variants: list) -> None:
@@ -85,8 +124,9 @@ def _save_projection(folder: Path, layout: str, projection: torch.nn.Linear, var
 
     for variant, dtype in variants:
         name = f"{stem}.{variant}.safetensors" if variant else f"{stem}.safetensors"
-        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(folder / sub / name),
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.to(dtype).contiguous() for k, v in state.items()}, str(folder / sub / name), metadata={"format": "pt"}
+        )
 
 
 def build_tiny_zero123(out_dir: str | os.PathLike, seed: int = 0, layout: str = "kxic") -> Path:
@@ -97,9 +137,14 @@ def build_tiny_zero123(out_dir: str | os.PathLike, seed: int = 0, layout: str = 
     return save_zero123(out_dir, *parts, projection, layout)
 
 
-def save_zero123(out_dir: str | os.PathLike, unet: UNet2DConditionModel, vae: AutoencoderKL,
-                 image_encoder: CLIPVisionModelWithProjection, projection: torch.nn.Linear,
-                 layout: str = "kxic") -> Path:
+def save_zero123(
+    out_dir: str | os.PathLike,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    image_encoder: CLIPVisionModelWithProjection,
+    projection: torch.nn.Linear,
+    layout: str = "kxic",
+) -> Path:
     """Write Zero123 components to `out_dir` in a hub layout (replaced atomically); return the folder.
 
     Also used by benchmarks/views_stage.py for the full-size architecture with random weights.
@@ -121,6 +166,7 @@ def save_zero123(out_dir: str | os.PathLike, unet: UNet2DConditionModel, vae: Au
         DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
         (tmp / "feature_extractor").mkdir()  # unused by the sampler (see zero123.clip_preprocess); layout only
         (tmp / "feature_extractor" / "preprocessor_config.json").write_text(
-            json.dumps(_feature_extractor(image_encoder.config.image_size), indent=2, sort_keys=True) + "\n")
+            json.dumps(_feature_extractor(image_encoder.config.image_size), indent=2, sort_keys=True) + "\n"
+        )
         (tmp / "model_index.json").write_text(json.dumps(_model_index(layout), indent=2, sort_keys=True) + "\n")
     return out_dir

@@ -45,8 +45,10 @@ def ldm_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> 
     50 requested -> 49 steps (961..1), 75 -> 76 steps (976..1).
     """
     if not 2 <= num_inference_steps <= num_train_timesteps:
-        raise ZeroVLMError(f"views.num_inference_steps: the ldm schedule runs one step fewer than requested (as "
-                           f"the original sampler), so it needs 2..{num_train_timesteps}, got {num_inference_steps}")
+        raise ZeroVLMError(
+            f"views.num_inference_steps: the ldm schedule runs one step fewer than requested (as "
+            f"the original sampler), so it needs 2..{num_train_timesteps}, got {num_inference_steps}"
+        )
     stride = num_train_timesteps // num_inference_steps
     return [t + 1 for t in range(0, num_train_timesteps, stride)][-2::-1]
 
@@ -61,9 +63,9 @@ def demo_input(image: Image.Image) -> Image.Image:
 def prepare_image(image: Image.Image, size_px: int) -> torch.Tensor:
     """(3, size, size) float32 in [-1, 1]: the demo's input, LANCZOS-resized, then alpha-composited on white."""
     rgba = demo_input(image).resize((size_px, size_px), Image.Resampling.LANCZOS)
-    array = np.asarray(rgba, dtype=np.float32) / 255.0     # (H, W, 4) in [0, 1]
+    array = np.asarray(rgba, dtype=np.float32) / 255.0  # (H, W, 4) in [0, 1]
     alpha = array[:, :, 3:4]
-    rgb = alpha * array[:, :, :3] + (1.0 - alpha)          # on white, as the demo's "new method"
+    rgb = alpha * array[:, :, :3] + (1.0 - alpha)  # on white, as the demo's "new method"
     return torch.from_numpy(rgb).permute(2, 0, 1) * 2.0 - 1.0
 
 
@@ -95,15 +97,22 @@ class SingleTokenCrossAttnProcessor:
     def __init__(self):
         self.fallback = AttnProcessor2_0()
 
-    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, **kwargs):
-        if (encoder_hidden_states is None or encoder_hidden_states.shape[1] != 1 or hidden_states.ndim != 3
-                or attention_mask is not None or attn.norm_cross or attn.spatial_norm is not None
-                or attn.group_norm is not None):
+    def __call__(
+        self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
+        if (
+            encoder_hidden_states is None
+            or encoder_hidden_states.shape[1] != 1
+            or hidden_states.ndim != 3
+            or attention_mask is not None
+            or attn.norm_cross
+            or attn.spatial_norm is not None
+            or attn.group_norm is not None
+        ):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        value = attn.to_v(encoder_hidden_states)             # (B, 1, inner_dim)
-        out = attn.to_out[1](attn.to_out[0](value))           # (B, 1, C): the same for every query
-        out = out.expand(-1, hidden_states.shape[1], -1)      # (B, N, C)
+        value = attn.to_v(encoder_hidden_states)  # (B, 1, inner_dim)
+        out = attn.to_out[1](attn.to_out[0](value))  # (B, 1, C): the same for every query
+        out = out.expand(-1, hidden_states.shape[1], -1)  # (B, N, C)
         if attn.residual_connection:
             out = out + hidden_states
         return out / attn.rescale_output_factor
@@ -124,17 +133,27 @@ class Zero123Pipeline:
 
     def _set_processors(self, self_attention) -> None:
         """attn1 (self-attention): `self_attention`; attn2 (one-token cross-attention): the exact shortcut."""
-        self.unet.set_attn_processor({name: SingleTokenCrossAttnProcessor() if name.endswith("attn2.processor")
-                                      else self_attention() for name in self.unet.attn_processors})
+        self.unet.set_attn_processor(
+            {
+                name: SingleTokenCrossAttnProcessor() if name.endswith("attn2.processor") else self_attention()
+                for name in self.unet.attn_processors
+            }
+        )
 
     @classmethod
-    def from_pretrained(cls, model, dtype: torch.dtype = torch.float16, device: str | torch.device = "cpu",
-                        variant: str | None = None, revision: str | None = None) -> "Zero123Pipeline":
+    def from_pretrained(
+        cls,
+        model,
+        dtype: torch.dtype = torch.float16,
+        device: str | torch.device = "cpu",
+        variant: str | None = None,
+        revision: str | None = None,
+    ) -> Zero123Pipeline:
         """Load a hub id (at `revision`; None: main) or local folder (kxic or bennyguo layout) onto `device`
         in `dtype`."""
         return cls(load_components(model, dtype, variant, revision)).to(device)
 
-    def to(self, device: str | torch.device) -> "Zero123Pipeline":
+    def to(self, device: str | torch.device) -> Zero123Pipeline:
         for module in (self.unet, self.vae):
             module.to(device, memory_format=torch.channels_last)
         self.image_encoder.to(device)
@@ -177,14 +196,17 @@ class Zero123Pipeline:
         """The dtype of the UNet, VAE and CLIP; the pose projection stays float32 (see encode)."""
         return self.vae.dtype
 
-    def check_inputs(self, images, poses, generators, num_inference_steps, guidance_scale, eta,
-                     image_size_px, timesteps, latents) -> None:
+    def check_inputs(
+        self, images, poses, generators, num_inference_steps, guidance_scale, eta, image_size_px, timesteps, latents
+    ) -> None:
         if not images or not all(isinstance(im, Image.Image) for im in images):
             raise ZeroVLMError("images: expected a non-empty list of PIL images")
         batch = len(images)
         if not isinstance(poses, torch.Tensor) or tuple(poses.shape) != (batch, 4):
-            raise ZeroVLMError(f"poses: expected a tensor of shape ({batch}, 4), got "
-                               f"{tuple(poses.shape) if isinstance(poses, torch.Tensor) else type(poses).__name__}")
+            raise ZeroVLMError(
+                f"poses: expected a tensor of shape ({batch}, 4), got "
+                f"{tuple(poses.shape) if isinstance(poses, torch.Tensor) else type(poses).__name__}"
+            )
         if not torch.isfinite(poses).all():
             raise ZeroVLMError(f"poses: values must be finite, got {poses.tolist()}")
         if len(generators) != batch or not all(isinstance(g, torch.Generator) for g in generators):
@@ -197,20 +219,28 @@ class Zero123Pipeline:
             raise ZeroVLMError(f"eta: expected a value in [0, 1], got {eta!r}")
         multiple = self.vae_scale_factor * self.unet_multiple
         if image_size_px % multiple:
-            raise ZeroVLMError(f"image_size_px: {image_size_px} is not a multiple of {multiple} "
-                               "(VAE downsampling x UNet downsampling)")
+            raise ZeroVLMError(
+                f"image_size_px: {image_size_px} is not a multiple of {multiple} (VAE downsampling x UNet downsampling)"
+            )
         if timesteps is not None:
             strides = {a - b for a, b in zip(timesteps, timesteps[1:])}
             train = self.scheduler.config.num_train_timesteps
-            if (not timesteps or len(strides) > 1 or min(strides, default=1) <= 0
-                    or not 0 <= min(timesteps) <= max(timesteps) < train):
-                raise ZeroVLMError(f"timesteps: expected a descending list with one stride in [0, {train}), "
-                                   f"got {timesteps}")
+            if (
+                not timesteps
+                or len(strides) > 1
+                or min(strides, default=1) <= 0
+                or not 0 <= min(timesteps) <= max(timesteps) < train
+            ):
+                raise ZeroVLMError(
+                    f"timesteps: expected a descending list with one stride in [0, {train}), got {timesteps}"
+                )
             stride = _stride(timesteps, num_inference_steps, train)
             if train // (train // stride) != stride:  # DDIMScheduler.step goes back T // (its step count)
-                raise ZeroVLMError(f"timesteps: stride {stride} cannot be stepped (DDIM goes back {train} // "
-                                   f"{train // stride} = {train // (train // stride)} per step); use a stride "
-                                   f"{train} // n for some n, as ldm_timesteps(n) does")
+                raise ZeroVLMError(
+                    f"timesteps: stride {stride} cannot be stepped (DDIM goes back {train} // "
+                    f"{train // stride} = {train // (train // stride)} per step); use a stride "
+                    f"{train} // n for some n, as ldm_timesteps(n) does"
+                )
         if latents is not None:
             side = image_size_px // self.vae_scale_factor
             expected = (batch, self.vae.config.latent_channels, side, side)
@@ -240,13 +270,13 @@ class Zero123Pipeline:
         clip_size = self.image_encoder.config.image_size
         embeds = self.image_encoder(clip_preprocess(x, clip_size).to(self.dtype)).image_embeds  # (U, E)
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        cond_latent = self.vae.encode(x).latent_dist.mode()                                      # (U, 4, h, w)
+        cond_latent = self.vae.encode(x).latent_dist.mode()  # (U, 4, h, w)
         index = torch.tensor(index, device=self.device)
-        embeds, cond_latent = embeds[index], cond_latent[index]                                  # (B, ...)
+        embeds, cond_latent = embeds[index], cond_latent[index]  # (B, ...)
         # The pose and its projection in float32, cast afterwards, as the original (an fp32 demo): half
         # precision would round the pose angles, the projection weights and its (E + 4)-term sums.
-        pose = poses.to(self.device, torch.float32)[:, None, :]                                   # (B, 1, 4)
-        context = self.pose_projection(torch.cat([embeds[:, None, :].float(), pose], dim=-1))   # (B, 1, D)
+        pose = poses.to(self.device, torch.float32)[:, None, :]  # (B, 1, 4)
+        context = self.pose_projection(torch.cat([embeds[:, None, :].float(), pose], dim=-1))  # (B, 1, D)
         return context.to(self.dtype), cond_latent
 
     @torch.no_grad()
@@ -262,12 +292,21 @@ class Zero123Pipeline:
         return (255.0 * x.permute(0, 2, 3, 1)).to(torch.uint8)
 
     @torch.no_grad()
-    def __call__(self, images: list[Image.Image], poses: torch.Tensor, generators: list[torch.Generator],
-                 num_inference_steps: int = 50, guidance_scale: float = 3.0, eta: float = 1.0,
-                 image_size_px: int = 256, timesteps: list[int] | None = None,
-                 latents: torch.Tensor | None = None) -> list[Image.Image]:
-        self.check_inputs(images, poses, generators, num_inference_steps, guidance_scale, eta,
-                          image_size_px, timesteps, latents)
+    def __call__(
+        self,
+        images: list[Image.Image],
+        poses: torch.Tensor,
+        generators: list[torch.Generator],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 3.0,
+        eta: float = 1.0,
+        image_size_px: int = 256,
+        timesteps: list[int] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> list[Image.Image]:
+        self.check_inputs(
+            images, poses, generators, num_inference_steps, guidance_scale, eta, image_size_px, timesteps, latents
+        )
         do_guidance = guidance_scale > 1.0
 
         # 1. encode the input views and poses
@@ -294,8 +333,9 @@ class Zero123Pipeline:
             model_input = torch.cat([latents, latents]) if do_guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
             model_input = torch.cat([model_input, cond_latent], dim=1).to(self.dtype)  # (2B, 8, h, w)
-            eps = self.unet(model_input, steps_device[index], encoder_hidden_states=context,
-                            return_dict=False)[0].float()
+            eps = self.unet(model_input, steps_device[index], encoder_hidden_states=context, return_dict=False)[
+                0
+            ].float()
             if do_guidance:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)

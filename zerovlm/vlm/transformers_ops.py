@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from zerovlm.fp8 import Float8Linear, check_fp8_device, convert_linears
+from zerovlm.vlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import cut_at_stop
 
@@ -181,7 +181,7 @@ class CausalForward:
 
 
 def use_fp8_linears(decoder: torch.nn.Module, device: torch.device) -> int:
-    """Run the Linear layers of the decoder blocks as FP8 matmuls (zerovlm.fp8); the embeddings, lm_head
+    """Run the Linear layers of the decoder blocks as FP8 matmuls (zerovlm.vlm.fp8); the embeddings, lm_head
     and vision tower keep their dtype. Call before compiling. Returns the number of layers converted."""
     check_fp8_device(device)
     layers = getattr(decoder, "layers", None)
