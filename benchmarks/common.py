@@ -21,14 +21,18 @@ DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 NEEDS_CUDA = "needs a CUDA device"
 
 
-def parse_args(parser: argparse.ArgumentParser, tiny_defaults: dict, argv=None,
-               needs_cuda: bool = True) -> argparse.Namespace:
+def parse_args(
+    parser: argparse.ArgumentParser, tiny_defaults: dict, argv=None, needs_cuda: bool = True
+) -> argparse.Namespace:
     """Parse argv after adding `--tiny`; at tiny scale `tiny_defaults` replace the parser's defaults (values
     given on the command line still win) and the CPU runs one thread. needs_cuda: full size needs a GPU, so
     without one tiny is implied."""
-    parser.add_argument("--tiny", action="store_true",
-                        help="the project's tiny models and small counts: a smoke run of seconds"
-                             + (" (implied without a CUDA device)" if needs_cuda else ""))
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the project's tiny models and small counts: a smoke run of seconds"
+        + (" (implied without a CUDA device)" if needs_cuda else ""),
+    )
     args = parser.parse_args(argv)
     if needs_cuda and DEVICE.type != "cuda" and not args.tiny:
         print("no CUDA device: tiny scale (--tiny)", flush=True)

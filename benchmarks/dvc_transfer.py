@@ -90,8 +90,12 @@ def dvc(args: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def git(args: list[str], cwd: Path) -> None:
-    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args], cwd=cwd,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+    )
 
 
 def time_case(name: str, data: Path, root: Path, count_files, repeat: int) -> dict[str, list[float]]:
@@ -117,8 +121,11 @@ def time_case(name: str, data: Path, root: Path, count_files, repeat: int) -> di
                 subprocess.run([DVC, "remote", "modify", "--local", "shared", key, value], cwd=clone, check=True)
             took, said = dvc(["pull"], clone)
             seconds.setdefault(step, []).append(took)
-            print(f"#   {name} {step} {attempt + 1}: {took:.1f} s ({said}; {count_files(clone / relative)} views "
-                  f"in the workspace)", flush=True)
+            print(
+                f"#   {name} {step} {attempt + 1}: {took:.1f} s ({said}; {count_files(clone / relative)} views "
+                f"in the workspace)",
+                flush=True,
+            )
             shutil.rmtree(clone)
         shutil.rmtree(remote)
     return seconds
@@ -134,8 +141,10 @@ def main() -> None:
     n_folder = args.views if args.folder_views is None else args.folder_views
     dvc_version = subprocess.run([DVC, "--version"], capture_output=True, text=True).stdout.strip()
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, DVC {dvc_version}")
-    print(f"# command: python benchmarks/dvc_transfer.py --views {args.views} --folder-views {n_folder} "
-          f"--repeat {args.repeat}")
+    print(
+        f"# command: python benchmarks/dvc_transfer.py --views {args.views} --folder-views {n_folder} "
+        f"--repeat {args.repeat}"
+    )
     print(f"# load average at the start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
 
     with tempfile.TemporaryDirectory(prefix="dvc-transfer-", dir=args.workdir) as tmp:
@@ -144,9 +153,11 @@ def main() -> None:
         start = time.perf_counter()
         total = build_views(args.views, shards, folder if n_folder else None, n_folder)
         n_shards = len(list(shards.glob("*.tar")))
-        print(f"# built {args.views} views ({total / 1e6:.0f} MB, {total / args.views / 1e3:.0f} KB per PNG) "
-              f"in {time.perf_counter() - start:.0f} s: {n_shards} shards (+ {n_shards} JSONL indexes); "
-              f"{n_folder} of them also as PNG files")
+        print(
+            f"# built {args.views} views ({total / 1e6:.0f} MB, {total / args.views / 1e3:.0f} KB per PNG) "
+            f"in {time.perf_counter() - start:.0f} s: {n_shards} shards (+ {n_shards} JSONL indexes); "
+            f"{n_folder} of them also as PNG files"
+        )
         cases = [("shards", shards, args.views, lambda path: len(ShardReader(path)))]
         if n_folder:
             cases.append(("folder", folder, n_folder, lambda path: len(list(path.glob("*.png")))))
@@ -156,16 +167,20 @@ def main() -> None:
             size = sum(p.stat().st_size for p in data.iterdir())
             for step, runs in time_case(name, data, root, count_files, args.repeat).items():
                 per_view[name, step] = min(runs) / n_views
-                table.append(f"{name:<8} {n_views:>6} {n_files:>6} {step:<12} {min(runs):>6.1f} "
-                             f"{statistics.median(runs):>7.1f} {size / 1e6 / min(runs):>6.0f}  "
-                             f"{' '.join(f'{t:.1f}' for t in runs)}")
+                table.append(
+                    f"{name:<8} {n_views:>6} {n_files:>6} {step:<12} {min(runs):>6.1f} "
+                    f"{statistics.median(runs):>7.1f} {size / 1e6 / min(runs):>6.0f}  "
+                    f"{' '.join(f'{t:.1f}' for t in runs)}"
+                )
     print(f"# load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min)")
     print(f"{'layout':<8} {'views':>6} {'files':>6} {'step':<12} {'min s':>6} {'median':>7} {'MB/s':>6}  every run (s)")
     print("\n".join(table))
     if n_folder:
         steps = [step for layout, step in per_view if layout == "shards"]
-        print("folder / shards, min seconds per view: " + ", ".join(
-            f"{step} x{per_view['folder', step] / per_view['shards', step]:.1f}" for step in steps))
+        print(
+            "folder / shards, min seconds per view: "
+            + ", ".join(f"{step} x{per_view['folder', step] / per_view['shards', step]:.1f}" for step in steps)
+        )
 
 
 if __name__ == "__main__":

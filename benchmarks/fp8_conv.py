@@ -35,7 +35,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zerovlm.vlm.fp8 import TINY, E4M3, E4M3_MAX, quantize_rows  # noqa: E402
+from zerovlm.vlm.fp8 import E4M3, E4M3_MAX, TINY, quantize_rows  # noqa: E402
 
 try:
     import triton
@@ -47,10 +47,18 @@ NO_TRITON = "Triton is not installed: it comes with CUDA builds of torch, or pip
 
 
 def _configs() -> list:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)
-            for m, n, k, s, w in ((128, 128, 64, 4, 8), (128, 256, 64, 3, 8), (256, 128, 64, 3, 8),
-                                  (128, 128, 128, 3, 8), (128, 256, 128, 3, 8), (64, 128, 64, 4, 4),
-                                  (128, 64, 64, 4, 4))]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_stages=s, num_warps=w)
+        for m, n, k, s, w in (
+            (128, 128, 64, 4, 8),
+            (128, 256, 64, 3, 8),
+            (256, 128, 64, 3, 8),
+            (128, 128, 128, 3, 8),
+            (128, 256, 128, 3, 8),
+            (64, 128, 64, 4, 4),
+            (128, 64, 64, 4, 4),
+        )
+    ]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -58,9 +66,24 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if named_args["C_IN"] % c.kwargs["BLOCK_K"] == 0]
 
 
-def _conv3x3_kernel(x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, out_ptr,
-                    BATCH, H, W, C_IN, C_OUT, HAS_BIAS: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+def _conv3x3_kernel(
+    x_ptr,
+    w_ptr,
+    x_scale_ptr,
+    w_scale_ptr,
+    bias_ptr,
+    out_ptr,
+    BATCH,
+    H,
+    W,
+    C_IN,
+    C_OUT,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     # A Triton kernel, jitted by _kernel(). x: (BATCH, H, W, C_IN) e4m3, contiguous; w: (C_OUT, 3, 3, C_IN)
     # e4m3, contiguous (K-major rows); out: (BATCH, H, W, C_OUT) contiguous.
     M = BATCH * H * W
@@ -82,7 +105,7 @@ def _conv3x3_kernel(x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, out_ptr,
     image = offs_m // (H * W)
     h = (offs_m // W) % H
     w = offs_m % W
-    w_rows = w_ptr + offs_n[None, :] * K + offs_k[:, None]          # (BLOCK_K, BLOCK_N), K contiguous
+    w_rows = w_ptr + offs_n[None, :] * K + offs_k[:, None]  # (BLOCK_K, BLOCK_N), K contiguous
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, K, BLOCK_K):
@@ -91,8 +114,9 @@ def _conv3x3_kernel(x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, bias_ptr, out_ptr,
         iw = w + tap % 3 - 1
         inside = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         pixel = (image * H + ih) * W + iw
-        a = tl.load(x_ptr + pixel[:, None] * C_IN + (kk - tap * C_IN) + offs_k[None, :],
-                    mask=inside[:, None], other=0.0)
+        a = tl.load(
+            x_ptr + pixel[:, None] * C_IN + (kk - tap * C_IN) + offs_k[None, :], mask=inside[:, None], other=0.0
+        )
         b = tl.load(w_rows + kk, mask=col_ok[None, :], other=0.0)
         acc = tl.dot(a, b, acc)
 
@@ -112,8 +136,9 @@ def _kernel(autotuned: bool):
     kernel = triton.jit(_conv3x3_kernel)
     if not autotuned:
         return kernel
-    return triton.autotune(configs=_configs(), key=["BATCH", "H", "W", "C_IN", "C_OUT"],
-                           prune_configs_by={"early_config_prune": _prune})(kernel)
+    return triton.autotune(
+        configs=_configs(), key=["BATCH", "H", "W", "C_IN", "C_OUT"], prune_configs_by={"early_config_prune": _prune}
+    )(kernel)
 
 
 def fp8_conv_unavailable(device: torch.device) -> str:
@@ -125,8 +150,15 @@ def fp8_conv_unavailable(device: torch.device) -> str:
     return ""
 
 
-def conv3x3_e4m3(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                 bias: torch.Tensor | None, out_dtype: torch.dtype, config: dict | None = None) -> torch.Tensor:
+def conv3x3_e4m3(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: dict | None = None,
+) -> torch.Tensor:
     """x (N, H, W, C_in) e4m3 NHWC with a float32 scalar scale; weight (C_out, 3, 3, C_in) e4m3 with float32
     scales (C_out,); returns (N, H, W, C_out) in out_dtype: conv(x * x_scale, weight * weight_scale) + bias.
 
@@ -141,8 +173,21 @@ def conv3x3_e4m3(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, w
         return (triton.cdiv(batch * h * w, meta["BLOCK_M"]) * triton.cdiv(c_out, meta["BLOCK_N"]),)
 
     kernel = _kernel(autotuned=config is None)
-    kernel[grid](x, weight, x_scale, weight_scale, bias if bias is not None else weight_scale, out,
-                 batch, h, w, c_in, c_out, HAS_BIAS=bias is not None, **(config or {}))
+    kernel[grid](
+        x,
+        weight,
+        x_scale,
+        weight_scale,
+        bias if bias is not None else weight_scale,
+        out,
+        batch,
+        h,
+        w,
+        c_in,
+        c_out,
+        HAS_BIAS=bias is not None,
+        **(config or {}),
+    )
     return out
 
 
@@ -153,8 +198,14 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.library.custom_op("zerovlm_bench::conv3x3_e4m3", mutates_args=())
-def conv3x3_op(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-               bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:
+def conv3x3_op(
+    x: torch.Tensor,
+    x_scale: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
     return conv3x3_e4m3(x, x_scale, weight, weight_scale, bias, out_dtype)
 
 
@@ -178,15 +229,22 @@ class Float8Conv2d(nn.Module):
         self.out_dtype = conv.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        values, scale = quantize_tensor(x.permute(0, 2, 3, 1))   # NHWC: a free view of channels_last
+        values, scale = quantize_tensor(x.permute(0, 2, 3, 1))  # NHWC: a free view of channels_last
         out = conv3x3_op(values.contiguous(), scale, self.weight, self.weight_scale, self.bias, self.out_dtype)
-        return out.permute(0, 3, 1, 2)                             # NCHW shape, channels_last memory
+        return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
 
 def supports_fp8_conv(conv: nn.Conv2d) -> bool:
-    return (conv.kernel_size == (3, 3) and conv.stride == (1, 1) and conv.padding == (1, 1)
-            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.in_channels % 64 == 0 and conv.out_channels % 16 == 0)
+    return (
+        conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.in_channels % 64 == 0
+        and conv.out_channels % 16 == 0
+    )
 
 
 def convert_convs(module: nn.Module) -> int:
@@ -200,12 +258,16 @@ def convert_convs(module: nn.Module) -> int:
     return count
 
 
-def dequantised_conv(x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                     bias: torch.Tensor | None) -> torch.Tensor:
+def dequantised_conv(
+    x: torch.Tensor, x_scale: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     """What conv3x3_e4m3 computes, in float32 with F.conv2d: the same arguments (NHWC), the same result."""
-    return torch.nn.functional.conv2d(x.float().permute(0, 3, 1, 2) * x_scale,
-                                      weight.float().permute(0, 3, 1, 2) * weight_scale[:, None, None, None],
-                                      bias, padding=1).permute(0, 2, 3, 1)
+    return torch.nn.functional.conv2d(
+        x.float().permute(0, 3, 1, 2) * x_scale,
+        weight.float().permute(0, 3, 1, 2) * weight_scale[:, None, None, None],
+        bias,
+        padding=1,
+    ).permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
@@ -233,8 +295,15 @@ def check_on_cpu() -> float:
         weight = torch.randn(c_out, 3, 3, c_in).to(E4M3)
         x_scale, weight_scale = torch.tensor(0.5), torch.rand(c_out) + 0.5
         b = torch.randn(c_out) if bias else None
-        out = conv3x3_e4m3(x, x_scale, weight, weight_scale, b, torch.float32,
-                           config={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2})
+        out = conv3x3_e4m3(
+            x,
+            x_scale,
+            weight,
+            weight_scale,
+            b,
+            torch.float32,
+            config={"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "GROUP_M": 2},
+        )
         reference = dequantised_conv(x, x_scale, weight, weight_scale, b)
         worst = max(worst, float((out - reference).abs().max() / reference.abs().max()))
     return worst

@@ -45,10 +45,14 @@ COMPILE_ON_CUDA = "torch.compile is profiled on a CUDA GPU"
 # First match wins. Inductor's fused kernels come first: their names list every op they absorbed (a
 # GroupNorm + SiLU kernel feeding a convolution is called triton_..._convolution_native_group_norm_silu).
 # On the CPU the names are ATen operators (aten::mkldnn_convolution, aten::addmm, ...).
-KINDS = (("triton", r"^triton_"), ("attention", r"flash|fmha|attention|mha"),
-         ("convolution", r"conv|fprop|implicit|cudnn"),
-         ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_|^aten::(add|b|badd)?mm$"),
-         ("norm", r"norm"), ("copy", r"copy|memcpy|memset|fill"))
+KINDS = (
+    ("triton", r"^triton_"),
+    ("attention", r"flash|fmha|attention|mha"),
+    ("convolution", r"conv|fprop|implicit|cudnn"),
+    ("gemm", r"gemm|cutlass|cublas|nvjet|scaled_mm|xmma|matmul|_mm_|^aten::(add|b|badd)?mm$"),
+    ("norm", r"norm"),
+    ("copy", r"copy|memcpy|memset|fill"),
+)
 
 
 def kind_of(name: str) -> str:
@@ -61,8 +65,11 @@ def kernel_table(label: str, fn, calls: int = 3, top: int = 12) -> float:
     CPU: the CPU operators' own time)."""
     fn()
     synchronize()
-    activity, device_type = ((ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA) if CUDA
-                             else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU))
+    activity, device_type = (
+        (ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA)
+        if CUDA
+        else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU)
+    )
     with profile(activities=[activity]) as prof:
         for _ in range(calls):
             fn()
@@ -118,8 +125,10 @@ def zero123(args) -> None:
     side = size // pipe.vae_scale_factor
     x = torch.randn(batch, pipe.vae.config.latent_channels, side, side, device=DEVICE)
     decode_ms = milliseconds(lambda: pipe.decode(x), 3)
-    print(f"\nencode {batch} views ({min(batch, 8)} distinct images): {encode_ms:.1f} ms; "
-          f"decode {batch} views: {decode_ms:.1f} ms")
+    print(
+        f"\nencode {batch} views ({min(batch, 8)} distinct images): {encode_ms:.1f} ms; "
+        f"decode {batch} views: {decode_ms:.1f} ms"
+    )
     if not CUDA:
         print(skip_line("compiled UNet and VAE decode, FP8 linears", COMPILE_ON_CUDA))
         return
@@ -138,10 +147,12 @@ def zero123(args) -> None:
         decoder(y)
     print(f"VAE decode compile: {time.perf_counter() - tick:.0f} s")
     with torch.no_grad():
-        print(f"VAE decode compiled: {milliseconds(lambda: decoder(y), 3):.1f} ms "
-              f"(eager path incl. PIL: {decode_ms:.1f})")
+        print(
+            f"VAE decode compiled: {milliseconds(lambda: decoder(y), 3):.1f} ms (eager path incl. PIL: {decode_ms:.1f})"
+        )
 
     import torch._inductor.config as inductor
+
     for freezing in (False, True):
         torch._dynamo.reset()
         inductor.freezing = freezing
@@ -151,14 +162,23 @@ def zero123(args) -> None:
         tick = time.perf_counter()
         pipe.compile(mode="default")
         unet_call(pipe)
-        print(f"\nFP8 linears ({count} layers), freezing={freezing}: compile {time.perf_counter() - tick:.0f} s; "
-              f"relative error vs bf16 eager {relative_error(unet_call(pipe), reference):.2e}")
+        print(
+            f"\nFP8 linears ({count} layers), freezing={freezing}: compile {time.perf_counter() - tick:.0f} s; "
+            f"relative error vs bf16 eager {relative_error(unet_call(pipe), reference):.2e}"
+        )
         kernel_table(f"UNet compiled, FP8 linears, freezing={freezing}", lambda: unet_call(pipe))
     inductor.freezing = False
 
 
-def time_compiled_unet(label: str, args, layout=torch.channels_last, mode: str = "reduce-overhead",
-                       inductor_options: dict | None = None, fp8: str | None = None, reference=None):
+def time_compiled_unet(
+    label: str,
+    args,
+    layout=torch.channels_last,
+    mode: str = "reduce-overhead",
+    inductor_options: dict | None = None,
+    fp8: str | None = None,
+    reference=None,
+):
     """Build the pipeline, compile its UNet as `views.compile` does (or not: mode "eager"), print ms per
     guided call of args.batch views.
 
@@ -194,10 +214,16 @@ def time_compiled_unet(label: str, args, layout=torch.channels_last, mode: str =
             call()
         compile_s = time.perf_counter() - tick
         output = call().sample.clone()
-        deviation = ("" if reference is None
-                     else f"; relative error vs {DTYPE_NAME} eager {relative_error(output, reference):.3f}")
-        print(f"{label:<24} UNet {milliseconds(call, 20):6.1f} ms per call of {2 * args.batch} samples "
-              f"({mode}, first call {compile_s:.0f} s){deviation}", flush=True)
+        deviation = (
+            ""
+            if reference is None
+            else f"; relative error vs {DTYPE_NAME} eager {relative_error(output, reference):.3f}"
+        )
+        print(
+            f"{label:<24} UNet {milliseconds(call, 20):6.1f} ms per call of {2 * args.batch} samples "
+            f"({mode}, first call {compile_s:.0f} s){deviation}",
+            flush=True,
+        )
     return output
 
 
@@ -214,10 +240,13 @@ def zero123_inductor(args) -> None:
     Triton kernels (the fused GroupNorm/SiLU/residual/GEGLU ones) but leave the GEMMs to cuBLAS, which
     keeps compilation within minutes, unlike "max-autotune"."""
     reference = time_compiled_unet(f"{DTYPE_NAME} eager", args, mode="eager")
-    for label, options in (("default", {}), ("coordinate descent", {"coordinate_descent_tuning": True}),
-                           ("pointwise autotune", {"max_autotune_pointwise": True}),
-                           ("aggressive fusion", {"aggressive_fusion": True}),
-                           ("benchmark fusion", {"benchmark_fusion": True})):
+    for label, options in (
+        ("default", {}),
+        ("coordinate descent", {"coordinate_descent_tuning": True}),
+        ("pointwise autotune", {"max_autotune_pointwise": True}),
+        ("aggressive fusion", {"aggressive_fusion": True}),
+        ("benchmark fusion", {"benchmark_fusion": True}),
+    ):
         time_compiled_unet(label, args, inductor_options=options, reference=reference)
 
 
@@ -238,8 +267,11 @@ def unet_conv_shapes(pipe, batch: int, size: int) -> dict:
     from zero123_throughput import unet_inputs
 
     shapes: collections.Counter = collections.Counter()
-    hooks = [m.register_forward_pre_hook(lambda m, a: shapes.update([(m, tuple(a[0].shape))]))
-             for m in pipe.unet.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: shapes.update([(m, tuple(a[0].shape))]))
+        for m in pipe.unet.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     latent, context, t = unet_inputs(pipe, 2 * batch, size)
     with torch.no_grad():
         pipe.unet(latent, t, encoder_hidden_states=context)
@@ -266,11 +298,17 @@ def zero123_convs(args) -> None:
     if missing:
         print(skip_line("FP8 Triton convolutions", missing))
     totals = collections.Counter()
-    print(f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count)"
-          + ("" if missing else f"; FP8 kernel alone, FP8 with input quantisation (compiled); relative error vs "
-                                f"{DTYPE_NAME}"))
+    print(
+        f"\n-- UNet convolutions, {2 * args.batch} samples: ms per call (x count)"
+        + (
+            ""
+            if missing
+            else f"; FP8 kernel alone, FP8 with input quantisation (compiled); relative error vs {DTYPE_NAME}"
+        )
+    )
     for (shape, c_in, c_out, kernel, stride), (module, count) in sorted(
-            unet_conv_shapes(pipe, args.batch, args.size).items(), key=lambda kv: -kv[1][1]):
+        unet_conv_shapes(pipe, args.batch, args.size).items(), key=lambda kv: -kv[1][1]
+    ):
         x = torch.randn(shape, device=DEVICE, dtype=DTYPE).contiguous(memory_format=torch.channels_last)
         facts = f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  {DTYPE_NAME}"
         with torch.no_grad():
@@ -289,13 +327,24 @@ def zero123_convs(args) -> None:
             kernel_ms, layer_ms, error = fp8_conv_times(module, x, reference)
         totals["kernel"] += kernel_ms * count
         totals["layer"] += layer_ms * count
-        print(f"{rate}  fp8 kernel {kernel_ms:7.3f} ({flops / kernel_ms / 1e9:4.0f})  fp8 layer {layer_ms:7.3f}"
-              f"  x{count}  error {error:.3f}", flush=True)
+        print(
+            f"{rate}  fp8 kernel {kernel_ms:7.3f} ({flops / kernel_ms / 1e9:4.0f})  fp8 layer {layer_ms:7.3f}"
+            f"  x{count}  error {error:.3f}",
+            flush=True,
+        )
     plain_ms = totals["reference"]
-    fp8 = "" if missing else (f", FP8 kernel {totals['kernel']:.1f} ms (x{plain_ms / totals['kernel']:.2f}), "
-                              f"FP8 layer {totals['layer']:.1f} ms (x{plain_ms / totals['layer']:.2f})")
-    print(f"3x3 stride-1 convolutions the FP8 kernel takes, per UNet call: {DTYPE_NAME} {plain_ms:.1f} ms{fp8}; "
-          f"other convolutions {totals['other']:.1f} ms (eager)")
+    fp8 = (
+        ""
+        if missing
+        else (
+            f", FP8 kernel {totals['kernel']:.1f} ms (x{plain_ms / totals['kernel']:.2f}), "
+            f"FP8 layer {totals['layer']:.1f} ms (x{plain_ms / totals['layer']:.2f})"
+        )
+    )
+    print(
+        f"3x3 stride-1 convolutions the FP8 kernel takes, per UNet call: {DTYPE_NAME} {plain_ms:.1f} ms{fp8}; "
+        f"other convolutions {totals['other']:.1f} ms (eager)"
+    )
 
 
 def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
@@ -305,8 +354,9 @@ def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
     fp8 = Float8Conv2d(module)
     values, scale = quantize_tensor(x.permute(0, 2, 3, 1))
     values = values.contiguous()
-    kernel_ms = milliseconds(lambda: conv3x3_e4m3(values, scale, fp8.weight, fp8.weight_scale, fp8.bias,
-                                                  torch.bfloat16), 5)
+    kernel_ms = milliseconds(
+        lambda: conv3x3_e4m3(values, scale, fp8.weight, fp8.weight_scale, fp8.bias, torch.bfloat16), 5
+    )
     compiled = torch.compile(fp8, dynamic=False)
     layer_ms = milliseconds(lambda: compiled(x), 5)
     return kernel_ms, layer_ms, relative_error(compiled(x), reference)
@@ -339,22 +389,32 @@ def llava(args) -> None:
         backend._features.clear()
         return backend._score_batch(encoded)
 
-    kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}",
-                 model_side)
+    kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}", model_side)
     backend.option_logprobs(yes_no[:bs])
     synchronize()
-    activity, device_type = ((ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA) if CUDA
-                             else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU))
+    activity, device_type = (
+        (ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA)
+        if CUDA
+        else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU)
+    )
     with profile(activities=[activity]) as prof:
         tick = time.perf_counter()
         backend._features.clear()
         backend.option_logprobs(yes_no[bs:])
         synchronize()
         wall = time.perf_counter() - tick
-    busy = sum(e.self_device_time_total if CUDA else e.self_cpu_time_total for e in prof.key_averages()
-               if e.device_type == device_type) / 1e6
-    print(f"\nfull path, 3 batches of {bs}: wall {wall:.2f} s, {'kernels' if CUDA else 'CPU operators'} {busy:.2f} s "
-          f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({3 * bs / wall:.1f} samples/s)")
+    busy = (
+        sum(
+            e.self_device_time_total if CUDA else e.self_cpu_time_total
+            for e in prof.key_averages()
+            if e.device_type == device_type
+        )
+        / 1e6
+    )
+    print(
+        f"\nfull path, 3 batches of {bs}: wall {wall:.2f} s, {'kernels' if CUDA else 'CPU operators'} {busy:.2f} s "
+        f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({3 * bs / wall:.1f} samples/s)"
+    )
 
     if not CUDA:
         print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
@@ -365,8 +425,7 @@ def llava(args) -> None:
         backend._features.clear()
         backend.option_logprobs(yes_no[:bs])
         torch.cuda.set_sync_debug_mode("default")
-    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught
-                                if "synchroniz" in str(w.message))
+    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
     print(f"synchronising calls in one option_logprobs batch: {sum(sites.values())}: {dict(sites.most_common(12))}")
 
     bf16 = backend.option_logprobs(yes_no[:bs] + four)
@@ -376,18 +435,27 @@ def llava(args) -> None:
     encoded = encode_first_batch()
     fp8 = backend.option_logprobs(yes_no[:bs] + four)
     gaps = [abs(a - b) for row_a, row_b in zip(fp8, bf16) for a, b in zip(row_a, row_b)]
-    agree = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
-                for a, b in zip(fp8, bf16)) / len(bf16)
-    print(f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"
-          f" same choice as bf16 for {100 * agree:.0f}% of {len(bf16)} requests")
+    agree = sum(
+        max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__) for a, b in zip(fp8, bf16)
+    ) / len(bf16)
+    print(
+        f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"
+        f" same choice as bf16 for {100 * agree:.0f}% of {len(bf16)} requests"
+    )
     kernel_table(f"{name} model side, yes/no, FP8 decoder linears", model_side)
     seconds = milliseconds(model_side, 3) / 1e3
     print(f"FP8 model side: {bs / seconds:.1f} samples/s")
 
 
-PROFILES = {"zero123": zero123, "zero123-convs": zero123_convs, "zero123-fp8": zero123_fp8,
-            "zero123-inductor": zero123_inductor, "zero123-layouts": zero123_layouts,
-            "zero123-autotune": zero123_autotune, "llava": llava}
+PROFILES = {
+    "zero123": zero123,
+    "zero123-convs": zero123_convs,
+    "zero123-fp8": zero123_fp8,
+    "zero123-inductor": zero123_inductor,
+    "zero123-layouts": zero123_layouts,
+    "zero123-autotune": zero123_autotune,
+    "llava": llava,
+}
 TINY = {"batch": 4, "size": 64, "llava_batch": 4}
 
 

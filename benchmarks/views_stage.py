@@ -65,10 +65,20 @@ def prepare(folder: Path, num_images: int, size: int) -> list[Example]:
     for index in range(num_images):
         image_id = f"{index:016x}"
         scene(index, size).save(folder / "images" / f"{image_id}.png")
-        examples.append(Example(example_id=f"bench/test/{index}", dataset="synthetic", split="test",
-                                task="true_false", image_id=image_id, image_file=f"images/{image_id}.png",
-                                caption="the red box is left of the blue ball", options=("yes", "no"),
-                                answer_index=0, relation="left of"))
+        examples.append(
+            Example(
+                example_id=f"bench/test/{index}",
+                dataset="synthetic",
+                split="test",
+                task="true_false",
+                image_id=image_id,
+                image_file=f"images/{image_id}.png",
+                caption="the red box is left of the blue ball",
+                options=("yes", "no"),
+                answer_index=0,
+                relation="left of",
+            )
+        )
     return examples
 
 
@@ -108,17 +118,31 @@ def main(argv=None) -> None:
     size, compiled = args.size, DEVICE.type == "cuda"
     work = Path(tempfile.mkdtemp(prefix="views_stage_"))
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, guidance 3.0, eta 1.0, "
-          f"{args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}", flush=True)
+    print(
+        f"device {name}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, guidance 3.0, eta 1.0, "
+        f"{args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}",
+        flush=True,
+    )
     if not compiled:
         print(skip_line("compiled stage and pipeline", "views.compile works on CUDA only"), flush=True)
 
     tick = time.perf_counter()
     model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], size)
-    print(f"{'tiny' if args.tiny else 'full-size'} random Zero123 written in the kxic layout: "
-          f"{time.perf_counter() - tick:.0f} s", flush=True)
-    cfg = ViewsConfig(model=str(model), image_size_px=size, num_inference_steps=args.steps, dtype=args.dtype,
-                      device=DEVICE.type, batch_size=args.batch, compile=compiled, seed=0)
+    print(
+        f"{'tiny' if args.tiny else 'full-size'} random Zero123 written in the kxic layout: "
+        f"{time.perf_counter() - tick:.0f} s",
+        flush=True,
+    )
+    cfg = ViewsConfig(
+        model=str(model),
+        image_size_px=size,
+        num_inference_steps=args.steps,
+        dtype=args.dtype,
+        device=DEVICE.type,
+        batch_size=args.batch,
+        compile=compiled,
+        seed=0,
+    )
     per_batch = args.batch // VIEWS_PER_IMAGE
     examples = prepare(work / "prepared", per_batch * args.batches, size)
 
@@ -126,8 +150,11 @@ def main(argv=None) -> None:
     short = run_stage(cfg, examples[:per_batch], work / "prepared", work / "short")
     long = run_stage(cfg, examples, work / "prepared", work / "long")
     stage_rate = (args.batches - 1) * args.batch / (long - short)
-    print(f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
-          "in steady state", flush=True)
+    print(
+        f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
+        "in steady state",
+        flush=True,
+    )
 
     pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
     if compiled:
@@ -138,8 +165,9 @@ def main(argv=None) -> None:
 
     def call():
         generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
-        return pipe(images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0,
-                    image_size_px=size)
+        return pipe(
+            images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0, image_size_px=size
+        )
 
     call()
     tick = time.perf_counter()
@@ -150,9 +178,12 @@ def main(argv=None) -> None:
         encode_png(view)
     encoding = time.perf_counter() - tick
     reader = ShardReader(work / "long")
-    print(f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
-          f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
-          f"{len(reader.keys())} views", flush=True)
+    print(
+        f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
+        f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
+        f"{len(reader.keys())} views",
+        flush=True,
+    )
     reader.close()
     shutil.rmtree(work)
 

@@ -42,28 +42,40 @@ from common import DEVICE, DTYPE, parse_args, skip_line, synchronize  # noqa: E4
 
 from zerovlm.config import InferConfig  # noqa: E402
 from zerovlm.vlm.base import Request, cpu_threads_for  # noqa: E402
-from zerovlm.vlm.llava import LlavaBackend, load_processor  # noqa: E402
+from zerovlm.vlm.llava import LlavaBackend  # noqa: E402
+from zerovlm.vlm.loading import load_processor  # noqa: E402
 from zerovlm.vlm.minigpt4 import MiniGPT4Backend, load_minigpt4  # noqa: E402
+from zerovlm.vlm.tiny import HUB_LLAVA_CHAT_TEMPLATE, build_tiny_llava, build_tiny_minigpt4, build_word_tokenizer  # noqa: E402
 from zerovlm.vlm.transformers_ops import PendingScores, use_fp8_linears  # noqa: E402
-from zerovlm.vlm.tiny import (HUB_LLAVA_CHAT_TEMPLATE, build_tiny_llava, build_tiny_minigpt4,  # noqa: E402
-                              build_word_tokenizer)
 
-CAPTIONS = ("A red mug is on the top of the wooden table", "A red mug is under the wooden table",
-            "A red mug is to the left of the wooden table", "A red mug is to the right of the wooden table")
-FILLER = ("this is a 3d single view image generated from the original image centered on the object judging by "
-          "these four pictures is the red mug on the left side of the wooden table near the blue bowl and the "
-          "green bottle in the middle of the scene ").split()
+CAPTIONS = (
+    "A red mug is on the top of the wooden table",
+    "A red mug is under the wooden table",
+    "A red mug is to the left of the wooden table",
+    "A red mug is to the right of the wooden table",
+)
+FILLER = (
+    "this is a 3d single view image generated from the original image centered on the object judging by "
+    "these four pictures is the red mug on the left side of the wooden table near the blue bowl and the "
+    "green bottle in the middle of the scene "
+).split()
 
 
 def build_processor(folder: Path, image_px: int, patch_px: int):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_px},
-                                            crop_size={"height": image_px, "width": image_px})
-    LlavaProcessor(image_processor=image_processor, tokenizer=build_word_tokenizer(), patch_size=patch_px,
-                   vision_feature_select_strategy="default", chat_template=HUB_LLAVA_CHAT_TEMPLATE,
-                   num_additional_image_tokens=1).save_pretrained(folder)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_px}, crop_size={"height": image_px, "width": image_px}
+    )
+    LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=build_word_tokenizer(),
+        patch_size=patch_px,
+        vision_feature_select_strategy="default",
+        chat_template=HUB_LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    ).save_pretrained(folder)
     return load_processor(str(folder))
 
 
@@ -71,15 +83,35 @@ def full_size_llava(tokenizer, device, dtype):
     """llava-hf/llava-1.5-7b-hf's architecture with random weights, built on `device`."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                       rms_norm_eps=1e-5, pad_token_id=tokenizer.pad_token_id)
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                              num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-                              hidden_act="quick_gelu")
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", pad_token_id=tokenizer.pad_token_id)
+    text = LlamaConfig(
+        vocab_size=32064,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")
@@ -104,12 +136,15 @@ def forward_flops(config, text_tokens: int, image_tokens: int, scored_positions:
     """Matmul FLOPs of one sample's forward: vision tower, projector, decoder (causal attention), lm_head."""
     v, t = config.vision_config, config.text_config
     n = (v.image_size // v.patch_size) ** 2 + 1
-    vision = v.num_hidden_layers * (2 * n * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
-                                    + 4 * n * n * v.hidden_size)
-    projector = 2 * image_tokens * (v.hidden_size * t.hidden_size + t.hidden_size ** 2)
+    vision = v.num_hidden_layers * (
+        2 * n * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * n * n * v.hidden_size
+    )
+    projector = 2 * image_tokens * (v.hidden_size * t.hidden_size + t.hidden_size**2)
     length = text_tokens + image_tokens
-    layer = 2 * length * (4 * t.hidden_size ** 2 + 3 * t.hidden_size * t.intermediate_size) \
-        + 2 * length * length * t.hidden_size  # QK^T and AV under a causal mask: half of 4 L^2 d
+    layer = (
+        2 * length * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.intermediate_size)
+        + 2 * length * length * t.hidden_size
+    )  # QK^T and AV under a causal mask: half of 4 L^2 d
     head = 2 * scored_positions * t.hidden_size * t.vocab_size
     return vision + projector + t.num_hidden_layers * layer + head
 
@@ -161,6 +196,7 @@ class HostTimes:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - start
+
         return timed_call
 
     ATTRIBUTES = {"_length": "length", "_encode": "prepare", "_score_batch": "queue"}  # those a backend has
@@ -215,11 +251,15 @@ class Bench:
         warm, _ = timed(self.device, lambda: backend.option_logprobs(requests[:bs]))
         with HostTimes(backend) as host:
             seconds, scores = timed(self.device, lambda: backend.option_logprobs(requests[bs:]))
-        assert len(scores) == len(requests) - bs and all(len(s) == len(r.options) for s, r in zip(scores, requests[bs:]))
+        assert len(scores) == len(requests) - bs and all(
+            len(s) == len(r.options) for s, r in zip(scores, requests[bs:])
+        )
         rate = (len(requests) - bs) / seconds
-        peak = torch.cuda.max_memory_allocated() / 2 ** 30 if self.device.type == "cuda" else float("nan")
-        self.say(f"{label:<46}{rate:>10.2f}{rate / self.naive_rate:>9.1f}{rate * flops_per_sample / 1e12:>9.0f}"
-                 f"{peak:>10.1f}   (first batch {warm:.1f} s)")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
+        self.say(
+            f"{label:<46}{rate:>10.2f}{rate / self.naive_rate:>9.1f}{rate * flops_per_sample / 1e12:>9.0f}"
+            f"{peak:>10.1f}   (first batch {warm:.1f} s)"
+        )
         self.say(f"     host, of {seconds:.2f} s: {host.summary()}")
         return rate
 
@@ -251,8 +291,10 @@ class Bench:
         if reference:
             gaps = [abs(x - y) for a, b in zip(check, reference) for x, y in zip(a, b)]
             same = sum(argmax(a) == argmax(b) for a, b in zip(check, reference)) / len(check)
-            line += (f"; vs the first variant: max |diff| {max(gaps):.3g}, mean {sum(gaps) / len(gaps):.3g}, "
-                     f"same choice {100 * same:.0f}% of {len(check)}")
+            line += (
+                f"; vs the first variant: max |diff| {max(gaps):.3g}, mean {sum(gaps) / len(gaps):.3g}, "
+                f"same choice {100 * same:.0f}% of {len(check)}"
+            )
         self.say(line + f" (summed log-probs, {str(self.dtype).removeprefix('torch.')})")
         return check
 
@@ -280,8 +322,10 @@ def run_llava(b: Bench) -> None:
     start = time.perf_counter()
     model, processor = build_llava(args.tiny, device, dtype)
     config = model.config
-    b.say(f"model built in {time.perf_counter() - start:.1f} s: "
-          f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters")
+    b.say(
+        f"model built in {time.perf_counter() - start:.1f} s: "
+        f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters"
+    )
     backend = LlavaBackend(model, processor, batch_size=args.batch_size)
     prompt = make_prompt(backend, args.text_tokens)
     image_tokens = backend.tokens_per_image
@@ -297,8 +341,10 @@ def run_llava(b: Bench) -> None:
     rng = np.random.default_rng(1)
     prompts = {n: make_prompt(backend, n) for n in range(lo, hi + 1)}
     mixed = [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
-    b.say(f"tokens per sample: {image_tokens} image + {args.text_tokens} text (yes/no); "
-          f"{image_tokens} image + {four_text} text + {four_extra} option tokens (four captions)")
+    b.say(
+        f"tokens per sample: {image_tokens} image + {args.text_tokens} text (yes/no); "
+        f"{image_tokens} image + {four_text} text + {four_extra} option tokens (four captions)"
+    )
     b.header()
 
     def naive_one(image):
@@ -308,11 +354,12 @@ def run_llava(b: Bench) -> None:
         with cpu_threads_for(model):  # as the backends run a tiny model on the CPU
             return model.generate(**inputs, max_new_tokens=16, min_new_tokens=16, do_sample=False)
 
-    b.naive(naive_one, images[count:count + args.naive_samples + 1])
+    b.naive(naive_one, images[count : count + args.naive_samples + 1])
     flops_yes_no = forward_flops(config, args.text_tokens, image_tokens, 1)
     flops_four = forward_flops(config, four_text + four_extra, image_tokens, 4 + four_extra)
-    variants = {"off": [("eager", False)], "on": [("compiled", True)],
-                "both": [("eager", False), ("compiled", True)]}[args.compile]
+    variants = {"off": [("eager", False)], "on": [("compiled", True)], "both": [("eager", False), ("compiled", True)]}[
+        args.compile
+    ]
     if args.fp8:  # last: the conversion replaces the decoder's layers in place
         variants.append(("compiled, FP8", True))
     reference = None
@@ -339,16 +386,35 @@ def run_llava(b: Bench) -> None:
 def full_size_minigpt4(device, dtype):
     """MiniGPT-4 7B's architecture with random weights, built on `device`: EVA ViT-g/14 (1408 wide, 39
     layers), Q-Former, llama_proj, Vicuna-7B. Returns MiniGPT4Backend's parts."""
-    from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        Blip2QFormerConfig,
+        Blip2QFormerModel,
+        Blip2VisionConfig,
+        Blip2VisionModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tokenizer = build_word_tokenizer()
-    vision_config = Blip2VisionConfig(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
-                                      num_attention_heads=16, image_size=224, patch_size=14)
+    vision_config = Blip2VisionConfig(
+        hidden_size=1408,
+        intermediate_size=6144,
+        num_hidden_layers=39,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+    )
     qformer_config = Blip2QFormerConfig(encoder_hidden_size=vision_config.hidden_size)
-    text_config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                              num_attention_heads=32, max_position_embeddings=2048, rms_norm_eps=1e-6,
-                              pad_token_id=tokenizer.pad_token_id)
+    text_config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     with torch.device(device):
         vision = Blip2VisionModel._from_config(vision_config, dtype=dtype, attn_implementation="sdpa").eval()
@@ -367,8 +433,7 @@ def build_minigpt4(tiny: bool, device, dtype):
         return full_size_minigpt4(device, dtype)
     with tempfile.TemporaryDirectory() as folder:
         build_tiny_minigpt4(Path(folder), seed=0)
-        cfg = InferConfig(backend="minigpt4", model=folder, device=device.type,
-                          dtype=str(dtype).removeprefix("torch."))
+        cfg = InferConfig(backend="minigpt4", model=folder, device=device.type, dtype=str(dtype).removeprefix("torch."))
         loaded = load_minigpt4(cfg)
     return loaded.vision, loaded.query_tokens, loaded.qformer, loaded.llama_proj, loaded.llm, loaded.tokenizer
 
@@ -380,8 +445,9 @@ def run_minigpt4(b: Bench) -> None:
     start = time.perf_counter()
     vision, query_tokens, qformer, llama_proj, llm, tokenizer = build_minigpt4(args.tiny, device, dtype)
     b.say(f"model built in {time.perf_counter() - start:.1f} s")
-    backend = MiniGPT4Backend(vision, query_tokens, qformer, llama_proj, llm, tokenizer,
-                              batch_size=args.batch_size, prefetch_workers=4)
+    backend = MiniGPT4Backend(
+        vision, query_tokens, qformer, llama_proj, llm, tokenizer, batch_size=args.batch_size, prefetch_workers=4
+    )
     count = args.samples + args.batch_size
     images = random_images(count + args.naive_samples + 1, seed=2)
     question = "Is the red mug on the left side of the wooden table near the blue bowl? please answer me yes or no"
@@ -391,30 +457,43 @@ def run_minigpt4(b: Bench) -> None:
         prefix, _ = backend._tokenise(yes_no[0])
         prefix4, options4 = backend._tokenise(four[0])
     extra4 = sum(len(c) - 1 for c in options4)
-    b.say(f"tokens per sample: 32 image + {len(prefix) - 32} text (yes/no); "
-          f"32 image + {len(prefix4) - 32} text + {extra4} option tokens (four captions)")
+    b.say(
+        f"tokens per sample: 32 image + {len(prefix) - 32} text (yes/no); "
+        f"32 image + {len(prefix4) - 32} text + {extra4} option tokens (four captions)"
+    )
 
     v, q, t = vision.config, qformer.config, llm.config
     n = (v.image_size // v.patch_size) ** 2 + 1
-    vision_flops = v.num_hidden_layers * (2 * n * (4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size)
-                                          + 4 * n * n * v.hidden_size)
-    qformer_flops = q.num_hidden_layers * 2 * 32 * (4 * q.hidden_size ** 2 + 2 * q.hidden_size * q.intermediate_size) \
-        + (q.num_hidden_layers // q.cross_attention_frequency) * 2 * (32 * 2 * q.hidden_size ** 2 + n * 2 * q.hidden_size * v.hidden_size)
+    vision_flops = v.num_hidden_layers * (
+        2 * n * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * n * n * v.hidden_size
+    )
+    qformer_flops = q.num_hidden_layers * 2 * 32 * (4 * q.hidden_size**2 + 2 * q.hidden_size * q.intermediate_size) + (
+        q.num_hidden_layers // q.cross_attention_frequency
+    ) * 2 * (32 * 2 * q.hidden_size**2 + n * 2 * q.hidden_size * v.hidden_size)
 
     def llm_flops(length, scored):
-        layer = 2 * length * (4 * t.hidden_size ** 2 + 3 * t.hidden_size * t.intermediate_size) \
+        layer = (
+            2 * length * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.intermediate_size)
             + 2 * length * length * t.hidden_size
+        )
         return t.num_hidden_layers * layer + 2 * scored * t.hidden_size * t.vocab_size
 
     base = vision_flops + qformer_flops + 2 * 32 * q.hidden_size * t.hidden_size
     b.header()
     naive = MiniGPT4Backend(vision, query_tokens, qformer, llama_proj, llm, tokenizer, batch_size=1)
-    b.naive(lambda r: naive.generate([r], max_new_tokens=16, stop=("@@",)),
-            [Request((i,), question) for i in images[count:count + args.naive_samples + 1]])
-    b.measure(f"batched scoring, yes/no, eager, bs {args.batch_size}", backend, yes_no,
-              base + llm_flops(len(prefix), 1))
-    b.measure(f"batched scoring, 4 captions, eager, bs {args.batch_size}", backend, four,
-              base + llm_flops(len(prefix4) + extra4, 4 + extra4))
+    b.naive(
+        lambda r: naive.generate([r], max_new_tokens=16, stop=("@@",)),
+        [Request((i,), question) for i in images[count : count + args.naive_samples + 1]],
+    )
+    b.measure(
+        f"batched scoring, yes/no, eager, bs {args.batch_size}", backend, yes_no, base + llm_flops(len(prefix), 1)
+    )
+    b.measure(
+        f"batched scoring, 4 captions, eager, bs {args.batch_size}",
+        backend,
+        four,
+        base + llm_flops(len(prefix4) + extra4, 4 + extra4),
+    )
     b.agreement("eager", backend, four[:4] + yes_no[:12])
 
 
@@ -429,15 +508,22 @@ def main(argv=None) -> None:
     parser.add_argument("--naive-samples", type=int, default=8)
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--compile", choices=("off", "on", "both"), default="both", help="LLaVA only")
-    parser.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
-                        help="also measure FP8 decoder Linear layers, compiled (CUDA only)")
+    parser.add_argument(
+        "--fp8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure FP8 decoder Linear layers, compiled (CUDA only)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parse_args(parser, TINY, argv)
 
     import transformers
+
     b = Bench(args)
-    b.say(f"zerovlm VLM throughput; device: {torch.cuda.get_device_name() if b.device.type == 'cuda' else 'cpu'}; "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}")
+    b.say(
+        f"zerovlm VLM throughput; device: {torch.cuda.get_device_name() if b.device.type == 'cuda' else 'cpu'}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}"
+    )
     for family in args.family.split(","):
         b.say("")
         {"llava": run_llava, "minigpt4": run_minigpt4}[family](b)

@@ -45,15 +45,36 @@ def full_size_components(dtype: torch.dtype, size_px: int) -> Zero123Components:
     """Zero123's architecture (kxic/zero123-165000's configs) with random weights, built on the GPU."""
     torch.manual_seed(0)
     with torch.device("cuda"):
-        unet = UNet2DConditionModel(sample_size=size_px // 8, in_channels=8, out_channels=4, layers_per_block=2,
-                                    block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
-                                    attention_head_dim=8)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            sample_size=size_px, scaling_factor=0.18215)
-        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(
-            hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-            image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu"))
+        unet = UNet2DConditionModel(
+            sample_size=size_px // 8,
+            in_channels=8,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            cross_attention_dim=768,
+            attention_head_dim=8,
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            sample_size=size_px,
+            scaling_factor=0.18215,
+        )
+        clip = CLIPVisionModelWithProjection(
+            CLIPVisionConfig(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                image_size=224,
+                patch_size=14,
+                projection_dim=768,
+                hidden_act="quick_gelu",
+            )
+        )
         projection = torch.nn.Linear(768 + 4, 768)
     parts = [module.to(dtype).eval() for module in (unet, vae, clip, projection)]
     return Zero123Components(*parts, scheduler=make_scheduler(), layout="kxic")
@@ -72,10 +93,18 @@ def unet_inputs(pipe: Zero123Pipeline, samples: int, size_px: int, generator: to
     """(latent (samples, 8, h, w) channels_last, context (samples, 1, D), timestep 500) in the pipeline's
     dtype on its device: what one UNet call of a guided batch of samples / 2 views takes."""
     side = size_px // pipe.vae_scale_factor
-    latent = torch.randn(samples, 2 * pipe.vae.config.latent_channels, side, side, device=pipe.device,
-                         dtype=pipe.dtype, generator=generator).contiguous(memory_format=torch.channels_last)
-    context = torch.randn(samples, 1, pipe.unet.config.cross_attention_dim, device=pipe.device, dtype=pipe.dtype,
-                          generator=generator)
+    latent = torch.randn(
+        samples,
+        2 * pipe.vae.config.latent_channels,
+        side,
+        side,
+        device=pipe.device,
+        dtype=pipe.dtype,
+        generator=generator,
+    ).contiguous(memory_format=torch.channels_last)
+    context = torch.randn(
+        samples, 1, pipe.unet.config.cross_attention_dim, device=pipe.device, dtype=pipe.dtype, generator=generator
+    )
     return latent, context, torch.tensor(500, device=pipe.device)
 
 
@@ -89,8 +118,15 @@ def inputs(n: int, size_px: int):
 def time_calls(pipe: Zero123Pipeline, batch: int, calls: int, args) -> float:
     """Seconds per view over `calls` pipeline calls of `batch` views each (after one warm-up call)."""
     images, poses, _ = inputs(batch, args.size)
-    run = lambda: pipe(images, poses, inputs(batch, args.size)[2], num_inference_steps=args.steps,  # noqa: E731
-                       guidance_scale=args.guidance, eta=1.0, image_size_px=args.size)
+    run = lambda: pipe(
+        images,
+        poses,
+        inputs(batch, args.size)[2],
+        num_inference_steps=args.steps,  # noqa: E731
+        guidance_scale=args.guidance,
+        eta=1.0,
+        image_size_px=args.size,
+    )
     run()
     synchronize()
     start = time.perf_counter()
@@ -138,8 +174,11 @@ def main(argv=None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--batch", type=int, default=128, help="views per pipeline call on the project path")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    parser.add_argument("--modes", default="reduce-overhead",
-                        help="comma-separated torch.compile modes, or '' (max-autotune: over 8 min to compile)")
+    parser.add_argument(
+        "--modes",
+        default="reduce-overhead",
+        help="comma-separated torch.compile modes, or '' (max-autotune: over 8 min to compile)",
+    )
     parser.add_argument("--calls", type=int, default=2, help="timed pipeline calls per variant")
     parser.add_argument("--naive-views", type=int, default=2)
     parser.add_argument("--output", default=None, help="also write the report to this file")
@@ -147,8 +186,11 @@ def main(argv=None) -> None:
     lines: list[str] = []
     name = torch.cuda.get_device_properties(0).name if DEVICE.type == "cuda" else "cpu"
     scale = "tiny Zero123 (zerovlm/views/tiny.py)" if args.tiny else "full-size Zero123"
-    report(f"device {name}, torch {torch.__version__}; {scale}; {args.size} px, {args.steps} DDIM steps, guidance "
-           f"{args.guidance}, eta 1.0; project path {args.dtype}, batch {args.batch} views", lines)
+    report(
+        f"device {name}, torch {torch.__version__}; {scale}; {args.size} px, {args.steps} DDIM steps, guidance "
+        f"{args.guidance}, eta 1.0; project path {args.dtype}, batch {args.batch} views",
+        lines,
+    )
 
     # naive: one view per call, eager, plain attention; fp16 on a GPU (float32 on the CPU, see common.DTYPE)
     naive_dtype = "float16" if DEVICE.type == "cuda" else "float32"
@@ -157,16 +199,23 @@ def main(argv=None) -> None:
     flops = unet_flops_per_view_step(naive, args.size)
     naive_s = time_calls(naive, 1, args.naive_views, args)
     report(f"UNet FLOPs per view per guided step: {flops / 1e9:.1f} GFLOP", lines)
-    report(f"naive    {naive_dtype} 1 view/call eager: {1 / naive_s:7.2f} views/s  "
-           f"({naive_s / args.steps * 1e3:.1f} ms/step)", lines)
+    report(
+        f"naive    {naive_dtype} 1 view/call eager: {1 / naive_s:7.2f} views/s  "
+        f"({naive_s / args.steps * 1e3:.1f} ms/step)",
+        lines,
+    )
     del naive
     free_memory()
 
     results = {}
     for mode in ["eager"] + [m for m in args.modes.split(",") if m]:
         if mode != "eager" and DEVICE.type != "cuda":
-            report(skip_line(f"project path compiled ({mode})", "torch.compile with CUDA graphs is measured on a "
-                             "CUDA GPU"), lines)
+            report(
+                skip_line(
+                    f"project path compiled ({mode})", "torch.compile with CUDA graphs is measured on a CUDA GPU"
+                ),
+                lines,
+            )
             continue
         torch._dynamo.reset()
         pipe = Zero123Pipeline(components(args.tiny, DTYPES[args.dtype], args.size)).to(DEVICE)
@@ -181,16 +230,21 @@ def main(argv=None) -> None:
         peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE.type == "cuda" else float("nan")
         step = unet_step_seconds(pipe, args.batch, args.size, UNET_REPEATS)
         results[mode] = 1 / per_view
-        report(f"project  {args.dtype} {args.batch} views/call {mode:15s}: {1 / per_view:7.2f} views/s  "
-               f"x{naive_s / per_view:6.1f} vs naive; UNet {step * 1e3:6.1f} ms/step = "
-               f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "
-               f"TFLOP/s; outside the UNet {per_view * args.batch - step * args.steps:5.2f} s/call; "
-               f"peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s", lines)
+        report(
+            f"project  {args.dtype} {args.batch} views/call {mode:15s}: {1 / per_view:7.2f} views/s  "
+            f"x{naive_s / per_view:6.1f} vs naive; UNet {step * 1e3:6.1f} ms/step = "
+            f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "
+            f"TFLOP/s; outside the UNet {per_view * args.batch - step * args.steps:5.2f} s/call; "
+            f"peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s",
+            lines,
+        )
         del pipe
         free_memory()
     best = max(results, key=results.get)
-    report(f"best: {best} {results[best]:.2f} views/s = x{results[best] * naive_s:.1f} the naive loop "
-           f"(goal 30 views/s)", lines)
+    report(
+        f"best: {best} {results[best]:.2f} views/s = x{results[best] * naive_s:.1f} the naive loop (goal 30 views/s)",
+        lines,
+    )
     if args.output:
         with open(args.output, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -1,20 +1,15 @@
 """Stage `gallery`: a static HTML gallery of sampled examples (inputs, prompts, answers), opens offline."""
 
-import argparse
-
 from zerovlm.config import GridConfig, ReportConfig, load_section
 from zerovlm.pipeline import gallery
-from zerovlm.stage import add_path_flags, parsed_paths, run_stage
+from zerovlm.stage import run_stage, stage_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    add_path_flags(parser, gallery.Paths)
-    args = parser.parse_args()
+    args, paths = stage_arguments(__doc__, gallery.Paths)
     grid = load_section("grid", GridConfig, args.params)
     gallery.run(
-        parsed_paths(args, gallery.Paths),
+        paths,
         list(grid.datasets),
         list(grid.vlms),
         load_section("report", ReportConfig, args.params),

@@ -1,20 +1,16 @@
-"""Stage `report`: the paper-shaped results table, DVC plot data and provenance over the whole grid."""
-
-import argparse
+"""Stage `report`: the paper-shaped results table, headline metrics, lm-eval-shaped results, DVC plot data and
+provenance over the whole grid."""
 
 from zerovlm.config import GridConfig, ReportConfig, ScoreConfig, StitchConfig, load_section
 from zerovlm.pipeline import report
-from zerovlm.stage import add_path_flags, parsed_paths, run_stage
+from zerovlm.stage import run_stage, stage_arguments
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    add_path_flags(parser, report.Paths)
-    args = parser.parse_args()
+    args, paths = stage_arguments(__doc__, report.Paths)
     grid = load_section("grid", GridConfig, args.params)
     report.run(
-        parsed_paths(args, report.Paths),
+        paths,
         list(grid.datasets),
         list(grid.vlms),
         list(load_section("stitch", StitchConfig, args.params).configurations),

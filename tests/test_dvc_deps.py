@@ -19,16 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from zerovlm.config import (
-    DataConfig,
-    GridConfig,
-    InferConfig,
-    ModelsConfig,
-    ReportConfig,
-    ScoreConfig,
-    StitchConfig,
-    ViewsConfig,
-)
+from zerovlm.config import SECTIONS
 from zerovlm.vlm.registry import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,16 +153,7 @@ def test_params_yaml_states_every_value_that_changes_outputs():
     """A default in config.py would reach a stage only for a key params.yaml leaves out (the catalog
     entries `datasets.*` and `vlms.*` are merged over the full `data` and `infer` sections)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    sections = {
-        "models": ModelsConfig,
-        "views": ViewsConfig,
-        "stitch": StitchConfig,
-        "infer": InferConfig,
-        "score": ScoreConfig,
-        "grid": GridConfig,
-        "report": ReportConfig,
-        "data": DataConfig,
-    }
+    sections = {name: cls for name, cls in SECTIONS.items() if name not in ("datasets", "vlms")}  # catalogs
     missing = {name: sorted(set(cls.model_fields) - set(params[name])) for name, cls in sections.items()}
     assert not any(missing.values()), f"params.yaml leaves these to config.py's defaults: {missing}"
 
@@ -243,4 +225,4 @@ def test_each_stage_paths_are_the_paths_dvc_yaml_passes_and_declares(name, flags
         and not any(re.fullmatch(pattern, d) for pattern in UNREAD_DEPS)
     )
     assert unnamed == [], f"dvc.yaml stage {name!r}: no Paths field names these deps or outs"
-    assert f"add_path_flags(parser, {name}.Paths)" in (ROOT / "stages" / f"{name}.py").read_text()
+    assert f"stage_arguments(__doc__, {name}.Paths" in (ROOT / "stages" / f"{name}.py").read_text()

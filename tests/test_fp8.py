@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from zerovlm.config import InferConfig
-from zerovlm.vlm.fp8 import E4M3_MAX, Float8Linear, check_fp8_device, convert_linears, quantize_rows
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request
-from zerovlm.vlm.llava import LlavaBackend, load_processor
+from zerovlm.vlm.fp8 import E4M3_MAX, Float8Linear, check_fp8_device, convert_linears, quantize_rows
+from zerovlm.vlm.llava import LlavaBackend
+from zerovlm.vlm.loading import load_processor
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
 from zerovlm.vlm.transformers_ops import use_fp8_linears, uses_fp8
@@ -38,13 +39,18 @@ def test_float8_linear_is_close_to_the_bf16_layer(bias):
 
 
 def test_convert_linears_takes_only_what_scaled_mm_can_run():
-    model = torch.nn.ModuleDict({"a": torch.nn.Linear(32, 48), "odd": torch.nn.Linear(30, 48),
-                                 "head": torch.nn.Linear(48, 16),
-                                 "inner": torch.nn.Sequential(torch.nn.Linear(48, 48))}).to(torch.bfloat16)
+    model = torch.nn.ModuleDict(
+        {
+            "a": torch.nn.Linear(32, 48),
+            "odd": torch.nn.Linear(30, 48),
+            "head": torch.nn.Linear(48, 16),
+            "inner": torch.nn.Sequential(torch.nn.Linear(48, 48)),
+        }
+    ).to(torch.bfloat16)
     assert convert_linears(model, skip=("head",)) == 2
     assert isinstance(model["a"], Float8Linear) and isinstance(model["inner"][0], Float8Linear)
     assert type(model["odd"]) is torch.nn.Linear and type(model["head"]) is torch.nn.Linear
-    assert convert_linears(torch.nn.Linear(32, 32)) == 0                  # float32: kept as is
+    assert convert_linears(torch.nn.Linear(32, 32)) == 0  # float32: kept as is
     with pytest.raises(ZeroVLMError, match="divisible by 16"):
         Float8Linear(torch.nn.Linear(30, 48).to(torch.bfloat16))
 
@@ -69,8 +75,10 @@ def test_llava_with_fp8_decoder_scores_close_to_bf16(tmp_path):
     processor = load_processor(str(tmp_path / "llava"))
     model = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava", dtype=torch.bfloat16)
     image = Image.new("RGB", (56, 56), (200, 40, 40))
-    requests = [Request((image,), "Is the cube left of the mug?", ("Yes", "No")),
-                Request((image,), "Which caption is right?", ("A mug on a table", "A mug under a table"))]
+    requests = [
+        Request((image,), "Is the cube left of the mug?", ("Yes", "No")),
+        Request((image,), "Which caption is right?", ("A mug on a table", "A mug under a table")),
+    ]
     bf16 = LlavaBackend(model, processor, batch_size=2).option_logprobs(requests)
     count = convert_linears(model.get_decoder().layers)
     assert count == 2 * 7 and uses_fp8(model)  # q, k, v, o, gate, up, down in each of the two blocks

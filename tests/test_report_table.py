@@ -4,6 +4,7 @@ import csv
 import io
 import json
 
+from tests.report_fixtures import scored_instance
 from zerovlm.config import ReportConfig, ScoreConfig
 from zerovlm.io import write_json
 from zerovlm.pipeline import report
@@ -95,8 +96,9 @@ def test_csv_has_numbers_for_every_column():
 def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
     grid = tmp_path / "grid"
     for (dataset, vlm), summary in SUMMARIES.items():
-        folder = grid / dataset / vlm
         task = next(iter(summary))
+        scored_instance(tmp_path, dataset, vlm, (task,), configurations=("origin", "left"))  # the lm-eval inputs
+        folder = grid / dataset / vlm
         write_json(folder / "summary.json", summary)
         write_json(
             folder / "per_relation.json",
@@ -119,10 +121,16 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
                 },
             },
         )
-        write_json(folder / "provenance.json", {"dataset": dataset, "vlm": vlm})
     (tmp_path / "out/plots/stale").mkdir(parents=True)
     report.run(
-        report.Paths(grid_metrics=grid, out=tmp_path / "out"),
+        report.Paths(
+            grid_metrics=grid,
+            prepared=tmp_path / "prepared",
+            predictions=tmp_path / "predictions",
+            scored=tmp_path / "scored",
+            out=tmp_path / "out",
+            samples=tmp_path / "samples",
+        ),
         ["vsr_random", "whatsup_a"],
         ["llava_7b"],
         ["origin", "left"],
@@ -133,16 +141,15 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
     out = tmp_path / "out"
     assert (out / "results.md").read_text().startswith("| model | configuration |")
     headline = json.loads((out / "headline.json").read_text())
-    assert headline["vsr_random"]["llava_7b"]["true_false"] == {
-        "baseline_accuracy": 0.6,
-        "method_accuracy": 0.7,
-        "delta": 0.1,
-        "p_adjusted": 0.004,
+    assert headline == {
+        "vsr_random": {"llava_7b": {"tf": {"base": 0.6, "method": 0.7, "delta": 0.1, "p": 0.004, "n": 100}}},
+        "whatsup_a": {"llava_7b": {"mc": {"base": 0.3, "method": 0.35, "delta": 0.05, "p": 0.03, "n": 100}}},
     }
     provenance = json.loads((out / "provenance.json").read_text())
     assert set(provenance["instances"]) == {"vsr_random-llava_7b", "whatsup_a-llava_7b"}
     assert provenance["libraries"]["numpy"] and "revision" in provenance["git"]
     assert not (out / "plots/stale").exists()
+    assert [path.name.split("_")[0] for path in (out / "lm_eval/llava_7b").iterdir()] == ["results"]
     bars = json.loads((out / "plots/per_relation/vsr_random.llava_7b.true_false.json").read_text())
     assert {(b["series"], b["accuracy"]) for b in bars} == {("origin (baseline)", 0.5), ("left + view prompt", 0.75)}
     confusion = json.loads((out / "plots/confusion/whatsup_a.llava_7b.multiple_choice.origin-novp.json").read_text())
@@ -152,6 +159,19 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
         {"num_objects": 2, "baseline": 0.5, "method": 1.0, "n": 2},
         {"num_objects": 5, "baseline": 0.0, "method": 0.5, "n": 2},
     ]
+
+
+def test_headline_leaves_out_the_numbers_a_cell_lacks():
+    summaries = {
+        ("vsr_random", "tiny"): {
+            "true_false": {"origin": {"without_view_prompt": _metrics(0.6, n=40)}},
+            "not_evaluated": {"all-separate": "takes 1 image"},
+        }
+    }
+    not_evaluated = table.headline(summaries, ("all-separate", "with_view_prompt"))
+    assert not_evaluated == {"vsr_random": {"tiny": {"tf": {"base": 0.6, "n": 40}}}}
+    baseline_itself = table.headline(summaries, ("origin", "without_view_prompt"))  # no difference to itself
+    assert baseline_itself == {"vsr_random": {"tiny": {"tf": {"base": 0.6, "method": 0.6, "n": 40}}}}
 
 
 def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot():

@@ -23,8 +23,9 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backends(tiny_folder):
-    folder = tiny_folder
-    make = lambda name, bs: load_backend(InferConfig(backend=name, model=str(folder), device="cpu", batch_size=bs))
+    def make(name, batch_size):
+        return load_backend(InferConfig(backend=name, model=str(tiny_folder), device="cpu", batch_size=batch_size))
+
     return make("hf_auto", 3), make("llava", 16), make("hf_auto", 1)
 
 
@@ -254,3 +255,25 @@ def test_options_are_scored_from_one_prefix_when_merges_cross_the_boundary(unspl
             picked = logprobs.gather(-1, inputs["input_ids"][0, 1:, None]).squeeze(-1)
             assert score == pytest.approx(picked[-(len(joint) - shared) :].sum().item(), abs=1e-4)
     assert prefixes_differ  # the case in point: some option's merges reach back into the prompt
+
+
+def test_by_image_count_runs_one_image_count_per_call_and_restores_the_order():
+    from zerovlm.vlm.hf_auto import by_image_count
+
+    items = [("a", (1,)), ("b", ()), ("c", (1, 2)), ("d", (1,)), ("e", ())]
+    calls = []
+
+    def run(group):
+        calls.append([name for name, _ in group])
+        return [name.upper() for name, _ in group]
+
+    assert by_image_count(items, lambda item: item[1], run) == ["A", "B", "C", "D", "E"]
+    assert calls == [["b", "e"], ["a", "d"], ["c"]]  # fewest images first, input order within a count
+
+
+def test_generation_limits_are_refused_alike_by_every_backend(backends):
+    for backend in backends[:2]:  # hf_auto, llava
+        with pytest.raises(ZeroVLMError, match=r"^max_new_tokens must be >= 1, got 0$"):
+            backend.generate(requests(), max_new_tokens=0)
+        with pytest.raises(ZeroVLMError, match=r"^temperature must be >= 0, got -1.0$"):
+            backend.generate(requests(), max_new_tokens=2, temperature=-1.0)

@@ -11,7 +11,8 @@ from PIL import Image
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request
-from zerovlm.vlm.llava import CHAT_FORMATS, LlavaBackend, expand_to_square
+from zerovlm.vlm.llava import LlavaBackend, expand_to_square
+from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
 
@@ -95,8 +96,11 @@ def test_original_templates_render_as_the_original_conversations(backend, chat_f
     assert original.info()["chat_format"] == chat_format
 
 
-def test_the_config_offers_exactly_the_backends_chat_formats():
+def test_the_config_offers_exactly_the_backends_chat_formats_and_image_preprocessing(backend):
     assert typing.get_args(InferConfig.model_fields["chat_format"].annotation) == CHAT_FORMATS
+    assert typing.get_args(InferConfig.model_fields["image_preprocess"].annotation) == IMAGE_PREPROCESSES
+    with pytest.raises(ZeroVLMError, match="image_preprocess must be one of crop, pad, got 'squash'"):
+        LlavaBackend(backend.model, backend.processor, image_preprocess="squash")
 
 
 def test_input_ids_match_the_processor(backend):
@@ -220,7 +224,7 @@ def test_fast_preprocessing_equals_the_image_processor(backend, tmp_path, side):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from zerovlm.vlm.llava import load_processor
+    from zerovlm.vlm.loading import load_processor
 
     LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
@@ -267,7 +271,7 @@ def test_pad_equals_the_original_llava_preprocessing(backend, tmp_path, side):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    from zerovlm.vlm.llava import load_processor
+    from zerovlm.vlm.loading import load_processor
 
     LlavaProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),

@@ -199,8 +199,8 @@ def eva_vit(state, pixels, heads, patch_px):
     layers = {key.split(".")[3] for key in state if key.startswith("vision_model.encoder.layers.")}
     for i in range(len(layers)):
 
-        def b(name):
-            return w(f"encoder.layers.{i}.{name}")
+        def b(name, layer=i):
+            return w(f"encoder.layers.{layer}.{name}")
 
         h = F.layer_norm(x, (width,), b("layer_norm1.weight"), b("layer_norm1.bias"), EVA_EPS)
         bias = b("self_attn.qkv.bias")

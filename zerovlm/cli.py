@@ -87,6 +87,15 @@ def _cmd_show(args) -> None:
     )
 
 
+def _cmd_compare(args) -> None:
+    """Every cell of two runs compared example by example (zerovlm/compare.py)."""
+    from zerovlm.compare import compare_records, comparison_json, format_comparison, read_revision
+
+    a, b = read_revision(args.a), read_revision(args.b)
+    cells = compare_records(a.records, b.records, b.score)
+    print(comparison_json(cells, a, b) if args.json else format_comparison(cells, a.label, b.label, b.score))
+
+
 def _cmd_export_views(args) -> None:
     from zerovlm.sharing import default_export_dir, export_views
 
@@ -166,6 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         help="instead: one instance's metrics, e.g. metrics/grid/synthetic_sparse/llava_tiny/summary.json",
     )
     show.set_defaults(func=_cmd_show)
+
+    compare = commands.add_parser(
+        "compare",
+        help="is the change between two runs noise? Every cell's paired difference, interval and McNemar test",
+    )
+    compare.add_argument(
+        "a", nargs="?", default="HEAD", help="a git revision, experiment or `workspace` (default: HEAD)"
+    )
+    compare.add_argument("b", nargs="?", default="workspace", help="the same (default: `workspace`, the working tree)")
+    compare.add_argument("--json", action="store_true", help="print JSON (every cell) instead of the table")
+    compare.set_defaults(func=_cmd_compare)
 
     export = commands.add_parser("export-views", help="write the PNGs of a shard store into a folder, to look at")
     export.add_argument("--store", type=Path, default=Path("data/views"), help="shard store (views or stitched)")

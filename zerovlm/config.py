@@ -21,13 +21,14 @@ from typing import Any, ClassVar, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
-from zerovlm.io import ZeroVLMError
+from zerovlm.io import ZeroVLMError, read_yaml_mapping
 from zerovlm.view_configurations import BASELINE_CONFIGURATION, CONFIGURATIONS
 from zerovlm.views.poses import AZIMUTH_RANGE_DEG, POLAR_RANGE_DEG, POSE_VARIANTS, RADIUS_RANGE, VIEW_PRESETS
+from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES
 
 PILLOW_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
 CONF_FILE = Path(__file__).resolve().parents[1] / "conf" / "config.yaml"
-Dtype = Literal["float32", "float16", "bfloat16"]
+Dtype = Literal["float32", "float16", "bfloat16"]  # torch dtype names (zerovlm.runtime.DTYPES maps them)
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -230,8 +231,8 @@ class InferConfig(Section):
     backend: str
     model: str
     revision: str | None
-    chat_format: Literal["hub", "vicuna_v1", "llava_v1"]
-    image_preprocess: Literal["crop", "pad"]
+    chat_format: Literal[CHAT_FORMATS]
+    image_preprocess: Literal[IMAGE_PREPROCESSES]
     view_prompt: tuple[bool, ...]
     question_template: str
     answer_mode: Literal["loglik", "generate", "paper"]
@@ -418,12 +419,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ZeroVLMError(f"{path}: params file not found (run from the repository root)")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ZeroVLMError(f"{path}: not valid YAML ({error})") from None
-    if not isinstance(params, dict):
-        raise ZeroVLMError(f"{path}: expected a mapping of sections, got {type(params).__name__}")
+    params = read_yaml_mapping(path, "sections", "compose it again with `zerovlm params`")
     for key in params:
         if key not in SECTIONS and key not in TOP_LEVEL_EXTRA:
             raise ZeroVLMError(f"{path}: " + _unknown("section", key, [*SECTIONS, *TOP_LEVEL_EXTRA]))

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 
 from zerovlm.config import dataset_config, load_params, parse_section, validate_all, vlm_config
-from zerovlm.io import ZeroVLMError, atomic_path, sha256_file, stable_hash
+from zerovlm.io import ZeroVLMError, atomic_path, read_yaml_mapping, sha256_file, stable_hash
 from zerovlm.vlm.model_files import (
     DEFAULT_REVISION,
     FILE_PART,
@@ -150,12 +150,7 @@ def read_lock(path: Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     fix = "delete the entry (or the file) and run `zerovlm lock` to resolve it again"
-    try:
-        entries = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ZeroVLMError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); {fix}") from None
-    if not isinstance(entries, dict):
-        raise ZeroVLMError(f"{path}: expected a mapping of entries, got {type(entries).__name__}; {fix}")
+    entries = read_yaml_mapping(path, "entries", fix)
     for key, entry in entries.items():
         if (
             not isinstance(entry, dict)

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 if TYPE_CHECKING:  # Pillow is imported where images are decoded, not by every stage that imports io
     from PIL import Image
 
@@ -88,6 +90,18 @@ def read_json(path: str | os.PathLike, fix: str) -> Any:
         raise ZeroVLMError(f"{path}: not found; {fix}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ZeroVLMError(f"{path}: not readable JSON ({error}); {fix}") from None
+
+
+def read_yaml_mapping(path: Path, what: str, fix: str) -> dict:
+    """The YAML mapping at `path` ({} for an empty file); invalid YAML or another type is an error naming the
+    file, what it should hold (`what`, e.g. "sections") and the `fix`."""
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ZeroVLMError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); {fix}") from None
+    if not isinstance(document, dict):
+        raise ZeroVLMError(f"{path}: expected a mapping of {what}, got {type(document).__name__}; {fix}")
+    return document
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -10,17 +10,18 @@ import functools
 import logging
 import resource
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 import torch
 from pydantic import BaseModel
 
+from zerovlm.config import Dtype
 from zerovlm.io import ZeroVLMError, read_json, sha256_file, stable_hash
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}  # the params' dtype names -> torch dtypes
 
 
 def resolve_device(name: str, section: str) -> torch.device:

@@ -75,8 +75,23 @@ def path_flag(help: str, default: Path | None | Any = dataclasses.MISSING) -> An
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-def add_path_flags(parser: argparse.ArgumentParser, paths: type) -> None:
-    """One flag per field of `paths` (a stage's Paths dataclass), e.g. `--run-record` for `run_record`."""
+GRID_NAMES = {
+    "dataset": "a grid dataset: `datasets.<name>` merged over `data`",
+    "vlm": "a grid VLM: `vlms.<name>` merged over `infer`",
+}
+
+
+def stage_arguments(
+    description: str, paths: type[P], grid: dict[str, bool] | None = None, params: bool = True
+) -> tuple[argparse.Namespace, P]:
+    """A stage script's command line: `--params` (unless `params` is False), the grid names in `grid` (name ->
+    required), and one flag per field of `paths` (its Paths dataclass), e.g. `--run-record` for `run_record`.
+    Returns the parsed flags and the `paths` instance they give."""
+    parser = argparse.ArgumentParser(description=description)
+    if params:
+        parser.add_argument("--params", default="params.yaml")
+    for name, required in (grid or {}).items():
+        parser.add_argument(f"--{name}", required=required, help=GRID_NAMES[name])
     for field in dataclasses.fields(paths):
         required = field.default is dataclasses.MISSING
         parser.add_argument(
@@ -87,8 +102,5 @@ def add_path_flags(parser: argparse.ArgumentParser, paths: type) -> None:
             default=None if required else field.default,
             help=field.metadata["help"],
         )
-
-
-def parsed_paths(args: argparse.Namespace, paths: type[P]) -> P:
-    """The `paths` instance of the flags `add_path_flags` added."""
-    return paths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(paths)})
+    args = parser.parse_args()
+    return args, paths(**{field.name: getattr(args, field.name) for field in dataclasses.fields(paths)})

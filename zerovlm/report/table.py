@@ -27,6 +27,7 @@ from zerovlm.scoring.significance import significance_mark
 
 TASK_ORDER = ("true_false", "multiple_choice")
 TASK_LABELS = {"true_false": "true/false", "multiple_choice": "choice"}
+TASK_KEYS = {"true_false": "tf", "multiple_choice": "mc"}  # short names in metric keys and task names
 PROMPT_ORDER = ("with_view_prompt", "without_view_prompt")
 NOT_EVALUATED = "not_evaluated"  # the prompt mode of a not-evaluated configuration's single row
 
@@ -219,19 +220,25 @@ def to_csv(summaries: dict, datasets: list[str], vlms: list[str], configurations
 
 
 def headline(summaries: dict, method: tuple[str, str]) -> dict:
-    """Per dataset / VLM / task: the baseline, the method configuration, their difference and p-value."""
+    """The DVC metrics: per dataset / VLM / task (`tf`, `mc`) the origin baseline's accuracy (`base`), the method
+    configuration's (`method`), their difference (`delta`), its adjusted p-value (`p`) and the examples compared
+    (`n`). Keys are short because DVC flattens them into column names (`vsr_random.llava_7b.tf.delta`); a
+    number the summary lacks (a method not evaluated, no difference for the baseline itself) is left out."""
     result: dict = {}
     for (dataset, vlm), summary in sorted(summaries.items()):
         for task in TASK_ORDER:
             if task not in summary:
                 continue
-            baseline = summary[task].get(BASELINE[0], {}).get(BASELINE[1])
-            chosen = summary[task].get(method[0], {}).get(method[1])
+            baseline = summary[task].get(BASELINE[0], {}).get(BASELINE[1], {})
+            chosen = summary[task].get(method[0], {}).get(method[1], {})
             entry = {
-                "baseline_accuracy": baseline["accuracy"] if baseline else None,
-                "method_accuracy": chosen["accuracy"] if chosen else None,
+                "base": baseline.get("accuracy"),
+                "method": chosen.get("accuracy"),
+                "delta": chosen.get("delta_vs_origin"),
+                "p": chosen.get("mcnemar_p_adjusted"),
+                "n": baseline.get("n_total"),
             }
-            if chosen and "delta_vs_origin" in chosen:
-                entry.update(delta=chosen["delta_vs_origin"], p_adjusted=chosen["mcnemar_p_adjusted"])
-            result.setdefault(dataset, {}).setdefault(vlm, {})[task] = entry
+            result.setdefault(dataset, {}).setdefault(vlm, {})[TASK_KEYS[task]] = {
+                key: value for key, value in entry.items() if value is not None
+            }
     return result

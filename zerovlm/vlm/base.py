@@ -10,8 +10,8 @@ Wrappers hold no task logic: choosing an answer and parsing text live in `zerovl
 on the first batch), batches of `batch_size` halved on CUDA out-of-memory, results restored to the
 caller's order with a check that every request got exactly one result.
 
-The torch helpers the transformers backends share (`CausalForward`, `decode_loop`, padding) live in
-`zerovlm.vlm.transformers_ops`.
+What only the transformers backends share lives in `zerovlm.vlm.transformers_ops` (joint tokenisation of
+prompt and options, `CausalForward`, `decode_loop`) and `zerovlm.vlm.loading` (the model loader).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from PIL import Image
@@ -36,9 +37,9 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Request:
-    images: tuple[Image.Image, ...]   # usually one stitched image; its place in the prompt is the template's
-    prompt: str                       # the user message (view prompt + question), without chat template
-    options: tuple[str, ...] = ()     # answer continuations to score, e.g. ("Yes", "No") or four captions
+    images: tuple[Image.Image, ...]  # usually one stitched image; its place in the prompt is the template's
+    prompt: str  # the user message (view prompt + question), without chat template
+    options: tuple[str, ...] = ()  # answer continuations to score, e.g. ("Yes", "No") or four captions
 
     def __post_init__(self):
         if not isinstance(self.images, tuple) or not all(isinstance(i, Image.Image) for i in self.images):
@@ -50,25 +51,52 @@ class Request:
 
 
 class VisionLanguageModel(ABC):
-    """A vision-language model behind two batched operations. Subclasses set `name`."""
+    """A vision-language model behind two batched operations. Subclasses set `name` and implement
+    `_option_logprobs`, `_generate` and `render_prompt`; the public operations check their arguments and keep
+    the results aligned with the requests."""
 
     name: str = "abstract"
     # How many images one request may hold. 1 for models trained on single images: they take several only
     # mechanically (one placeholder each), so the infer stage does not send them "-separate" configurations.
     max_images_per_request: int = 1
 
-    @abstractmethod
     def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        """Per request, per option: summed natural-log probability of the option's tokens (<= 0)."""
+        """Per request, per option: summed natural-log probability of the option's tokens (<= 0); [] for a
+        request without options."""
+        scored = [i for i, r in enumerate(requests) if r.options]
+        results: list[list[float]] = [[] for _ in requests]
+        for i, output in zip(scored, self._option_logprobs([requests[i] for i in scored])):
+            results[i] = output
+        return results
 
-    @abstractmethod
-    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
+    def generate(
+        self,
+        requests: Sequence[Request],
+        max_new_tokens: int,
+        stop: tuple[str, ...] = (),
+        temperature: float = 0.0,
+        seed: int = 0,
+    ) -> list[str]:
         """Per request: the new text only, cut before the first stop string; greedy when temperature == 0.
 
         With temperature > 0 each request samples with its own generator seeded from (seed, request
         content), so a request's text does not depend on the batch it ran in.
         """
+        if max_new_tokens < 1:
+            raise ZeroVLMError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ZeroVLMError(f"temperature must be >= 0, got {temperature}")
+        return self._generate(requests, max_new_tokens, stop, temperature, seed)
+
+    @abstractmethod
+    def _option_logprobs(self, requests: list[Request]) -> list[list[float]]:
+        """`option_logprobs` of requests that all have options."""
+
+    @abstractmethod
+    def _generate(
+        self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...], temperature: float, seed: int
+    ) -> list[str]:
+        """`generate`, its arguments checked."""
 
     @abstractmethod
     def render_prompt(self, request: Request) -> str:
@@ -155,9 +183,16 @@ def cpu_threads_for(model) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- the collator
-def run_batched(items: Sequence[T], compute: Callable[[list[P]], Any], *, batch_size: int,
-                length: Callable[[T], int], prepare: Callable[[T], P] | None = None,
-                prefetch_workers: int = 0, finish: Callable[[Any], list[R]] | None = None) -> list[R]:
+def run_batched(
+    items: Sequence[T],
+    compute: Callable[[list[P]], Any],
+    *,
+    batch_size: int,
+    length: Callable[[T], int],
+    prepare: Callable[[T], P] | None = None,
+    prefetch_workers: int = 0,
+    finish: Callable[[Any], list[R]] | None = None,
+) -> list[R]:
     """Apply `compute` to batches of prepared items, longest first, and return results in input order.
 
     prepare: per-item CPU work (tokenising, image preprocessing); with prefetch_workers > 0 it runs in a

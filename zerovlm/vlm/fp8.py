@@ -28,8 +28,8 @@ from torch import nn
 from zerovlm.io import ZeroVLMError
 
 E4M3 = torch.float8_e4m3fn
-E4M3_MAX = torch.finfo(E4M3).max   # 448
-TINY = 1e-12                        # an all-zero row gets a finite scale (and quantises to zeros)
+E4M3_MAX = torch.finfo(E4M3).max  # 448
+TINY = 1e-12  # an all-zero row gets a finite scale (and quantises to zeros)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +46,7 @@ class Float8Linear(nn.Module):
         if not supports_fp8(linear):
             raise ZeroVLMError(f"Float8Linear: {linear} needs in and out features divisible by 16")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight, scale = quantize_rows(linear.weight.detach())       # (out, in), (out, 1)
+        weight, scale = quantize_rows(linear.weight.detach())  # (out, in), (out, 1)
         self.register_buffer("weight", weight)
         self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out): one scale per output
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
@@ -56,8 +56,9 @@ class Float8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         values, scale = quantize_rows(rows)
         # mat2 must be column-major: the transpose of the row-major (out, in) weight is.
-        out = torch._scaled_mm(values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale,
-                               bias=self.bias, out_dtype=self.out_dtype)
+        out = torch._scaled_mm(
+            values, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=self.out_dtype
+        )
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -66,8 +67,11 @@ class Float8Linear(nn.Module):
 
 def supports_fp8(linear: nn.Linear) -> bool:
     """_scaled_mm needs both matrix sides divisible by 16 and a half-precision result for rowwise scales."""
-    return (linear.in_features % 16 == 0 and linear.out_features % 16 == 0
-            and linear.weight.dtype in (torch.bfloat16, torch.float16))
+    return (
+        linear.in_features % 16 == 0
+        and linear.out_features % 16 == 0
+        and linear.weight.dtype in (torch.bfloat16, torch.float16)
+    )
 
 
 def check_fp8_device(device: torch.device) -> None:
@@ -76,8 +80,10 @@ def check_fp8_device(device: torch.device) -> None:
     (Float8Linear itself also runs on the CPU, slowly: the tests use that.)
     """
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
-        raise ZeroVLMError(f"fp8_linear needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper), "
-                           f"got {device}; set fp8_linear: false")
+        raise ZeroVLMError(
+            f"fp8_linear needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper), "
+            f"got {device}; set fp8_linear: false"
+        )
 
 
 def convert_linears(module: nn.Module, skip: tuple[str, ...] = ()) -> int:

@@ -20,21 +20,37 @@ this backend only uses the processor and the model's plain forward and generate:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import groupby
-from typing import Any, Sequence
+from typing import Any, TypeVar
 
 import torch
 from transformers import StoppingCriteria
 
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed, run_batched
-from zerovlm.vlm.transformers_ops import common_prefix_length, use_float32_head, uses_fp8
-from zerovlm.vlm.llava import load_transformers_vlm
+from zerovlm.vlm.loading import load_transformers_vlm
+from zerovlm.vlm.transformers_ops import tokenise_options, use_float32_head, uses_fp8
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
 NATIVE_MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava_onevision", "idefics2"}
 # images per request for those: covers every configuration (at most 4 panels); context length is the real bound
 NATIVE_MAX_IMAGES = 8
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def by_image_count(items: Sequence[T], images: Callable[[T], tuple], run: Callable[[list[T]], list[R]]) -> list[R]:
+    """`run` on the items of each image count in turn (processors cannot mix text-only and image prompts in a
+    batch), its results restored to the order of `items`."""
+    results: list[Any] = [None] * len(items)
+    order = sorted(range(len(items)), key=lambda i: len(images(items[i])))  # stable: a group keeps input order
+    for _, group in groupby(order, key=lambda i: len(images(items[i]))):
+        group = list(group)
+        for i, result in zip(group, run([items[i] for i in group])):
+            results[i] = result
+    return results
 
 
 class HFAutoBackend(VisionLanguageModel):
@@ -52,16 +68,23 @@ class HFAutoBackend(VisionLanguageModel):
         self.max_images_per_request = NATIVE_MAX_IMAGES if self.native_multi_image else 1
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_id, "model_type": self.model.config.model_type,
-                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."),
-                "native_multi_image": self.native_multi_image, "fp8_linear": uses_fp8(self.model),
-                "float32_logits": self.float32_logits,
-                "max_images_per_request": self.max_images_per_request}
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "model_type": self.model.config.model_type,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "native_multi_image": self.native_multi_image,
+            "fp8_linear": uses_fp8(self.model),
+            "float32_logits": self.float32_logits,
+            "max_images_per_request": self.max_images_per_request,
+        }
 
     def render_prompt(self, request: Request) -> str:
         content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
-        return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                  add_generation_prompt=True, tokenize=False)
+        return self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
 
     def _inputs(self, texts: Sequence[str], images: Sequence[tuple]) -> dict:
         kwargs = {"images": [list(i) for i in images]} if images and images[0] else {}
@@ -72,71 +95,61 @@ class HFAutoBackend(VisionLanguageModel):
         """(prompt + sep + option, number of option tokens, images) per option."""
         text = self.render_prompt(request)
         separator = "" if text[-1:].isspace() else " "
-        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        joints = [text + separator + option for option in request.options]
-        joint_ids = [self.tokenizer(joint, add_special_tokens=False)["input_ids"] for joint in joints]
-        # one prefix for all options (as llava.py): the shortest they share with the prompt
-        shared = min([len(prompt_ids)] + [common_prefix_length(prompt_ids, ids) for ids in joint_ids])
-        for option, ids in zip(request.options, joint_ids):
-            if len(ids) <= shared:
-                raise ZeroVLMError(f"option {option!r} adds no tokens to the prompt")
-        return [(joint, len(ids) - shared, request.images) for joint, ids in zip(joints, joint_ids)]
+        _, _, continuations = tokenise_options(
+            lambda t: self.tokenizer(t, add_special_tokens=False)["input_ids"], text, separator, request.options
+        )
+        return [
+            (text + separator + option, len(tokens), request.images)
+            for option, tokens in zip(request.options, continuations)
+        ]
 
     @torch.no_grad()
     def _score(self, batch: list[tuple[str, int, tuple]]) -> list[float]:
         widest = max(n for _, n, _ in batch)
         inputs = self._inputs([t for t, _, _ in batch], [i for _, _, i in batch])
-        logits = self.model(**inputs, logits_to_keep=widest + 1).logits[:, -widest - 1:-1].float()  # (B, n, V)
+        logits = self.model(**inputs, logits_to_keep=widest + 1).logits[:, -widest - 1 : -1].float()  # (B, n, V)
         targets = inputs["input_ids"][:, -widest:]
-        picked = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)                  # (B, n)
-        return [picked[b, widest - n:].sum().item() for b, (_, n, _) in enumerate(batch)]
+        picked = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # (B, n)
+        return [picked[b, widest - n :].sum().item() for b, (_, n, _) in enumerate(batch)]
 
-    def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        # keyed by position, not by object: one Request object may be asked twice
-        pairs = [(i, pair) for i, r in enumerate(requests) for pair in self._pairs(r)]
-        scores: list[list[float]] = [[] for _ in requests]
+    def _option_logprobs(self, requests: list[Request]) -> list[list[float]]:
+        def score_pairs(pairs: list[tuple[str, int, tuple]]) -> list[float]:
+            return run_batched(pairs, self._score, batch_size=self.batch_size, length=lambda pair: len(pair[0]))
 
-        def image_count(entry: tuple) -> int:
-            return len(entry[1][2])  # pair = (text, option token count, images)
-
+        pairs = [pair for r in requests for pair in self._pairs(r)]  # pair = (text, option token count, images)
         with cpu_threads_for(self.model):
-            # one image count per batch: processors cannot mix text-only and image prompts
-            for _, group in groupby(sorted(pairs, key=image_count), key=image_count):
-                group = list(group)
-                values = run_batched([pair for _, pair in group], self._score, batch_size=self.batch_size,
-                                     length=lambda pair: len(pair[0]))
-                for (i, _), value in zip(group, values):
-                    scores[i].append(value)
-        # pairs were grouped stably, so each request's options stay in order
-        return scores
+            values = iter(by_image_count(pairs, lambda pair: pair[2], score_pairs))
+        return [[next(values) for _ in r.options] for r in requests]  # pairs come back in request, option order
 
-    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
-        if max_new_tokens < 1 or temperature < 0:
-            raise ZeroVLMError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
+    def _generate(
+        self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...], temperature: float, seed: int
+    ) -> list[str]:
 
         @torch.no_grad()
         def compute(batch: list[Request]) -> list[str]:
             inputs = self._inputs([self.render_prompt(r) for r in batch], [r.images for r in batch])
             if temperature > 0:  # batch of one (see below): a per-request generator seed
                 torch.manual_seed(request_seed(seed, batch[0]))
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                      temperature=temperature if temperature > 0 else None, top_p=None,
-                                      top_k=None, pad_token_id=self.tokenizer.pad_token_id,
-                                      stopping_criteria=[_StopOnText(self.tokenizer, stop, inputs["input_ids"].shape[1])])
-            new = out[:, inputs["input_ids"].shape[1]:]
+            out = self.model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=self.tokenizer.pad_token_id,
+                stopping_criteria=[_StopOnText(self.tokenizer, stop, inputs["input_ids"].shape[1])],
+            )
+            new = out[:, inputs["input_ids"].shape[1] :]
             return [cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)[0].strip() for row in new]
 
-        results: dict[int, str] = {}
+        def generate_group(group: list[Request]) -> list[str]:
+            return run_batched(
+                group, compute, batch_size=1 if temperature > 0 else self.batch_size, length=lambda r: len(r.prompt)
+            )
+
         with cpu_threads_for(self.model):
-            for _, group in groupby(sorted(range(len(requests)), key=lambda i: len(requests[i].images)),
-                                    key=lambda i: len(requests[i].images)):
-                group = list(group)
-                texts = run_batched([requests[i] for i in group], compute,
-                                    batch_size=1 if temperature > 0 else self.batch_size,
-                                    length=lambda r: len(r.prompt))
-                results.update(zip(group, texts))
-        return [results[i] for i in range(len(requests))]
+            return by_image_count(requests, lambda r: r.images, generate_group)
 
 
 class _StopOnText(StoppingCriteria):
@@ -147,9 +160,11 @@ class _StopOnText(StoppingCriteria):
         self.tokenizer, self.stop, self.prompt_length = tokenizer, tuple(s for s in stop if s), prompt_length
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = [bool(self.stop) and cut_at_stop(self.tokenizer.decode(row[self.prompt_length:],
-                                                                      skip_special_tokens=True), self.stop)[1]
-                for row in input_ids]
+        done = [
+            bool(self.stop)
+            and cut_at_stop(self.tokenizer.decode(row[self.prompt_length :], skip_special_tokens=True), self.stop)[1]
+            for row in input_ids
+        ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

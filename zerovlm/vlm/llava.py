@@ -2,9 +2,9 @@
 
 Loading: `load_llava(cfg)` opens a hub id or a local folder with AutoProcessor (PIL image processing,
 no torchvision) and LlavaForConditionalGeneration (SDPA attention); remote code only when
-cfg.trust_remote_code.
+cfg.trust_remote_code (the generic transformers loader, zerovlm/vlm/loading.py).
 
-Prompts (cfg.chat_format):
+Prompts (cfg.chat_format; the names and system sentences: zerovlm/vlm/llava_conventions.py):
 - "hub": the model's own chat template -> `USER: <image>\\n{prompt} ASSISTANT:` (no system sentence)
 - "vicuna_v1", "llava_v1": the original repo's templates of those names (haotian-liu/LLaVA llava/conversation.py,
   conv_vicuna_v1 and conv_llava_v1, SeparatorStyle.TWO) -> `{system} USER: <image>\\n{prompt} ASSISTANT:`;
@@ -14,10 +14,10 @@ Images (cfg.image_preprocess): "crop" is the HF processor (resize + centre crop)
 square with the processor's mean colour, as the original repo's `expand2square` in `process_images`
 (llava/mm_utils.py, image_aspect_ratio=pad, LLaVA-1.5's setting), then the same CLIP pipeline.
 
-Algorithm, one batch (`_score_batch`):
-1. Tokenise prompt and prompt+" "+option jointly; the longest token prefix shared by the prompt and every
-   joint tokenisation is the prefix, the rest of each joint sequence is that option's continuation (this
-   is exact when BPE merges across the prompt/option boundary).
+Algorithm, one batch (`_score_batch`; the scoring and generation loops are zerovlm/vlm/shared_prefix.py's):
+1. Tokenise prompt and prompt+" "+option jointly (`tokenise_options`); the longest token prefix shared by
+   the prompt and every joint tokenisation is the prefix, the rest of each joint sequence is that option's
+   continuation (this is exact when BPE merges across the prompt/option boundary).
 2. Images: resized and cropped on CPU as uint8 in prefetch threads (`_resize_and_crop`, identical to the
    processor's CLIP pipeline, tested), normalised on the GPU; features once per distinct image
    (content hash; a small cache spans batches).
@@ -36,37 +36,30 @@ Optional `compile`: torch.compile of each decoder block of both towers (regional
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.pickles import refused_pickles
-from zerovlm.runtime import resolve_device_dtype
-from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
-                              request_seed, run_batched)
-from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, compile_regions,
-                                          decode_loop, expand_token, to_device, use_fp8_linears, uses_fp8)
+from zerovlm.vlm.base import IdentityMemo, Request, image_fingerprint, request_seed
+from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES, ORIGINAL_SEP, ORIGINAL_SYSTEMS
+from zerovlm.vlm.loading import load_transformers_vlm
+from zerovlm.vlm.shared_prefix import SharedPrefixBackend
+from zerovlm.vlm.transformers_ops import (
+    CausalForward,
+    compile_regions,
+    expand_token,
+    to_device,
+    tokenise_options,
+    uses_fp8,
+)
 
-log = logging.getLogger(__name__)
-
-# The original templates' system sentences (llava/conversation.py); both render
-# system + sep + "USER: " + "<image>\n" + question + sep + "ASSISTANT:" with sep " " (sep2 "</s>" ends a reply).
-ORIGINAL_SYSTEMS = {
-    "vicuna_v1": ("A chat between a curious user and an artificial intelligence assistant. "
-                  "The assistant gives helpful, detailed, and polite answers to the user's questions."),
-    "llava_v1": ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions."),
-}
-ORIGINAL_SEP = " "
-CHAT_FORMATS = ("hub", *ORIGINAL_SYSTEMS)
 OPTION_SEPARATOR = " "  # "ASSISTANT:" + " Yes": the answer follows the colon after one space
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -86,30 +79,45 @@ def expand_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
 class Encoded:
     """One request, tokenised and preprocessed (CPU)."""
 
-    prefix: list[int]              # BOS + prompt tokens, one image token per image (expanded later)
+    prefix: list[int]  # BOS + prompt tokens, one image token per image (expanded later)
     continuations: list[list[int]]  # per option: joint tokens after the shared prefix
     images: tuple[Image.Image, ...]
-    image_keys: tuple[str, ...]       # content hashes
-    pixels: dict[str, torch.Tensor]   # key -> (3, H, W) float32, for images without cached features
-    seed: int = 0
+    image_keys: tuple[str, ...]  # content hashes
+    pixels: dict[str, torch.Tensor]  # key -> (3, H, W) float32, for images without cached features
+    seed: int  # of sampled generation
 
 
-class LlavaBackend(VisionLanguageModel):
+class LlavaBackend(SharedPrefixBackend):
     name = "llava"
     max_images_per_request = 1  # LLaVA-1.5 was trained on single images (several work only mechanically)
 
-    def __init__(self, model, processor, *, model_id: str = "", chat_format: str = "hub",
-                 image_preprocess: str = "crop", batch_size: int = 16, padding_side: str = "right",
-                 prefetch_workers: int | None = None, feature_cache_size: int = 256, compile: bool = False):
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        model_id: str = "",
+        chat_format: str = "hub",
+        image_preprocess: str = "crop",
+        batch_size: int = 16,
+        padding_side: str = "right",
+        prefetch_workers: int | None = None,
+        feature_cache_size: int = 256,
+        compile: bool = False,
+    ):
         if chat_format not in CHAT_FORMATS:
             raise ZeroVLMError(f"chat_format must be one of {', '.join(CHAT_FORMATS)}, got {chat_format!r}")
-        if image_preprocess not in ("crop", "pad"):
-            raise ZeroVLMError(f"image_preprocess must be 'crop' or 'pad', got {image_preprocess!r}")
+        if image_preprocess not in IMAGE_PREPROCESSES:
+            raise ZeroVLMError(
+                f"image_preprocess must be one of {', '.join(IMAGE_PREPROCESSES)}, got {image_preprocess!r}"
+            )
         if padding_side not in ("left", "right"):
             raise ZeroVLMError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if chat_format == "hub" and not getattr(processor, "chat_template", None):
-            raise ZeroVLMError(f"{model_id or 'model'}: the processor has no chat template; "
-                               "use infer.chat_format 'llava_v1' or 'vicuna_v1'")
+            raise ZeroVLMError(
+                f"{model_id or 'model'}: the processor has no chat template; "
+                "use infer.chat_format 'llava_v1' or 'vicuna_v1'"
+            )
         self.model, self.processor, self.tokenizer = model.eval(), processor, processor.tokenizer
         self.device, self.dtype = model.device, model.dtype
         self.model_id, self.chat_format, self.image_preprocess = model_id, chat_format, image_preprocess
@@ -120,12 +128,10 @@ class LlavaBackend(VisionLanguageModel):
         vision = config.vision_config
         patches = (vision.image_size // vision.patch_size) ** 2
         self.tokens_per_image = patches + (0 if config.vision_feature_select_strategy == "default" else 1)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.eos_id = self.tokenizer.eos_token_id
         language_model = getattr(model.model, "language_model", None)  # transformers 5: model.model.language_model
         self.forward = CausalForward(model, body=language_model)
         self.compiled = compile
-        if self.compiled:  # the decoder layers of both towers; generation runs them eagerly (see generate)
+        if self.compiled:  # the decoder layers of both towers; generation runs them eagerly (see _generate)
             compile_regions(language_model, model.model.vision_tower)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._feature_cache_size = feature_cache_size
@@ -136,22 +142,36 @@ class LlavaBackend(VisionLanguageModel):
 
     def info(self) -> dict[str, Any]:
         import transformers
-        return {"name": self.name, "model": self.model_id, "chat_format": self.chat_format,
-                "image_preprocess": self.image_preprocess, "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."), "attention": self.model.config._attn_implementation,
-                "tokens_per_image": self.tokens_per_image, "compiled": self.compiled,
-                "fp8_linear": uses_fp8(self.model),
-                "transformers": transformers.__version__, "torch": torch.__version__}
+
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "chat_format": self.chat_format,
+            "image_preprocess": self.image_preprocess,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "attention": self.model.config._attn_implementation,
+            "tokens_per_image": self.tokens_per_image,
+            "compiled": self.compiled,
+            "fp8_linear": uses_fp8(self.model),
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
 
     # ------------------------------------------------------------ prompts and inputs
     def render_prompt(self, request: Request) -> str:
         if self.chat_format == "hub":
             content = [{"type": "image"} for _ in request.images] + [{"type": "text", "text": request.prompt}]
-            return self.processor.apply_chat_template([{"role": "user", "content": content}],
-                                                      add_generation_prompt=True, tokenize=False)
+            return self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
         images = "".join(f"{IMAGE_PLACEHOLDER}\n" for _ in request.images)
         system = ORIGINAL_SYSTEMS[self.chat_format]
         return f"{system}{ORIGINAL_SEP}USER: {images}{request.prompt}{ORIGINAL_SEP}ASSISTANT:"
+
+    @property
+    def placeholder(self) -> int:
+        return self.image_token_id
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
@@ -163,18 +183,16 @@ class LlavaBackend(VisionLanguageModel):
             yield
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        text = self.render_prompt(request)
-        prefix = self._ids(text)
-        joints = [self._ids(text + OPTION_SEPARATOR + option) for option in request.options]
-        shared = min([len(prefix)] + [common_prefix_length(prefix, j) for j in joints])
-        for k, joint in enumerate(joints):
-            if len(joint) <= shared:
-                raise ZeroVLMError(f"option {k} ({request.options[k]!r}) adds no tokens to the prompt")
+        prefix, shared, continuations = tokenise_options(
+            self._ids, self.render_prompt(request), OPTION_SEPARATOR, request.options
+        )
         images_in_prefix = prefix[:shared].count(self.image_token_id)
         if images_in_prefix != len(request.images) or prefix.count(self.image_token_id) != len(request.images):
-            raise ZeroVLMError(f"the rendered prompt has {prefix.count(self.image_token_id)} image placeholders "
-                               f"for {len(request.images)} images (a literal '<image>' in the prompt?)")
-        return prefix[:shared], [j[shared:] for j in joints]
+            raise ZeroVLMError(
+                f"the rendered prompt has {prefix.count(self.image_token_id)} image placeholders "
+                f"for {len(request.images)} images (a literal '<image>' in the prompt?)"
+            )
+        return prefix[:shared], continuations
 
     def _length(self, request: Request) -> int:
         prefix, continuations = self._tokenise(request)
@@ -197,10 +215,15 @@ class LlavaBackend(VisionLanguageModel):
         ip = self.processor.image_processor
         size, crop = getattr(ip, "size", None), getattr(ip, "crop_size", None)
         shortest = getattr(size, "shortest_edge", None) if size is not None else None
-        simple = (getattr(ip, "do_resize", False) and getattr(ip, "do_center_crop", False)
-                  and getattr(ip, "do_rescale", False) and getattr(ip, "do_normalize", False)
-                  and not getattr(ip, "do_pad", False) and int(getattr(ip, "resample", -1)) == Image.BICUBIC
-                  and abs(getattr(ip, "rescale_factor", 0) - 1 / 255) < 1e-12)
+        simple = (
+            getattr(ip, "do_resize", False)
+            and getattr(ip, "do_center_crop", False)
+            and getattr(ip, "do_rescale", False)
+            and getattr(ip, "do_normalize", False)
+            and not getattr(ip, "do_pad", False)
+            and int(getattr(ip, "resample", -1)) == Image.BICUBIC
+            and abs(getattr(ip, "rescale_factor", 0) - 1 / 255) < 1e-12
+        )
         if not simple or not shortest or crop is None or not getattr(crop, "height", None):
             return None
         if crop.height > shortest or crop.width > shortest:  # the processor would pad: leave it to it
@@ -225,17 +248,19 @@ class LlavaBackend(VisionLanguageModel):
             return pixels.float()
         ip = self.processor.image_processor
         if self._mean_std is None or self._mean_std[0].device != pixels.device:
-            self._mean_std = tuple(to_device(torch.tensor(values, dtype=torch.float32)[:, None, None], pixels.device)
-                                   for values in (ip.image_mean, ip.image_std))
+            self._mean_std = tuple(
+                to_device(torch.tensor(values, dtype=torch.float32)[:, None, None], pixels.device)
+                for values in (ip.image_mean, ip.image_std)
+            )
         mean, std = self._mean_std
         return (pixels.float() * float(ip.rescale_factor) - mean) / std
 
-    def _encode(self, request: Request) -> Encoded:
+    def _encode(self, request: Request, seed: int = 0) -> Encoded:
         prefix, continuations = self._tokenise(request)
         keys = tuple(self._image_key(i) for i in request.images)
         todo = {k: i for k, i in zip(keys, request.images) if k not in self._features}
         pixels = dict(zip(todo, self._preprocess(list(todo.values())))) if todo else {}
-        return Encoded(prefix, continuations, request.images, keys, pixels)
+        return Encoded(prefix, continuations, request.images, keys, pixels, request_seed(seed, request, keys))
 
     # ------------------------------------------------------------ model inputs
     @torch.no_grad()
@@ -252,9 +277,11 @@ class LlavaBackend(VisionLanguageModel):
         if todo:
             pixel_values = self._normalise(to_device(torch.stack(list(todo.values())), self.device)).to(self.dtype)
             config = self.model.config
-            out = self.model.get_image_features(pixel_values=pixel_values,
-                                                vision_feature_layer=config.vision_feature_layer,
-                                                vision_feature_select_strategy=config.vision_feature_select_strategy)
+            out = self.model.get_image_features(
+                pixel_values=pixel_values,
+                vision_feature_layer=config.vision_feature_layer,
+                vision_feature_select_strategy=config.vision_feature_select_strategy,
+            )
             features = getattr(out, "pooler_output", out)
             features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
             for key, feature in zip(todo, features):
@@ -272,108 +299,27 @@ class LlavaBackend(VisionLanguageModel):
         features = self._image_features(batch)
         return rows, (None if features is None else features.reshape(-1, features.shape[-1]))
 
-    # ------------------------------------------------------------ option scoring
-    def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        scored = [i for i, r in enumerate(requests) if r.options]
-        results: list[list[float]] = [[] for _ in requests]
-        with self._call_memos(), cpu_threads_for(self.model):
-            outputs = run_batched([requests[i] for i in scored], self._score_batch, batch_size=self.batch_size,
-                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
-                                  finish=PendingScores.result)
-        for i, output in zip(scored, outputs):
-            results[i] = output
-        return results
-
-    @torch.no_grad()
-    def _score_batch(self, batch: list[Encoded]) -> PendingScores:
-        """Queue the batch's scoring on the device (`run_batched` finishes it after queueing the next)."""
-        rows, features = self._rows_and_features(batch)
-        return self.forward.launch_option_logprobs(rows, [e.continuations for e in batch], side=self.padding_side,
-                                            placeholder=self.image_token_id, features=features)
-
     # ------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
-        if max_new_tokens < 1:
-            raise ZeroVLMError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ZeroVLMError(f"temperature must be >= 0, got {temperature}")
-        plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
-
-        def encode(request: Request) -> Encoded:
-            encoded = self._encode(request)
-            encoded.seed = request_seed(seed, request, encoded.image_keys)
-            return encoded
-
-        @torch.no_grad()
-        def compute(batch: list[Encoded]) -> list[str]:
-            rows, features = self._rows_and_features(batch)
-            embeds, mask = self.forward.embed_rows(rows, "left", self.image_token_id, features)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            return decode_loop(self.forward, self.tokenizer, embeds, mask, positions,
-                                        max_new_tokens=max_new_tokens, stop=stop, temperature=temperature,
-                                        seeds=[e.seed for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
-
-        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
-        with self._call_memos(), cpu_threads_for(self.model), eager:  # compiled layers: scoring's cache-free forwards
-            return run_batched(plain, compute, batch_size=self.batch_size, length=self._length, prepare=encode,
-                               prefetch_workers=self.prefetch_workers)
+    def _generate(
+        self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...], temperature: float, seed: int
+    ) -> list[str]:
+        # compiled layers serve scoring's cache-free forwards; generation with its KV cache runs them eagerly
+        with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
+            return super()._generate(requests, max_new_tokens, stop, temperature, seed)
 
 
 # ---------------------------------------------------------------- loading
-def check_model_source(model: str, revision: str | None = None) -> None:
-    """A local-looking path must exist; anything else is a hub id, whose config.json is fetched (or found
-    in the cache) once here: offline, transformers would retry each file for minutes before failing."""
-    looks_local = model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1] \
-        or Path(model).exists()
-    if looks_local and not Path(model).expanduser().is_dir():
-        raise ZeroVLMError(f"infer.model: folder {model!r} not found (build the tiny models first, "
-                           "`zerovlm build-tiny-models`, or give a hub id such as llava-hf/llava-1.5-7b-hf)")
-    if looks_local:
-        return
-    from huggingface_hub import hf_hub_download
-
-    try:
-        hf_hub_download(model, "config.json", revision=revision)
-    except OSError as error:  # offline and not cached, unknown or gated repo: huggingface_hub's errors
-        reason = str(error).splitlines()[0] if str(error) else ""
-        raise ZeroVLMError(f"infer.model: cannot fetch config.json of hub repo {model!r} ({type(error).__name__}: "
-                           f"{reason}); without network, download the model where there is one and give its "
-                           f"folder, or point HF_HOME at a cache holding it") from None
-
-
-def load_processor(model: str, trust_remote_code: bool = False, revision: str | None = None):
-    """AutoProcessor with the PIL image processors (identical preprocessing on CPU and GPU, no torchvision)."""
-    from transformers import AutoProcessor
-    return AutoProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code, revision=revision)
-
-
-def load_transformers_vlm(model_class, cfg):
-    """(model on its device, processor, device) for cfg.model through `model_class.from_pretrained`: SDPA
-    attention, cfg.dtype, remote code only with cfg.trust_remote_code; then cfg.fp8_linear. A hub id is read at
-    cfg.revision (the commit the check stage pinned)."""
-    check_model_source(cfg.model, cfg.revision)
-    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, "infer")
-    try:
-        processor = load_processor(cfg.model, cfg.trust_remote_code, cfg.revision)
-        with refused_pickles(cfg.model):
-            model = model_class.from_pretrained(cfg.model, dtype=dtype, attn_implementation="sdpa",
-                                                trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
-    except (OSError, ValueError) as error:
-        raise ZeroVLMError(f"infer.model: cannot load {cfg.model!r} as {model_class.__name__} ({error}); for hub "
-                           "ids check the network or the Hugging Face cache") from None
-    log.info("%s: %s on %s as %s", model_class.__name__, cfg.model, device, dtype)
-    model = model.to(device)
-    if cfg.fp8_linear:
-        use_fp8_linears(model.get_decoder(), device)
-    return model, processor, device
-
-
 def load_llava(cfg) -> LlavaBackend:
     """LLaVA-1.5 from cfg.model (hub id or folder) with cfg's template, preprocessing, dtype and device."""
     from transformers import LlavaForConditionalGeneration
 
     model, processor, device = load_transformers_vlm(LlavaForConditionalGeneration, cfg)
-    return LlavaBackend(model, processor, model_id=cfg.model, chat_format=cfg.chat_format,
-                        image_preprocess=cfg.image_preprocess, batch_size=cfg.batch_size,
-                        compile=cfg.compile and device.type == "cuda")
+    return LlavaBackend(
+        model,
+        processor,
+        model_id=cfg.model,
+        chat_format=cfg.chat_format,
+        image_preprocess=cfg.image_preprocess,
+        batch_size=cfg.batch_size,
+        compile=cfg.compile and device.type == "cuda",
+    )

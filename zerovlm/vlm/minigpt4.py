@@ -44,10 +44,12 @@ the ViT in fp16; this backend does neither.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,14 +58,16 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError, read_json
 from zerovlm.pickles import refused_pickles
 from zerovlm.runtime import resolve_device_dtype
-from zerovlm.vlm.base import (IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint,
-                              request_seed, run_batched)
+from zerovlm.vlm.base import IdentityMemo, Request, request_seed
+from zerovlm.vlm.loading import on_device, pretrained
 from zerovlm.vlm.model_files import REPOSITORY_PARTS, Manifest, read_manifest, repository_file, single_file
-from zerovlm.vlm.transformers_ops import (CausalForward, PendingScores, common_prefix_length, decode_loop, to_device,
-                                          use_fp8_linears, uses_fp8)
+from zerovlm.vlm.shared_prefix import SharedPrefixBackend
+from zerovlm.vlm.transformers_ops import CausalForward, to_device, tokenise_options, uses_fp8
 
-SYSTEM = ("Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
-                  "provide it to you. Please answer my questions.")
+SYSTEM = (
+    "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I "
+    "provide it to you. Please answer my questions."
+)
 IMAGE_HERE = "<ImageHere>"
 
 
@@ -71,13 +75,15 @@ IMAGE_HERE = "<ImageHere>"
 class Conversation:
     """One variant's conversation template (sep is empty or "###", SeparatorStyle.SINGLE)."""
 
-    user: str                 # system + sep + user role
-    assistant: str            # sep + assistant role
-    stop: tuple[str, ...]     # text that ends an answer besides EOS
+    user: str  # system + sep + user role
+    assistant: str  # sep + assistant role
+    stop: tuple[str, ...]  # text that ends an answer besides EOS
 
 
-CONVERSATIONS = {"vicuna0": Conversation("###Human: ", "###Assistant: ", ("###",)),
-                 "llama2": Conversation("<s>[INST] ", " [/INST] ", ())}
+CONVERSATIONS = {
+    "vicuna0": Conversation("###Human: ", "###Assistant: ", ("###",)),
+    "llama2": Conversation("<s>[INST] ", " [/INST] ", ()),
+}
 PATCHES_PER_TOKEN = 4  # llama2: consecutive ViT patch tokens concatenated into one LLM token
 PLACEHOLDER = -1  # token id standing for one image embedding position (never looked up)
 IMAGE_PX = 224
@@ -112,8 +118,9 @@ def load_llama_proj(path: str | Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("llama_proj."): state[key] for key in wanted}
 
 
-def load_blip2_parts(source: str, with_qformer: bool = True, where: str = "vision_qformer",
-                     revision: str | None = None) -> tuple[Any, Any, Any, Any]:
+def load_blip2_parts(
+    source: str, with_qformer: bool = True, where: str = "vision_qformer", revision: str | None = None
+) -> tuple[Any, Any, Any, Any]:
     """(config, query_tokens, vision model, Q-Former) from a BLIP-2 checkpoint (folder, or hub id at `revision`),
     reading only their shards; `where` names the setting in errors.
 
@@ -126,8 +133,9 @@ def load_blip2_parts(source: str, with_qformer: bool = True, where: str = "visio
     prefixes = BLIP2_PREFIXES if with_qformer else VISION_PREFIXES
     config_path = repository_file(source, "config.json", where, revision)
     if config_path is None:
-        raise ZeroVLMError(f"{where}: {source} has no config.json; name a BLIP-2 checkpoint "
-                           "(e.g. Salesforce/blip2-flan-t5-xxl)")
+        raise ZeroVLMError(
+            f"{where}: {source} has no config.json; name a BLIP-2 checkpoint (e.g. Salesforce/blip2-flan-t5-xxl)"
+        )
     config = Blip2Config.from_pretrained(config_path.parent)  # the folder, or the snapshot of `revision`
     index = repository_file(source, "model.safetensors.index.json", where, revision)
     if index is not None:
@@ -165,13 +173,36 @@ def load_blip2_parts(source: str, with_qformer: bool = True, where: str = "visio
     return config, torch.nn.Parameter(state["query_tokens"].float()), vision.eval(), qformer.eval()
 
 
-class MiniGPT4Backend(VisionLanguageModel):
+@dataclass
+class Encoded:
+    """One request, tokenised and preprocessed (CPU)."""
+
+    prefix: list[int]  # BOS + first segment, PLACEHOLDER per image embedding, the rest of the prompt
+    continuations: list[list[int]]  # per option: joint tokens after the shared prefix
+    pixels: torch.Tensor | None  # (images, 3, 224, 224) float32
+    seed: int  # of sampled generation
+
+
+class MiniGPT4Backend(SharedPrefixBackend):
     name = "minigpt4"
     max_images_per_request = 1  # trained and evaluated on single images
+    placeholder = PLACEHOLDER
 
-    def __init__(self, vision, query_tokens, qformer, llama_proj, llm, tokenizer, *, model_id: str = "",
-                 batch_size: int = 16, prefetch_workers: int = 0, variant: str = "vicuna0",
-                 parts: dict[str, str] | None = None):
+    def __init__(
+        self,
+        vision,
+        query_tokens,
+        qformer,
+        llama_proj,
+        llm,
+        tokenizer,
+        *,
+        model_id: str = "",
+        batch_size: int = 16,
+        prefetch_workers: int = 0,
+        variant: str = "vicuna0",
+        parts: dict[str, str] | None = None,
+    ):
         if variant not in CONVERSATIONS:
             raise ZeroVLMError(f"MiniGPT-4 variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
         if (qformer is None) != (variant == "llama2"):
@@ -185,19 +216,23 @@ class MiniGPT4Backend(VisionLanguageModel):
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
         self.forward = CausalForward(llm)
-        self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         # Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so prefetch
         # threads never touch the tokenizer (fast tokenizers are not safe to share across threads).
         self._tokenise = IdentityMemo(self._tokenise_uncached)
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self.model_id, "variant": self.variant, "device": str(self.device),
-                "dtype": str(self.dtype).removeprefix("torch."),
-                "qformer_dtype": "float32" if self.qformer is not None else None,
-                "fp8_linear": uses_fp8(self.llm),
-                "ln_vision_eps": self.vision.post_layernorm.eps, "tokens_per_image": self.tokens_per_image,
-                "parts": self.parts}
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "variant": self.variant,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "qformer_dtype": "float32" if self.qformer is not None else None,
+            "fp8_linear": uses_fp8(self.llm),
+            "ln_vision_eps": self.vision.post_layernorm.eps,
+            "tokens_per_image": self.tokens_per_image,
+            "parts": self.parts,
+        }
 
     def render_prompt(self, request: Request) -> str:
         images = " ".join(f"<Img>{IMAGE_HERE}</Img>" for _ in request.images)
@@ -214,23 +249,19 @@ class MiniGPT4Backend(VisionLanguageModel):
         return ids
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        text = self.render_prompt(request)
-        prefix = self._ids(text)
-        joints = [self._ids(text + option) for option in request.options]  # the prompt ends with a space
-        shared = min([len(prefix)] + [common_prefix_length(prefix, j) for j in joints])
-        for k, joint in enumerate(joints):
-            if len(joint) <= shared:
-                raise ZeroVLMError(f"option {k} ({request.options[k]!r}) adds no tokens to the prompt")
+        # no separator: the prompt ends with a space
+        prefix, shared, continuations = tokenise_options(self._ids, self.render_prompt(request), "", request.options)
         if prefix[:shared].count(PLACEHOLDER) != len(request.images) * self.tokens_per_image:
             raise ZeroVLMError(f"prompt {request.prompt!r} must not contain {IMAGE_HERE!r}")
-        return prefix[:shared], [j[shared:] for j in joints]
+        return prefix[:shared], continuations
 
-    def _encode(self, request: Request, seed: int = 0) -> dict[str, Any]:
+    def _call_memos(self) -> contextlib.AbstractContextManager:
+        return self._tokenise.scope()
+
+    def _encode(self, request: Request, seed: int = 0) -> Encoded:
         prefix, continuations = self._tokenise(request)
-        keys = [image_fingerprint(i) for i in request.images]
         pixels = torch.stack([preprocess(i) for i in request.images]) if request.images else None
-        return {"prefix": prefix, "continuations": continuations, "pixels": pixels,
-                "seed": request_seed(seed, request, keys)}
+        return Encoded(prefix, continuations, pixels, request_seed(seed, request))
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -239,65 +270,37 @@ class MiniGPT4Backend(VisionLanguageModel):
         vision_device = self.vision.post_layernorm.weight.device
         image = self.vision(pixel_values=to_device(pixels, vision_device).to(self.vision.dtype)).last_hidden_state
         if self.qformer is None:
-            patches = image[:, 1:, :]                                   # (n, 256, 1408): CLS dropped
+            patches = image[:, 1:, :]  # (n, 256, 1408): CLS dropped
             n, count, width = patches.shape
             tokens = patches.reshape(n, count // PATCHES_PER_TOKEN, width * PATCHES_PER_TOKEN)  # (n, 64, 5632)
         else:
             queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
-            tokens = self.qformer(query_embeds=queries, encoder_hidden_states=image.float(),
-                                  encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long,
-                                                                    device=vision_device)).last_hidden_state
+            tokens = self.qformer(
+                query_embeds=queries,
+                encoder_hidden_states=image.float(),
+                encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long, device=vision_device),
+            ).last_hidden_state
         projected = self.llama_proj(tokens.to(self.llama_proj.weight.dtype))
         return projected.to(self.device, self.dtype)
 
-    def _features(self, batch: Sequence[dict]) -> torch.Tensor | None:
-        pixels = [e["pixels"] for e in batch if e["pixels"] is not None]
+    def _rows_and_features(self, batch: Sequence[Encoded]) -> tuple[list[list[int]], torch.Tensor | None]:
+        """The prefix token rows (one PLACEHOLDER per image embedding) and the (N, D) embeddings in order."""
+        rows = [e.prefix for e in batch]
+        pixels = [e.pixels for e in batch if e.pixels is not None]
         if not pixels:
-            return None
+            return rows, None
         embeddings = self.image_embeddings(torch.cat(pixels))
-        return embeddings.reshape(-1, embeddings.shape[-1])
+        return rows, embeddings.reshape(-1, embeddings.shape[-1])
 
     def _length(self, request: Request) -> int:
         prefix, continuations = self._tokenise(request)
         return len(prefix) + max((len(c) for c in continuations), default=0)
 
-    def option_logprobs(self, requests: Sequence[Request]) -> list[list[float]]:
-        scored = [i for i, r in enumerate(requests) if r.options]
-
-        @torch.no_grad()
-        def compute(batch: list[dict]) -> PendingScores:
-            return self.forward.launch_option_logprobs([e["prefix"] for e in batch],
-                                                       [e["continuations"] for e in batch],
-                                                       placeholder=PLACEHOLDER, features=self._features(batch))
-
-        with self._tokenise.scope(), cpu_threads_for(self.llm):
-            outputs = run_batched([requests[i] for i in scored], compute, batch_size=self.batch_size,
-                                  length=self._length, prepare=self._encode, prefetch_workers=self.prefetch_workers,
-                                  finish=PendingScores.result)
-        results: list[list[float]] = [[] for _ in requests]
-        for i, output in zip(scored, outputs):
-            results[i] = output
-        return results
-
-    def generate(self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...] = (),
-                 temperature: float = 0.0, seed: int = 0) -> list[str]:
-        if max_new_tokens < 1 or temperature < 0:
-            raise ZeroVLMError(f"need max_new_tokens >= 1 and temperature >= 0, got {max_new_tokens}, {temperature}")
+    def _generate(
+        self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...], temperature: float, seed: int
+    ) -> list[str]:
         stops = tuple(dict.fromkeys((*stop, *self.conversation.stop)))  # vicuna0's "###" always ends an answer
-
-        @torch.no_grad()
-        def compute(batch: list[dict]) -> list[str]:
-            embeds, mask = self.forward.embed_rows([e["prefix"] for e in batch], "left", PLACEHOLDER,
-                                                   self._features(batch))
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            return decode_loop(self.forward, self.tokenizer, embeds, mask, positions,
-                               max_new_tokens=max_new_tokens, stop=stops, temperature=temperature,
-                               seeds=[e["seed"] for e in batch], eos_id=self.eos_id, pad_id=self.pad_id)
-
-        plain = [Request(r.images, r.prompt) for r in requests]
-        with self._tokenise.scope(), cpu_threads_for(self.llm):
-            return run_batched(plain, compute, batch_size=self.batch_size, length=self._length,
-                               prepare=lambda r: self._encode(r, seed), prefetch_workers=self.prefetch_workers)
+        return super()._generate(requests, max_new_tokens, stops, temperature, seed)
 
 
 def part_sources(manifest: Manifest, part_revisions: dict[str, str] | None) -> dict[str, tuple[str, str | None]]:
@@ -308,10 +311,14 @@ def part_sources(manifest: Manifest, part_revisions: dict[str, str] | None) -> d
         return sources
     hub_parts = sorted(part for part, (_, revision) in sources.items() if revision is not None)
     if sorted(part_revisions) != hub_parts:
-        raise ZeroVLMError(f"{manifest.path}: its hub parts are {hub_parts}, but commits were pinned for "
-                           f"{sorted(part_revisions)}; run `dvc repro`, whose check stage pins them again")
-    return {part: (source, None if revision is None else part_revisions[part])
-            for part, (source, revision) in sources.items()}
+        raise ZeroVLMError(
+            f"{manifest.path}: its hub parts are {hub_parts}, but commits were pinned for "
+            f"{sorted(part_revisions)}; run `dvc repro`, whose check stage pins them again"
+        )
+    return {
+        part: (source, None if revision is None else part_revisions[part])
+        for part, (source, revision) in sources.items()
+    }
 
 
 def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4Backend:
@@ -330,43 +337,64 @@ def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4
     blip2, blip2_revision = sources["vision_qformer"]
     llm_source, llm_revision = sources["llm"]
     where = manifest.where("llm")
-    config, query_tokens, vision, qformer = load_blip2_parts(blip2, variant == "vicuna0",
-                                                             manifest.where("vision_qformer"), blip2_revision)
+    config, query_tokens, vision, qformer = load_blip2_parts(
+        blip2, variant == "vicuna0", manifest.where("vision_qformer"), blip2_revision
+    )
     if repository_file(llm_source, "config.json", where, llm_revision) is None:
         raise ZeroVLMError(f"{where}: {llm_source} has no config.json; name a Llama model")
     try:
-        with refused_pickles(llm_source):
-            llm = LlamaForCausalLM.from_pretrained(llm_source, revision=llm_revision, dtype=dtype,
-                                                   attn_implementation="sdpa")
+        llm = pretrained(LlamaForCausalLM, llm_source, dtype, llm_revision)
         tokenizer = AutoTokenizer.from_pretrained(llm_source, revision=llm_revision)
     except (OSError, ValueError, ImportError) as error:
         # transformers reads a tokenizer.model without tokenizer.json (common in Llama-1 era repos) only with
         # sentencepiece, and without it reports a failed fallback to tiktoken
-        hint = "" if importlib.util.find_spec("sentencepiece") else (
-            "; a tokenizer given only as tokenizer.model needs `pip install sentencepiece protobuf`")
-        raise ZeroVLMError(f"{where}: cannot load {llm_source!r} as a Llama model and its tokenizer "
-                           f"({str(error).splitlines()[0] if str(error) else type(error).__name__}){hint}") from None
+        hint = (
+            ""
+            if importlib.util.find_spec("sentencepiece")
+            else ("; a tokenizer given only as tokenizer.model needs `pip install sentencepiece protobuf`")
+        )
+        raise ZeroVLMError(
+            f"{where}: cannot load {llm_source!r} as a Llama model and its tokenizer "
+            f"({str(error).splitlines()[0] if str(error) else type(error).__name__}){hint}"
+        ) from None
 
     # 2. llama_proj: a file relative to the manifest, or a Google Drive file fetched once into the cache
-    proj_path, proj_sha256 = single_file(manifest.path.parent, manifest.parts["llama_proj"],
-                                         manifest.where("llama_proj"))
+    proj_path, proj_sha256 = single_file(
+        manifest.path.parent, manifest.parts["llama_proj"], manifest.where("llama_proj")
+    )
     weights = load_llama_proj(proj_path)
-    image_width = (config.qformer_config.hidden_size if qformer is not None
-                   else config.vision_config.hidden_size * PATCHES_PER_TOKEN)
+    image_width = (
+        config.qformer_config.hidden_size
+        if qformer is not None
+        else config.vision_config.hidden_size * PATCHES_PER_TOKEN
+    )
     llama_proj = torch.nn.Linear(image_width, llm.config.hidden_size)
     if tuple(weights["weight"].shape) != tuple(llama_proj.weight.shape):
-        raise ZeroVLMError(f"{proj_path}: llama_proj.weight has shape {tuple(weights['weight'].shape)}; the "
-                           f"{variant} image tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of "
-                           "another variant or LLM size?)")
+        raise ZeroVLMError(
+            f"{proj_path}: llama_proj.weight has shape {tuple(weights['weight'].shape)}; the "
+            f"{variant} image tokens and the LLM need {tuple(llama_proj.weight.shape)} (a .pth of "
+            "another variant or LLM size?)"
+        )
     llama_proj.load_state_dict(weights)
 
     # 3. devices and precision
-    llm = llm.to(device)
-    if cfg.fp8_linear:
-        use_fp8_linears(llm.get_decoder(), device)
+    llm = on_device(llm, device, cfg.fp8_linear)
     if qformer is not None:
         query_tokens, qformer = query_tokens.to(device), qformer.to(device)
-    parts = {**manifest.parts, "llama_proj_sha256": proj_sha256,
-             "revisions": {part: revision for part, (_, revision) in sources.items() if revision is not None}}
-    return MiniGPT4Backend(vision.to(device, dtype), query_tokens, qformer, llama_proj.to(device, dtype), llm,
-                           tokenizer, model_id=cfg.model, batch_size=cfg.batch_size, variant=variant, parts=parts)
+    parts = {
+        **manifest.parts,
+        "llama_proj_sha256": proj_sha256,
+        "revisions": {part: revision for part, (_, revision) in sources.items() if revision is not None},
+    }
+    return MiniGPT4Backend(
+        vision.to(device, dtype),
+        query_tokens,
+        qformer,
+        llama_proj.to(device, dtype),
+        llm,
+        tokenizer,
+        model_id=cfg.model,
+        batch_size=cfg.batch_size,
+        variant=variant,
+        parts=parts,
+    )

@@ -39,7 +39,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name
 DEFAULT_REVISION = "main"
 MANIFEST = "minigpt4.json"
 REPOSITORY_PARTS = ("vision_qformer", "llm")  # a folder relative to the manifest, or a hub id
-FILE_PART = "llama_proj"                       # a file relative to the manifest, or gdrive:<file_id>
+FILE_PART = "llama_proj"  # a file relative to the manifest, or gdrive:<file_id>
 MANIFEST_KEYS = ("variant", *REPOSITORY_PARTS, FILE_PART, "revisions")
 
 
@@ -65,16 +65,21 @@ def fetch_drive_file(file_id: str, where: str) -> tuple[Path, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():
-            fetch_file(FileRequest(drive_url(file_id), relative, follow_html_form=True, kind="checkpoint"),
-                       cache_dir(), Policy())  # the downloader's defaults (retries, timeouts, caps)
+            fetch_file(
+                FileRequest(drive_url(file_id), relative, follow_html_form=True, kind="checkpoint"),
+                cache_dir(),
+                Policy(),
+            )  # the downloader's defaults (retries, timeouts, caps)
         actual = sha256_file(path)
         if not sidecar.is_file():  # the first download (or a file put there by hand): record what it is
             with atomic_path(sidecar) as tmp:
                 tmp.write_text(actual + "\n")
     recorded = sidecar.read_text().strip()
     if actual != recorded:
-        raise ZeroVLMError(f"{path}: SHA-256 {actual} differs from {recorded}, recorded in {sidecar.name} on its "
-                           f"first download; delete both files to download it again")
+        raise ZeroVLMError(
+            f"{path}: SHA-256 {actual} differs from {recorded}, recorded in {sidecar.name} on its "
+            f"first download; delete both files to download it again"
+        )
     return path, actual
 
 
@@ -109,25 +114,29 @@ def repository_file(source: str, filename: str, where: str, revision: str | None
     try:
         return Path(hf_hub_download(source, filename, revision=revision))
     except LocalEntryNotFoundError:  # offline (or the hub unreachable) and not in the local cache
-        raise ZeroVLMError(f"{where}: cannot reach the Hugging Face hub for {source!r} at "
-                           f"{revision or DEFAULT_REVISION} ({filename}) and it is not in the local cache; download "
-                           f"it where there is network (HF_HOME), or name a local folder") from None
+        raise ZeroVLMError(
+            f"{where}: cannot reach the Hugging Face hub for {source!r} at "
+            f"{revision or DEFAULT_REVISION} ({filename}) and it is not in the local cache; download "
+            f"it where there is network (HF_HOME), or name a local folder"
+        ) from None
     except EntryNotFoundError:
         return None
     except OSError as error:  # unknown or gated repo: huggingface_hub's errors are OSErrors
         reason = str(error).splitlines()[0] if str(error) else ""
-        raise ZeroVLMError(f"{where}: cannot fetch {filename} of hub repo {source!r} at "
-                           f"{revision or DEFAULT_REVISION} ({type(error).__name__}: {reason})") from None
+        raise ZeroVLMError(
+            f"{where}: cannot fetch {filename} of hub repo {source!r} at "
+            f"{revision or DEFAULT_REVISION} ({type(error).__name__}: {reason})"
+        ) from None
 
 
 @dataclass(frozen=True)
 class Manifest:
     """A minigpt4.json: each part as written, and the revision of each hub part it names."""
 
-    path: Path                  # <model folder>/minigpt4.json
-    variant: str | None         # as written (None: the backend's default); the backend checks it
-    parts: dict[str, str]       # vision_qformer, llm, llama_proj
-    revisions: dict[str, str]   # hub part -> branch, tag or commit; a hub part absent here: main
+    path: Path  # <model folder>/minigpt4.json
+    variant: str | None  # as written (None: the backend's default); the backend checks it
+    parts: dict[str, str]  # vision_qformer, llm, llama_proj
+    revisions: dict[str, str]  # hub part -> branch, tag or commit; a hub part absent here: main
 
     def where(self, key: str) -> str:
         return f"{self.path}: {key}"
@@ -144,8 +153,10 @@ def read_manifest(folder: Path, key: str) -> Manifest:
     """The manifest of model folder `folder` (the params key `key` named it), checked key by key."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise ZeroVLMError(f"{key}: {path} not found; MiniGPT-4 needs a folder with {MANIFEST} naming "
-                           f"{', '.join(REPOSITORY_PARTS + (FILE_PART,))} (zerovlm/vlm/manifests/ has the paper's)")
+        raise ZeroVLMError(
+            f"{key}: {path} not found; MiniGPT-4 needs a folder with {MANIFEST} naming "
+            f"{', '.join(REPOSITORY_PARTS + (FILE_PART,))} (zerovlm/vlm/manifests/ has the paper's)"
+        )
     fix = "rewrite it (zerovlm/vlm/manifests/ has examples)"
     values = read_json(path, fix)
     if not isinstance(values, dict):
@@ -153,21 +164,29 @@ def read_manifest(folder: Path, key: str) -> Manifest:
     unknown = sorted(set(values) - set(MANIFEST_KEYS))
     missing = [part for part in (*REPOSITORY_PARTS, FILE_PART) if part not in values]
     if unknown or missing:
-        raise ZeroVLMError(f"{path}: {f'unknown keys {unknown}' if unknown else f'missing keys {missing}'}; "
-                           f"valid: {', '.join(MANIFEST_KEYS)} (variant and revisions optional)")
+        raise ZeroVLMError(
+            f"{path}: {f'unknown keys {unknown}' if unknown else f'missing keys {missing}'}; "
+            f"valid: {', '.join(MANIFEST_KEYS)} (variant and revisions optional)"
+        )
     for name in (*REPOSITORY_PARTS, FILE_PART, "variant"):
         if name in values and not (isinstance(values[name], str) and values[name]):
             raise ZeroVLMError(f"{path}: {name} must be a non-empty string, got {values[name]!r}")
     revisions = values.get("revisions", {})
-    if not isinstance(revisions, dict) or not set(revisions) <= set(REPOSITORY_PARTS) or not all(
-            isinstance(r, str) and r for r in revisions.values()):
-        raise ZeroVLMError(f"{path}: revisions must map {' or '.join(REPOSITORY_PARTS)} to a branch, tag or commit "
-                           f"(e.g. {{\"llm\": \"main\"}}), got {revisions!r}")
-    manifest = Manifest(path, values.get("variant"), {k: values[k] for k in (*REPOSITORY_PARTS, FILE_PART)},
-                        revisions)
+    if (
+        not isinstance(revisions, dict)
+        or not set(revisions) <= set(REPOSITORY_PARTS)
+        or not all(isinstance(r, str) and r for r in revisions.values())
+    ):
+        raise ZeroVLMError(
+            f"{path}: revisions must map {' or '.join(REPOSITORY_PARTS)} to a branch, tag or commit "
+            f'(e.g. {{"llm": "main"}}), got {revisions!r}'
+        )
+    manifest = Manifest(path, values.get("variant"), {k: values[k] for k in (*REPOSITORY_PARTS, FILE_PART)}, revisions)
     for part in revisions:
         source, revision = manifest.repository(part)
         if revision is None:
-            raise ZeroVLMError(f"{path}: revisions.{part} is {revisions[part]!r}, but {part} is the local folder "
-                               f"{source}, which has no revisions; remove revisions.{part}")
+            raise ZeroVLMError(
+                f"{path}: revisions.{part} is {revisions[part]!r}, but {part} is the local folder "
+                f"{source}, which has no revisions; remove revisions.{part}"
+            )
     return manifest

@@ -83,9 +83,8 @@ def build_word_tokenizer(model_max_length: int = 2048):
     Like sentencepiece, a space becomes SPACE glued to the next piece, so decoding restores the text
     exactly (up to case): stop strings such as "###" survive a round trip.
     """
-    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
 
     vocab = _vocabulary()
     ids = {token: i for i, token in enumerate(vocab)}
@@ -93,12 +92,9 @@ def build_word_tokenizer(model_max_length: int = 2048):
     core.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", SPACE)])
     pattern = f"{SPACE}?(?:[a-z]+|[0-9]|[^a-z0-9{SPACE}])|{SPACE}"
     core.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                        special_tokens=[("<s>", ids["<s>"])])
     core.decoder = decoders.Sequence([decoders.Replace(SPACE, " ")])
     core.add_special_tokens(SPECIAL_TOKENS)
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>", model_max_length=model_max_length)
+    return _llama_style(core, model_max_length)
 
 
 def build_unsplit_bpe_tokenizer(corpus: list[str], vocab_size: int = 512, model_max_length: int = 2048):
@@ -109,30 +105,57 @@ def build_unsplit_bpe_tokenizer(corpus: list[str], vocab_size: int = 512, model_
     tokenizer runs this one when vocab_size is at most the model's; like it, it prepends `<s>`. Every
     printable ASCII character is in the vocabulary; decoding concatenates the pieces.
     """
-    from tokenizers import Tokenizer, decoders, processors, trainers
+    from tokenizers import Tokenizer, decoders, trainers
     from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(BPE(unk_token="<unk>"))
     core.add_special_tokens(SPECIAL_TOKENS)  # before training: the trainer does not merge across them
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=list(string.printable), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=list(string.printable),
+        show_progress=False,
+    )
     core.train_from_iterator(corpus, trainer)
-    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
-                                                        special_tokens=[("<s>", core.token_to_id("<s>"))])
     core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", pad_token="<pad>", model_max_length=model_max_length)
+    return _llama_style(core, model_max_length)
+
+
+def _llama_style(core, model_max_length: int):
+    """A PreTrainedTokenizerFast around the `tokenizers` object `core` that, like Llama's, prepends `<s>` and
+    names `<s>`, `</s>`, `<unk>` and `<pad>` as its special tokens."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    bos = ("<s>", core.token_to_id("<s>"))
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[bos])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=model_max_length,
+    )
 
 
 def tiny_llama_config(vocab_size: int, tokenizer, hidden_size: int = 32):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_size_px: int = 14) -> None:
@@ -142,19 +165,30 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
     Language: Llama with 2 layers of width 32 over the word-level vocabulary. Projector: LLaVA's MLP.
     """
     import torch
-    from transformers import (CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     out_dir = Path(out_dir)
     tokenizer = build_word_tokenizer()
     vocab_size = -(-len(tokenizer) // 8) * 8  # padded like llava-hf's 32064
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=image_size_px, patch_size=patch_size_px, projection_dim=32)
-    config = LlavaConfig(vision_config=vision.to_dict(),
-                         text_config=tiny_llama_config(vocab_size, tokenizer).to_dict(),
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default",
-                         projector_hidden_act="gelu", pad_token_id=tokenizer.pad_token_id)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size_px,
+        patch_size=patch_size_px,
+        projection_dim=32,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=tiny_llama_config(vocab_size, tokenizer).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     with torch.no_grad():  # larger random weights than the default init, so options get distinct scores
@@ -162,11 +196,17 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
             if parameter.dim() >= 2:
                 parameter.normal_(0.0, 0.2)
 
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size_px},
-                                            crop_size={"height": image_size_px, "width": image_size_px})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size_px,
-                               vision_feature_select_strategy="default", chat_template=HUB_LLAVA_CHAT_TEMPLATE,
-                               num_additional_image_tokens=1)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size_px}, crop_size={"height": image_size_px, "width": image_size_px}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size_px,
+        vision_feature_select_strategy="default",
+        chat_template=HUB_LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -197,7 +237,7 @@ def _init_image_path(blip2) -> None:
             else:
                 parameter.normal_(0.0, 0.2)
         for layer in blip2.vision_model.encoder.layers:  # EVA has no key bias (the HF conversion writes zeros)
-            layer.self_attn.qkv.bias[hidden:2 * hidden] = 0.0
+            layer.self_attn.qkv.bias[hidden : 2 * hidden] = 0.0
         for parameter in blip2.qformer.parameters():
             if parameter.dim() >= 2:
                 parameter.normal_(0.0, 0.2)
@@ -212,22 +252,42 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
     import json
 
     import torch
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig,
-                              LlamaForCausalLM, T5Config)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        LlamaForCausalLM,
+        T5Config,
+    )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_word_tokenizer()
     torch.manual_seed(seed)
-    vision = Blip2VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=224, patch_size=28)
-    qformer = Blip2QFormerConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                 cross_attention_frequency=1, encoder_hidden_size=32, vocab_size=64)
-    text = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-                    decoder_start_token_id=0, pad_token_id=0)
-    blip2 = Blip2ForConditionalGeneration(Blip2Config(vision_config=vision.to_dict(),
-                                                      qformer_config=qformer.to_dict(),
-                                                      text_config=text.to_dict(), num_query_tokens=32))
+    vision = Blip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=28
+    )
+    qformer = Blip2QFormerConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        cross_attention_frequency=1,
+        encoder_hidden_size=32,
+        vocab_size=64,
+    )
+    text = T5Config(
+        vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0, pad_token_id=0
+    )
+    blip2 = Blip2ForConditionalGeneration(
+        Blip2Config(
+            vision_config=vision.to_dict(),
+            qformer_config=qformer.to_dict(),
+            text_config=text.to_dict(),
+            num_query_tokens=32,
+        )
+    )
     _init_image_path(blip2)
     blip2.save_pretrained(out_dir / "blip2", max_shard_size="100KB")
 
@@ -241,8 +301,10 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
     from zerovlm.vlm.minigpt4 import PATCHES_PER_TOKEN
 
     image_width = qformer.hidden_size if variant == "vicuna0" else PATCHES_PER_TOKEN * vision.hidden_size
-    projection = {"llama_proj.weight": torch.randn(llm.config.hidden_size, image_width) * 0.2,
-                  "llama_proj.bias": torch.zeros(llm.config.hidden_size)}
+    projection = {
+        "llama_proj.weight": torch.randn(llm.config.hidden_size, image_width) * 0.2,
+        "llama_proj.bias": torch.zeros(llm.config.hidden_size),
+    }
     torch.save({"model": projection, "epoch": 0}, out_dir / "llama_proj.pth")
     manifest = {"variant": variant, "vision_qformer": "blip2", "llama_proj": "llama_proj.pth", "llm": "vicuna"}
     (out_dir / "minigpt4.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -254,7 +316,8 @@ IDEFICS3_CHAT_TEMPLATE = (
     "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
     "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
 
 
 def build_tiny_idefics3(out_dir: Path, seed: int) -> None:
@@ -265,19 +328,23 @@ def build_tiny_idefics3(out_dir: Path, seed: int) -> None:
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
     tokenizer = build_word_tokenizer()
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<fake_token_around_image>", "<image>",
-                                                                "<global-img>", "<end_of_utterance>"]})
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]}
+    )
     text = tiny_llama_config(-(-len(tokenizer) // 8) * 8, tokenizer).to_dict()
-    config = Idefics3Config(text_config=text, scale_factor=2,
-                            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                               num_attention_heads=2, image_size=56, patch_size=14),
-                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=56, patch_size=14
+    )
+    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    config = Idefics3Config(text_config=text, scale_factor=2, vision_config=vision, image_token_id=image_token_id)
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()
-    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": 56},
-                                                max_image_size={"longest_edge": 56})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
-                                  chat_template=IDEFICS3_CHAT_TEMPLATE)
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 56}, max_image_size={"longest_edge": 56}
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4, chat_template=IDEFICS3_CHAT_TEMPLATE
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

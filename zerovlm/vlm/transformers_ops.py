@@ -1,5 +1,6 @@
-"""Torch helpers shared by the transformers backends (llava, minigpt4): token-row padding, a causal
-forward that scores option continuations after a shared prefix, and a greedy/sampled decode loop.
+"""Helpers shared by the transformers backends (llava, minigpt4, hf_auto): the joint tokenisation of a prompt
+and its options, token-row padding, a causal forward that scores option continuations after a shared prefix,
+a greedy/sampled decode loop, and the FP8 / float32-head / compilation switches.
 
 They use only arguments that transformers 5.17 (the GPU image) and 5.24 both accept.
 """
@@ -8,13 +9,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from zerovlm.vlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import cut_at_stop
+from zerovlm.vlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,22 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
+
+
+def tokenise_options(
+    ids: Callable[[str], list[int]], text: str, separator: str, options: Sequence[str]
+) -> tuple[list[int], int, list[list[int]]]:
+    """(tokens of the rendered prompt `text`, shared, per option its continuation): the option's tokens in
+    `ids(text + separator + option)` after the first `shared` tokens, the longest prefix that the prompt's
+    tokens share with every option's joint tokens. Tokenising jointly scores exactly the text the model would
+    read when BPE merges across the prompt/option boundary, and one prefix serves every option."""
+    prompt = ids(text)
+    joints = [ids(text + separator + option) for option in options]
+    shared = min([len(prompt)] + [common_prefix_length(prompt, joint) for joint in joints])
+    for k, joint in enumerate(joints):
+        if len(joint) <= shared:
+            raise ZeroVLMError(f"option {k} ({options[k]!r}) adds no tokens to the prompt")
+    return prompt, shared, [joint[shared:] for joint in joints]
 
 
 def expand_token(ids: Sequence[int], token: int, count: int) -> list[int]:
@@ -61,7 +78,7 @@ class PendingScores:
     """Option log-probabilities still being computed on the device; `result()` waits and returns them."""
 
     def __init__(self, sums: torch.Tensor, counts: Sequence[int]):
-        self.sums, self.counts = sums, counts   # sums: (B, widest option count) float64 on the device
+        self.sums, self.counts = sums, counts  # sums: (B, widest option count) float64 on the device
 
     def result(self) -> list[list[float]]:
         rows = self.sums.tolist()  # the one host synchronisation of a batch
@@ -87,17 +104,29 @@ class CausalForward:
 
     def new_cache(self):
         from transformers import DynamicCache
+
         return DynamicCache(config=self.model.config)
 
     def __call__(self, embeds, mask, positions, cache=None, logits_to_keep: int = 0) -> torch.Tensor:
         """Logits of the full model (used by generation, with a KV cache)."""
         kwargs = {self.cache_keyword: cache} if cache is not None else {}
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                         use_cache=cache is not None, logits_to_keep=logits_to_keep, **kwargs)
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=cache is not None,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
         return out.logits
 
-    def embed_rows(self, rows: Sequence[Sequence[int]], side: str, placeholder: int | None = None,
-                   features: torch.Tensor | None = None):
+    def embed_rows(
+        self,
+        rows: Sequence[Sequence[int]],
+        side: str,
+        placeholder: int | None = None,
+        features: torch.Tensor | None = None,
+    ):
         """Padded embeddings (B, L, D) and mask (B, L); each `placeholder` position takes the next row of
         `features` (N, D) in row-major order (image features replacing image tokens). The placeholder
         may be an id outside the vocabulary (MiniGPT-4 uses -1)."""
@@ -108,16 +137,22 @@ class CausalForward:
             embeds = embeds.masked_scatter(where[..., None], features.to(embeds.dtype))
         return embeds, mask
 
-    def option_logprobs(self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]],
-                        **kwargs) -> list[list[float]]:
+    def option_logprobs(
+        self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], **kwargs
+    ) -> list[list[float]]:
         """Summed log-probs of every continuation given its row's prefix (see `launch_option_logprobs`)."""
         return self.launch_option_logprobs(prefixes, continuations, **kwargs).result()
 
     @torch.no_grad()
-    def launch_option_logprobs(self, prefixes: Sequence[Sequence[int]],
-                               continuations: Sequence[Sequence[Sequence[int]]], *, side: str = "right",
-                               placeholder: int | None = None,
-                               features: torch.Tensor | None = None) -> PendingScores:
+    def launch_option_logprobs(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[Sequence[int]]],
+        *,
+        side: str = "right",
+        placeholder: int | None = None,
+        features: torch.Tensor | None = None,
+    ) -> PendingScores:
         """Queue one forward of the body that scores every continuation; nothing waits for the device.
 
         The prefix is encoded once per row; all options share it (a tree attention mask): a row is
@@ -156,24 +191,28 @@ class CausalForward:
             position_ids = pad(positions, 0, side, device)[0]
             segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
             index = torch.arange(width, device=device)
-            allowed = (index[None, :, None] >= index[None, None, :]) & (segment_ids[:, None, :] >= 0) & (
-                (segment_ids[:, None, :] == 0) | (segment_ids[:, None, :] == segment_ids[:, :, None]))
+            allowed = (
+                (index[None, :, None] >= index[None, None, :])
+                & (segment_ids[:, None, :] >= 0)
+                & ((segment_ids[:, None, :] == 0) | (segment_ids[:, None, :] == segment_ids[:, :, None]))
+            )
             allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]  # pad rows attend to themselves
             attention = torch.zeros(allowed.shape, dtype=embeds.dtype, device=device)
             attention = attention.masked_fill(~allowed, torch.finfo(embeds.dtype).min)[:, None]  # (B, 1, L, L)
-        hidden = self.body(inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids,
-                           use_cache=False).last_hidden_state                              # (B, L, D)
+        hidden = self.body(
+            inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # (B, L, D)
         row_index, column, target, option = (to_device(torch.tensor(x), device) for x in zip(*sources))
-        selected = hidden[row_index, column]                                               # (N, D)
-        normaliser = self.head(selected).float().logsumexp(-1)                             # (N,)
+        selected = hidden[row_index, column]  # (N, D)
+        normaliser = self.head(selected).float().logsumexp(-1)  # (N,)
         # The target tokens' logits in float32 (a dot product per row; a float32 head would cost a
         # float32 GEMM over the vocabulary): bf16 logits are spaced 1/16 apart near 10, so the options
         # of an uncertain example would often tie exactly, and a tie goes to the first option.
-        weight = self.head.weight[target].float()                                          # (N, D)
+        weight = self.head.weight[target].float()  # (N, D)
         target_logits = (selected.float() * weight).sum(-1)
         if self.head.bias is not None:
             target_logits = target_logits + self.head.bias[target].float()
-        picked = target_logits - normaliser                                                # (N,)
+        picked = target_logits - normaliser  # (N,)
         widest = max(len(c) for c in continuations)
         sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
         sums.index_add_(0, row_index * widest + option, picked.double())
@@ -187,8 +226,9 @@ def use_fp8_linears(decoder: torch.nn.Module, device: torch.device) -> int:
     layers = getattr(decoder, "layers", None)
     count = convert_linears(layers) if isinstance(layers, torch.nn.ModuleList) else 0
     if not count:
-        raise ZeroVLMError("infer.fp8_linear: no bfloat16/float16 Linear layer in the decoder blocks "
-                           "(set infer.dtype to bfloat16)")
+        raise ZeroVLMError(
+            "infer.fp8_linear: no bfloat16/float16 Linear layer in the decoder blocks (set infer.dtype to bfloat16)"
+        )
     log.info("fp8_linear: %d decoder Linear layers run as FP8 matmuls", count)
     return count
 
@@ -217,8 +257,12 @@ def use_float32_head(model) -> bool:
     if isinstance(head, Float32Head) or (isinstance(head, torch.nn.Linear) and head.weight.dtype == torch.float32):
         return True
     if not isinstance(head, torch.nn.Linear):
-        log.warning("%s: output head %s is not a Linear layer; option logits stay in %s",
-                    type(model).__name__, type(head).__name__, model.dtype)
+        log.warning(
+            "%s: output head %s is not a Linear layer; option logits stay in %s",
+            type(model).__name__,
+            type(head).__name__,
+            model.dtype,
+        )
         return False
     model.set_output_embeddings(Float32Head(head))
     return True
@@ -235,22 +279,41 @@ def compile_regions(*towers: torch.nn.Module) -> int:
     Regional compilation: the blocks of a stack share their code, so one compiled graph serves them all
     and compiling takes seconds rather than the minute a whole-model compile takes. Returns the count.
     """
-    blocks = [block for tower in towers for name, stack in tower.named_modules()
-              if isinstance(stack, torch.nn.ModuleList) and name.split(".")[-1] == "layers" for block in stack]
+    blocks = [
+        block
+        for tower in towers
+        for name, stack in tower.named_modules()
+        if isinstance(stack, torch.nn.ModuleList) and name.split(".")[-1] == "layers"
+        for block in stack
+    ]
     for block in blocks:
         block.compile(dynamic=True)
     return len(blocks)
 
 
-def decode_loop(forward: CausalForward, tokenizer, embeds, mask, positions, *, max_new_tokens: int,
-                stop: Sequence[str], temperature: float, seeds: Sequence[int], eos_id: int | None,
-                pad_id: int) -> list[str]:
-    """Greedy (temperature 0) or sampled decoding from left-padded prefix embeddings (B, L, D).
+def decode_loop(
+    forward: CausalForward,
+    tokenizer,
+    rows: Sequence[Sequence[int]],
+    *,
+    placeholder: int | None,
+    features: torch.Tensor | None,
+    max_new_tokens: int,
+    stop: Sequence[str],
+    temperature: float,
+    seeds: Sequence[int],
+) -> list[str]:
+    """Greedy (temperature 0) or sampled decoding after the prefix token rows, left-padded; each `placeholder`
+    position takes the next row of `features` (as in `CausalForward.embed_rows`).
 
     Sampling draws each row from its own torch.Generator seeded by `seeds[b]`, so a row's text does not
-    depend on its batch. A row stops at EOS or once its decoded text contains a stop string; returned
-    texts hold only new tokens, cut before the first stop string and stripped of outer whitespace.
+    depend on its batch. A row stops at the tokenizer's EOS or once its decoded text contains a stop string;
+    returned texts hold only new tokens, cut before the first stop string and stripped of outer whitespace.
     """
+    embeds, mask = forward.embed_rows(rows, "left", placeholder, features)  # (B, L, D), (B, L)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch = embeds.shape[0]
     device = embeds.device
     cache = forward.new_cache()
