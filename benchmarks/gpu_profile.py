@@ -166,7 +166,7 @@ def zero123(args) -> None:
             f"\nFP8 linears ({count} layers), freezing={freezing}: compile {time.perf_counter() - tick:.0f} s; "
             f"relative error vs bf16 eager {relative_error(unet_call(pipe), reference):.2e}"
         )
-        kernel_table(f"UNet compiled, FP8 linears, freezing={freezing}", lambda: unet_call(pipe))
+        kernel_table(f"UNet compiled, FP8 linears, freezing={freezing}", lambda pipe=pipe: unet_call(pipe))
     inductor.freezing = False
 
 
@@ -313,7 +313,7 @@ def zero123_convs(args) -> None:
         facts = f"   {str(shape):<22} {c_in:>5}->{c_out:<5} k{kernel[0]} s{stride[0]}  {DTYPE_NAME}"
         with torch.no_grad():
             reference = module(x)
-            reference_ms = milliseconds(lambda: module(x), 5)
+            reference_ms = milliseconds(lambda module=module, x=x: module(x), 5)
             if not supports_fp8_conv(module):
                 totals["other"] += reference_ms * count
                 print(f"{facts} {reference_ms:7.3f} x{count}")
@@ -439,7 +439,7 @@ def llava(args) -> None:
         max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__) for a, b in zip(fp8, bf16)
     ) / len(bf16)
     print(
-        f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"
+        f"\nFP8 decoder linears ({count} layers): max |logprob - bf16| {max(gaps):.3f}, mean {sum(gaps) / len(gaps):.3f};"  # noqa: E501
         f" same choice as bf16 for {100 * agree:.0f}% of {len(bf16)} requests"
     )
     kernel_table(f"{name} model side, yes/no, FP8 decoder linears", model_side)

@@ -118,7 +118,7 @@ def inputs(n: int, size_px: int):
 def time_calls(pipe: Zero123Pipeline, batch: int, calls: int, args) -> float:
     """Seconds per view over `calls` pipeline calls of `batch` views each (after one warm-up call)."""
     images, poses, _ = inputs(batch, args.size)
-    run = lambda: pipe(
+    run = lambda: pipe(  # noqa: E731
         images,
         poses,
         inputs(batch, args.size)[2],
@@ -233,7 +233,7 @@ def main(argv=None) -> None:
         report(
             f"project  {args.dtype} {args.batch} views/call {mode:15s}: {1 / per_view:7.2f} views/s  "
             f"x{naive_s / per_view:6.1f} vs naive; UNet {step * 1e3:6.1f} ms/step = "
-            f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "
+            f"{flops * args.batch / step / 1e12:5.0f} TFLOP/s; whole pipeline {flops * args.steps / per_view / 1e12:5.0f} "  # noqa: E501
             f"TFLOP/s; outside the UNet {per_view * args.batch - step * args.steps:5.2f} s/call; "
             f"peak {peak:5.1f} GiB; warm-up/compile {setup:5.0f} s",
             lines,
