@@ -75,6 +75,21 @@ def path_flag(help: str, default: Path | None | Any = dataclasses.MISSING) -> An
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+def run_record_flag(contents: str) -> Any:
+    """The optional `--run-record` of a model stage: a JSON file of the run (kept out of the stage's outputs,
+    so timings never change what DVC caches)."""
+    return path_flag(f"JSON file of this run's {contents} (kept out of the outputs)", default=None)
+
+
+def model_source_flag(record: str, without: str) -> Any:
+    """The optional `--model-source` of a model stage: the check stage's record `record` of the model it loads."""
+    return path_flag(
+        f"the check stage's record of the model ({record}): a hub id is loaded at the commit it pins "
+        f"(without it: {without})",
+        default=None,
+    )
+
+
 GRID_NAMES = {
     "dataset": "a grid dataset: `datasets.<name>` merged over `data`",
     "vlm": "a grid VLM: `vlms.<name>` merged over `infer`",

@@ -38,7 +38,7 @@ from zerovlm.runtime import (
     pinned_part_revisions,
     resolve_device_dtype,
 )
-from zerovlm.stage import path_flag
+from zerovlm.stage import model_source_flag, path_flag, run_record_flag
 from zerovlm.store import ShardReader
 from zerovlm.view_configurations import images_per_request
 from zerovlm.vlm.registry import load_backend
@@ -52,14 +52,10 @@ class Paths:
     prepared: Path = path_flag("the dataset's prepared folder (examples.jsonl)")
     stitched: Path = path_flag("the dataset's stitched image store")
     out: Path = path_flag("predictions folder")
-    run_record: Path | None = path_flag(
-        "JSON file for the run's timings, peak memory and versions (kept out of --out)", default=None
-    )
-    model_source: Path | None = path_flag(
-        "the check stage's record of the VLM (data/inputs/vlm-<name>.json): a hub id, or each hub part of an "
-        "assembled model (MiniGPT-4), is loaded at the commit it pins (without it: at the revision param, or the "
-        "manifest's, as it stands)",
-        default=None,
+    run_record: Path | None = run_record_flag("timings, peak memory and versions")
+    model_source: Path | None = model_source_flag(
+        "data/inputs/vlm-<name>.json; each hub part of an assembled model such as MiniGPT-4 likewise",
+        "at the revision param, or the manifest's, as it stands",
     )
 
 

@@ -25,7 +25,7 @@ from zerovlm.io import ZeroVLMError, write_json
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.partial_run import PartialRun, unfinished
 from zerovlm.runtime import code_identity, peak_memory_bytes, pin_revision, resolve_device_dtype
-from zerovlm.stage import path_flag
+from zerovlm.stage import model_source_flag, path_flag, run_record_flag
 from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
 from zerovlm.views.foreground import MaskFn, load_foreground
 from zerovlm.views.synthesize import (
@@ -50,14 +50,8 @@ STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallback
 class Paths:
     prepared: Path = path_flag("prepared-style folder of the images (examples.jsonl, images/): the pool")
     out: Path = path_flag("view store (shards + index)")
-    run_record: Path | None = path_flag(
-        "JSON with this run's timings, peak memory and counts (kept out of the store)", default=None
-    )
-    model_source: Path | None = path_flag(
-        "the check stage's record of views.model (data/inputs/views.json): a hub id is loaded at the commit it "
-        "pins (without it: at views.revision as it stands)",
-        default=None,
-    )
+    run_record: Path | None = run_record_flag("timings, peak memory and counts")
+    model_source: Path | None = model_source_flag("data/inputs/views.json", "at views.revision as it stands")
 
 
 def views_code_identity() -> str:

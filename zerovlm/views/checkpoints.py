@@ -30,6 +30,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from zerovlm.io import ZeroVLMError, read_json
 from zerovlm.pickles import refused_pickles
+from zerovlm.vlm.model_files import repository_file
 
 log = logging.getLogger(__name__)
 
@@ -89,26 +90,13 @@ def _model_file(model: str, relative: str, required: bool = True, revision: str 
         if required:
             raise ZeroVLMError(f"{path}: missing from model folder {model}; {FIX_HINT}")
         return None
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
     try:
-        return Path(hf_hub_download(model, relative, revision=revision))
-    except LocalEntryNotFoundError:  # offline (or the hub unreachable) and nothing in the local cache
-        raise ZeroVLMError(
-            f"cannot reach the Hugging Face hub for {model!r} ({relative}) and it is not in "
-            f"the local cache (HF_HOME); download it where there is network, or point "
-            f"views.model at a local folder; {FIX_HINT}"
-        ) from None
-    except EntryNotFoundError:
-        if required:
-            raise ZeroVLMError(f"hub repo {model!r} has no file {relative}; is it a Zero123 repo?") from None
-        return None
-    except OSError as error:  # not found, offline, gated: huggingface_hub's errors are OSErrors
-        raise ZeroVLMError(
-            f"cannot fetch {relative} of hub repo {model!r} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else ''}); {FIX_HINT}"
-        ) from None
+        path = repository_file(model, relative, where="views.model", revision=revision)
+    except ZeroVLMError as error:
+        raise ZeroVLMError(f"{error}; {FIX_HINT}") from None
+    if path is None and required:
+        raise ZeroVLMError(f"hub repo {model!r} has no file {relative}; is it a Zero123 repo?")
+    return path
 
 
 def detect_layout(model: str, revision: str | None = None) -> str:
