@@ -163,12 +163,7 @@ def test_option_scores_use_a_float32_output_projection():
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
     )
     model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     with torch.no_grad():

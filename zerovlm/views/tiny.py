@@ -22,6 +22,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from zerovlm.io import ZeroVLMError, atomic_dir
 from zerovlm.views.checkpoints import LAYOUTS, SCHEDULER_CONFIG
+from zerovlm.vlm.tiny import TINY_ENCODER
 
 CONTEXT_DIM = 32  # CLIP projection_dim == UNet cross_attention_dim (768 in the real model)
 
@@ -83,15 +84,7 @@ def _vae() -> AutoencoderKL:
 
 
 def _image_encoder() -> CLIPVisionModelWithProjection:
-    config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=32,
-        patch_size=8,
-        projection_dim=CONTEXT_DIM,
-    )
+    config = CLIPVisionConfig(**TINY_ENCODER, image_size=32, patch_size=8, projection_dim=CONTEXT_DIM)
     return CLIPVisionModelWithProjection(config)
 
 

@@ -61,6 +61,9 @@ computer screen monitor tablet camera bucket jar lid bin
 """
 
 
+# Every tiny vision tower and Q-Former (LLaVA's CLIP, MiniGPT-4's EVA stand-in and Q-Former, Zero123's image
+# encoder): 2 layers of width 32, small enough to build in a second and run the demo on 2 cores.
+TINY_ENCODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 SPACE = "\u2581"  # sentencepiece's word-start mark, as in Llama's tokenizer
 
 
@@ -172,10 +175,7 @@ def build_tiny_llava(out_dir: Path, seed: int, image_size_px: int = 56, patch_si
     tokenizer = build_word_tokenizer()
     vocab_size = -(-len(tokenizer) // 8) * 8  # padded like llava-hf's 32064
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_ENCODER,
         image_size=image_size_px,
         patch_size=patch_size_px,
         projection_dim=32,
@@ -265,14 +265,9 @@ def build_tiny_minigpt4(out_dir: Path, seed: int, variant: str = "vicuna0") -> N
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_word_tokenizer()
     torch.manual_seed(seed)
-    vision = Blip2VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=224, patch_size=28
-    )
+    vision = Blip2VisionConfig(**TINY_ENCODER, image_size=224, patch_size=28)
     qformer = Blip2QFormerConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **TINY_ENCODER,
         cross_attention_frequency=1,
         encoder_hidden_size=32,
         vocab_size=64,
