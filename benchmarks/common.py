@@ -19,6 +19,16 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Half precision on the GPU; float32 on the CPU, where half-precision kernels are slow or missing.
 DTYPE = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
 NEEDS_CUDA = "needs a CUDA device"
+# CLIP ViT-L/14 (LLaVA-1.5's vision tower at 336 px, Zero123's image encoder at 224 px), less its image size
+CLIP_VIT_L14 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
 
 
 def parse_args(

@@ -197,16 +197,15 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3), scale
 
 
-@torch.library.custom_op("zerovlm_bench::conv3x3_e4m3", mutates_args=())
-def conv3x3_op(
-    x: torch.Tensor,
-    x_scale: torch.Tensor,
-    weight: torch.Tensor,
-    weight_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    return conv3x3_e4m3(x, x_scale, weight, weight_scale, bias, out_dtype)
+# torch.compile sees the kernel as one opaque operator; the schema states its arguments (config, a
+# dict, is no operator argument and stays at its default: autotuning)
+conv3x3_op = torch.library.custom_op(
+    "zerovlm_bench::conv3x3_e4m3",
+    conv3x3_e4m3,
+    mutates_args=(),
+    schema="(Tensor x, Tensor x_scale, Tensor weight, Tensor weight_scale, Tensor? bias, ScalarType out_dtype)"
+    " -> Tensor",
+)
 
 
 @conv3x3_op.register_fake

@@ -41,6 +41,12 @@ from zerovlm.vlm.fp8 import convert_linears  # noqa: E402
 
 DTYPE_NAME = {torch.bfloat16: "bf16", torch.float32: "float32"}[DTYPE]
 CUDA = DEVICE.type == "cuda"
+# what the profiler records, and the device of the events counted: the GPU's kernels, else the CPU's operators
+ACTIVITY, PROFILED_DEVICE = (
+    (ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA)
+    if CUDA
+    else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU)
+)
 COMPILE_ON_CUDA = "torch.compile is profiled on a CUDA GPU"
 # First match wins. Inductor's fused kernels come first: their names list every op they absorbed (a
 # GroupNorm + SiLU kernel feeding a convolution is called triton_..._convolution_native_group_norm_silu).
@@ -65,16 +71,11 @@ def kernel_table(label: str, fn, calls: int = 3, top: int = 12) -> float:
     CPU: the CPU operators' own time)."""
     fn()
     synchronize()
-    activity, device_type = (
-        (ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA)
-        if CUDA
-        else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU)
-    )
-    with profile(activities=[activity]) as prof:
+    with profile(activities=[ACTIVITY]) as prof:
         for _ in range(calls):
             fn()
         synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == device_type]
+    kernels = [e for e in prof.key_averages() if e.device_type == PROFILED_DEVICE]
 
     def own_ms(event) -> float:
         return (event.self_device_time_total if CUDA else event.self_cpu_time_total) / 1e3 / calls
@@ -381,7 +382,7 @@ def llava(args) -> None:
 
     def encode_first_batch():
         with backend._call_memos():
-            return [backend._encode(r) for r in yes_no[:bs]]
+            return [[backend._encode(r)] for r in yes_no[:bs]]  # distinct images: one request a row
 
     encoded = encode_first_batch()
 
@@ -392,12 +393,7 @@ def llava(args) -> None:
     kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}", model_side)
     backend.option_logprobs(yes_no[:bs])
     synchronize()
-    activity, device_type = (
-        (ProfilerActivity.CUDA, torch.autograd.DeviceType.CUDA)
-        if CUDA
-        else (ProfilerActivity.CPU, torch.autograd.DeviceType.CPU)
-    )
-    with profile(activities=[activity]) as prof:
+    with profile(activities=[ACTIVITY]) as prof:
         tick = time.perf_counter()
         backend._features.clear()
         backend.option_logprobs(yes_no[bs:])
@@ -407,7 +403,7 @@ def llava(args) -> None:
         sum(
             e.self_device_time_total if CUDA else e.self_cpu_time_total
             for e in prof.key_averages()
-            if e.device_type == device_type
+            if e.device_type == PROFILED_DEVICE
         )
         / 1e6
     )

@@ -59,26 +59,35 @@ def scene(index: int, size: int) -> Image.Image:
     return image
 
 
-def prepare(folder: Path, num_images: int, size: int) -> list[Example]:
+RELATIONS = ("left of", "right of", "on", "under")
+
+
+def write_prepared(
+    folder: Path, dataset: str, task: str, num_images: int, num_examples: int, size: int, first_image: int = 0
+) -> list[Example]:
+    """A prepared folder (images/ + examples.jsonl) of `num_images` distinct pictures and `num_examples` examples
+    of `task` cycling over them; pictures are numbered from `first_image`, so datasets need not share any."""
     (folder / "images").mkdir(parents=True)
-    examples = []
-    for index in range(num_images):
-        image_id = f"{index:016x}"
-        scene(index, size).save(folder / "images" / f"{image_id}.png")
-        examples.append(
-            Example(
-                example_id=f"bench/test/{index}",
-                dataset="synthetic",
-                split="test",
-                task="true_false",
-                image_id=image_id,
-                image_file=f"images/{image_id}.png",
-                caption="the red box is left of the blue ball",
-                options=("yes", "no"),
-                answer_index=0,
-                relation="left of",
-            )
+    ids = [f"{first_image + i:016x}" for i in range(num_images)]
+    for i, image_id in enumerate(ids):
+        scene(first_image + i, size).save(folder / "images" / f"{image_id}.png")
+    options = ("yes", "no") if task == "true_false" else tuple(f"the cup is {r} the table" for r in RELATIONS)
+    examples = [
+        Example(
+            example_id=f"{dataset}/test/{i}",
+            dataset=dataset,
+            split="test",
+            task=task,
+            image_id=ids[i % num_images],
+            image_file=f"images/{ids[i % num_images]}.png",
+            caption="the red box is left of the blue ball" if task == "true_false" else "",
+            options=options,
+            answer_index=i % len(options),
+            relation=RELATIONS[i % len(RELATIONS)],
         )
+        for i in range(num_examples)
+    ]
+    write_table(folder, examples)
     return examples
 
 
@@ -144,7 +153,8 @@ def main(argv=None) -> None:
         seed=0,
     )
     per_batch = args.batch // VIEWS_PER_IMAGE
-    examples = prepare(work / "prepared", per_batch * args.batches, size)
+    count = per_batch * args.batches
+    examples = write_prepared(work / "prepared", "synthetic", "true_false", count, count, size)
 
     run_stage(cfg, examples[:per_batch], work / "prepared", work / "warm")  # compile caches warm for both runs
     short = run_stage(cfg, examples[:per_batch], work / "prepared", work / "short")

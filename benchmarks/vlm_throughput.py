@@ -13,7 +13,11 @@ Prints, in one run:
   and with the decoder layers compiled (`--compile`), then compiled with the decoder's Linear layers as
   FP8 matmuls (`--fp8`, what `infer.fp8_linear` does), with samples/s, the ratio to naive, achieved
   TFLOP/s (analytic FLOPs of the forward), peak GPU memory, the host synchronisations per call, and
-  how far the scores move from the first variant's.
+  how far the scores move from the first variant's;
+- the paper's request mix (per example 9 stitched images, 17 requests: each configuration without and with
+  its view prompt, the origin once; about 1.17 yes/no captions per image, or one four-caption question),
+  scored one request a row and with each image's requests sharing its prefix (what `option_logprobs`
+  does), both rates on one line (goal for LLaVA-1.5-7B in bf16: >= 120 requests/s shared).
 Compilation, FP8 and the synchronisation count need a CUDA GPU: elsewhere they print a `skipped:` line.
 
     python benchmarks/vlm_throughput.py --out benchmarks/results/vlm_h200.txt
@@ -23,6 +27,7 @@ Compilation, FP8 and the synchronisation count need a CUDA GPU: elsewhere they p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import platform
 import sys
@@ -30,6 +35,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +44,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, DTYPE, parse_args, skip_line, synchronize  # noqa: E402
+from common import CLIP_VIT_L14, DEVICE, DTYPE, parse_args, skip_line, synchronize  # noqa: E402
 
 from zerovlm.config import InferConfig  # noqa: E402
+from zerovlm.prompts import lower_first, question_lead, view_prompt  # noqa: E402
+from zerovlm.view_configurations import STITCHED_CONFIGURATIONS  # noqa: E402
 from zerovlm.vlm.base import Request, cpu_threads_for  # noqa: E402
 from zerovlm.vlm.llava import LlavaBackend  # noqa: E402
 from zerovlm.vlm.loading import load_processor  # noqa: E402
@@ -48,6 +56,8 @@ from zerovlm.vlm.minigpt4 import MiniGPT4Backend, load_minigpt4  # noqa: E402
 from zerovlm.vlm.tiny import HUB_LLAVA_CHAT_TEMPLATE, build_tiny_llava, build_tiny_minigpt4, build_word_tokenizer  # noqa: E402
 from zerovlm.vlm.transformers_ops import PendingScores, use_fp8_linears  # noqa: E402
 
+# The decoder of Vicuna-7B (LLaVA-1.5-7B, MiniGPT-4 7B)
+VICUNA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32}
 CAPTIONS = (
     "A red mug is on the top of the wooden table",
     "A red mug is under the wooden table",
@@ -59,6 +69,13 @@ FILLER = (
     "these four pictures is the red mug on the left side of the wooden table near the blue bowl and the "
     "green bottle in the middle of the scene "
 ).split()
+
+
+@dataclass
+class Mix:
+    name: str
+    requests: list[Request]
+    flops: tuple[float, float]  # per request: scored one a row, image prefix shared
 
 
 def build_processor(folder: Path, image_px: int, patch_px: int):
@@ -84,26 +101,13 @@ def full_size_llava(tokenizer, device, dtype):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     text = LlamaConfig(
+        **VICUNA_7B,
         vocab_size=32064,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
         max_position_embeddings=4096,
         rms_norm_eps=1e-5,
         pad_token_id=tokenizer.pad_token_id,
     )
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    vision = CLIPVisionConfig(**CLIP_VIT_L14, image_size=336)
     config = LlavaConfig(
         vision_config=vision.to_dict(),
         text_config=text.to_dict(),
@@ -132,21 +136,28 @@ def build_llava(tiny: bool, device, dtype):
         return model.to(device).eval(), load_processor(folder)
 
 
-def forward_flops(config, text_tokens: int, image_tokens: int, scored_positions: int) -> float:
-    """Matmul FLOPs of one sample's forward: vision tower, projector, decoder (causal attention), lm_head."""
-    v, t = config.vision_config, config.text_config
+def vision_flops(v) -> float:
+    """Matmul FLOPs of a ViT (config `v`) over one image's patches and CLS token."""
     n = (v.image_size // v.patch_size) ** 2 + 1
-    vision = v.num_hidden_layers * (
+    return v.num_hidden_layers * (
         2 * n * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * n * n * v.hidden_size
     )
-    projector = 2 * image_tokens * (v.hidden_size * t.hidden_size + t.hidden_size**2)
-    length = text_tokens + image_tokens
+
+
+def decoder_flops(t, length: int, scored_positions: int) -> float:
+    """Matmul FLOPs of a Llama decoder (config `t`) over `length` tokens and its head at the scored positions."""
     layer = (
         2 * length * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.intermediate_size)
         + 2 * length * length * t.hidden_size
     )  # QK^T and AV under a causal mask: half of 4 L^2 d
-    head = 2 * scored_positions * t.hidden_size * t.vocab_size
-    return vision + projector + t.num_hidden_layers * layer + head
+    return t.num_hidden_layers * layer + 2 * scored_positions * t.hidden_size * t.vocab_size
+
+
+def forward_flops(config, text_tokens: int, image_tokens: int, scored_positions: int) -> float:
+    """Matmul FLOPs of one sample's forward: vision tower, projector, decoder (causal attention), lm_head."""
+    v, t = config.vision_config, config.text_config
+    projector = 2 * image_tokens * (v.hidden_size * t.hidden_size + t.hidden_size**2)
+    return vision_flops(v) + projector + decoder_flops(t, text_tokens + image_tokens, scored_positions)
 
 
 def make_prompt(backend: LlavaBackend, text_tokens: int) -> str:
@@ -180,6 +191,57 @@ def timed(device, fn):
     out = fn()
     synchronize(device)
     return time.perf_counter() - start, out
+
+
+@contextlib.contextmanager
+def one_request_a_row(backend):
+    """Score every request in its own row (no prefix sharing): the per-request rate of the same code."""
+    backend._image_groups = lambda requests: [[i] for i in range(len(requests))]
+    try:
+        yield
+    finally:
+        del backend._image_groups
+
+
+def paper_mix(images: list[Image.Image], four_captions: bool, seed: int) -> list[Request]:
+    """The paper's requests for len(images) / 9 examples: per example its 9 configurations (9 stitched images,
+    conf/config.yaml), each asked without and with its view prompt but the origin (none: 17 requests), about
+    1.17 captions per image (VSR: 2,195 captions on 1,874 images) as yes/no questions, or one four-caption
+    question; the user messages as zerovlm.prompts.user_message writes them (grid layout)."""
+    rng = np.random.default_rng(seed)
+    configurations = list(STITCHED_CONFIGURATIONS.values())
+    requests = []
+    for e in range(len(images) // len(configurations)):
+        if four_captions:
+            questions, options = ["Which caption describes the image best?"], CAPTIONS
+        else:
+            count = 1 + int(rng.random() < 2195 / 1874 - 1)
+            questions, options = [f"{c}, please answer me yes or no" for c in CAPTIONS[:count]], ("Yes", "No")
+        for c, panels in enumerate(configurations):
+            image, view, lead = images[e * len(configurations) + c], view_prompt(panels, "grid"), question_lead(panels)
+            for question in questions:
+                texts = [question] + ([f"{view} {lead + lower_first(question) if lead else question}"] if view else [])
+                requests += [Request((image,), text, options) for text in texts]
+    return requests
+
+
+def mix_flops(backend: LlavaBackend, requests: list[Request]) -> tuple[float, float]:
+    """Analytic forward FLOPs per request of `requests` scored one a row, and with each image's prefix shared
+    (the tree rows' attention counted as causal over the whole row: an upper bound)."""
+    config, image_tokens = backend.model.config, backend.tokens_per_image
+    alone = shared = 0.0
+    with backend._call_memos():
+        for group in backend._image_groups(requests):
+            text = scored = 0
+            for i in group:
+                prefix, continuations = backend._tokenise(requests[i])
+                extra, count = sum(len(c) - 1 for c in continuations), sum(len(c) for c in continuations)
+                alone += forward_flops(config, len(prefix) - 1 + extra, image_tokens, count)
+                end = prefix.index(backend.image_token_id) + 1
+                text += (0 if text else end - 1) + len(prefix) - end + extra
+                scored += count
+            shared += forward_flops(config, text, image_tokens, scored)
+    return alone / len(requests), shared / len(requests)
 
 
 class HostTimes:
@@ -263,13 +325,26 @@ class Bench:
         self.say(f"     host, of {seconds:.2f} s: {host.summary()}")
         return rate
 
+    def shared_vs_alone(self, label, backend, requests, flops) -> None:
+        """The same requests scored one request a row, then with the requests of one image in one row after
+        their shared prefix (what option_logprobs does); flops: (per request alone, per request shared)."""
+        with one_request_a_row(backend):
+            alone = self.measure(f"{label}, one request a row", backend, requests, flops[0])
+        shared = self.measure(f"{label}, image prefix shared", backend, requests, flops[1])
+        first = requests[: 2 * len(STITCHED_CONFIGURATIONS)]  # a whole example or more
+        gap = max_gap(backend.option_logprobs(first), [backend.option_logprobs([r])[0] for r in first])
+        self.say(
+            f"   {label}: {shared:.2f} requests/s image prefix shared, {alone:.2f} one request a row "
+            f"(x{shared / alone:.2f}); max |shared - one at a time| = {gap:.3g}"
+        )
+
     def model_side(self, label, backend, requests, flops_per_sample) -> float:
         """The same batches with requests pre-encoded (tokens, pixels): the model-side ceiling of the
         pipeline, without CPU preprocessing (image features are still computed every time)."""
         bs = self.args.batch_size
         backend._features.clear()
         with backend._call_memos():
-            encoded = [backend._encode(r) for r in requests[:bs]]
+            encoded = [[backend._encode(r)] for r in requests[:bs]]  # one request a row
         repeats = max(1, self.args.samples // bs)
 
         def run():
@@ -341,6 +416,19 @@ def run_llava(b: Bench) -> None:
     rng = np.random.default_rng(1)
     prompts = {n: make_prompt(backend, n) for n in range(lo, hi + 1)}
     mixed = [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
+    examples = -(-count // 20)  # about 20 requests per example
+    mix_images = random_images(examples * len(STITCHED_CONFIGURATIONS), seed=3)
+    mix_yes_no, mix_four = (
+        Mix(name, requests, mix_flops(backend, requests))
+        for name, requests in (
+            ("yes/no", paper_mix(mix_images, four_captions=False, seed=4)),
+            ("4 captions", paper_mix(mix_images, four_captions=True, seed=4)),
+        )
+    )
+    b.say(
+        f"paper mix: {examples} examples x {len(STITCHED_CONFIGURATIONS)} configurations (stitched images): "
+        f"{len(mix_yes_no.requests)} yes/no requests, {len(mix_four.requests)} four-caption requests"
+    )
     b.say(
         f"tokens per sample: {image_tokens} image + {args.text_tokens} text (yes/no); "
         f"{image_tokens} image + {four_text} text + {four_extra} option tokens (four captions)"
@@ -374,13 +462,18 @@ def run_llava(b: Bench) -> None:
         b.measure(f"batched scoring, yes/no, {tag}, bs {args.batch_size}", be, yes_no, flops_yes_no)
         b.measure(f"batched scoring, 4 captions, {tag}, bs {args.batch_size}", be, four, flops_four)
         b.measure(f"batched scoring, yes/no {lo}-{hi} text tokens, {tag}", be, mixed, flops_yes_no)
+        for mix in (mix_yes_no, mix_four):
+            b.shared_vs_alone(f"paper mix, {mix.name}, {tag}", be, mix.requests, mix.flops)
         b.model_side(f"  model side only (pre-encoded), yes/no, {tag}", be, yes_no, flops_yes_no)
         b.model_side(f"  model side only (pre-encoded), 4 captions, {tag}", be, four, flops_four)
         check = b.agreement(tag, be, four[:64] + yes_no[:64], reference)
         b.synchronisations(tag, be, mixed[: 2 * args.batch_size])
         reference = reference or check
     if not args.tiny:
-        b.say("goals on one H200: >= 75 yes/no samples/s, >= 60 four-caption samples/s (naive measured 2.12/s)")
+        b.say(
+            "goals on one H200: >= 75 yes/no samples/s, >= 60 four-caption samples/s (naive measured 2.12/s); "
+            ">= 120 requests/s on the paper mix with the image prefix shared"
+        )
 
 
 def full_size_minigpt4(device, dtype):
@@ -406,11 +499,8 @@ def full_size_minigpt4(device, dtype):
     )
     qformer_config = Blip2QFormerConfig(encoder_hidden_size=vision_config.hidden_size)
     text_config = LlamaConfig(
+        **VICUNA_7B,
         vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
         max_position_embeddings=2048,
         rms_norm_eps=1e-6,
         pad_token_id=tokenizer.pad_token_id,
@@ -464,21 +554,10 @@ def run_minigpt4(b: Bench) -> None:
 
     v, q, t = vision.config, qformer.config, llm.config
     n = (v.image_size // v.patch_size) ** 2 + 1
-    vision_flops = v.num_hidden_layers * (
-        2 * n * (4 * v.hidden_size**2 + 2 * v.hidden_size * v.intermediate_size) + 4 * n * n * v.hidden_size
-    )
     qformer_flops = q.num_hidden_layers * 2 * 32 * (4 * q.hidden_size**2 + 2 * q.hidden_size * q.intermediate_size) + (
         q.num_hidden_layers // q.cross_attention_frequency
     ) * 2 * (32 * 2 * q.hidden_size**2 + n * 2 * q.hidden_size * v.hidden_size)
-
-    def llm_flops(length, scored):
-        layer = (
-            2 * length * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.intermediate_size)
-            + 2 * length * length * t.hidden_size
-        )
-        return t.num_hidden_layers * layer + 2 * scored * t.hidden_size * t.vocab_size
-
-    base = vision_flops + qformer_flops + 2 * 32 * q.hidden_size * t.hidden_size
+    base = vision_flops(v) + qformer_flops + 2 * 32 * q.hidden_size * t.hidden_size
     b.header()
     naive = MiniGPT4Backend(vision, query_tokens, qformer, llama_proj, llm, tokenizer, batch_size=1)
     b.naive(
@@ -486,13 +565,16 @@ def run_minigpt4(b: Bench) -> None:
         [Request((i,), question) for i in images[count : count + args.naive_samples + 1]],
     )
     b.measure(
-        f"batched scoring, yes/no, eager, bs {args.batch_size}", backend, yes_no, base + llm_flops(len(prefix), 1)
+        f"batched scoring, yes/no, eager, bs {args.batch_size}",
+        backend,
+        yes_no,
+        base + decoder_flops(t, len(prefix), 1),
     )
     b.measure(
         f"batched scoring, 4 captions, eager, bs {args.batch_size}",
         backend,
         four,
-        base + llm_flops(len(prefix4) + extra4, 4 + extra4),
+        base + decoder_flops(t, len(prefix4) + extra4, 4 + extra4),
     )
     b.agreement("eager", backend, four[:4] + yes_no[:12])
 

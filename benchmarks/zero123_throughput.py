@@ -33,7 +33,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, milliseconds, parse_args, skip_line, synchronize  # noqa: E402
+from common import CLIP_VIT_L14, DEVICE, milliseconds, parse_args, skip_line, synchronize  # noqa: E402
 
 from zerovlm.runtime import DTYPES  # noqa: E402
 from zerovlm.views.checkpoints import Zero123Components, load_components, make_scheduler  # noqa: E402
@@ -63,18 +63,7 @@ def full_size_components(dtype: torch.dtype, size_px: int) -> Zero123Components:
             sample_size=size_px,
             scaling_factor=0.18215,
         )
-        clip = CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_hidden_layers=24,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=768,
-                hidden_act="quick_gelu",
-            )
-        )
+        clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_L14, image_size=224))
         projection = torch.nn.Linear(768 + 4, 768)
     parts = [module.to(dtype).eval() for module in (unet, vae, clip, projection)]
     return Zero123Components(*parts, scheduler=make_scheduler(), layout="kxic")

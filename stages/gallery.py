@@ -7,13 +7,7 @@ from zerovlm.stage import run_stage, stage_arguments
 
 def main() -> None:
     args, paths = stage_arguments(__doc__, gallery.Paths)
-    grid = load_section("grid", GridConfig, args.params)
-    gallery.run(
-        paths,
-        list(grid.datasets),
-        list(grid.vlms),
-        load_section("report", ReportConfig, args.params),
-    )
+    gallery.run(paths, load_section("grid", GridConfig, args.params), load_section("report", ReportConfig, args.params))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,9 @@ from zerovlm.stage import run_stage, stage_arguments
 
 def main() -> None:
     args, paths = stage_arguments(__doc__, report.Paths)
-    grid = load_section("grid", GridConfig, args.params)
     report.run(
         paths,
-        list(grid.datasets),
-        list(grid.vlms),
+        load_section("grid", GridConfig, args.params),
         list(load_section("stitch", StitchConfig, args.params).configurations),
         load_section("score", ScoreConfig, args.params),
         load_section("report", ReportConfig, args.params),

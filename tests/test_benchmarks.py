@@ -42,6 +42,14 @@ RUNS = {
             rf"batched scoring, 4 captions, eager, bs \d+ +{N} +{N} +{N}",
             rf"batched scoring, yes/no \d+-\d+ text tokens, eager +{N} +{N} +{N}",
             rf"     host, of {N} s: length {N} s, prepare {N} s",
+            r"paper mix: \d+ examples x 9 configurations \(stitched images\): \d+ yes/no requests, \d+ four-caption",
+            rf"paper mix, yes/no, eager, one request a row +{N} +{N} +{N}",
+            rf"paper mix, yes/no, eager, image prefix shared +{N} +{N} +{N}",
+            (
+                rf"   paper mix, yes/no, eager: {N} requests/s image prefix shared, {N} one request a row "
+                rf"\(x{N}\); max \|shared - one at a time\| = {N}"
+            ),
+            rf"   paper mix, 4 captions, eager: {N} requests/s image prefix shared, {N} one request a row",
             rf"  model side only \(pre-encoded\), yes/no, eager +{N} +{N}",
             rf"  model side only \(pre-encoded\), 4 captions, eager +{N} +{N}",
             rf"   eager: max \|batched - one at a time\| = {N}",
@@ -59,6 +67,20 @@ RUNS = {
             rf"project +float32 \d+ views/call eager +: +{N} views/s +x +{N} vs naive; UNet +{N} ms/step",
             r"skipped: project path compiled \(reduce-overhead\) \(",
             rf"best: eager {N} views/s = x{N} the naive loop",
+        ],
+    ),
+    "paper_grid": (
+        [],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            r"skipped: GPU busy fraction and compiled stages \(",
+            rf"views: \d+ views, loading {N} s, first batch {N} s, steady {N} views/s",
+            rf"infer@vsr_random-llava-7b: \d+ requests, loading {N} s, first chunk {N} s",
+            r"infer@whatsup_b-minigpt4-7b: \d+ requests",
+            rf"stitch@whatsup_a +{N} +- +{N} +{N}$",
+            rf"infer@vsr_zeroshot-minigpt4-7b +{N} +- +{N} +{N}$",
+            rf"whole paper grid: {N} GPU-hours",
+            rf"authors' way for the same work: {N} GPU-hours \(one view per call: {N} s/view; .*llava-7b {N} s/request",
         ],
     ),
     "views_stage": (

@@ -41,6 +41,7 @@ def cell(
             "example_id": ids,
             "image_id": images or [f"img-{i}" for i in ids],
             "group_id": [None] * n,
+            "pair_id": [None] * n,
             "answer_index": 0,
             "correct": [bool(v) for v in verdicts],
         }

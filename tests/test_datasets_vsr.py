@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.test_coco_counts import coco_zip
 from tests.test_datasets_images import picture, picture_jpeg
 from tests.test_download import LoopbackServer
 from zerovlm.config import DataConfig
@@ -56,8 +57,30 @@ def _config(server, **overrides) -> DataConfig:
         timeout_seconds=5.0,
         vsr_annotations_url=f"{server.url}/vsr/{{commit}}/data/splits/{{split_dir}}/{{split}}.jsonl",
         coco_images_url=f"{server.url}/coco",
+        coco_object_counts=False,  # test_num_objects_come_from_the_coco_instances covers them
     )
     return DataConfig(**{**values, **overrides})
+
+
+def test_num_objects_come_from_the_coco_instances(server, tmp_path):
+    records = [json.loads(line) for line in (SHARED_VSR / "random/test.jsonl").read_text().splitlines()]
+    by_folder: dict[str, dict[str, tuple[int, int]]] = {"train2017": {}, "val2017": {}}
+    for record in records:  # a made-up count per image: 1..9 instances, and a crowd region on every third
+        folder = record["image_link"].split("/")[-2]
+        by_folder[folder][record["image"]] = (1 + int(record["image"][-7:-4]) % 9, int(record["image"][-5]) % 3 == 0)
+    server.routes["/annotations/annotations_trainval2017.zip"] = coco_zip(by_folder["train2017"], by_folder["val2017"])
+    cfg = _config(
+        server,
+        limit=40,
+        coco_object_counts=True,
+        coco_annotations_url=f"{server.url}/annotations/annotations_trainval2017.zip",
+    )
+    summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
+    examples = read_table(tmp_path / "prepared")
+    assert len(examples) == 40
+    for e in examples:
+        assert e.num_objects == 1 + int(e.source["image"][-7:-4]) % 9
+    assert set(summary["source_checksums"]) == {"random/test.jsonl", "coco/annotations_trainval2017.zip"}
 
 
 @pytest.mark.parametrize("folder, split", SPLITS)
@@ -167,11 +190,15 @@ def test_bad_records_name_file_line_and_field(tmp_path):
 
 def test_local_folders_mean_no_download(tmp_path):
     coco = tmp_path / "coco"
+    listed: dict[str, dict[str, tuple[int, int]]] = {"train2017": {}, "val2017": {}}
     for line in (SHARED_VSR / "zeroshot/dev.jsonl").open():
         record = json.loads(line)
         target = coco / record["image_link"].split("/")[-2] / record["image"]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(picture_jpeg(record["image"]))
+        listed[target.parent.name][record["image"]] = (2, 0)
+    annotations = tmp_path / "annotations_trainval2017.zip"
+    annotations.write_bytes(coco_zip(listed["train2017"], listed["val2017"]))
     with socket.socket() as probe:  # URLs point at a closed port: any fetch would fail
         probe.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
@@ -182,10 +209,13 @@ def test_local_folders_mean_no_download(tmp_path):
         images_dir=str(coco),
         vsr_annotations_url=dead + "/{split}",
         coco_images_url=dead,
+        coco_annotations=str(annotations),
+        coco_annotations_url=dead + "/annotations.zip",
         download_retries=0,
     )
     summary = prepare.run(prepare.Paths(out=tmp_path / "prepared", raw=tmp_path / "raw"), cfg)
-    assert summary["examples"] == 340 and not (tmp_path / "raw").exists()
+    assert summary["examples"] == 340
+    assert [p.name for p in (tmp_path / "raw").rglob("*") if p.is_file()] == ["object_counts.json"]  # parsed once
 
 
 def test_offline_error_names_the_url_and_the_local_alternative(tmp_path):

@@ -258,6 +258,7 @@ def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record
         run = json.loads(record.read_text())
         assert run["seconds"] > 0 and run["resumed"] == 0 and run["dtype_used"] == "float32"
         assert {"device", "peak_memory_bytes", "versions"} <= set(run)
+        assert 0 < run["seconds_first_chunk"] < run["seconds"]  # the first chunk's wait: compilation shows here
     assert folders[0] == folders[1] and set(folders[0]) == {"predictions.jsonl", "summary.json"}
     assert "seconds" not in json.loads((workspace / "first" / "summary.json").read_text())
 

@@ -77,5 +77,5 @@ def test_the_paper_grid_has_llava_and_minigpt4_in_both_sizes(in_repo_root, tmp_p
 
 
 def test_unknown_profile_lists_the_valid_ones(in_repo_root, tmp_path):
-    with pytest.raises(ZeroVLMError, match="unknown profile 'papr'; valid: demo, paper"):
+    with pytest.raises(ZeroVLMError, match="unknown profile 'papr'; valid: demo, modern, paper"):
         compose_params("papr", tmp_path / "x.yaml", [])

@@ -14,7 +14,7 @@ import pytest
 import tomllib
 from PIL import Image
 
-from zerovlm.config import DataConfig, ReportConfig, ScoreConfig, StitchConfig, SyntheticSource
+from zerovlm.config import DataConfig, GridConfig, ReportConfig, ScoreConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.table import read_table, write_table
 from zerovlm.io import write_json, write_jsonl
 from zerovlm.pipeline import gallery as gallery_stage
@@ -23,6 +23,7 @@ from zerovlm.report.gallery import FILTERS, sample_examples
 from zerovlm.store import ShardWriter
 
 CONFIGURATIONS = ("origin", "left", "origin+left", "origin+left-separate")
+LEFT_QUALITY = {"clip_similarity": 0.81234, "pixel_std": 43.21, "background_share": 0.5678}
 DATASETS = {"sparse": (2, 3), "cluttered": (5, 6)}
 
 
@@ -57,8 +58,11 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
     with ShardWriter(root / "views") as views:
         for image_id in sorted(image_ids):
             for view, colour in (("left", (200, 30, 30)), ("right", (30, 30, 200))):
+                quality = {"quality": LEFT_QUALITY} if view == "left" else {}  # right: as a store from before
                 views.add(
-                    f"{image_id}.{view}", Image.new("RGB", (32, 32), colour), {"image_id": image_id, "view": view}
+                    f"{image_id}.{view}",
+                    Image.new("RGB", (32, 32), colour),
+                    {"image_id": image_id, "view": view, **quality},
                 )
     for name in DATASETS:
         stitch.run(
@@ -107,8 +111,7 @@ def _build_gallery(root: Path, hostile: bool) -> tuple[Path, dict]:
             scored=root / "scored",
             out=root / "gallery",
         ),
-        list(DATASETS),
-        ["tiny"],
+        GridConfig(datasets=tuple(DATASETS), vlms=("tiny",)),
         ReportConfig(gallery_examples=3, gallery_image_px=64),
     )
     return root / "gallery", summary
@@ -122,6 +125,13 @@ def gallery(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hostile_gallery(tmp_path_factory):
     return _build_gallery(tmp_path_factory.mktemp("hostile"), hostile=True)
+
+
+def test_each_view_shows_its_recorded_quality(gallery):
+    page = (gallery[0] / "index.html").read_text()
+    left = "left view, CLIP similarity 0.812, pixel std 43.2, background 57%"
+    assert page.count(f"<figcaption>{left}</figcaption>") == 6  # one per example
+    assert page.count("<figcaption>right view, quality not recorded") == 6
 
 
 def test_gallery_is_static_and_self_contained(gallery):

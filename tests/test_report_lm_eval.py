@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from tests.report_fixtures import CONFIG_KEYS, RESULTS_KEYS, SAMPLE_KEYS, scored_instance
-from zerovlm.config import ReportConfig, ScoreConfig
+from zerovlm.config import GridConfig, ReportConfig, ScoreConfig
 from zerovlm.pipeline import report
 from zerovlm.report import lm_eval
 from zerovlm.view_configurations import CONFIGURATIONS
@@ -57,8 +57,7 @@ def grid(tmp_path_factory):
             out=root / "metrics",
             samples=root / "samples",
         ),
-        ["sparse", "vsr"],
-        ["tiny", "talker"],
+        GridConfig(datasets=("sparse", "vsr"), vlms=("tiny", "talker")),
         CONFIGURATIONS_RUN,
         ScoreConfig(),
         ReportConfig(method_configuration="all"),

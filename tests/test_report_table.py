@@ -5,7 +5,7 @@ import io
 import json
 
 from tests.report_fixtures import scored_instance
-from zerovlm.config import ReportConfig, ScoreConfig
+from zerovlm.config import GridConfig, ReportConfig, ScoreConfig
 from zerovlm.io import write_json
 from zerovlm.pipeline import report
 from zerovlm.report import table
@@ -131,8 +131,7 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
             out=tmp_path / "out",
             samples=tmp_path / "samples",
         ),
-        ["vsr_random", "whatsup_a"],
-        ["llava_7b"],
+        GridConfig(datasets=("vsr_random", "whatsup_a"), vlms=("llava_7b",)),
         ["origin", "left"],
         ScoreConfig(),
         ReportConfig(method_configuration="left"),
@@ -154,10 +153,10 @@ def test_report_stage_writes_table_headline_provenance_and_plots(tmp_path):
     assert {(b["series"], b["accuracy"]) for b in bars} == {("origin (baseline)", 0.5), ("left + view prompt", 0.75)}
     confusion = json.loads((out / "plots/confusion/whatsup_a.llava_7b.multiple_choice.origin-novp.json").read_text())
     assert sorted(map(tuple, (r.values() for r in confusion))) == [("on", "on"), ("on", "on"), ("on", "under")]
-    objects = json.loads((out / "plots/objects/llava_7b.true_false.json").read_text())
+    objects = json.loads((out / "plots/objects/vsr_random.llava_7b.true_false.json").read_text())
     assert objects == [
-        {"num_objects": 2, "baseline": 0.5, "method": 1.0, "n": 2},
-        {"num_objects": 5, "baseline": 0.0, "method": 0.5, "n": 2},
+        {"num_objects": 2, "baseline": 0.5, "method": 1.0, "gain": 0.5, "n": 2},
+        {"num_objects": 5, "baseline": 0.0, "method": 0.5, "gain": 0.5, "n": 2},
     ]
 
 
@@ -177,8 +176,14 @@ def test_headline_leaves_out_the_numbers_a_cell_lacks():
 def test_without_object_counts_the_objects_plot_folder_holds_an_empty_plot():
     from zerovlm.report.plots import plot_files
 
-    files = plot_files({}, {("vsr_random", "llava_7b"): {"confusion": {}, "objects": {}}}, ("all", "with_view_prompt"))
-    assert files == {"objects/no-dataset-with-object-counts.json": []}  # DVC renders an empty list without an error
+    breakdowns = {("vsr_random", "llava_7b"): {"confusion": {}, "objects": {}}}
+    files = plot_files(
+        {}, breakdowns, {("vsr_random", "llava_7b"): {}}, ("all", "with_view_prompt"), {"vsr_random": "vsr_random"}
+    )
+    assert files == {
+        "objects/no-dataset-with-object-counts.json": [],
+        "quality/method-shows-no-view.json": [],
+    }  # DVC renders an empty list without an error
 
 
 def test_layout_orders_rows_by_the_grid_and_columns_by_dataset_then_task():
@@ -233,9 +238,9 @@ def test_objects_plot_sums_counts_over_datasets_per_series():
         ("sparse", "tiny"): counts({"2": [1, 2], "10": [0, 3]}, {"2": [2, 2], "3": [1, 1]}),
         ("cluttered", "tiny"): counts({"2": [1, 1], "10": [0, 0]}, {"10": [0, 0]}),
     }
-    assert objects_rows(breakdowns, ("all", "with_view_prompt")) == {
-        ("tiny", "true_false"): [
-            {"num_objects": 2, "baseline": 0.6667, "method": 1.0, "n": 3},  # 2 of 3 over both datasets
+    assert objects_rows(breakdowns, ("all", "with_view_prompt"), {"sparse": "synthetic", "cluttered": "synthetic"}) == {
+        ("synthetic", "tiny", "true_false"): [
+            {"num_objects": 2, "baseline": 0.6667, "method": 1.0, "gain": 0.3333, "n": 3},  # 2 of 3 over both datasets
             {"num_objects": 3, "method": 1.0, "n": 0},  # no baseline at 3 objects
             {"num_objects": 10, "baseline": 0.0, "n": 3},
         ]

@@ -4,6 +4,9 @@ that halves on CUDA out-of-memory."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ import torch
 from zerovlm import runtime
 from zerovlm.io import ZeroVLMError
 from zerovlm.runtime import BatchSize, is_out_of_memory, resolve_device_dtype
+from zerovlm.vlm.transformers_ops import compile_regions
 
 
 def test_half_precision_on_the_cpu_becomes_float32_with_one_warning_per_section(caplog):
@@ -40,3 +44,43 @@ def test_out_of_memory_in_both_forms_torch_raises_it():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
+
+
+COMPILE_TWICE = """
+import torch
+from torch._dynamo.utils import counters
+from zerovlm.runtime import use_compile_cache
+use_compile_cache()
+torch.compile(lambda x: (x * 3).cos())(torch.ones(4))
+print(counters["inductor"]["fxgraph_cache_hit"])
+"""
+
+
+def test_a_second_process_loads_the_compiled_graph_from_the_project_cache(tmp_path, monkeypatch):
+    """The graph compiled by one process (one stage instance, one run) is read from $ZEROVLM_CACHE/torch-compile
+    by the next, which compiles nothing; without the project cache each would use a /tmp folder of its own."""
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    hits = [
+        subprocess.run([sys.executable, "-c", COMPILE_TWICE], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    ]
+    assert [int(h.split()[-1]) for h in hits] == [0, 1]
+    assert any((tmp_path / "cache" / "torch-compile").rglob("*.py"))
+
+
+def test_the_compile_cache_folder_unwritable_names_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path / "file"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    with pytest.raises(ZeroVLMError, match="set ZEROVLM_CACHE"):
+        runtime.use_compile_cache()
+
+
+def test_regional_compilation_uses_the_project_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    tower = torch.nn.Module()
+    tower.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    assert compile_regions(tower) == 1  # lazy: nothing compiles before the first call
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch-compile")

@@ -210,7 +210,7 @@ def test_captions_of_one_image_are_tested_as_one_cluster():
     def rows(right):  # 3 captions per image
         return pd.DataFrame(
             [
-                {"example_id": f"e{i}", "image_id": f"i{i // 3}", "group_id": None, "correct": r}
+                {"example_id": f"e{i}", "image_id": f"i{i // 3}", "group_id": None, "pair_id": None, "correct": r}
                 for i, r in enumerate(right)
             ]
         )
@@ -280,7 +280,12 @@ def test_score_stage_compares_every_configuration_with_the_origin_baseline(tmp_p
 
 
 def test_the_sampling_unit_is_the_set_or_else_the_image():
-    rows = pd.DataFrame([{"group_id": "whatsup/mug_table", "image_id": "i1"}, {"group_id": None, "image_id": "i2"}])
+    rows = pd.DataFrame(
+        [
+            {"group_id": "whatsup/mug_table", "pair_id": None, "image_id": "i1"},
+            {"group_id": None, "pair_id": None, "image_id": "i2"},
+        ]
+    )
     assert cluster_ids(rows, ScoreConfig()) == ["whatsup/mug_table", "i2"]
     assert cluster_ids(rows, ScoreConfig(bootstrap_samples=0)) == ["whatsup/mug_table", "i2"]  # McNemar uses it
     assert cluster_ids(rows, ScoreConfig(sampling_unit="example")) is None

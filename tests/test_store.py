@@ -3,12 +3,14 @@
 import errno
 import os
 import tarfile
+import threading
 
 import pytest
 from PIL import Image
 
+from zerovlm import store as store_module
 from zerovlm.io import ZeroVLMError
-from zerovlm.store import ShardReader, ShardWriter, publish
+from zerovlm.store import BackgroundWriter, ShardReader, ShardWriter, encode_png, publish
 
 
 def _image(value):
@@ -128,3 +130,51 @@ def test_a_full_disk_names_the_shard_and_keeps_the_finished_ones(tmp_path, monke
         for i in (2, 3):
             writer.add(f"k{i}", _image(i))
     assert ShardReader(folder).keys() == ["k0", "k1", "k2", "k3"]
+
+
+def _write_background(folder, images, encoders=3, max_pending=2):
+    with BackgroundWriter(ShardWriter(folder, shard_size=2), encoders, max_pending) as store:
+        for key, image in images:
+            store.add(key, image, {"key_again": key})
+    return store
+
+
+def test_background_writer_stores_the_bytes_of_shard_writer_in_add_order(tmp_path):
+    images = [(f"k{i}", Image.new("RGB", (16, 16), (i * 9, 255 - i, i))) for i in range(7)]
+    with ShardWriter(tmp_path / "plain", shard_size=2) as writer:
+        for key, image in images:
+            writer.add(key, image, {"key_again": key})
+    assert _write_background(tmp_path / "background", images).added == 7
+    names = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "background").iterdir()) and len(names) == 8
+    for name in names:
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "background" / name).read_bytes(), name
+
+
+def test_background_writer_raises_the_write_error_and_keeps_only_finished_shards(tmp_path):
+    """A failed write (here a key written twice) is raised as it is, in the caller's thread; what came before it
+    stays in finished shards, and no partial shard is made of the rest."""
+    images = [(key, _image(i)) for i, key in enumerate(["a", "b", "c", "a", "d", "e"])]
+    with pytest.raises(ZeroVLMError, match="key 'a' written twice"):
+        _write_background(tmp_path / "s", images)
+    assert ShardReader(tmp_path / "s").keys() == ["a", "b"] and len(list((tmp_path / "s").glob("*.tar"))) == 1
+
+
+def test_background_writer_holds_at_most_max_pending_images(tmp_path, monkeypatch):
+    """`add` waits while max_pending images are not stored yet: memory stays bounded however slow the disk."""
+    release = threading.Event()
+
+    def slow_encode(image):
+        release.wait(timeout=30)
+        return encode_png(image)
+
+    monkeypatch.setattr(store_module, "encode_png", slow_encode)
+    returned = []
+    with BackgroundWriter(ShardWriter(tmp_path / "s", shard_size=8), encoders=4, max_pending=2) as store:
+        adding = threading.Thread(target=lambda: [returned.append(store.add(f"k{i}", _image(i))) for i in range(3)])
+        adding.start()
+        adding.join(timeout=1.0)
+        assert len(returned) == 2 and adding.is_alive()  # the third waits for a slot
+        release.set()
+        adding.join(timeout=30)
+    assert len(returned) == 3 and len(ShardReader(tmp_path / "s")) == 3

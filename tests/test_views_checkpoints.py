@@ -110,3 +110,26 @@ def test_wrong_training_schedule_is_refused(tmp_path, tiny_models):
     config_path.write_text(json.dumps(config))
     with pytest.raises(ZeroVLMError, match="beta_end"):
         load_components(model)
+
+
+def test_parts_are_read_in_the_target_dtype_straight_onto_the_device(tiny_models, monkeypatch):
+    """Each part's from_pretrained places its weights (device_map): no full copy on the CPU before moving."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPVisionModelWithProjection
+
+    calls = []
+    for cls in (UNet2DConditionModel, AutoencoderKL, CLIPVisionModelWithProjection):
+        original = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _original=original, **kwargs):
+            calls.append((klass.__name__, kwargs["device_map"]))
+            return _original(klass, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    pipeline = Zero123Pipeline.from_pretrained(tiny_models["kxic"], torch.float32, "cpu")
+    assert sorted(calls) == [
+        ("AutoencoderKL", "cpu"),
+        ("CLIPVisionModelWithProjection", "cpu"),
+        ("UNet2DConditionModel", "cpu"),
+    ]
+    assert pipeline.device.type == "cpu" and pipeline.dtype == torch.float32

@@ -47,7 +47,7 @@ def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
     (cvlab-columbia/zero123 ldm/modules/diffusionmodules/util.py make_ddim_timesteps and
     make_ddim_sampling_parameters, ldm/models/diffusion/ddim.py ddim_sampling and p_sample_ddim).
     t_start=-1 is the original's default; None runs the whole list. -> (latents, timesteps run)."""
-    context, cond = pipe.encode(images, poses, SIZE)
+    context, cond, _ = pipe.encode(images, poses, SIZE)
     a = alphas_cumprod()
     ddim_timesteps = np.asarray(list(range(0, 1000, 1000 // steps))) + 1  # "uniform", steps_out = +1
     alphas = a[ddim_timesteps]
@@ -131,7 +131,7 @@ def test_guidance_one_runs_the_conditional_branch_alone(pipe, monkeypatch):
 
 def test_conditioning_latent_is_the_unscaled_mode(pipe):
     images, poses, _ = inputs(2)
-    context, cond = pipe.encode(images, poses, SIZE)
+    context, cond, _ = pipe.encode(images, poses, SIZE)
     x = torch.stack([prepare_image(im, SIZE) for im in images])
     assert context.shape == (2, 1, pipe.unet.config.cross_attention_dim)
     assert torch.allclose(cond, pipe.vae.encode(x).latent_dist.mean, atol=1e-6)
@@ -169,7 +169,7 @@ def test_pose_projection_runs_in_float32_then_casts(tiny_models):
     poses = torch.stack(
         [pose_vector(ViewPose(f"v{i}", -35.0 + 23 * i, 17.0 + 41 * i, 0.3 - 0.2 * i)) for i in range(4)]
     )
-    context, _ = half.encode(images, poses, SIZE)
+    context, _, _ = half.encode(images, poses, SIZE)
     x = torch.stack([prepare_image(im, SIZE) for im in images])
     with torch.no_grad():  # (B, E) from the fp16 CLIP
         embeds = half.image_encoder(clip_preprocess(x, half.image_encoder.config.image_size).half()).image_embeds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ from tests.views_fixtures import make_prepared, tiny_models, views_config  # noq
 from zerovlm import runtime
 from zerovlm.io import ZeroVLMError, sha256_file
 from zerovlm.pipeline import views
-from zerovlm.store import ShardReader
+from zerovlm.store import ShardReader, ShardWriter
 from zerovlm.views import synthesize
 from zerovlm.views.poses import random_pose
 from zerovlm.views.tiny import build_tiny_zero123
@@ -84,6 +85,7 @@ def test_same_seed_same_bytes(tmp_path, tiny_models, prepared, reference):
         assert sha256_file(reference[0] / name) == sha256_file(tmp_path / "views" / name), name
     run = json.loads(record.read_text())
     assert run["seconds_generating"] > 0 and run["views_generated"] == 12 and "peak_memory_bytes" in run
+    assert run["seconds_loading"] > 0 and 0 < run["seconds_first_batch"] <= run["seconds_generating"]
 
 
 def test_other_batch_size_same_views(tmp_path, tiny_models, prepared, reference):
@@ -110,6 +112,30 @@ def test_resume_after_an_exception_keeps_finished_shards(tmp_path, tiny_models, 
     assert summary["views_reused"] == 8 and summary["views_generated"] == 4
     assert pngs(out) == pngs(reference[0])
     assert all(os.stat(out / name).st_mtime_ns == mtime for name, mtime in stamps.items())
+
+
+def test_a_failed_store_write_stops_the_run_with_its_error_and_keeps_finished_shards(
+    tmp_path, tiny_models, prepared, reference, monkeypatch
+):
+    """The store is written in a background thread; its error (a full disk) still stops the stage as it is."""
+    out, cfg = tmp_path / "views", views_config(tiny_models["kxic"])
+    add_png, calls = ShardWriter.add_png, []
+
+    def disk_full_at_the_sixth(writer, *args):
+        calls.append(args[0])
+        if len(calls) == 6:
+            raise OSError(errno.ENOSPC, "No space left on device", str(writer.folder / "shard-00001.tar"))
+        add_png(writer, *args)
+
+    monkeypatch.setattr(ShardWriter, "add_png", disk_full_at_the_sixth)
+    with pytest.raises(OSError) as raised:
+        views.run(views.Paths(prepared=prepared[0], out=out), cfg, shard_size=4)
+    assert raised.value.errno == errno.ENOSPC and len(calls) == 6  # nothing is stored after the failure
+    partial = tmp_path / ".views.partial" / "part-000-of-001"
+    assert [p.name for p in sorted(partial.glob("shard-*"))] == ["shard-00000.jsonl", "shard-00000.tar"]
+    monkeypatch.setattr(ShardWriter, "add_png", add_png)
+    summary = views.run(views.Paths(prepared=prepared[0], out=out), cfg, shard_size=4)
+    assert summary["views_reused"] == 4 and pngs(out) == pngs(reference[0])
 
 
 def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):

@@ -289,3 +289,18 @@ def test_pad_equals_the_original_llava_preprocessing(backend, tmp_path, side):
         expected = original_pad_and_process(image, processor.image_processor)
         got = padded._normalise(padded._preprocess([image]))[0]
         assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5), (width, height)
+
+
+def test_weights_are_read_in_the_target_dtype_straight_onto_the_device(tiny_dir, monkeypatch):
+    """from_pretrained places the weights (device_map) in the dtype: no full float32 copy on the CPU first."""
+    from transformers import LlavaForConditionalGeneration
+
+    calls, original = [], LlavaForConditionalGeneration.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        calls.append(kwargs)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", classmethod(spy))
+    load_backend(InferConfig(model=str(tiny_dir), device="cpu", dtype="float32", batch_size=4))
+    assert [(c["device_map"], c["dtype"]) for c in calls] == [("cpu", torch.float32)]

@@ -169,10 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     show = commands.add_parser("show", help="print the results table (or one grid instance's metrics)")
     show.add_argument("--results", type=Path, default=Path("metrics/results.md"), help="the report stage's table")
     show.add_argument(
-        "--metrics",
-        type=Path,
-        default=None,
-        help="instead: one instance's metrics, e.g. metrics/grid/synthetic_sparse/llava_tiny/summary.json",
+        "metrics", nargs="?", type=Path, help="instead: one instance's metrics, e.g. metrics/grid/<d>/<v>/summary.json"
     )
     show.set_defaults(func=_cmd_show)
 

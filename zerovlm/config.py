@@ -104,7 +104,8 @@ class DataConfig(Section):
 
     conf_path: ClassVar[str] = "data"
 
-    source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b"]
+    source: Literal["synthetic", "vsr_random", "vsr_zeroshot", "whatsup_a", "whatsup_b", "table"]
+    path: str | None
     split: Literal["train", "dev", "test"]
     limit: int | None = Field(ge=1)
     stratify_by_relation: bool
@@ -118,6 +119,9 @@ class DataConfig(Section):
     images_dir: str | None
     vsr_annotations_url: str | None
     coco_images_url: str | None
+    coco_object_counts: bool
+    coco_annotations: str | None
+    coco_annotations_url: str | None
     gdrive_url: str | None
     download_workers: int = Field(ge=1, le=64)
     download_retries: int = Field(ge=0, le=10)
@@ -126,6 +130,12 @@ class DataConfig(Section):
     download_deadline_seconds: float = Field(gt=0.0, le=86400.0)
     download_max_mb: DownloadSizeCaps
     synthetic: SyntheticSource
+
+    @model_validator(mode="after")
+    def _table_path(self):
+        if self.source == "table" and not self.path:
+            raise ValueError("path: source 'table' reads a JSONL or CSV file of examples; give its path")
+        return self
 
 
 # ---------------------------------------------------------------- tiny models
@@ -171,6 +181,7 @@ class ViewsConfig(Section):
     seed: int
     foreground: Literal["none", "border"]
     foreground_threshold_rgb: float = Field(ge=0.0, le=442.0)
+    quality_white_min_rgb: int = Field(ge=0, le=255)
 
     @field_validator("image_size_px")
     @classmethod
@@ -189,6 +200,16 @@ class ViewsConfig(Section):
 
 
 # ---------------------------------------------------------------- stitch
+class GateConfig(Section):
+    """stitch.gate: when a "-gated" configuration shows its view (values and meaning: conf/config.yaml)."""
+
+    conf_path: ClassVar[str] = "stitch.gate"
+
+    min_clip_similarity: float = Field(ge=-1.0, le=1.0)
+    min_pixel_std: float = Field(ge=0.0, le=128.0)
+    max_background_share: float = Field(ge=0.0, le=1.0)
+
+
 class StitchConfig(Section):
     """The `stitch` section: the VLM inputs of each view configuration (values and meaning: conf/config.yaml)."""
 
@@ -198,6 +219,7 @@ class StitchConfig(Section):
     layout: Literal["grid", "strip"]
     gap_px: int = Field(ge=0)
     panel_size_px: int = Field(ge=16)
+    gate: GateConfig
 
     @model_validator(mode="after")
     def _known_configurations(self):
@@ -291,6 +313,7 @@ class ScoreConfig(Section):
     seed: int
     p_adjust: Literal["holm", "none"]
     alpha: float = Field(gt=0.0, lt=1.0)
+    quality_bins: int = Field(ge=1, le=100)
 
 
 # ---------------------------------------------------------------- grid: datasets x VLMs
@@ -343,11 +366,18 @@ class ReportConfig(Section):
     gallery_examples: int = Field(ge=1, le=200)
     gallery_image_px: int = Field(ge=32, le=1024)
     seed: int
+    selection_datasets: dict[str, str]
 
     @model_validator(mode="after")
     def _known_configuration(self):
         if self.method_configuration not in CONFIGURATIONS:
             raise ValueError(_unknown("configuration", self.method_configuration, CONFIGURATIONS))
+        for evaluated, selecting in self.selection_datasets.items():
+            if evaluated == selecting:
+                raise ValueError(
+                    f"selection_datasets.{evaluated}: a dataset cannot select its own configuration; name the grid "
+                    f"dataset of its dev split"
+                )
         return self
 
 

@@ -10,11 +10,13 @@ DVC sees params and the files a stage lists. Two inputs escape it:
 `out_dir` (data/inputs/); each consumer depends on its own file only, so a change re-runs exactly the stages
 it affects, and a file whose bytes did not change re-runs nothing:
     models.json             constant: the tiny models are built from their params and code alone
-    prepare-<dataset>.json  local annotation files by SHA-256 (every .json/.jsonl under annotations_dir);
+    prepare-<dataset>.json  local annotation files by SHA-256 (every .json/.jsonl under annotations_dir; a
+                            table's file, and every file of its image folder, `source: table`);
                             local images by (relative path, size, mtime_ns) of every file: stat only, so a
                             COCO folder of 123k images is listed in a few seconds (a file replaced by one
                             of the same size and mtime goes unseen). Downloaded or synthetic: constant
-                            (downloads are pinned by URL and checksum in datasets/sources.yaml).
+                            (downloads are pinned by URL and checksum in datasets/sources.yaml); VSR's
+                            local COCO annotations (`data.coco_annotations`, a zip or folder) by stat.
     views.json, vlm-<name>.json   the model: {repo, revision, commit} for a hub id; {path} for a folder the
                             `models` stage builds (already a dependency); {path, files, bytes, stat_sha256}
                             for any other local folder, except a MiniGPT-4 manifest folder (below).
@@ -124,6 +126,16 @@ def dataset_inputs(params: dict, name: str) -> dict[str, Any]:
     def key(field: str) -> str:  # the params key the value came from, for error messages
         return f"datasets.{name}.{field}" if field in params["datasets"][name] else f"data.{field}"
 
+    if cfg.source == "table":  # by content, so that every clone of a repository holding the table agrees
+        table = _local_path(cfg.path, key("path"))
+        if not table.is_file():
+            raise ZeroVLMError(f"{key('path')}: {cfg.path!r} is not a file; give the table's .jsonl or .csv file")
+        folder = cfg.images_dir or str(table.parent)
+        return {
+            "path": {"path": cfg.path, "sha256": sha256_file(table)},
+            "images_dir": {"path": folder, **content_manifest(_local_path(folder, key("images_dir")))},
+        }
+
     annotations = None
     if cfg.annotations_dir:
         root = _local_path(cfg.annotations_dir, key("annotations_dir"))
@@ -137,7 +149,11 @@ def dataset_inputs(params: dict, name: str) -> dict[str, Any]:
     images = None
     if cfg.images_dir:
         images = {"path": cfg.images_dir, **stat_manifest(_local_path(cfg.images_dir, key("images_dir")))}
-    return {"annotations_dir": annotations, "images_dir": images}
+    found = {"annotations_dir": annotations, "images_dir": images}
+    if cfg.source.startswith("vsr_") and cfg.coco_object_counts and cfg.coco_annotations:  # a zip or its folder
+        coco = _local_path(cfg.coco_annotations, key("coco_annotations"))
+        found["coco_annotations"] = {"path": cfg.coco_annotations, **stat_manifest(coco)}
+    return found
 
 
 # ---------------------------------------------------------------- models.lock

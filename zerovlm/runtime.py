@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import resource
 from pathlib import Path
 from typing import TypeVar, get_args
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 DTYPES = {name: getattr(torch, name) for name in get_args(Dtype)}  # the params' dtype names -> torch dtypes
+CACHE_ENV = "ZEROVLM_CACHE"  # the project's cache folder (default ~/.cache/zerovlm), like HF_HOME for models
 
 
 def resolve_device(name: str, section: str) -> torch.device:
@@ -31,6 +33,29 @@ def resolve_device(name: str, section: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ZeroVLMError(f"{section}.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def use_compile_cache() -> Path:
+    """Point torch.compile's on-disk caches at `$ZEROVLM_CACHE/torch-compile` (default
+    ~/.cache/zerovlm/torch-compile) and return that folder. Call before the process' first torch.compile.
+
+    PyTorch's own caches (inductor's FX graph cache, the AOTAutograd cache and the Triton kernels under them,
+    all on by default) otherwise live in /tmp/torchinductor_<user>, which a reboot or a fresh machine empties,
+    so every `infer@` instance and every run compiled again. A hit skips compilation but runs the same
+    kernels, so the folder never changes an output: it is no DVC dependency, and deleting it is safe (the next
+    run compiles again and refills it). TORCHINDUCTOR_CACHE_DIR is overwritten: importing torch already sets it
+    to the /tmp default, so a value of the user's cannot be told apart.
+    """
+    folder = Path(os.environ.get(CACHE_ENV, "~/.cache/zerovlm")).expanduser().absolute() / "torch-compile"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ZeroVLMError(
+            f"torch.compile cache {folder}: cannot create it ({error.strerror}); set {CACHE_ENV} to a writable folder"
+        ) from None
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)  # read by inductor at each cache access
+    log.info("torch.compile cache: %s (safe to delete)", folder)
+    return folder
 
 
 def peak_memory_bytes() -> int:

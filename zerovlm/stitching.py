@@ -7,6 +7,10 @@ Two layouts, because the paper and its code disagree (the paper's figure vs the 
 A single-panel configuration is passed through unchanged: the "origin" baseline is the plain VLM on
 the original image, not on a resized copy.
 
+A "-gated" configuration (e.g. "left-gated") passes its view through where the view passes the quality gate
+(stitch.gate on the quality the views stage recorded; zerovlm/views/quality.py), and the original image
+elsewhere; its entries' metadata say which (`gate_passed`).
+
 A "-separate" configuration (e.g. "all-separate") is not stitched: each panel is stored unchanged as its
 own entry `<image_id>.<configuration>.<panel>`, in the configuration's panel order, and the infer stage
 sends them as several images of one request (`input_keys` names them). What a VLM accepts is the infer
@@ -25,7 +29,8 @@ from PIL import Image
 
 from zerovlm.config import StitchConfig
 from zerovlm.io import ZeroVLMError
-from zerovlm.view_configurations import CONFIGURATIONS, is_separate
+from zerovlm.view_configurations import CONFIGURATIONS, is_gated, is_separate
+from zerovlm.views.quality import passes_gate
 
 BACKGROUND = (0, 0, 0)
 
@@ -95,20 +100,42 @@ def needed_views(configurations: Sequence[str]) -> list[str]:
     return sorted({panel for c in configurations for panel in CONFIGURATIONS[c]} - {"origin"})
 
 
+def gate_passed(configuration: str, qualities: dict[str, dict], cfg: StitchConfig) -> bool:
+    """Whether a -gated configuration shows its view: the view's recorded quality passes stitch.gate."""
+    (view,) = CONFIGURATIONS[configuration]
+    if view not in qualities:
+        raise ZeroVLMError(
+            f"configuration {configuration!r} needs the {view!r} view, which the views "
+            f"stage did not synthesise: add {view!r} to views.presets"
+        )
+    return passes_gate(qualities[view], cfg.gate)
+
+
 def stitched_entries(
-    image_id: str, origin: Image.Image, views: dict[str, Image.Image], cfg: StitchConfig
+    image_id: str,
+    origin: Image.Image,
+    views: dict[str, Image.Image],
+    cfg: StitchConfig,
+    qualities: dict[str, dict] | None = None,
 ) -> list[tuple[str, Image.Image, dict]]:
-    """(store key, image, metadata) of every configuration of one image, in `cfg.configurations` order."""
+    """(store key, image, metadata) of every configuration of one image, in `cfg.configurations` order.
+    `qualities`: the recorded quality of each view (by view name), needed by -gated configurations."""
     entries = []
     for configuration in cfg.configurations:
         panels = CONFIGURATIONS[configuration]
-        images = compose_configuration(configuration, origin, views, cfg)
+        gated = {}
+        if is_gated(configuration):
+            gated = {"gate_passed": gate_passed(configuration, qualities or {}, cfg)}
+            images = [views[panels[0]] if gated["gate_passed"] else origin.convert("RGB")]
+        else:
+            images = compose_configuration(configuration, origin, views, cfg)
         for index, (key, image) in enumerate(zip(input_keys(image_id, configuration), images)):
             meta = {
                 "image_id": image_id,
                 "configuration": configuration,
                 "panels": list(panels),
                 "layout": "separate" if is_separate(configuration) else cfg.layout,
+                **gated,
             }
             if is_separate(configuration):
                 meta.update(panel=panels[index], index=index)

@@ -19,7 +19,9 @@ import os
 import re
 import shutil
 import tarfile
+import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -114,6 +116,56 @@ class ShardWriter:
         # On error keep what is finished (resumable) but do not turn a partial batch into a shard.
         if exc_type is None:
             self.close()
+
+
+class BackgroundWriter:
+    """A ShardWriter fed from the caller's thread without waiting: `add` hands the image to `encoders` PNG
+    threads and the store write to one writer thread (so the store keeps the order of `add`, and its bytes are
+    those of ShardWriter.add), and returns at once unless `max_pending` images are not stored yet (memory stays
+    bounded). PNG encoding and tar writing release the GIL, so the caller (the GPU loop) keeps going.
+
+    The first error of a write is raised, as it is, by the next `add` or by leaving the `with` block. On leaving
+    the block everything added is stored; a pending partial shard is finished only when the block ends without
+    error, as with ShardWriter (finished shards are what a resumed run keeps).
+    """
+
+    def __init__(self, writer: ShardWriter, encoders: int, max_pending: int):
+        if encoders < 1 or max_pending < 1:
+            raise ValueError(f"encoders and max_pending must be >= 1, got {encoders} and {max_pending}")
+        self.writer, self.added = writer, 0  # added: images stored so far
+        self._encoder = ThreadPoolExecutor(max_workers=encoders, thread_name_prefix="png")
+        self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._error: BaseException | None = None
+
+    def add(self, key: str, image: Image.Image, metadata: dict | None = None) -> None:
+        self._raise_error()
+        self._slots.acquire()
+        self._store.submit(self._write, key, self._encoder.submit(encode_png, image), metadata)
+
+    def _write(self, key: str, png: Future, metadata: dict | None) -> None:
+        try:
+            if self._error is None:  # after a failure nothing more is stored: the store stays a prefix of `add`
+                self.writer.add_png(key, png.result(), metadata)
+                self.added += 1
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, raised there
+            self._error = error
+        finally:
+            self._slots.release()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._store.shutdown(wait=True)
+        self._encoder.shutdown(wait=True)
+        if exc_type is None:
+            self._raise_error()
+            self.writer.close()
 
 
 class ShardReader:

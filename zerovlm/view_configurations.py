@@ -24,9 +24,19 @@ STITCHED_CONFIGURATIONS: dict[str, tuple[str, ...]] = {
 # Every multi-panel configuration also exists as "<name>-separate": the same panels in the same order,
 # sent to the VLM as several images in one request instead of one stitched image.
 SEPARATE_SUFFIX = "-separate"
+# Every single-view configuration also exists as "<name>-gated" (e.g. left-gated): its view where the view passes
+# the quality gate (stitch.gate, zerovlm/views/quality.py), the original image elsewhere; the view prompt is the
+# view's either way (prompts are planned per configuration). Only single views: a multi-panel input whose failed
+# view became a second copy of the original would no longer show what its view prompt describes.
+GATED_SUFFIX = "-gated"
 CONFIGURATIONS: dict[str, tuple[str, ...]] = {
     **STITCHED_CONFIGURATIONS,
     **{name + SEPARATE_SUFFIX: panels for name, panels in STITCHED_CONFIGURATIONS.items() if len(panels) > 1},
+    **{
+        name + GATED_SUFFIX: (name,)
+        for name, panels in STITCHED_CONFIGURATIONS.items()
+        if panels == (name,) != ("origin",)
+    },
 }
 
 
@@ -38,3 +48,13 @@ def is_separate(configuration: str) -> bool:
 def images_per_request(configuration: str) -> int:
     """How many images one VLM request of this configuration holds."""
     return len(CONFIGURATIONS[configuration]) if is_separate(configuration) else 1
+
+
+def is_gated(configuration: str) -> bool:
+    """True when the configuration shows its view only where the view passes the quality gate."""
+    return configuration.endswith(GATED_SUFFIX)
+
+
+def view_panels(configuration: str) -> tuple[str, ...]:
+    """The synthesised views (not the original) a configuration shows, in panel order."""
+    return tuple(panel for panel in CONFIGURATIONS[configuration] if panel != "origin")

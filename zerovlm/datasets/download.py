@@ -41,7 +41,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from zerovlm.io import ZeroVLMError, safe_join, sha256_file
+from zerovlm.io import ZeroVLMError, atomic_path, safe_join, sha256_file
 
 USER_AGENT = "zerovlm-downloader/0.1"
 CHUNK_BYTES = 1 << 16
@@ -118,6 +118,23 @@ class Failure:
 
 
 # ---------------------------------------------------------------- images
+def sha256_as_first_downloaded(path: Path) -> str:
+    """The SHA-256 of a file that has no published checksum, checked against the one recorded beside it (in
+    `<name>.sha256`) on its first download, or recorded now: a file replaced later is refused, not used."""
+    sidecar = path.with_name(f"{path.name}.sha256")
+    actual = sha256_file(path)
+    if not sidecar.is_file():  # the first download (or a file put there by hand): record what it is
+        with atomic_path(sidecar) as tmp:
+            tmp.write_text(actual + "\n")
+    recorded = sidecar.read_text().strip()
+    if actual != recorded:
+        raise ZeroVLMError(
+            f"{path}: SHA-256 {actual} differs from {recorded}, recorded in {sidecar.name} on its first download; "
+            f"delete both files to download it again"
+        )
+    return actual
+
+
 def verify_image(path: Path) -> None:
     """Decode the whole file once (truncation shows only on a full decode); bombs are refused."""
     if Image.MAX_IMAGE_PIXELS is None:

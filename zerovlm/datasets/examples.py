@@ -207,6 +207,10 @@ def _remove_unused_images(prepared_dir: Path, examples: list[Example]) -> None:
 
 # ---------------------------------------------------------------- real datasets
 def _source_module(source: str):
+    if source == "table":
+        from zerovlm.datasets import user_table
+
+        return user_table
     if source.startswith("vsr_"):
         from zerovlm.datasets import vsr
 

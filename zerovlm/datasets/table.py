@@ -18,7 +18,7 @@ TASKS = ("true_false", "multiple_choice")
 @dataclass(frozen=True)
 class Example:
     example_id: str  # unique and stable across runs: "<dataset>/<split>/<source index or name>"
-    dataset: str  # synthetic | vsr_random | vsr_zeroshot | whatsup_a | whatsup_b
+    dataset: str  # synthetic | vsr_random | vsr_zeroshot | whatsup_a | whatsup_b | table
     split: str
     task: str  # true_false: is `caption` true of the image? multiple_choice: pick from `options`
     image_id: str  # sha256 (first 16 hex) of the image file's bytes
@@ -27,9 +27,9 @@ class Example:
     options: tuple[str, ...]  # true_false: ("yes", "no"); multiple_choice: captions in display order
     answer_index: int  # index of the correct option in `options`
     relation: str  # spatial relation of the gold caption, e.g. "left of"
-    num_objects: int | None = None  # objects in the scene, where known (synthetic scenes)
-    group_id: str | None = None  # What'sUp: the set of 4 images of one object pair
-    pair_id: str | None = None  # What'sUp: the opposite-relation pair (left/right, on/under, ...)
+    num_objects: int | None = None  # objects in the scene, where known (synthetic scenes; VSR: COCO instances)
+    group_id: str | None = None  # What'sUp: the set of 4 images of one object pair; table: the record's `set`
+    pair_id: str | None = None  # What'sUp: the opposite-relation pair (left/right, on/under, ...); table: `pair`
     source: dict = field(default_factory=dict)  # original record fields, for auditing
 
     def __post_init__(self):

@@ -8,12 +8,14 @@ pinned commit and checked against pinned SHA-256 sums; images come from each rec
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from zerovlm.config import DataConfig
+from zerovlm.datasets.coco_counts import object_counts
 from zerovlm.datasets.download import FileRequest, fetch_all, fetch_file, policy_from_config
 from zerovlm.datasets.sources import BadRecords, Draft, ImageRef, fill_url, report_missing_images, source_spec
 from zerovlm.io import ZeroVLMError, parse_jsonl_lines, safe_join, sha256_file
@@ -128,11 +130,33 @@ def _draft(record: dict, dataset: str, split: str, line: int, coco_url: str, fil
     )
 
 
+def with_object_counts(drafts: list[Draft], counts: dict[str, int], bad: BadRecords) -> list[Draft]:
+    """Each draft with its image's COCO object count as num_objects; one whose image COCO does not list is a bad
+    record."""
+    counted = []
+    for draft in drafts:
+        if draft.image.relative not in counts:
+            bad.report_draft(
+                draft,
+                IMAGE_FIELD,
+                f"{draft.image.relative} is not in the COCO 2017 instances annotations; use the official "
+                f"annotations_trainval2017.zip (data.coco_annotations), or set data.coco_object_counts: false",
+            )
+            continue
+        counted.append(dataclasses.replace(draft, fields={**draft.fields, "num_objects": counts[draft.image.relative]}))
+    return counted
+
+
 def load_drafts(cfg: DataConfig, raw_dir: Path, bad: BadRecords) -> tuple[list[Draft], dict[str, str]]:
     path = annotation_file(cfg, raw_dir)
     coco_url = cfg.coco_images_url or source_spec("vsr")["images_url"]
     drafts = parse_records(path, cfg.source, cfg.split, bad, coco_url)
-    return drafts, {f"{split_dir(cfg.source)}/{cfg.split}.jsonl": sha256_file(path)}
+    checksums = {f"{split_dir(cfg.source)}/{cfg.split}.jsonl": sha256_file(path)}
+    if cfg.coco_object_counts:
+        counts, coco_checksums = object_counts(cfg, raw_dir)
+        drafts = with_object_counts(drafts, counts, bad)
+        checksums.update({f"{COCO_FOLDER}/{name}": digest for name, digest in coco_checksums.items()})
+    return drafts, checksums
 
 
 # ---------------------------------------------------------------- images

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from zerovlm.config import ReportConfig
+from zerovlm.config import GridConfig, ReportConfig
 from zerovlm.datasets.table import Example, read_table
 from zerovlm.io import ZeroVLMError, atomic_dir, load_rgb, read_jsonl, safe_join
 from zerovlm.report.gallery import example_section, page, sample_examples
 from zerovlm.stage import path_flag
 from zerovlm.store import ShardReader
+from zerovlm.views.quality import QUALITY_KEY
 
 PREFIXES = {"original": "o", "views": "v", "stitched": "s"}  # thumbnail names: images/<prefix>-<key>.jpg
 
@@ -52,12 +53,12 @@ class _Thumbnails:
         return relative
 
 
-def _view_keys(views: ShardReader) -> dict[str, list[tuple[str, str]]]:
-    """image id -> (view name, store key) of each of its views, in store order."""
-    keys: dict[str, list[tuple[str, str]]] = defaultdict(list)
+def _view_keys(views: ShardReader) -> dict[str, list[tuple[str, str, dict | None]]]:
+    """image id -> (view name, store key, recorded quality or None) of each of its views, in store order."""
+    keys: dict[str, list[tuple[str, str, dict | None]]] = defaultdict(list)
     for key in views.keys():
         meta = views.metadata(key)
-        keys[meta["image_id"]].append((meta.get("view", key.split(".", 1)[-1]), key))
+        keys[meta["image_id"]].append((meta.get("view", key.split(".", 1)[-1]), key, meta.get(QUALITY_KEY)))
     return keys
 
 
@@ -86,8 +87,9 @@ def _runs(paths: Paths, dataset: str, vlms: list[str]) -> dict:
     return runs
 
 
-def run(paths: Paths, datasets: list[str], vlms: list[str], cfg: ReportConfig) -> dict:
+def run(paths: Paths, grid: GridConfig, cfg: ReportConfig) -> dict:
     """Write the gallery of `report.gallery_examples` examples per dataset; return its summary."""
+    datasets, vlms = list(grid.datasets), list(grid.vlms)
     views = ShardReader(paths.views)
     view_keys = _view_keys(views)
     sections = []

@@ -175,7 +175,9 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
         loading_start = time.perf_counter()
         model = load_backend(cfg, part_revisions)
         seconds_loading = time.perf_counter() - loading_start
+    seconds_first_chunk = None  # compiling the model (or loading it from the compile cache) happens here
     if mine:
+        answering_start = time.perf_counter()
         stitched = ShardReader(paths.stitched)  # read by the loader thread only
         with open(own_part, "a", encoding="utf-8") as sink, ThreadPoolExecutor(max_workers=1) as loader:
             pending = loader.submit(chunk_requests, mine[0], stitched.image)
@@ -186,6 +188,8 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
                 for record in answer_chunk(model, cfg, chunk):
                     sink.write(json.dumps(record, sort_keys=True) + "\n")
                 sink.flush()
+                if seconds_first_chunk is None:
+                    seconds_first_chunk = time.perf_counter() - answering_start
                 log.info("infer [%s]: chunk %d / %d", worker.part_name, number, len(mine))
         stitched.close()
     seconds = time.perf_counter() - start
@@ -215,6 +219,7 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
         "processes": worker.world_size,
         "seconds": round(seconds, 3),
         "seconds_loading": round(seconds_loading, 3),
+        "seconds_first_chunk": None if seconds_first_chunk is None else round(seconds_first_chunk, 3),
         "model_info": model.info() if model is not None else None,
         # under `dvc repro` the commit the check stage pinned: of a hub model, or of each hub part
         "model_revision": cfg.revision if part_revisions is None else part_revisions,

@@ -17,15 +17,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerovlm.config import ReportConfig, ScoreConfig, check_report_method
+import pandas as pd
+
+from zerovlm.config import GridConfig, ReportConfig, ScoreConfig, check_report_method
 from zerovlm.datasets.table import read_table
 from zerovlm.io import atomic_dir, atomic_path, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.provenance import git_revision, library_versions
-from zerovlm.report import lm_eval, table
+from zerovlm.report import lm_eval, selection, table
 from zerovlm.report.plots import plot_files
 from zerovlm.stage import path_flag
 
-INSTANCE_FILES = ("summary.json", "per_relation.json", "breakdown.json", "provenance.json")
+INSTANCE_FILES = ("summary.json", "per_relation.json", "breakdown.json", "provenance.json", "quality_bins.json")
 
 
 @dataclass(frozen=True)
@@ -80,18 +82,26 @@ def write_lm_eval(
             )
 
 
-def run(
-    paths: Paths, datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig, cfg: ReportConfig
-) -> dict:
+def run(paths: Paths, grid: GridConfig, configurations: list[str], score: ScoreConfig, cfg: ReportConfig) -> dict:
     """Write every report; return the headline metrics."""
+    datasets, vlms = list(grid.datasets), list(grid.vlms)
     date = time.time()
     check_report_method(cfg, tuple(configurations))
     instances = read_instances(paths.grid_metrics, datasets, vlms)
     summaries = instances["summary.json"]
     method = (cfg.method_configuration, "with_view_prompt" if cfg.method_view_prompt else "without_view_prompt")
 
+    verdicts = {}  # (dataset, vlm) -> records, read once each: the oracle reads every instance's
+
+    def load(dataset: str, vlm: str) -> pd.DataFrame:
+        if (dataset, vlm) not in verdicts:
+            verdicts[(dataset, vlm)] = pd.DataFrame(read_jsonl(paths.scored / dataset / vlm / "records.jsonl"))
+        return verdicts[(dataset, vlm)]
+
+    chosen = selection.selected_cells(load, datasets, vlms, cfg.selection_datasets, configurations)
+    oracles = {(d, v): selection.oracle(load(d, v)) for d in datasets for v in vlms}
     with atomic_path(paths.out / "results.md") as tmp:
-        tmp.write_text(table.markdown(summaries, datasets, vlms, configurations, score))
+        tmp.write_text(table.markdown(summaries, datasets, vlms, configurations, score, oracles, chosen))
     with atomic_path(paths.out / "results.csv") as tmp:
         tmp.write_text(table.to_csv(summaries, datasets, vlms, configurations, score.alpha))
     headline = table.headline(summaries, method)
@@ -109,7 +119,13 @@ def run(
 
     plots = paths.out / "plots"
     shutil.rmtree(plots, ignore_errors=True)  # no stale files from an earlier grid
-    for name, rows in plot_files(instances["per_relation.json"], instances["breakdown.json"], method).items():
+    sources = {  # the objects plot sums datasets of one source; an instance scored without a prepare summary: itself
+        dataset: provenance["prepare"]["source"] or dataset
+        for (dataset, _), provenance in instances["provenance.json"].items()
+    }
+    for name, rows in plot_files(
+        instances["per_relation.json"], instances["breakdown.json"], instances["quality_bins.json"], method, sources
+    ).items():
         write_json(plots / name, rows)
     write_lm_eval(paths, datasets, vlms, instances["provenance.json"], git["revision"], date)
     return headline

@@ -1,6 +1,7 @@
 """Stage `score`: per-example verdicts and the metrics of one grid instance (dataset x VLM).
 
-metrics/summary.json, per_relation.json, breakdown.json, provenance.json  (zerovlm.scoring.metrics)
+metrics/summary.json, per_relation.json, breakdown.json, provenance.json,
+        quality_bins.json                                                 (zerovlm.scoring.metrics)
 records                                                                   one verdict per prediction (JSONL)
 """
 
@@ -14,6 +15,7 @@ from zerovlm.datasets.table import read_table
 from zerovlm.io import ZeroVLMError, read_json, read_jsonl, write_json, write_jsonl
 from zerovlm.scoring.metrics import score_instance
 from zerovlm.stage import path_flag
+from zerovlm.views.quality import recorded_qualities
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class Paths:
         default=None,
     )
     infer_run: Path | None = path_flag("the infer stage's run record", default=None)
+    views: Path | None = path_flag("the view store: its index's view quality gives the quality bins", default=None)
 
 
 def run(
@@ -48,13 +51,25 @@ def run(
     rerun = "re-run the stage that writes it (`dvc repro`)"
     views_summary = read_json(paths.views_summary, rerun) if paths.views_summary else None
     infer_run = read_json(paths.infer_run, rerun) if paths.infer_run else {}
+    qualities = recorded_qualities(paths.views) if paths.views else None
 
     scores = score_instance(
-        cfg, examples, predictions, infer_summary, prepare_summary, views_summary, infer_run, dataset, vlm, resolved
+        cfg,
+        examples,
+        predictions,
+        infer_summary,
+        prepare_summary,
+        views_summary,
+        infer_run,
+        dataset,
+        vlm,
+        resolved,
+        qualities,
     )
     write_json(paths.metrics / "summary.json", scores.summary)
     write_json(paths.metrics / "per_relation.json", scores.per_relation)
     write_json(paths.metrics / "breakdown.json", scores.breakdown)
     write_json(paths.metrics / "provenance.json", scores.provenance)
+    write_json(paths.metrics / "quality_bins.json", scores.quality_bins)
     write_jsonl(paths.records, scores.records)
     return scores.summary

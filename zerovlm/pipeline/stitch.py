@@ -16,6 +16,8 @@ from zerovlm.io import atomic_dir, load_rgb, safe_join, write_json
 from zerovlm.stage import path_flag
 from zerovlm.stitching import needed_views, stitch_summary, stitched_entries
 from zerovlm.store import ShardReader, ShardWriter
+from zerovlm.view_configurations import is_gated, view_panels
+from zerovlm.views.quality import stored_quality
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ def run(paths: Paths, cfg: StitchConfig) -> dict:
     image_files = dict(sorted({e.image_id: e.image_file for e in examples}.items()))
     views = ShardReader(paths.views)
     names = needed_views(cfg.configurations)
+    gated = sorted({view for c in cfg.configurations if is_gated(c) for view in view_panels(c)})
     with atomic_dir(paths.out) as tmp:
         with ShardWriter(tmp) as writer:
             for image_id, image_file in image_files.items():
@@ -38,7 +41,12 @@ def run(paths: Paths, cfg: StitchConfig) -> dict:
                 view_images = {
                     name: views.image(f"{image_id}.{name}") for name in names if f"{image_id}.{name}" in views
                 }
-                for key, image, meta in stitched_entries(image_id, origin, view_images, cfg):
+                qualities = {
+                    name: stored_quality(views.metadata(f"{image_id}.{name}"), paths.views)
+                    for name in gated
+                    if f"{image_id}.{name}" in views
+                }
+                for key, image, meta in stitched_entries(image_id, origin, view_images, cfg, qualities):
                     writer.add(key, image, meta)
         summary = stitch_summary(len(image_files), cfg)
         write_json(tmp / "summary.json", summary)

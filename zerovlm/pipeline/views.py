@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from zerovlm.parallel import Worker, current_worker
 from zerovlm.partial_run import PartialRun, unfinished
 from zerovlm.runtime import code_identity, peak_memory_bytes, pin_revision, resolve_device_dtype
 from zerovlm.stage import model_source_flag, path_flag, run_record_flag
-from zerovlm.store import ShardReader, ShardWriter, encode_png, publish
+from zerovlm.store import BackgroundWriter, ShardReader, ShardWriter, publish
 from zerovlm.views.foreground import MaskFn, load_foreground
 from zerovlm.views.synthesize import (
     Sampler,
@@ -42,6 +42,7 @@ from zerovlm.views.zero123 import Zero123Pipeline
 log = logging.getLogger(__name__)
 
 PNG_THREADS = 4
+PENDING_BATCHES = 2  # batches of views that may wait for PNG encoding and the store: the GPU loop's slack
 # What the view store's own summary.json holds: the same for any run that gives the same views.
 STORE_SUMMARY_KEYS = ("examples", "images", "views", "dtype", "recentre_fallbacks", "fingerprint", "settings")
 
@@ -102,13 +103,6 @@ def _count_fallbacks(store: Path) -> int:
         reader.close()
 
 
-def _store_encoded(writer: ShardWriter, encoding: list[tuple[ViewJob, Future, dict]]) -> int:
-    """Add a batch's views, in plan order, once their PNG encodings are done; return how many."""
-    for job, png, metadata in encoding:
-        writer.add_png(job.key, png.result(), metadata)
-    return len(encoding)
-
-
 def _finished_keys(partial: PartialRun) -> set[str]:
     return {key for part in partial.parts() for key in ShardReader(part).keys()}
 
@@ -137,40 +131,42 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
     batches = unfinished(plan_batches(jobs, cfg.batch_size), done, key=lambda job: job.key)
     mine = worker.owned(batches, key=lambda batch: batch[0].image_id)
     writer = ShardWriter(partial.part(worker), shard_size)
-    sampler, generating, generated = None, 0.0, 0
+    sampler, generating, generated, seconds_loading, seconds_first_batch = None, 0.0, 0, 0.0, None
     if mine:
+        tick = time.perf_counter()
         pipeline = Zero123Pipeline.from_pretrained(
             cfg.model, dtype, device, variant=cfg.weights_variant, revision=cfg.revision
         )
         if cfg.compile and device.type == "cuda":
             pipeline.compile()
+        seconds_loading = time.perf_counter() - tick
         sampler = Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
-        # Threads (both release the GIL in C): the next batch's images are decoded, and the last batch's
-        # views PNG-encoded, while the GPU computes this batch. On one core the encoding alone would idle an
-        # H200 for 1.3 s per 128 views, a fifth of the batch (benchmarks/views_stage.py).
-        with ThreadPoolExecutor(max_workers=1) as loader, ThreadPoolExecutor(max_workers=PNG_THREADS) as encoder:
+        # Threads (all release the GIL in C): the next batch's images are decoded, and the views PNG-encoded
+        # and written to the store, while the GPU computes; the loop waits for neither. With the encoding and
+        # the tar writes on the loop's thread the stage ran at 0.93 of the pipeline's rate on an H200
+        # (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait in memory.
+        with (
+            ThreadPoolExecutor(max_workers=1) as loader,
+            BackgroundWriter(writer, PNG_THREADS, PENDING_BATCHES * cfg.batch_size) as store,
+        ):
             pending = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
-            encoding: list[tuple[ViewJob, Future, dict]] = []
             for index, batch in enumerate(mine):
                 images, status = pending.result()
                 if index + 1 < len(mine):
                     pending = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
-                try:
-                    views = sampler(batch, images)
-                finally:  # the last batch's views are kept even if this one fails
-                    generated += _store_encoded(writer, encoding)
-                # a resumed batch recomputes views finished before (same bytes): only the others are new
-                encoding = [
-                    (job, encoder.submit(encode_png, view), view_metadata(cfg, job, status[job.image_id]))
-                    for job, view in zip(batch, views, strict=True)
-                    if job.key not in done
-                ]
+                views = sampler(batch, images)
+                if seconds_first_batch is None:  # compilation (or loading its cache) happens in the first call
+                    seconds_first_batch = time.perf_counter() - tick
+                for job, (view, similarity) in zip(batch, views, strict=True):
+                    if job.key not in done:  # a resumed batch recomputes views finished before (same bytes)
+                        store.add(job.key, view, view_metadata(cfg, job, status[job.image_id], view, similarity))
                 log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
-            generated += _store_encoded(writer, encoding)
+        generated = store.added
         generating = time.perf_counter() - tick
-    writer.close()
+    else:
+        writer.close()
     worker.barrier()
     if not worker.is_main:
         return None
@@ -186,6 +182,8 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
             "views_reused": reused,
             "processes": worker.world_size,
             "seconds": round(time.perf_counter() - started, 3),
+            "seconds_loading": round(seconds_loading, 3),  # weights onto the device
+            "seconds_first_batch": None if seconds_first_batch is None else round(seconds_first_batch, 3),
             "seconds_generating": round(generating, 3),
             "views_per_second": round(generated / generating, 3) if generating else None,
             "device": str(device),

@@ -50,6 +50,16 @@ def sample_examples(examples: list[Example], count: int, seed: int, dataset: str
     return sorted(chosen, key=lambda e: order[e.example_id])
 
 
+def quality_text(quality: dict | None) -> str:
+    """A view's recorded quality in a caption (zerovlm/views/quality.py)."""
+    if quality is None:
+        return "quality not recorded (a view store from before quality scores)"
+    return (
+        f"CLIP similarity {quality['clip_similarity']:.3f}, pixel std {quality['pixel_std']:.1f}, "
+        f"background {quality['background_share']:.0%}"
+    )
+
+
 def _answer_text(example: Example, prediction: dict, record: dict) -> str:
     choice = record["predicted_index"]
     parts = []
@@ -69,17 +79,21 @@ def _answer_text(example: Example, prediction: dict, record: dict) -> str:
 
 
 def example_section(
-    example: Example, dataset: str, runs: dict, view_keys: list[tuple[str, str]], thumbnail: Callable[[str, str], str]
+    example: Example,
+    dataset: str,
+    runs: dict,
+    view_keys: list[tuple[str, str, dict | None]],
+    thumbnail: Callable[[str, str], str],
 ) -> dict:
     """One example's section as plain text values for the template (which escapes them).
 
     runs: vlm -> (predictions by record id, scored records by example id); view_keys: (view name, view store
-    key) of the example's image; thumbnail(source, key): the gallery path of an image, `source` being
-    "original" (key: the image id), "views" or "stitched" (key: a store key).
+    key, recorded quality or None) of the example's image; thumbnail(source, key): the gallery path of an
+    image, `source` being "original" (key: the image id), "views" or "stitched" (key: a store key).
     """
     panels = [{"src": thumbnail("original", example.image_id), "caption": "original"}]
-    for view, key in view_keys:
-        panels.append({"src": thumbnail("views", key), "caption": f"{view} view"})
+    for view, key, quality in view_keys:
+        panels.append({"src": thumbnail("views", key), "caption": f"{view} view, {quality_text(quality)}"})
     question = (
         example.caption
         if example.task == "true_false"

@@ -125,10 +125,41 @@ def significance_footnote(score: ScoreConfig) -> str:
     )
 
 
+def selection_lines(grid: pd.DataFrame, summaries: dict, oracles: dict, chosen: dict, alpha: float) -> list[str]:
+    """Per VLM, the oracle row and the dev-selected row (zerovlm/report/selection.py) over the table's columns.
+    `oracles`: (dataset, vlm) -> {task: rate}; `chosen`: (dataset, vlm) -> {task: cell} or the reason for none."""
+    lines = []
+    for vlm in dict.fromkeys(grid.index.get_level_values(0)):
+        oracle_cells, selected_cells = [], []
+        for dataset, task in grid.columns:
+            rate = oracles.get((dataset, vlm), {}).get(task)
+            oracle_cells.append("-" if rate is None else f"{100 * rate:.1f}")
+            choice = chosen.get((dataset, vlm), "-")
+            if isinstance(choice, str):
+                selected_cells.append(choice)
+            elif task not in choice:
+                selected_cells.append("-")
+            else:
+                row = Row(vlm, *choice[task])
+                metrics = summaries[(dataset, vlm)][task][row.configuration][row.prompt_mode]
+                prompt = "" if row.is_baseline else f", view prompt {row.view_prompt}"
+                selected_cells.append(f"{format_cell(metrics, alpha)} [{row.configuration}{prompt}]")
+        lines.append(f"| {vlm} | oracle (any configuration) | - | " + " | ".join(oracle_cells) + " |")
+        lines.append(f"| ZeroVLM ({vlm}) | dev-selected | [chosen] | " + " | ".join(selected_cells) + " |")
+    return lines
+
+
 def markdown(
-    summaries: dict, datasets: list[str], vlms: list[str], configurations: list[str], score: ScoreConfig
+    summaries: dict,
+    datasets: list[str],
+    vlms: list[str],
+    configurations: list[str],
+    score: ScoreConfig,
+    oracles: dict | None = None,
+    chosen: dict | None = None,
 ) -> str:
-    """The table; `score` (ScoreConfig) gives the significance level, the correction and the sampling unit."""
+    """The table; `score` (ScoreConfig) gives the significance level, the correction and the sampling unit.
+    With `oracles` and `chosen` (see selection_lines), each VLM's oracle and dev-selected rows follow the table."""
     grid = layout(summaries, datasets, vlms, configurations)
     lines = [
         "| model | configuration | view prompt | " + " | ".join(column_labels(grid)) + " |",
@@ -141,6 +172,8 @@ def markdown(
         cells = [format_cell(m, alpha) for m in metrics]
         model = row.vlm if row.is_baseline else f"ZeroVLM ({row.vlm})"
         lines.append(f"| {model} | {name} | {row.view_prompt} | " + " | ".join(cells) + " |")
+    if oracles is not None and chosen is not None:
+        lines += selection_lines(grid, summaries, oracles, chosen, alpha)
     baselines = grid[[row.is_baseline for row in table_rows]]
     chance = sorted(
         {f"{TASK_LABELS[task]} {100 * m['chance']:.0f}%" for (_, task), cells in baselines.items() for m in cells if m}
@@ -152,6 +185,14 @@ def markdown(
         f"* p < {alpha:g}, ** p < {alpha / 5:g}, *** p < {alpha / 50:g}. Chance: {', '.join(chance)}. "
         f"Intervals and counts: metrics/results.csv and metrics/grid/<dataset>/<model>/summary.json.",
     ]
+    if oracles is not None and chosen is not None:
+        lines += [
+            "",
+            "oracle: the share of examples that at least one configuration (with or without the view prompt, the "
+            "baseline included) answers correctly, an upper bound, not a method. dev-selected: the configuration "
+            "most accurate on the dataset's dev split (report.selection_datasets), in brackets, with its accuracy "
+            "here; never chosen on these examples.",
+        ]
     if any(row.prompt_mode == NOT_EVALUATED for row in table_rows):
         lines += [
             "",

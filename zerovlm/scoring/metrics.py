@@ -13,6 +13,7 @@ What `score_instance` returns, and the score stage (zerovlm/pipeline/score.py) w
     summary.json      counts, overhead, and per task / configuration / prompt mode the metrics
     per_relation.json accuracy and count per relation
     breakdown.json    confusion counts and accuracy by number of objects (read by the report stage)
+    quality_bins.json accuracy and difference to the baseline by quantile bin of view quality (quality_bins.py)
     provenance.json   the resolved configuration and fingerprints of what produced these numbers
 and the per-example verdicts (records.jsonl).
 """
@@ -32,6 +33,7 @@ from zerovlm.config import ScoreConfig
 from zerovlm.datasets.table import Example
 from zerovlm.io import ZeroVLMError
 from zerovlm.scoring import answers as parse
+from zerovlm.scoring.quality_bins import quality_bins, view_quality
 from zerovlm.scoring.significance import (
     bootstrap_means,
     discordant_counts,
@@ -95,8 +97,10 @@ def score_records(
     answer_mode: str,
     dataset: str | None = None,
     vlm: str | None = None,
+    qualities: dict[str, dict[str, dict]] | None = None,
 ) -> list[dict]:
-    """One verdict per prediction. `dataset`/`vlm`: grid names (default: the example's dataset)."""
+    """One verdict per prediction. `dataset`/`vlm`: grid names (default: the example's dataset); `qualities`:
+    the view store's quality records (image id -> view -> record), which give each verdict's view quality."""
     by_id = {e.example_id: e for e in examples}
     relations = sorted({e.relation for e in examples})
     scored = []
@@ -131,6 +135,9 @@ def score_records(
                 "parsed": choice is not None,
                 "correct": choice == example.answer_index,
                 "chance": 1.0 / len(example.options),
+                "view_quality": None
+                if qualities is None
+                else view_quality(record["configuration"], example.image_id, qualities),
             }
         )
     return scored
@@ -145,11 +152,12 @@ def bootstrap_ci(correct: np.ndarray, samples: int, seed: int, clusters: list[st
 
 
 def cluster_ids(rows: pd.DataFrame, cfg: ScoreConfig) -> list[str] | None:
-    """The independent unit of the intervals and tests per row: None (each example), or the What'sUp set
-    (group_id) where there is one, else the image (VSR's captions of one image)."""
+    """The independent unit of the intervals and tests per row: None (each example), or the set (group_id: a
+    What'sUp set, a table's `set`) where there is one, else the opposite-relation pair (a table's `pair` given
+    without a set), else the image (VSR's captions of one image)."""
     if cfg.sampling_unit == "example":
         return None
-    return rows["group_id"].fillna(rows["image_id"]).tolist()
+    return rows["group_id"].fillna(rows["pair_id"]).fillna(rows["image_id"]).tolist()
 
 
 def _all_correct_rate(rows: pd.DataFrame, key: str) -> float | None:
@@ -294,6 +302,7 @@ class InstanceScores:
     per_relation: dict
     breakdown: dict
     provenance: dict
+    quality_bins: dict
     records: list[dict]  # one verdict per prediction
 
 
@@ -308,11 +317,13 @@ def score_instance(
     dataset: str | None = None,
     vlm: str | None = None,
     resolved: dict | None = None,
+    qualities: dict[str, dict[str, dict]] | None = None,
 ) -> InstanceScores:
     """Score one grid instance. `resolved`: the configuration sections that produced it (provenance).
-    The views and infer run records (timings, peak memory) give the overhead metrics when both are given."""
+    The views and infer run records (timings, peak memory) give the overhead metrics when both are given;
+    the view store's quality records (`qualities`, see score_records) the quality bins."""
     infer_run = infer_run or {}
-    rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm)
+    rows = score_records(examples, predictions, infer_summary["answer_mode"], dataset, vlm, qualities)
 
     verdicts = pd.DataFrame(rows)
     metrics = {key: summarise(cell, cfg) for key, cell in verdicts.groupby(CELL)}
@@ -363,4 +374,5 @@ def score_instance(
         "prompts_sha256": infer_summary.get("prompts_sha256"),
         "rendered_prompts_sha256": rendered_prompt_hashes(predictions),
     }
-    return InstanceScores(summary, per_relation, breakdown(verdicts), provenance, rows)
+    bins = quality_bins(verdicts, cfg.quality_bins, BASELINE)
+    return InstanceScores(summary, per_relation, breakdown(verdicts), provenance, bins, rows)

@@ -174,11 +174,14 @@ def _check_training_schedule(model: str, revision: str | None = None) -> None:
         )
 
 
-def _load(cls, model: str, subfolder: str, dtype: torch.dtype, variant: str | None, **kwargs):
+def _load(cls, model: str, subfolder: str, dtype: torch.dtype, device: torch.device, variant: str | None, **kwargs):
+    """One part, its weights read in `dtype` straight onto `device` (device_map: no full copy on the CPU first)."""
     dtype_arg = "dtype" if cls is CLIPVisionModelWithProjection else "torch_dtype"
     try:
         with refused_pickles(f"{model}/{subfolder}"):  # diffusers wraps the refusal in an OSError without its reason
-            return cls.from_pretrained(model, subfolder=subfolder, variant=variant, **{dtype_arg: dtype}, **kwargs)
+            return cls.from_pretrained(
+                model, subfolder=subfolder, variant=variant, device_map=str(device), **{dtype_arg: dtype}, **kwargs
+            )
     except (OSError, ValueError) as error:
         raise ZeroVLMError(
             f"{model}: cannot load {subfolder}/ as {cls.__name__} "
@@ -192,19 +195,21 @@ def load_components(
     dtype: torch.dtype = torch.float32,
     variant: str | None = None,
     revision: str | None = None,
+    device: str | torch.device = "cpu",
 ) -> Zero123Components:
-    """Every part of a Zero123 checkpoint, on the CPU in `dtype` but the pose projection in float32
+    """Every part of a Zero123 checkpoint, on `device` in `dtype` but the pose projection in float32 on the CPU
     (variant: e.g. "fp16", "fp16_ema"; revision: a hub id's branch, tag or commit, None: main)."""
-    model = str(model)
+    model, device = str(model), torch.device(device)
     layout = detect_layout(model, revision)
     _check_training_schedule(model, revision)
-    unet = _load(UNet2DConditionModel, model, "unet", dtype, variant, revision=revision)
-    vae = _load(AutoencoderKL, model, "vae", dtype, variant, revision=revision)
+    unet = _load(UNet2DConditionModel, model, "unet", dtype, device, variant, revision=revision)
+    vae = _load(AutoencoderKL, model, "vae", dtype, device, variant, revision=revision)
     image_encoder = _load(
         CLIPVisionModelWithProjection,
         model,
         "image_encoder",
         dtype,
+        device,
         variant,
         attn_implementation="sdpa",
         revision=revision,

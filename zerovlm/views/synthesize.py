@@ -23,6 +23,7 @@ from zerovlm.io import safe_join, stable_hash
 from zerovlm.runtime import BatchSize, is_out_of_memory, model_identity
 from zerovlm.views.foreground import MaskFn, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
+from zerovlm.views.quality import QUALITY_KEY, view_quality
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
 
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
@@ -41,6 +42,7 @@ PIXEL_SETTINGS = (
     "seed",
     "foreground",
     "foreground_threshold_rgb",
+    "quality_white_min_rgb",  # not pixels, but the quality the store records beside them
 )
 
 
@@ -98,8 +100,8 @@ def input_image(image: Image.Image, foreground: MaskFn | None, size_px: int, nam
     return image, "recentred" if recentred else "fallback"
 
 
-def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
-    """What the view store records beside each view."""
+def view_metadata(cfg, job: ViewJob, foreground_status: str, view: Image.Image, clip_similarity: float) -> dict:
+    """What the view store records beside each view, its quality (quality.py) included."""
     return {
         "image_id": job.image_id,
         "view": job.pose.name,
@@ -108,6 +110,7 @@ def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
         "radius": job.pose.radius,
         "seed": cfg.seed,
         "foreground": foreground_status,
+        QUALITY_KEY: view_quality(view, clip_similarity, cfg.quality_white_min_rgb),
     }
 
 
@@ -120,11 +123,11 @@ class Sampler:
         self.pad_to_batch = pad_to_batch  # compiled UNet: keep shapes static, pad the last batch
         self.timesteps = ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None
 
-    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[Image.Image]:
+    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, float]]:
         padded = jobs + [jobs[-1]] * (self.batch_size.value - len(jobs) if self.pad_to_batch else 0)
         poses = torch.stack([pose_vector(job.pose, self.cfg.variant) for job in padded])  # (B, 4)
         generators = [view_generator(self.cfg.seed, job.image_id, job.pose.name) for job in padded]
-        views = self.pipeline(
+        views, similarity = self.pipeline(
             [images[job.image_id] for job in padded],
             poses,
             generators,
@@ -133,11 +136,13 @@ class Sampler:
             eta=self.cfg.eta,
             image_size_px=self.cfg.image_size_px,
             timesteps=self.timesteps,
+            similarity=True,
         )
-        return views[: len(jobs)]
+        return list(zip(views, similarity.tolist()))[: len(jobs)]
 
-    def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[Image.Image]:
-        """The view of each job, in order; `images`: the input image of each image id."""
+    def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, float]]:
+        """(view, its CLIP similarity to its input) of each job, in order; `images`: the input image of each
+        image id."""
         views, start = [], 0
         while start < len(jobs):
             chunk = jobs[start : start + self.batch_size.value]

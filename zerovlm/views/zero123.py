@@ -11,6 +11,8 @@ It follows the original (cvlab-columbia/zero123: gradio_new.py `sample_model`, l
   4. denoise: classifier-free guidance folded into one UNet batch [unconditional; conditional], where the
      unconditional branch is a zero context (after the projection) and a zero conditioning latent.
   5. decode: vae.decode(latent / scaling_factor), then uint8 by truncation as the original does.
+  6. optionally, a quality signal (not in the original): the cosine similarity between step 1's CLIP
+     embedding of the input and the same encoder's embedding of the uint8 view, prepared the same way.
 Speed without changing the math: one UNet call for all images x views x both guidance branches, each
 distinct input image encoded once, explicit dtype (no autocast), channels_last, SDPA, the DDIM noise drawn
 while the GPU works, `SingleTokenCrossAttnProcessor` (the context has one token, so softmax over it is
@@ -30,6 +32,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, Fu
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
+from zerovlm.runtime import use_compile_cache
 from zerovlm.views.checkpoints import Zero123Components, load_components
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, as the original's FrozenCLIPImageEmbedder
@@ -150,8 +153,8 @@ class Zero123Pipeline:
         revision: str | None = None,
     ) -> Zero123Pipeline:
         """Load a hub id (at `revision`; None: main) or local folder (kxic or bennyguo layout) onto `device`
-        in `dtype`."""
-        return cls(load_components(model, dtype, variant, revision)).to(device)
+        in `dtype`: the weights are read straight onto the device (no float32 copy in host memory)."""
+        return cls(load_components(model, dtype, variant, revision, device)).to(device)
 
     def to(self, device: str | torch.device) -> Zero123Pipeline:
         for module in (self.unet, self.vae):
@@ -177,6 +180,7 @@ class Zero123Pipeline:
         """
         import torch._inductor.config as inductor
 
+        use_compile_cache()  # a later run (or process) loads the compiled graphs instead of compiling again
         torch.backends.cudnn.benchmark = True
         inductor.conv_1x1_as_mm = True
         inductor.coordinate_descent_tuning = mode.startswith("max-autotune")  # slower compile, faster kernels
@@ -257,9 +261,15 @@ class Zero123Pipeline:
         scheduler.timesteps = torch.tensor(timesteps, dtype=torch.long)
         return scheduler.timesteps
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings (B, E), projected and not normalised, of images (B, 3, H, W) in [-1, 1]."""
+        clip_size = self.image_encoder.config.image_size
+        return self.image_encoder(clip_preprocess(x, clip_size).to(self.dtype)).image_embeds
+
     @torch.no_grad()
     def encode(self, images: list[Image.Image], poses: torch.Tensor, image_size_px: int):
-        """Cross-attention context (B, 1, D) and the unscaled conditioning latent (B, 4, h, w).
+        """Cross-attention context (B, 1, D), the unscaled conditioning latent (B, 4, h, w) and the input's
+        CLIP embedding (B, E).
 
         The views of one image arrive as the same PIL object: each distinct object is encoded once.
         """
@@ -267,8 +277,7 @@ class Zero123Pipeline:
         index = [slot.setdefault(id(image), len(slot)) for image in images]
         distinct = list({id(image): image for image in images}.values())
         x = torch.stack([prepare_image(im, image_size_px) for im in distinct]).to(self.device)  # (U, 3, H, W)
-        clip_size = self.image_encoder.config.image_size
-        embeds = self.image_encoder(clip_preprocess(x, clip_size).to(self.dtype)).image_embeds  # (U, E)
+        embeds = self.embed(x)  # (U, E)
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         cond_latent = self.vae.encode(x).latent_dist.mode()  # (U, 4, h, w)
         index = torch.tensor(index, device=self.device)
@@ -277,11 +286,22 @@ class Zero123Pipeline:
         # precision would round the pose angles, the projection weights and its (E + 4)-term sums.
         pose = poses.to(self.device, torch.float32)[:, None, :]  # (B, 1, 4)
         context = self.pose_projection(torch.cat([embeds[:, None, :].float(), pose], dim=-1))  # (B, 1, D)
-        return context.to(self.dtype), cond_latent
+        return context.to(self.dtype), cond_latent, embeds
+
+    @torch.no_grad()
+    def clip_similarity(self, input_embeds: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """(B,) float32 cosine similarity between the inputs' CLIP embeddings (B, E) and those of the views
+        (B, H, W, 3) uint8, the pixels as stored, prepared as the input is (encode) for the same encoder."""
+        x = views.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0  # (B, 3, H, W) in [-1, 1], as prepare_image
+        return F.cosine_similarity(input_embeds.float(), self.embed(x).float(), dim=-1)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        return [Image.fromarray(array) for array in self._decode_to_uint8(latents).cpu().numpy()]
+        return self._to_images(self._decode_to_uint8(latents))
+
+    @staticmethod
+    def _to_images(views: torch.Tensor) -> list[Image.Image]:
+        return [Image.fromarray(array) for array in views.cpu().numpy()]
 
     def _decode_to_uint8(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 on the device (compiled by `compile`)."""
@@ -303,14 +323,16 @@ class Zero123Pipeline:
         image_size_px: int = 256,
         timesteps: list[int] | None = None,
         latents: torch.Tensor | None = None,
-    ) -> list[Image.Image]:
+        similarity: bool = False,
+    ) -> list[Image.Image] | tuple[list[Image.Image], torch.Tensor]:
+        """The views; with `similarity`, also each view's CLIP similarity to its input (clip_similarity)."""
         self.check_inputs(
             images, poses, generators, num_inference_steps, guidance_scale, eta, image_size_px, timesteps, latents
         )
         do_guidance = guidance_scale > 1.0
 
         # 1. encode the input views and poses
-        context, cond_latent = self.encode(images, poses, image_size_px)
+        context, cond_latent, input_embeds = self.encode(images, poses, image_size_px)
         if do_guidance:  # [unconditional; conditional]: zeros after the projection, zero image latent
             context = torch.cat([torch.zeros_like(context), context])
             cond_latent = torch.cat([torch.zeros_like(cond_latent), cond_latent])
@@ -343,5 +365,8 @@ class Zero123Pipeline:
             noise = _randn(generators, shape, self.device) if eta > 0 else None
             latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=noise).prev_sample
 
-        # 5. decode
-        return self.decode(latents)
+        # 5. decode (6. with `similarity`: the views' CLIP embeddings, compared with the inputs' of step 1)
+        if not similarity:
+            return self.decode(latents)
+        views = self._decode_to_uint8(latents)  # (B, H, W, 3)
+        return self._to_images(views), self.clip_similarity(input_embeds, views).cpu()

@@ -9,8 +9,12 @@ this backend only uses the processor and the model's plain forward and generate:
   and the option's score sums the log-probabilities of its last n tokens, n = len(tokens(prompt + sep +
   option)) minus the shortest prefix that tokens(prompt) shares with every option's tokens: all options
   are continuations of one prefix even when BPE merges cross the prompt/option boundary differently for
-  different options (as in llava.py). Each pair runs its whole sequence (LLaVA and MiniGPT-4 have
-  dedicated backends that run the shared prefix once). The model's output head runs
+  different options (as in llava.py). Each pair runs its whole sequence: unlike the llava and minigpt4
+  backends (zerovlm/vlm/shared_prefix.py), which run each image's prefix once for all its requests and
+  options, this one cannot share a prefix, because the processor builds each sequence whole (image tokens
+  expanded per model, e.g. Qwen2-VL's per-image grid) and some models derive positions from those inputs
+  (Qwen2-VL's multimodal RoPE), so rows continuing a prefix with our own positions and mask would no
+  longer be the model's computation. The model's output head runs
   in float32 whatever infer.dtype (transformers_ops.Float32Head: in bf16 two options' logits could
   tie exactly, and the first would win); the model's own scaling or capping of the logits applies after it;
 - sep is "" when the rendered prompt ends in whitespace (e.g. Qwen's "assistant\\n"), else " ";

@@ -21,11 +21,12 @@ Algorithm, one batch (`_score_batch`; the scoring and generation loops are zerov
 2. Images: resized and cropped on CPU as uint8 in prefetch threads (`_resize_and_crop`, identical to the
    processor's CLIP pipeline, tested), normalised on the GPU; features once per distinct image
    (content hash; a small cache spans batches).
-3. One forward of the decoder over the padded rows [prefix | options minus their last token] with a
-   tree attention mask (`CausalForward.launch_option_logprobs`): the image and prompt are encoded once
-   and every option attends to them, no per-option recomputation and no KV-cache copies. When every
-   option is one token (Yes/No, A-D) the row is just the prefix, the next-token distribution scores all,
-   and right-padded rows need no mask at all (flash attention).
+3. One forward of the decoder over the padded rows, one row per image: [system and image | request 1's
+   text | its options minus their last token | request 2's text | ...] with a tree attention mask
+   (`CausalForward.launch_option_logprobs`): the image prefix is encoded once for all requests of that
+   image, each request's prompt once for all its options, no recomputation and no KV-cache copies. A row
+   of one request whose options are one token (Yes/No, A-D) needs no mask when right-padded (flash
+   attention).
 4. Only the positions that predict option tokens go through lm_head (no B x L x vocab logits).
 5. Nothing waits for the GPU while a batch is queued: `run_batched` queues the next batch before it
    reads the previous one's scores (the only host synchronisation of a batch).
@@ -38,7 +39,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import IdentityMemo, Request, image_fingerprint, request_seed
+from zerovlm.vlm.base import Request, request_seed
 from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES, ORIGINAL_SEP, ORIGINAL_SYSTEMS
 from zerovlm.vlm.loading import load_transformers_vlm
 from zerovlm.vlm.shared_prefix import SharedPrefixBackend
@@ -137,21 +138,16 @@ class LlavaBackend(SharedPrefixBackend):
         self._feature_cache_size = feature_cache_size
         self._fast_crop = self._fast_path()
         self._mean_std: tuple[torch.Tensor, torch.Tensor] | None = None  # on the device of the last batch
-        self._tokenise = IdentityMemo(self._tokenise_uncached)
-        self._image_key = IdentityMemo(image_fingerprint)
+        self._init_memos()
 
     def info(self) -> dict[str, Any]:
         import transformers
 
         return {
-            "name": self.name,
-            "model": self.model_id,
+            **self._common_info(),
             "chat_format": self.chat_format,
             "image_preprocess": self.image_preprocess,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
             "attention": self.model.config._attn_implementation,
-            "tokens_per_image": self.tokens_per_image,
             "compiled": self.compiled,
             "fp8_linear": uses_fp8(self.model),
             "transformers": transformers.__version__,
@@ -175,12 +171,6 @@ class LlavaBackend(SharedPrefixBackend):
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=True)["input_ids"]
-
-    @contextlib.contextmanager
-    def _call_memos(self) -> Iterator[None]:
-        """Each request is tokenised and each image hashed once per call; the memos let go of them after."""
-        with self._tokenise.scope(), self._image_key.scope():
-            yield
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         prefix, shared, continuations = tokenise_options(
@@ -255,12 +245,12 @@ class LlavaBackend(SharedPrefixBackend):
         mean, std = self._mean_std
         return (pixels.float() * float(ip.rescale_factor) - mean) / std
 
-    def _encode(self, request: Request, seed: int = 0) -> Encoded:
+    def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Encoded:
         prefix, continuations = self._tokenise(request)
         keys = tuple(self._image_key(i) for i in request.images)
-        todo = {k: i for k, i in zip(keys, request.images) if k not in self._features}
-        pixels = dict(zip(todo, self._preprocess(list(todo.values())))) if todo else {}
-        return Encoded(prefix, continuations, request.images, keys, pixels, request_seed(seed, request, keys))
+        todo = {k: i for k, i in zip(keys, request.images) if pixels and k not in self._features}
+        prepared = dict(zip(todo, self._preprocess(list(todo.values())))) if todo else {}
+        return Encoded(prefix, continuations, request.images, keys, prepared, request_seed(seed, request, keys))
 
     # ------------------------------------------------------------ model inputs
     @torch.no_grad()

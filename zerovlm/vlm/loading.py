@@ -55,13 +55,24 @@ def load_processor(model: str, trust_remote_code: bool = False, revision: str | 
 
 
 def pretrained(
-    model_class, source: str, dtype: torch.dtype, revision: str | None = None, trust_remote_code: bool = False
+    model_class,
+    source: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ):
-    """`model_class.from_pretrained(source)` at `revision` in `dtype` with SDPA attention; a weights pickle that
-    would run code is refused (a ZeroVLMError naming the file)."""
+    """`model_class.from_pretrained(source)` at `revision` with SDPA attention, its weights read in `dtype` straight
+    onto `device` (device_map: no full copy in host memory first); a weights pickle that would run code is refused
+    (a ZeroVLMError naming the file)."""
     with refused_pickles(source):
         return model_class.from_pretrained(
-            source, dtype=dtype, attn_implementation="sdpa", trust_remote_code=trust_remote_code, revision=revision
+            source,
+            dtype=dtype,
+            device_map=str(device),
+            attn_implementation="sdpa",
+            trust_remote_code=trust_remote_code,
+            revision=revision,
         )
 
 
@@ -81,7 +92,16 @@ def load_transformers_vlm(model_class, cfg):
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype, "infer")
     try:
         processor = load_processor(cfg.model, cfg.trust_remote_code, cfg.revision)
-        model = pretrained(model_class, cfg.model, dtype, cfg.revision, cfg.trust_remote_code)
+        model = pretrained(model_class, cfg.model, dtype, device, cfg.revision, cfg.trust_remote_code)
+    except ImportError as error:
+        if "torchvision" not in str(error).lower():
+            raise
+        # e.g. Qwen2-VL, Qwen2.5-VL and LLaVA-OneVision: their processors' video processors need torchvision
+        reason = str(error).strip().splitlines()[0]
+        raise ZeroVLMError(
+            f"infer.model: {cfg.model!r} needs torchvision, which is not installed ({reason}); "
+            "install it: pip install torchvision"
+        ) from None
     except (OSError, ValueError) as error:
         raise ZeroVLMError(
             f"infer.model: cannot load {cfg.model!r} as {model_class.__name__} ({error}); for hub "

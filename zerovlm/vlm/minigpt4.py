@@ -44,7 +44,6 @@ the ViT in fp16; this backend does neither.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,7 +57,7 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError, read_json
 from zerovlm.pickles import refused_pickles
 from zerovlm.runtime import resolve_device_dtype
-from zerovlm.vlm.base import IdentityMemo, Request, request_seed
+from zerovlm.vlm.base import Request, request_seed
 from zerovlm.vlm.loading import on_device, pretrained
 from zerovlm.vlm.model_files import REPOSITORY_PARTS, Manifest, read_manifest, repository_file, single_file
 from zerovlm.vlm.shared_prefix import SharedPrefixBackend
@@ -179,7 +178,7 @@ class Encoded:
 
     prefix: list[int]  # BOS + first segment, PLACEHOLDER per image embedding, the rest of the prompt
     continuations: list[list[int]]  # per option: joint tokens after the shared prefix
-    pixels: torch.Tensor | None  # (images, 3, 224, 224) float32
+    pixels: torch.Tensor | None  # (images, 3, 224, 224) float32; None without images or when not asked for
     seed: int  # of sampled generation
 
 
@@ -216,21 +215,15 @@ class MiniGPT4Backend(SharedPrefixBackend):
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
         self.forward = CausalForward(llm)
-        # Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so prefetch
-        # threads never touch the tokenizer (fast tokenizers are not safe to share across threads).
-        self._tokenise = IdentityMemo(self._tokenise_uncached)
+        self._init_memos()
 
     def info(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "model": self.model_id,
+            **self._common_info(),
             "variant": self.variant,
-            "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
             "qformer_dtype": "float32" if self.qformer is not None else None,
             "fp8_linear": uses_fp8(self.llm),
             "ln_vision_eps": self.vision.post_layernorm.eps,
-            "tokens_per_image": self.tokens_per_image,
             "parts": self.parts,
         }
 
@@ -255,13 +248,11 @@ class MiniGPT4Backend(SharedPrefixBackend):
             raise ZeroVLMError(f"prompt {request.prompt!r} must not contain {IMAGE_HERE!r}")
         return prefix[:shared], continuations
 
-    def _call_memos(self) -> contextlib.AbstractContextManager:
-        return self._tokenise.scope()
-
-    def _encode(self, request: Request, seed: int = 0) -> Encoded:
+    def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Encoded:
         prefix, continuations = self._tokenise(request)
-        pixels = torch.stack([preprocess(i) for i in request.images]) if request.images else None
-        return Encoded(prefix, continuations, pixels, request_seed(seed, request))
+        images = torch.stack([preprocess(i) for i in request.images]) if pixels and request.images else None
+        keys = [self._image_key(i) for i in request.images]
+        return Encoded(prefix, continuations, images, request_seed(seed, request, keys))
 
     @torch.no_grad()
     def image_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -343,7 +334,7 @@ def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4
     if repository_file(llm_source, "config.json", where, llm_revision) is None:
         raise ZeroVLMError(f"{where}: {llm_source} has no config.json; name a Llama model")
     try:
-        llm = pretrained(LlamaForCausalLM, llm_source, dtype, llm_revision)
+        llm = pretrained(LlamaForCausalLM, llm_source, dtype, device, llm_revision)
         tokenizer = AutoTokenizer.from_pretrained(llm_source, revision=llm_revision)
     except (OSError, ValueError, ImportError) as error:
         # transformers reads a tokenizer.model without tokenizer.json (common in Llama-1 era repos) only with

@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerovlm.datasets.download import FileRequest, Policy, fetch_file
-from zerovlm.io import ZeroVLMError, atomic_path, read_json, sha256_file
+from zerovlm.datasets.download import FileRequest, Policy, fetch_file, sha256_as_first_downloaded
+from zerovlm.io import ZeroVLMError, read_json, sha256_file
 
 CACHE_ENV = "ZEROVLM_CACHE"
 GDRIVE_URL_ENV = "ZEROVLM_GDRIVE_URL"
@@ -61,7 +61,7 @@ def fetch_drive_file(file_id: str, where: str) -> tuple[Path, str]:
     if not DRIVE_FILE_ID.match(file_id):
         raise ZeroVLMError(f"{where}: {file_id!r} is not a Google Drive file id (letters, digits, '-', '_')")
     relative = f"gdrive/{file_id}"
-    path, sidecar = cache_dir() / relative, cache_dir() / f"{relative}.sha256"
+    path = cache_dir() / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if not path.is_file():
@@ -70,16 +70,7 @@ def fetch_drive_file(file_id: str, where: str) -> tuple[Path, str]:
                 cache_dir(),
                 Policy(),
             )  # the downloader's defaults (retries, timeouts, caps)
-        actual = sha256_file(path)
-        if not sidecar.is_file():  # the first download (or a file put there by hand): record what it is
-            with atomic_path(sidecar) as tmp:
-                tmp.write_text(actual + "\n")
-    recorded = sidecar.read_text().strip()
-    if actual != recorded:
-        raise ZeroVLMError(
-            f"{path}: SHA-256 {actual} differs from {recorded}, recorded in {sidecar.name} on its "
-            f"first download; delete both files to download it again"
-        )
+        actual = sha256_as_first_downloaded(path)
     return path, actual
 
 

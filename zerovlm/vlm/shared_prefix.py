@@ -4,9 +4,15 @@ A family's backend turns a request into an encoded request (`_encode`: prefix to
 image feature, the options' continuations, the request's sampling seed, the images ready for the vision tower)
 and a batch of them into token rows plus the image features that replace the placeholders
 (`_rows_and_features`). Option scoring and generation are then the same for every such family:
-- scoring: one forward per batch over [prefix | options] rows with a tree attention mask
-  (`CausalForward.launch_option_logprobs`), queued before the previous batch's scores are read;
-- generation: the prefix rows left-padded, then the KV-cached decode loop (`decode_loop`).
+- scoring: the requests of one call are grouped by what they share (equal images by content hash, equal
+  tokens up to the last image placeholder: system text and image; both view-prompt modes of a configuration,
+  the several captions of an image); each group is one row [shared | request 1 | its options | request 2 |
+  ...] with a tree attention mask (`CausalForward.launch_option_logprobs`), so the image prefix is computed
+  once per group and every score equals the request's score computed alone; one forward per batch of
+  groups, queued before the previous batch's scores are read;
+- generation: each request's prefix row left-padded, then the KV-cached decode loop (`decode_loop`); it
+  does not share prefixes (that would need a KV cache copied per request, and generation is not the paper's
+  bulk path).
 Both run through `run_batched` (longest first, results in request order) with the family's `_length` and
 `_encode`, inside `_call_memos` (per-call tokenisation memos) and `cpu_threads_for` (tiny models on the CPU).
 """
@@ -15,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
-from zerovlm.vlm.base import Request, VisionLanguageModel, cpu_threads_for, run_batched
+from zerovlm.vlm.base import IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, run_batched
 from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, decode_loop
 
 
@@ -28,7 +34,8 @@ class SharedPrefixBackend(VisionLanguageModel):
     """Option scoring and generation over encoded requests; a family supplies the encoding (see module doc).
 
     Subclasses set `forward` (a CausalForward), `tokenizer`, `placeholder` (the token id an image feature
-    replaces), `batch_size` and `prefetch_workers`; `padding_side` of the scoring rows ("right" is the fast one).
+    replaces), `batch_size` and `prefetch_workers`; `padding_side` of the scoring rows ("right" is the fast one);
+    and call `_init_memos()` (the per-call memos `_tokenise` and `_image_key`, scoped by `_call_memos`).
     """
 
     forward: CausalForward
@@ -37,10 +44,13 @@ class SharedPrefixBackend(VisionLanguageModel):
     batch_size: int
     prefetch_workers: int
     padding_side: str = "right"
+    _tokenise: IdentityMemo
+    _image_key: IdentityMemo
 
     @abstractmethod
-    def _encode(self, request: Request, seed: int = 0) -> Any:
-        """The request tokenised and its images preprocessed (CPU work, run in prefetch threads); the result has
+    def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Any:
+        """The request tokenised and (with `pixels`) its images preprocessed (CPU work, run in prefetch threads);
+        the result has `prefix` (tokens before the options, one placeholder per image or per image feature),
         `continuations` (per option, its tokens after the prefix) and `seed` (from `request_seed(seed, ...)`)."""
 
     @abstractmethod
@@ -52,28 +62,78 @@ class SharedPrefixBackend(VisionLanguageModel):
         """The request's longest row in tokens (prefix with image features + longest option): batches sort by it."""
 
     @abstractmethod
-    def _call_memos(self) -> contextlib.AbstractContextManager:
-        """A scope within which each request is tokenised once (memos let go of the requests after the call)."""
+    def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
+        """The request's prefix tokens (one placeholder per image or image feature) and its options' continuations."""
+
+    def _init_memos(self) -> None:
+        """Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so prefetch
+        threads never touch the tokenizer (fast tokenizers are not safe to share across threads)."""
+        self._tokenise = IdentityMemo(self._tokenise_uncached)
+        self._image_key = IdentityMemo(image_fingerprint)
+
+    @contextlib.contextmanager
+    def _call_memos(self) -> Iterator[None]:
+        """Each request is tokenised and each image hashed once per call; the memos let go of them after."""
+        with self._tokenise.scope(), self._image_key.scope():
+            yield
+
+    def _common_info(self) -> dict[str, Any]:
+        """What every family's `info()` starts with."""
+        return {
+            "name": self.name,
+            "model": self.model_id,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "tokens_per_image": self.tokens_per_image,
+        }
 
     def _option_logprobs(self, requests: list[Request]) -> list[list[float]]:
         with self._call_memos(), cpu_threads_for(self.forward.model):
-            return run_batched(
-                requests,
+            groups = self._image_groups(requests)
+            scores = run_batched(
+                groups,
                 self._score_batch,
                 batch_size=self.batch_size,
-                length=self._length,
-                prepare=self._encode,
+                length=lambda group: sum(self._length(requests[i]) for i in group),
+                # the group's images are read from its first request: the others' stay unprocessed
+                prepare=lambda group: [self._encode(requests[i], pixels=k == 0) for k, i in enumerate(group)],
                 prefetch_workers=self.prefetch_workers,
                 finish=PendingScores.result,
             )
+        results: list[list[float]] = [[] for _ in requests]
+        for group, group_scores in zip(groups, scores):
+            for i, request_scores in zip(group, group_scores, strict=True):
+                results[i] = request_scores
+        return results
+
+    def _image_groups(self, requests: Sequence[Request]) -> list[list[int]]:
+        """Request indices grouped by what their forward shares: equal images (content hashes) and equal prefix
+        tokens up to the last image placeholder. A group holds at most `batch_size` requests, so that one row of
+        the forward stays within about `batch_size` requests' tokens; requests without images are alone."""
+        groups: dict[Any, list[int]] = {}
+        for i, request in enumerate(requests):
+            prefix = self._tokenise(request)[0]
+            key = (
+                tuple(self._image_key(image) for image in request.images),
+                tuple(prefix[: _image_end(prefix, self.placeholder)]),
+            )
+            groups.setdefault(key if request.images else i, []).append(i)
+        return [
+            group[k : k + self.batch_size] for group in groups.values() for k in range(0, len(group), self.batch_size)
+        ]
 
     @torch.no_grad()
-    def _score_batch(self, batch: list[Any]) -> PendingScores:
-        """Queue the batch's scoring on the device (`run_batched` finishes it after queueing the next)."""
-        rows, features = self._rows_and_features(batch)
-        continuations = [e.continuations for e in batch]
+    def _score_batch(self, batch: list[list[Any]]) -> PendingScores:
+        """Queue the scoring of a batch of request groups on the device, one row per group (`run_batched`
+        finishes it after queueing the next): the group's shared tokens and image features once, then each
+        request's own tokens and options (`CausalForward.launch_option_logprobs`)."""
+        rows, features = self._rows_and_features([group[0] for group in batch])  # the image features once per group
+        shared = [row[: _image_end(row, self.placeholder)] for row in rows]
+        requests = [
+            [(e.prefix[_image_end(e.prefix, self.placeholder) :], e.continuations) for e in group] for group in batch
+        ]
         return self.forward.launch_option_logprobs(
-            rows, continuations, side=self.padding_side, placeholder=self.placeholder, features=features
+            shared, requests, side=self.padding_side, placeholder=self.placeholder, features=features
         )
 
     def _generate(
@@ -104,3 +164,11 @@ class SharedPrefixBackend(VisionLanguageModel):
                 prepare=lambda r: self._encode(r, seed),
                 prefetch_workers=self.prefetch_workers,
             )
+
+
+def _image_end(tokens: Sequence[int], placeholder: int) -> int:
+    """The length of `tokens` up to and including the last image placeholder (0 without one)."""
+    for i in range(len(tokens) - 1, -1, -1):
+        if tokens[i] == placeholder:
+            return i + 1
+    return 0

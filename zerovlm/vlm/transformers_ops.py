@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from zerovlm.io import ZeroVLMError
+from zerovlm.runtime import use_compile_cache
 from zerovlm.vlm.base import cut_at_stop
 from zerovlm.vlm.fp8 import Float8Linear, check_fp8_device, convert_linears
 
@@ -75,14 +76,15 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str, device) -> tuple[
 
 
 class PendingScores:
-    """Option log-probabilities still being computed on the device; `result()` waits and returns them."""
+    """Option log-probabilities still being computed on the device; `result()` waits and returns them, per row
+    of the forward, per request of the row, per option."""
 
-    def __init__(self, sums: torch.Tensor, counts: Sequence[int]):
-        self.sums, self.counts = sums, counts  # sums: (B, widest option count) float64 on the device
+    def __init__(self, sums: torch.Tensor, counts: Sequence[Sequence[int]]):
+        self.sums, self.counts = sums, counts  # sums: (requests, widest option count) float64; counts: per row
 
-    def result(self) -> list[list[float]]:
-        rows = self.sums.tolist()  # the one host synchronisation of a batch
-        return [row[:count] for row, count in zip(rows, self.counts)]
+    def result(self) -> list[list[list[float]]]:
+        flat = iter(self.sums.tolist())  # the one host synchronisation of a batch
+        return [[next(flat)[:count] for count in row] for row in self.counts]
 
 
 class CausalForward:
@@ -140,14 +142,16 @@ class CausalForward:
     def option_logprobs(
         self, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]], **kwargs
     ) -> list[list[float]]:
-        """Summed log-probs of every continuation given its row's prefix (see `launch_option_logprobs`)."""
-        return self.launch_option_logprobs(prefixes, continuations, **kwargs).result()
+        """Summed log-probs of every continuation given its prefix, one row per prefix (see
+        `launch_option_logprobs`)."""
+        rows = self.launch_option_logprobs(prefixes, [[([], options)] for options in continuations], **kwargs)
+        return [requests[0] for requests in rows.result()]
 
     @torch.no_grad()
     def launch_option_logprobs(
         self,
-        prefixes: Sequence[Sequence[int]],
-        continuations: Sequence[Sequence[Sequence[int]]],
+        shared: Sequence[Sequence[int]],
+        requests: Sequence[Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]],
         *,
         side: str = "right",
         placeholder: int | None = None,
@@ -155,46 +159,76 @@ class CausalForward:
     ) -> PendingScores:
         """Queue one forward of the body that scores every continuation; nothing waits for the device.
 
-        The prefix is encoded once per row; all options share it (a tree attention mask): a row is
-        [prefix | option 1 minus its last token | option 2 minus its last token | ...], each option's
-        tokens attend to the prefix and to their own option's earlier tokens, positions restart after
-        the prefix for every option. When every option is one token the row is just the prefix and the
-        next-token distribution at its last position scores all options. Such rows need no mask when they
-        are right-padded or of equal length (plain causal attention: flash kernels); otherwise the mask is
-        built here, on the device, so that transformers does not inspect it on the host (a
-        synchronisation). Right padding (the default) is the fast side; left gives the same scores.
+        shared: per row, the tokens that all of the row's requests continue (e.g. system text and image);
+        requests: per row, per request, (its tokens after `shared`, per option the option's tokens).
+        Everything shared is encoded once per row (a tree attention mask): a row is
+        [shared | request 1's tokens | its option 1 minus its last token | its option 2 ... | request 2's
+        tokens | ...]. A request's tokens attend to `shared` and to themselves; an option's tokens to
+        `shared`, to their request's tokens and to their own option's earlier tokens. Positions continue
+        along that path: they restart after `shared` for every request and after the request for every
+        option, so each score equals the request's score computed alone. One-token options (Yes/No, A-D)
+        are all scored by the next-token distribution at their request's last position. A row holding one
+        request with one-token options needs no mask when right-padded or of full width (plain causal
+        attention: flash kernels); otherwise the mask is built here, on the device, so that transformers
+        does not inspect it on the host (a synchronisation). Right padding (the default) is the fast side.
         """
-        rows, segments, positions, sources = [], [], [], []  # sources: (row, column, target, option)
-        width = max(len(p) + sum(max(len(c) - 1, 0) for c in cs) for p, cs in zip(prefixes, continuations))
-        for b, (prefix, options) in enumerate(zip(prefixes, continuations)):
-            row, segment, position = list(prefix), [0] * len(prefix), list(range(len(prefix)))
-            start = width - (len(prefix) + sum(len(c) - 1 for c in options)) if side == "left" else 0
-            for k, option in enumerate(options):
-                first_input = start + len(row)
-                sources.append((b, start + len(prefix) - 1, option[0], k))
-                for i in range(1, len(option)):
-                    sources.append((b, first_input + i - 1, option[i], k))
-                row += option[:-1]
-                segment += [k + 1] * (len(option) - 1)
-                position += range(len(prefix), len(prefix) + len(option) - 1)
+        rows, owners, branches, positions = [], [], [], []  # per token: request (-1: shared), option (-1: none)
+        sources = []  # (row, column, target, output row, option)
+        lengths = [
+            len(s) + sum(len(tokens) + sum(len(c) - 1 for c in options) for tokens, options in row_requests)
+            for s, row_requests in zip(shared, requests)
+        ]
+        width, scored = max(lengths), 0  # scored: requests of earlier rows (the output row of a request)
+        for b, (prefix, row_requests) in enumerate(zip(shared, requests)):
+            row, owner, branch = list(prefix), [-1] * len(prefix), [-1] * len(prefix)
+            position = list(range(len(prefix)))
+            start = width - lengths[b] if side == "left" else 0
+            for q, (tokens, options) in enumerate(row_requests):
+                row += tokens
+                owner += [q] * len(tokens)
+                branch += [-1] * len(tokens)
+                position += range(len(prefix), len(prefix) + len(tokens))
+                context = len(prefix) + len(tokens)
+                if not context:
+                    raise ZeroVLMError("a request to score has no tokens before its options")
+                last = start + (len(row) if tokens else len(prefix)) - 1  # the column of the context's last token
+                for k, option in enumerate(options):
+                    first_input = start + len(row)
+                    sources.append((b, last, option[0], scored + q, k))
+                    for i in range(1, len(option)):
+                        sources.append((b, first_input + i - 1, option[i], scored + q, k))
+                    row += option[:-1]
+                    owner += [q] * (len(option) - 1)
+                    branch += [k] * (len(option) - 1)
+                    position += range(context, context + len(option) - 1)
             rows.append(row)
-            segments.append(segment)
+            owners.append(owner)
+            branches.append(branch)
             positions.append(position)
+            scored += len(row_requests)
         embeds, _ = self.embed_rows(rows, side, placeholder, features)
         device = embeds.device
-        if all(s == 0 for seg in segments for s in seg) and (side == "right" or all(len(r) == width for r in rows)):
+        plain = all(len(r) <= 1 for r in requests) and all(k == -1 for branch in branches for k in branch)
+        if plain and (side == "right" or all(len(r) == width for r in rows)):
             # Plain causal attention: right padding follows every real token, so no real token sees it,
             # and every row's positions are 0, 1, ... Passing neither mask nor positions also keeps
             # transformers from inspecting the positions on the host for packed sequences (a sync).
             attention = position_ids = None
         else:
             position_ids = pad(positions, 0, side, device)[0]
-            segment_ids = pad([[s + 1 for s in seg] for seg in segments], 0, side, device)[0] - 1  # pads: -1
+            # ids shifted by 2 so that padding (0 after the shift back) reads -2: no token's request or option
+            owner = pad([[q + 2 for q in o] for o in owners], 0, side, device)[0] - 2  # (B, L)
+            branch = pad([[k + 2 for k in o] for o in branches], 0, side, device)[0] - 2  # (B, L)
             index = torch.arange(width, device=device)
+            query_owner, key_owner = owner[:, :, None], owner[:, None, :]
+            query_branch, key_branch = branch[:, :, None], branch[:, None, :]
             allowed = (
                 (index[None, :, None] >= index[None, None, :])
-                & (segment_ids[:, None, :] >= 0)
-                & ((segment_ids[:, None, :] == 0) | (segment_ids[:, None, :] == segment_ids[:, :, None]))
+                & (key_owner >= -1)
+                & (
+                    (key_owner == -1)
+                    | ((key_owner == query_owner) & ((key_branch == -1) | (key_branch == query_branch)))
+                )
             )
             allowed |= torch.eye(width, dtype=torch.bool, device=device)[None]  # pad rows attend to themselves
             attention = torch.zeros(allowed.shape, dtype=embeds.dtype, device=device)
@@ -202,7 +236,7 @@ class CausalForward:
         hidden = self.body(
             inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids, use_cache=False
         ).last_hidden_state  # (B, L, D)
-        row_index, column, target, option = (to_device(torch.tensor(x), device) for x in zip(*sources))
+        row_index, column, target, output, option = (to_device(torch.tensor(x), device) for x in zip(*sources))
         selected = hidden[row_index, column]  # (N, D)
         normaliser = self.head(selected).float().logsumexp(-1)  # (N,)
         # The target tokens' logits in float32 (a dot product per row; a float32 head would cost a
@@ -213,10 +247,11 @@ class CausalForward:
         if self.head.bias is not None:
             target_logits = target_logits + self.head.bias[target].float()
         picked = target_logits - normaliser  # (N,)
-        widest = max(len(c) for c in continuations)
-        sums = torch.zeros(len(prefixes) * widest, dtype=torch.float64, device=device)
-        sums.index_add_(0, row_index * widest + option, picked.double())
-        return PendingScores(sums.view(len(prefixes), widest), [len(options) for options in continuations])
+        widest = max(len(options) for row_requests in requests for _, options in row_requests)
+        sums = torch.zeros(scored * widest, dtype=torch.float64, device=device)
+        sums.index_add_(0, output * widest + option, picked.double())
+        counts = [[len(options) for _, options in row_requests] for row_requests in requests]
+        return PendingScores(sums.view(scored, widest), counts)
 
 
 def use_fp8_linears(decoder: torch.nn.Module, device: torch.device) -> int:
@@ -277,8 +312,10 @@ def compile_regions(*towers: torch.nn.Module) -> int:
     """torch.compile in place each block of every `...layers` ModuleList in the towers (dynamic shapes).
 
     Regional compilation: the blocks of a stack share their code, so one compiled graph serves them all
-    and compiling takes seconds rather than the minute a whole-model compile takes. Returns the count.
+    and compiling takes seconds rather than the minute a whole-model compile takes; the compiled graphs go
+    to the project's compile cache (zerovlm/runtime.py), so a later instance or run loads them. Returns the count.
     """
+    use_compile_cache()
     blocks = [
         block
         for tower in towers

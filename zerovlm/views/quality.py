@@ -1,0 +1,65 @@
+"""Per-view quality: what the views stage records beside each view, and the gate that reads it.
+
+Recorded (the store index's "quality" of each view, from what the stage has already loaded):
+    clip_similarity   cosine similarity in [-1, 1] between the Zero123 checkpoint's own CLIP image embedding
+                      (its image_encoder) of the input and of the view as stored (uint8), both prepared the same
+                      way (zero123.py, step 6): a view that drifted from its object scores low
+    pixel_std         standard deviation of all the view's RGB values, in 8-bit levels (0..127.5): near 0 for a
+                      near-uniform (degenerate) view
+    background_share  share of the view's pixels whose every channel is >= views.quality_white_min_rgb:
+                      Zero-1-to-3 draws its objects on white, so near 1 means almost nothing but background
+
+The gate (stitch.gate): a view passes when clip_similarity >= min_clip_similarity, pixel_std >=
+min_pixel_std and background_share <= max_background_share; the last two flag degenerate views whatever
+their similarity. On the demo's random tiny models these numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from zerovlm.io import ZeroVLMError
+from zerovlm.store import ShardReader
+
+QUALITY_KEY = "quality"  # the key of a view's quality in the store index
+
+
+def view_quality(view: Image.Image, clip_similarity: float, white_min_rgb: int) -> dict:
+    """The quality record of one view (rounded: the index is compared byte for byte across runs)."""
+    pixels = np.asarray(view.convert("RGB"), dtype=np.float64)  # (H, W, 3), 0..255
+    return {
+        "clip_similarity": round(float(clip_similarity), 6),
+        "pixel_std": round(float(pixels.std()), 4),
+        "background_share": round(float((pixels >= white_min_rgb).all(axis=-1).mean()), 6),
+    }
+
+
+def stored_quality(metadata: dict, store) -> dict:
+    """The quality record of a view from its store metadata; a store written before quality was recorded is
+    refused in one line."""
+    if QUALITY_KEY not in metadata:
+        raise ZeroVLMError(
+            f"{store}: view {metadata.get('key')!r} has no quality score (a view store written before quality "
+            f"scores were recorded); re-synthesise it (`dvc repro -f views`)"
+        )
+    return metadata[QUALITY_KEY]
+
+
+def passes_gate(quality: dict, gate) -> bool:
+    """Whether a view passes `gate` (a stitch.gate section): similar enough to its input and not degenerate."""
+    return (
+        quality["clip_similarity"] >= gate.min_clip_similarity
+        and quality["pixel_std"] >= gate.min_pixel_std
+        and quality["background_share"] <= gate.max_background_share
+    )
+
+
+def recorded_qualities(store) -> dict[str, dict[str, dict]]:
+    """Every view's quality record in a view store's index: image id -> view name -> record."""
+    reader = ShardReader(store)
+    qualities: dict[str, dict[str, dict]] = {}
+    for key in reader.keys():
+        metadata = reader.metadata(key)
+        qualities.setdefault(metadata["image_id"], {})[metadata["view"]] = stored_quality(metadata, store)
+    return qualities
