@@ -191,13 +191,7 @@ def test_score_bins_accuracy_and_gain_by_view_quality(tmp_path):
             )
     write_jsonl(tmp_path / "pred/predictions.jsonl", predictions)
     write_json(tmp_path / "pred/summary.json", {"answer_mode": "loglik", "requests": len(predictions)})
-    paths = score.Paths(
-        prepared=tmp_path / "prepared",
-        predictions=tmp_path / "pred",
-        metrics=tmp_path / "metrics",
-        records=tmp_path / "records.jsonl",
-        views=tmp_path / "views",
-    )
+    paths = _score_paths(tmp_path)
     score.run(paths, ScoreConfig(bootstrap_samples=0, quality_bins=4))
     bins = json.loads((tmp_path / "metrics/quality_bins.json").read_text())["true_false"]
     assert set(bins) == {"left", "all"}  # origin shows no view
@@ -276,13 +270,18 @@ def test_scoring_against_a_view_store_without_quality_is_refused_in_one_line(tmp
         ],
     )
     write_json(tmp_path / "pred/summary.json", {"answer_mode": "loglik", "requests": 1})
-    paths = score.Paths(
+    paths = _score_paths(tmp_path)
+    with pytest.raises(ZeroVLMError, match=r"views: view '0{16}\.left' has no quality score") as error:
+        score.run(paths, ScoreConfig(bootstrap_samples=0))
+    assert "\n" not in str(error.value)
+
+
+def _score_paths(tmp_path):
+    """The score stage's paths over the folders these tests write under tmp_path."""
+    return score.Paths(
         prepared=tmp_path / "prepared",
         predictions=tmp_path / "pred",
         metrics=tmp_path / "metrics",
         records=tmp_path / "records.jsonl",
         views=tmp_path / "views",
     )
-    with pytest.raises(ZeroVLMError, match=r"views: view '0{16}\.left' has no quality score") as error:
-        score.run(paths, ScoreConfig(bootstrap_samples=0))
-    assert "\n" not in str(error.value)
