@@ -206,7 +206,8 @@ def views_stage(args, work: Path, total_images: int) -> tuple[Stage, Path]:
     extrapolated = run["seconds_loading"] + run["seconds_first_batch"] + rest * steady
     print(
         f"views: {run['views']} views, loading {run['seconds_loading']:.1f} s, first batch "
-        f"{run['seconds_first_batch']:.1f} s, steady {1 / steady if steady else float('inf'):.1f} views/s",
+        f"{run['seconds_first_batch']:.1f} s, steady {1 / steady if steady else float('inf'):.1f} views/s; "
+        f"whole grid {extrapolated:.0f} s",
         flush=True,
     )
     naive = naive_view_seconds(args, model, cfg)
@@ -265,7 +266,8 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
         extrapolated = run["seconds_loading"] + run["seconds_first_chunk"] + rest * per_request
         print(
             f"infer@{dataset}-{name}: {done} requests, loading {run['seconds_loading']:.1f} s, first chunk "
-            f"{run['seconds_first_chunk']:.1f} s, {run['seconds']:.1f} s in all",
+            f"{run['seconds_first_chunk']:.1f} s, {run['seconds']:.1f} s in all, "
+            f"steady {1 / per_request:.1f} requests/s; whole grid {extrapolated:.0f} s",
             flush=True,
         )
         stages.append(
@@ -279,9 +281,8 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
 def naive_request_seconds(args, cfg: InferConfig, work: Path) -> float:
     """Seconds per request the authors' way: one request at a time with `generate`."""
     vlm = load_backend(cfg)
-    stitched = ShardReader(work / "stitched" / "vsr_random")
-    image = stitched.image(stitched.keys()[0])
-    stitched.close()
+    with ShardReader(work / "stitched" / "vsr_random") as stitched:
+        image = stitched.image(stitched.keys()[0])
     request = Request(images=(image,), prompt="Is the red box left of the blue ball? Please answer yes or no.")
     vlm.generate([request], max_new_tokens=NAIVE_TOKENS)  # warm-up
     synchronize()

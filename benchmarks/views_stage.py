@@ -187,14 +187,14 @@ def main(argv=None) -> None:
     for view in views:
         encode_png(view)
     encoding = time.perf_counter() - tick
-    reader = ShardReader(work / "long")
+    with ShardReader(work / "long") as reader:
+        stored = len(reader)
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
         f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
-        f"{len(reader.keys())} views",
+        f"{stored} views",
         flush=True,
     )
-    reader.close()
     shutil.rmtree(work)
 
 

@@ -56,9 +56,8 @@ def make_figure(run: Path, dataset: str, vlm: str, example_id: str | None, out: 
         example = next((e for e in examples if e.example_id == example_id), None)
         if example is None:
             raise ZeroVLMError(f"--example-id {example_id!r}: not in {run / 'data/prepared' / dataset}")
-    stitched = ShardReader(run / "data/stitched" / dataset)
-    image = stitched.image(stitched_key(stitched, example.image_id))
-    stitched.close()
+    with ShardReader(run / "data/stitched" / dataset) as stitched:
+        image = stitched.image(stitched_key(stitched, example.image_id))
     prompt = rendered_prompt(run / "data/predictions" / dataset / vlm / "predictions.jsonl", example.example_id)
     factor = max(1, round(size_px / image.width))
     out.parent.mkdir(parents=True, exist_ok=True)

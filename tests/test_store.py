@@ -26,6 +26,27 @@ def test_round_trip_with_metadata(tmp_path):
     assert reader.image("k3").getpixel((0, 0)) == (3, 3, 3) and reader.metadata("k3")["i"] == 3
 
 
+def _open_shards(folder) -> list[str]:
+    """The shard files of `folder` this process holds open (Linux: /proc/self/fd)."""
+    targets = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+    return [t for t in targets if t.startswith(str(folder.resolve())) and t.endswith(".tar")]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux's /proc/self/fd to see open files")
+def test_reader_as_context_manager_closes_its_shards_even_on_error(tmp_path):
+    with ShardWriter(tmp_path / "s", shard_size=2) as writer:
+        for i in range(5):
+            writer.add(f"k{i}", _image(i))
+    with ShardReader(tmp_path / "s") as reader:
+        reader.png("k0"), reader.png("k4")
+        assert len(_open_shards(tmp_path / "s")) == 2
+    assert _open_shards(tmp_path / "s") == []
+    with pytest.raises(ZeroVLMError), ShardReader(tmp_path / "s") as reader:
+        reader.png("k2")
+        reader.png("missing")
+    assert _open_shards(tmp_path / "s") == []
+
+
 def test_identical_input_gives_identical_bytes(tmp_path):
     for name in ("a", "b"):
         with ShardWriter(tmp_path / name, shard_size=2) as writer:

@@ -61,12 +61,15 @@ def export_views(
     Returns the number of PNGs written.
     """
     store, out = Path(store), Path(out)
-    reader = ShardReader(store)
-    if not len(reader):
-        subfolders = sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
-        hint = f"; its subfolders: {', '.join(subfolders)} (e.g. --store {store / subfolders[0]})" if subfolders else ""
-        raise ZeroVLMError(f"{store}: not a shard store (no shard-*.jsonl){hint}")
-    try:
+    with ShardReader(store) as reader:
+        if not len(reader):
+            subfolders = sorted(p.name for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+            hint = (
+                f"; its subfolders: {', '.join(subfolders)} (e.g. --store {store / subfolders[0]})"
+                if subfolders
+                else ""
+            )
+            raise ZeroVLMError(f"{store}: not a shard store (no shard-*.jsonl){hint}")
         keys = _select(reader, store, image_ids)
         _check_out_dir(store, out, force)
         tar_of = shard_of_keys(store)
@@ -87,8 +90,6 @@ def export_views(
             records.append(reader.metadata(key))
         write_jsonl(out / "index.jsonl", records)
         return len(keys)
-    finally:
-        reader.close()
 
 
 def _select(reader: ShardReader, store: Path, image_ids: Iterable[str] | None) -> list[str]:

@@ -22,6 +22,7 @@ import tarfile
 import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from PIL import Image
@@ -169,7 +170,7 @@ class BackgroundWriter:
 
 
 class ShardReader:
-    """Random access to the images of a shard folder by key."""
+    """Random access to the images of a shard folder by key; a context manager that closes its open shards."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -213,6 +214,12 @@ class ShardReader:
             tar.close()
         self._open.clear()
 
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _require(self, key: str) -> str:
         if key not in self._records:
             raise ZeroVLMError(f"{self.folder}: no image with key {key!r}; re-run the stage that writes it")
@@ -231,24 +238,23 @@ def publish(
     """
     final = Path(final)
     keep = list(dict.fromkeys(keep))
-    readers = [ShardReader(folder) for folder in partials]
-    source = {key: reader for reader in reversed(readers) for key in reader.keys()}
-    missing = [key for key in keep if key not in source]
-    if missing:
-        raise ZeroVLMError(f"{len(missing)} images were never written (first: {missing[0]}); re-run the stage")
-    if final.exists():
-        shutil.rmtree(final)
-    if len(readers) == 1 and readers[0].keys() == keep:
-        readers[0].close()
-        _remove_unfinished(readers[0].folder)
-        os.replace(readers[0].folder, final)
-        return
-    staging = final.with_name(f".{final.name}.publish")
-    shutil.rmtree(staging, ignore_errors=True)
-    with ShardWriter(staging, shard_size) as writer:
-        for key in keep:
-            metadata = {k: v for k, v in source[key].metadata(key).items() if k not in ("key", "member")}
-            writer.add_png(key, source[key].png(key), metadata)
-    for reader in readers:
-        reader.close()
+    with ExitStack() as open_readers:
+        readers = [open_readers.enter_context(ShardReader(folder)) for folder in partials]
+        source = {key: reader for reader in reversed(readers) for key in reader.keys()}
+        missing = [key for key in keep if key not in source]
+        if missing:
+            raise ZeroVLMError(f"{len(missing)} images were never written (first: {missing[0]}); re-run the stage")
+        if final.exists():
+            shutil.rmtree(final)
+        if len(readers) == 1 and readers[0].keys() == keep:
+            readers[0].close()
+            _remove_unfinished(readers[0].folder)
+            os.replace(readers[0].folder, final)
+            return
+        staging = final.with_name(f".{final.name}.publish")
+        shutil.rmtree(staging, ignore_errors=True)
+        with ShardWriter(staging, shard_size) as writer:
+            for key in keep:
+                metadata = {k: v for k, v in source[key].metadata(key).items() if k not in ("key", "member")}
+                writer.add_png(key, source[key].png(key), metadata)
     os.replace(staging, final)

@@ -90,32 +90,29 @@ def _runs(paths: Paths, dataset: str, vlms: list[str]) -> dict:
 def run(paths: Paths, grid: GridConfig, cfg: ReportConfig) -> dict:
     """Write the gallery of `report.gallery_examples` examples per dataset; return its summary."""
     datasets, vlms = list(grid.datasets), list(grid.vlms)
-    views = ShardReader(paths.views)
-    view_keys = _view_keys(views)
     sections = []
-    with atomic_dir(paths.out) as tmp:
+    with ShardReader(paths.views) as views, atomic_dir(paths.out) as tmp:
+        view_keys = _view_keys(views)
         thumbnails = _Thumbnails(tmp / "images", cfg.gallery_image_px)
         for dataset in datasets:
             prepared = paths.prepared / dataset
             examples = sample_examples(read_table(prepared), cfg.gallery_examples, cfg.seed, dataset)
-            stitched = ShardReader(paths.stitched / dataset)
             runs = _runs(paths, dataset, vlms)
-            sections += [
-                example_section(
-                    example,
-                    dataset,
-                    runs,
-                    view_keys[example.image_id],
-                    _thumbnail(thumbnails, example, prepared, views, stitched),
-                )
-                for example in examples
-            ]
-            stitched.close()
+            with ShardReader(paths.stitched / dataset) as stitched:
+                sections += [
+                    example_section(
+                        example,
+                        dataset,
+                        runs,
+                        view_keys[example.image_id],
+                        _thumbnail(thumbnails, example, prepared, views, stitched),
+                    )
+                    for example in examples
+                ]
         (tmp / "index.html").write_text(page(sections), encoding="utf-8")
         cards_total = sum(len(section["cards"]) for section in sections)
         summary = {"examples": len(sections), "cards": cards_total, "images": len(thumbnails.written)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    views.close()
     if not cards_total:
         raise ZeroVLMError("gallery: no predictions found for the sampled examples; re-run infer and score")
     return summary

@@ -178,8 +178,11 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
     seconds_first_chunk = None  # compiling the model (or loading it from the compile cache) happens here
     if mine:
         answering_start = time.perf_counter()
-        stitched = ShardReader(paths.stitched)  # read by the loader thread only
-        with open(own_part, "a", encoding="utf-8") as sink, ThreadPoolExecutor(max_workers=1) as loader:
+        with (
+            ShardReader(paths.stitched) as stitched,  # read by the loader thread only
+            open(own_part, "a", encoding="utf-8") as sink,
+            ThreadPoolExecutor(max_workers=1) as loader,
+        ):
             pending = loader.submit(chunk_requests, mine[0], stitched.image)
             for number in range(1, len(mine) + 1):
                 chunk = pending.result()
@@ -191,7 +194,6 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
                 if seconds_first_chunk is None:
                     seconds_first_chunk = time.perf_counter() - answering_start
                 log.info("infer [%s]: chunk %d / %d", worker.part_name, number, len(mine))
-        stitched.close()
     seconds = time.perf_counter() - start
     worker.barrier()
     if not worker.is_main:

@@ -31,10 +31,9 @@ def run(paths: Paths, cfg: StitchConfig) -> dict:
     """Compose every configuration of every unique image of the dataset; return the store's summary."""
     examples = read_table(paths.prepared)
     image_files = dict(sorted({e.image_id: e.image_file for e in examples}.items()))
-    views = ShardReader(paths.views)
     names = needed_views(cfg.configurations)
     gated = sorted({view for c in cfg.configurations if is_gated(c) for view in view_panels(c)})
-    with atomic_dir(paths.out) as tmp:
+    with ShardReader(paths.views) as views, atomic_dir(paths.out) as tmp:
         with ShardWriter(tmp) as writer:
             for image_id, image_file in image_files.items():
                 origin = load_rgb(safe_join(paths.prepared, image_file), f"image {image_id}")
@@ -50,5 +49,4 @@ def run(paths: Paths, cfg: StitchConfig) -> dict:
                     writer.add(key, image, meta)
         summary = stitch_summary(len(image_files), cfg)
         write_json(tmp / "summary.json", summary)
-    views.close()
     return summary

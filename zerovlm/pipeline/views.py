@@ -90,8 +90,7 @@ def _load_batch(
 
 def _count_fallbacks(store: Path) -> int:
     """Images whose foreground step found no object (read from the views' metadata: resume-safe)."""
-    reader = ShardReader(store)
-    try:
+    with ShardReader(store) as reader:
         return len(
             {
                 reader.metadata(key)["image_id"]
@@ -99,12 +98,14 @@ def _count_fallbacks(store: Path) -> int:
                 if reader.metadata(key).get("foreground") == "fallback"
             }
         )
-    finally:
-        reader.close()
 
 
 def _finished_keys(partial: PartialRun) -> set[str]:
-    return {key for part in partial.parts() for key in ShardReader(part).keys()}
+    keys = set()
+    for part in partial.parts():
+        with ShardReader(part) as reader:
+            keys.update(reader.keys())
+    return keys
 
 
 def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | None = None) -> dict | None:
