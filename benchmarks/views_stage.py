@@ -187,12 +187,10 @@ def main(argv=None) -> None:
     for view in views:
         encode_png(view)
     encoding = time.perf_counter() - tick
-    with ShardReader(work / "long") as reader:
-        stored = len(reader)
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
         f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
-        f"{stored} views",
+        f"{len(ShardReader(work / 'long'))} views",
         flush=True,
     )
     shutil.rmtree(work)

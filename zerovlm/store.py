@@ -170,7 +170,8 @@ class BackgroundWriter:
 
 
 class ShardReader:
-    """Random access to the images of a shard folder by key; a context manager that closes its open shards."""
+    """Random access to the images of a shard folder by key. Only reading images opens shards; use it as a
+    context manager (or call close()) to close them."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -246,8 +247,7 @@ def publish(
             raise ZeroVLMError(f"{len(missing)} images were never written (first: {missing[0]}); re-run the stage")
         if final.exists():
             shutil.rmtree(final)
-        if len(readers) == 1 and readers[0].keys() == keep:
-            readers[0].close()
+        if len(readers) == 1 and readers[0].keys() == keep:  # no image was read, so no shard is open
             _remove_unfinished(readers[0].folder)
             os.replace(readers[0].folder, final)
             return

@@ -101,11 +101,7 @@ def _count_fallbacks(store: Path) -> int:
 
 
 def _finished_keys(partial: PartialRun) -> set[str]:
-    keys = set()
-    for part in partial.parts():
-        with ShardReader(part) as reader:
-            keys.update(reader.keys())
-    return keys
+    return {key for part in partial.parts() for key in ShardReader(part).keys()}  # the index only: no shard opened
 
 
 def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | None = None) -> dict | None:

@@ -57,9 +57,9 @@ def passes_gate(quality: dict, gate) -> bool:
 
 def recorded_qualities(store) -> dict[str, dict[str, dict]]:
     """Every view's quality record in a view store's index: image id -> view name -> record."""
+    reader = ShardReader(store)  # the index only: no shard is opened
     qualities: dict[str, dict[str, dict]] = {}
-    with ShardReader(store) as reader:
-        for key in reader.keys():
-            metadata = reader.metadata(key)
-            qualities.setdefault(metadata["image_id"], {})[metadata["view"]] = stored_quality(metadata, store)
+    for key in reader.keys():
+        metadata = reader.metadata(key)
+        qualities.setdefault(metadata["image_id"], {})[metadata["view"]] = stored_quality(metadata, store)
     return qualities
