@@ -22,6 +22,7 @@ Zero123 call; one request at a time with `generate` (16 new tokens, a short answ
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shutil
 import sys
@@ -39,7 +40,6 @@ from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
 from views_stage import scene, write_model, write_prepared  # noqa: E402
 from vlm_throughput import CLIP_VIT_L14, VICUNA_7B, build_processor  # noqa: E402
 
-from zerovlm.answering import CHUNK_REQUESTS  # noqa: E402
 from zerovlm.config import InferConfig, StitchConfig, ViewsConfig  # noqa: E402
 from zerovlm.datasets.table import Example  # noqa: E402
 from zerovlm.pipeline import infer, pool, stitch, views  # noqa: E402
@@ -173,11 +173,19 @@ def write_minigpt4(folder: Path, text, tokenizer, dtype: torch.dtype) -> None:
     (folder / "minigpt4.json").write_text(json.dumps(manifest) + "\n")
 
 
-def free(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+def release() -> None:
+    """Give back what the last instance held, as its process' exit would under `dvc repro`: dynamo's compiled
+    frames (they hold the model; the next instance compiles again, from the compile cache) and CUDA memory."""
+    torch._dynamo.reset()
+    gc.collect()
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+
+
+def free(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    release()
 
 
 def views_stage(args, work: Path, total_images: int) -> tuple[Stage, Path]:
@@ -253,21 +261,20 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
             run_record=record,
         )  # fmt: skip
         with Busy() as busy:
-            summary = infer.run(paths, cfg)
+            infer.run(paths, cfg)
+        release()
         run = json.loads(record.read_text())
-        done = summary["requests"]
-        first = min(done, max(1, CHUNK_REQUESTS // REQUESTS_PER_EXAMPLE) * REQUESTS_PER_EXAMPLE)
-        per_request = (  # seconds per request after the first chunk; a one-chunk run has only the first
-            (run["seconds"] - run["seconds_loading"] - run["seconds_first_chunk"]) / (done - first)
-            if done > first
-            else (run["seconds"] - run["seconds_loading"]) / done
-        )
-        rest = GRID[dataset][1] * REQUESTS_PER_EXAMPLE - first
-        extrapolated = run["seconds_loading"] + run["seconds_first_chunk"] + rest * per_request
+        chunks, counts = run["chunk_seconds"], run["chunk_requests"]
+        # seconds per request after the first chunk (compilation); a one-chunk run has only the first, so its
+        # rate includes compilation and the extrapolation overstates the grid's time
+        per_request = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
+        rest = GRID[dataset][1] * REQUESTS_PER_EXAMPLE - counts[0]
+        extrapolated = run["seconds"] - sum(chunks[1:]) + rest * per_request
         print(
-            f"infer@{dataset}-{name}: {done} requests, loading {run['seconds_loading']:.1f} s, first chunk "
-            f"{run['seconds_first_chunk']:.1f} s, {run['seconds']:.1f} s in all, "
-            f"steady {1 / per_request:.1f} requests/s; whole grid {extrapolated:.0f} s",
+            f"infer@{dataset}-{name}: {sum(counts)} requests in {len(chunks)} chunks, loading "
+            f"{run['seconds_loading']:.1f} s, first chunk {chunks[0]:.1f} s, {run['seconds']:.1f} s in all, "
+            f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} {1 / per_request:.1f} requests/s; "
+            f"whole grid {extrapolated:.0f} s",
             flush=True,
         )
         stages.append(
@@ -290,8 +297,10 @@ def naive_request_seconds(args, cfg: InferConfig, work: Path) -> float:
     for _ in range(args.naive_requests):
         vlm.generate([request], max_new_tokens=NAIVE_TOKENS)
     synchronize()
+    seconds = (time.perf_counter() - tick) / args.naive_requests
     del vlm
-    return (time.perf_counter() - tick) / args.naive_requests
+    release()
+    return seconds
 
 
 def cpu_stage(name: str, fn, fraction: float) -> Stage:
@@ -302,13 +311,18 @@ def cpu_stage(name: str, fn, fraction: float) -> Stage:
 
 
 def report(stages: list[Stage], naive_views: float, naive_requests: dict[str, float], total_images: int) -> None:
-    print(f"\n{'stage':<32} {'seconds':>8} {'GPU busy':>9} {'peak GiB':>9} {'grid s':>9}")
+    """The table and the totals of the stages so far (printed after each model: a run cut short keeps them)."""
+    print(f"\nmodels so far: {list(naive_requests)}")
+    print(f"{'stage':<32} {'seconds':>8} {'GPU busy':>9} {'peak GiB':>9} {'grid s':>9}")
     for s in stages:
         busy = "-" if s.busy is None else f"{100 * s.busy:.0f}%"
         print(f"{s.name:<32} {s.seconds:>8.1f} {busy:>9} {s.peak_bytes / 2**30:>9.1f} {s.extrapolated:>9.0f}")
     gpu = [s for s in stages if s.name == "views" or s.name.startswith("infer@")]
     hours = sum(s.extrapolated for s in gpu) / 3600
-    print(f"whole paper grid: {hours:.2f} GPU-hours (views and infer stages; goal <= 1.0 on one H200, bf16, FP8 off)")
+    print(
+        f"whole paper grid: {hours:.2f} GPU-hours (views and infer stages of these models; goal <= 1.0 for all four "
+        "on one H200, bf16, FP8 off)"
+    )
     examples = sum(count for _, count, _ in GRID.values())
     authors = VIEWS_PER_IMAGE * total_images * naive_views + sum(
         examples * REQUESTS_PER_EXAMPLE * seconds for seconds in naive_requests.values()
@@ -363,7 +377,7 @@ def main(argv=None) -> None:
         for model in models:
             infer_rows, naive_requests[model] = infer_stages(args, work, model, tables)
             stages += infer_rows
-        report(stages, naive_views, naive_requests, total_images)
+            report(stages, naive_views, naive_requests, total_images)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

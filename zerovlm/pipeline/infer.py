@@ -175,15 +175,15 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
         loading_start = time.perf_counter()
         model = load_backend(cfg, part_revisions)
         seconds_loading = time.perf_counter() - loading_start
-    seconds_first_chunk = None  # compiling the model (or loading it from the compile cache) happens here
+    chunk_seconds = []  # per chunk answered here; compiling (or loading from the compile cache) is in the first
     if mine:
-        answering_start = time.perf_counter()
         with (
             ShardReader(paths.stitched) as stitched,  # read by the loader thread only
             open(own_part, "a", encoding="utf-8") as sink,
             ThreadPoolExecutor(max_workers=1) as loader,
         ):
             pending = loader.submit(chunk_requests, mine[0], stitched.image)
+            chunk_start = time.perf_counter()
             for number in range(1, len(mine) + 1):
                 chunk = pending.result()
                 if number < len(mine):  # decode the next chunk's images while the model answers this one
@@ -191,8 +191,9 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
                 for record in answer_chunk(model, cfg, chunk):
                     sink.write(json.dumps(record, sort_keys=True) + "\n")
                 sink.flush()
-                if seconds_first_chunk is None:
-                    seconds_first_chunk = time.perf_counter() - answering_start
+                chunk_end = time.perf_counter()
+                chunk_seconds.append(round(chunk_end - chunk_start, 3))
+                chunk_start = chunk_end
                 log.info("infer [%s]: chunk %d / %d", worker.part_name, number, len(mine))
     seconds = time.perf_counter() - start
     worker.barrier()
@@ -221,7 +222,9 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
         "processes": worker.world_size,
         "seconds": round(seconds, 3),
         "seconds_loading": round(seconds_loading, 3),
-        "seconds_first_chunk": None if seconds_first_chunk is None else round(seconds_first_chunk, 3),
+        "seconds_first_chunk": chunk_seconds[0] if chunk_seconds else None,
+        "chunk_seconds": chunk_seconds,  # with chunk_requests: the steady rate after compilation
+        "chunk_requests": [len(chunk) for chunk in mine],  # jobs (the baseline's two prompt modes count twice)
         "model_info": model.info() if model is not None else None,
         # under `dvc repro` the commit the check stage pinned: of a hub model, or of each hub part
         "model_revision": cfg.revision if part_revisions is None else part_revisions,
