@@ -365,7 +365,7 @@ def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- LLaVA
 def llava(args) -> None:
-    from vlm_throughput import CAPTIONS, build_llava, make_prompt, random_images
+    from vlm_throughput import CAPTIONS, build_llava, make_prompt, paper_mix, random_images
 
     from zerovlm.vlm.base import Request
     from zerovlm.vlm.llava import LlavaBackend
@@ -391,6 +391,23 @@ def llava(args) -> None:
         return backend._score_batch(encoded)
 
     kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}", model_side)
+    per_row = bs / milliseconds(model_side, 3) * 1e3
+    # the paper's request mix with each image's requests in one row (tree attention mask), as infer runs it
+    mix = paper_mix(random_images(9 * bs, seed=1), four_captions=False, seed=0)
+    with backend._call_memos():
+        groups = backend._image_groups(mix)[:bs]
+        grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
+
+    def shared_side():
+        backend._features.clear()
+        return backend._score_batch(grouped)
+
+    requests = sum(map(len, groups))
+    kernel_table(
+        f"{name} model side, paper mix yes/no, image prefix shared, {bs} rows of {requests} requests", shared_side
+    )
+    shared = requests / milliseconds(shared_side, 3) * 1e3
+    print(f"model side: {per_row:.1f} requests/s one a row, {shared:.1f} paper-mix requests/s image prefix shared")
     backend.option_logprobs(yes_no[:bs])
     synchronize()
     with profile(activities=[ACTIVITY]) as prof:

@@ -274,7 +274,8 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
             f"infer@{dataset}-{name}: {sum(counts)} requests in {len(chunks)} chunks, loading "
             f"{run['seconds_loading']:.1f} s, first chunk {chunks[0]:.1f} s, {run['seconds']:.1f} s in all, "
             f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} {1 / per_request:.1f} requests/s; "
-            f"whole grid {extrapolated:.0f} s",
+            f"whole grid {extrapolated:.0f} s; requests/s per chunk "
+            + " ".join(f"{count / seconds:.0f}" for count, seconds in zip(counts, chunks)),
             flush=True,
         )
         stages.append(

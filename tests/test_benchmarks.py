@@ -117,6 +117,8 @@ RUNS = {
             r"skipped: torch\.contiguous_format \(",
             r"skipped: max-autotune \(",
             rf"-- LLaVA tiny model side, yes/no, \d+ per batch, eager: {N} ms of CPU operators per call",
+            rf"-- LLaVA tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
+            rf"model side: {N} requests/s one a row, {N} paper-mix requests/s image prefix shared",
             rf"full path, 3 batches of \d+: wall {N} s, CPU operators {N} s -> operators busy {N}% \({N} samples/s\)",
             r"skipped: synchronising calls",
         ],
