@@ -75,6 +75,7 @@ RUNS = {
             r"no CUDA device: tiny scale \(--tiny\)",
             r"skipped: GPU busy fraction and compiled stages \(",
             rf"views: \d+ views, loading {N} s, first batch {N} s, steady {N} views/s",
+            rf"llava-7b: hashing the local model folder \(infer's resume fingerprint\) takes {N} s an instance",
             rf"infer@vsr_random-llava-7b: \d+ requests in \d+ chunks, loading {N} s, first chunk {N} s",
             r"infer@whatsup_b-minigpt4-7b: \d+ requests",
             r"models so far: \['llava-7b', 'minigpt4-7b'\]",
