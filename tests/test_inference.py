@@ -260,7 +260,9 @@ def test_answers_folder_is_identical_on_a_rerun_and_timings_go_to_the_run_record
         assert {"device", "peak_memory_bytes", "versions"} <= set(run)
         assert 0 < run["seconds_first_chunk"] < run["seconds"]  # the first chunk's wait: compilation shows here
         assert run["seconds_first_chunk"] == run["chunk_seconds"][0] and sum(run["chunk_seconds"]) < run["seconds"]
-        assert len(run["chunk_seconds"]) == len(run["chunk_requests"]) and sum(run["chunk_requests"]) == result["requests"]
+        assert (
+            len(run["chunk_seconds"]) == len(run["chunk_requests"]) and sum(run["chunk_requests"]) == result["requests"]
+        )
     assert folders[0] == folders[1] and set(folders[0]) == {"predictions.jsonl", "summary.json"}
     assert "seconds" not in json.loads((workspace / "first" / "summary.json").read_text())
 
