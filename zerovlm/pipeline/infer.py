@@ -222,8 +222,7 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
         "processes": worker.world_size,
         "seconds": round(seconds, 3),
         "seconds_loading": round(seconds_loading, 3),
-        "seconds_first_chunk": chunk_seconds[0] if chunk_seconds else None,
-        "chunk_seconds": chunk_seconds,  # with chunk_requests: the steady rate after compilation
+        "chunk_seconds": chunk_seconds,  # the first holds compilation; with chunk_requests: the steady rate after it
         "chunk_requests": [len(chunk) for chunk in mine],  # jobs (the baseline's two prompt modes count twice)
         "model_info": model.info() if model is not None else None,
         # under `dvc repro` the commit the check stage pinned: of a hub model, or of each hub part
