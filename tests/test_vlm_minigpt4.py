@@ -22,7 +22,7 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.pipeline import check
 from zerovlm.runtime import pin_revision, pinned_part_revisions
 from zerovlm.vlm.base import Request
-from zerovlm.vlm.minigpt4 import PLACEHOLDER, load_llama_proj, preprocess
+from zerovlm.vlm.minigpt4 import PLACEHOLDER, MiniGPT4Backend, load_llama_proj, preprocess
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_minigpt4
 
@@ -121,6 +121,23 @@ def test_generation_stops_at_stop_strings(backend):
     word = full[0].split()[1] if len(full[0].split()) > 1 else full[0][2:5]
     cut = backend.generate(requests()[:2], max_new_tokens=8, stop=(word,))
     assert cut[0] == full[0][: full[0].index(word)].strip()
+
+
+def test_compiled_blocks_score_as_eager_and_generation_runs_them_eagerly(tiny_dir, backend, tmp_path, monkeypatch):
+    """infer.compile (a CUDA option; inductor's CPU backend here): the LLM's and the vision tower's blocks are
+    compiled, the scores equal eager ones, and generation, with its KV cache, runs eagerly to the same text."""
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    parts = load_backend(InferConfig(backend="minigpt4", model=str(tiny_dir), device="cpu"))  # not the fixture's
+    compiled = MiniGPT4Backend(
+        parts.vision, parts.query_tokens, parts.qformer, parts.llama_proj, parts.llm, parts.tokenizer, compile=True
+    )
+    blocks = [*compiled.llm.model.layers, *compiled.vision.encoder.layers]
+    assert compiled.info()["compiled"] and all(block._compiled_call_impl is not None for block in blocks)
+    assert not backend.info()["compiled"]
+    for a, b in zip(compiled.option_logprobs(requests()), backend.option_logprobs(requests())):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert compiled.generate(requests()[:2], max_new_tokens=6) == backend.generate(requests()[:2], max_new_tokens=6)
 
 
 def test_precision_and_layer_norm_follow_the_original(backend):

@@ -36,8 +36,6 @@ Optional `compile`: torch.compile of each decoder block of both towers (regional
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,10 +49,9 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, request_seed
 from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES, ORIGINAL_SEP, ORIGINAL_SYSTEMS
 from zerovlm.vlm.loading import load_transformers_vlm
-from zerovlm.vlm.shared_prefix import SharedPrefixBackend
+from zerovlm.vlm.shared_prefix import SharedPrefixBackend, prefetch_threads
 from zerovlm.vlm.transformers_ops import (
     CausalForward,
-    compile_regions,
     expand_token,
     to_device,
     tokenise_options,
@@ -123,7 +120,7 @@ class LlavaBackend(SharedPrefixBackend):
         self.device, self.dtype = model.device, model.dtype
         self.model_id, self.chat_format, self.image_preprocess = model_id, chat_format, image_preprocess
         self.batch_size, self.padding_side = batch_size, padding_side
-        self.prefetch_workers = min(8, os.cpu_count() or 1) if prefetch_workers is None else prefetch_workers
+        self.prefetch_workers = prefetch_threads(prefetch_workers)
         config = model.config
         self.image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
         vision = config.vision_config
@@ -131,9 +128,8 @@ class LlavaBackend(SharedPrefixBackend):
         self.tokens_per_image = patches + (0 if config.vision_feature_select_strategy == "default" else 1)
         language_model = getattr(model.model, "language_model", None)  # transformers 5: model.model.language_model
         self.forward = CausalForward(model, body=language_model)
-        self.compiled = compile
-        if self.compiled:  # the decoder layers of both towers; generation runs them eagerly (see _generate)
-            compile_regions(language_model, model.model.vision_tower)
+        if compile:
+            self._compile_regions(language_model, model.model.vision_tower)
         self._features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._feature_cache_size = feature_cache_size
         self._fast_crop = self._fast_path()
@@ -288,14 +284,6 @@ class LlavaBackend(SharedPrefixBackend):
         rows = [expand_token(e.prefix, self.image_token_id, self.tokens_per_image) for e in batch]
         features = self._image_features(batch)
         return rows, (None if features is None else features.reshape(-1, features.shape[-1]))
-
-    # ------------------------------------------------------------ generation
-    def _generate(
-        self, requests: Sequence[Request], max_new_tokens: int, stop: tuple[str, ...], temperature: float, seed: int
-    ) -> list[str]:
-        # compiled layers serve scoring's cache-free forwards; generation with its KV cache runs them eagerly
-        with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
-            return super()._generate(requests, max_new_tokens, stop, temperature, seed)
 
 
 # ---------------------------------------------------------------- loading

@@ -60,7 +60,7 @@ from zerovlm.runtime import resolve_device_dtype
 from zerovlm.vlm.base import Request, request_seed
 from zerovlm.vlm.loading import on_device, pretrained
 from zerovlm.vlm.model_files import REPOSITORY_PARTS, Manifest, read_manifest, repository_file, single_file
-from zerovlm.vlm.shared_prefix import SharedPrefixBackend
+from zerovlm.vlm.shared_prefix import SharedPrefixBackend, prefetch_threads
 from zerovlm.vlm.transformers_ops import CausalForward, to_device, tokenise_options, uses_fp8
 
 SYSTEM = (
@@ -198,9 +198,10 @@ class MiniGPT4Backend(SharedPrefixBackend):
         *,
         model_id: str = "",
         batch_size: int = 16,
-        prefetch_workers: int = 0,
+        prefetch_workers: int | None = None,
         variant: str = "vicuna0",
         parts: dict[str, str] | None = None,
+        compile: bool = False,
     ):
         if variant not in CONVERSATIONS:
             raise ZeroVLMError(f"MiniGPT-4 variant must be one of {sorted(CONVERSATIONS)}, got {variant!r}")
@@ -208,13 +209,15 @@ class MiniGPT4Backend(SharedPrefixBackend):
             raise ZeroVLMError(f"MiniGPT-4 {variant}: the vicuna0 variant needs the Q-Former, llama2 has none")
         self.vision, self.qformer, self.llama_proj, self.llm = vision, qformer, llama_proj, llm.eval()
         self.query_tokens, self.tokenizer, self.model_id = query_tokens, tokenizer, model_id
-        self.batch_size, self.prefetch_workers = batch_size, prefetch_workers
+        self.batch_size, self.prefetch_workers = batch_size, prefetch_threads(prefetch_workers)
         self.variant, self.conversation = variant, CONVERSATIONS[variant]
         self.parts = parts or {}  # where each part came from, the hub parts' revisions, llama_proj's SHA-256
         self.device, self.dtype = llm.device, llm.dtype
         patches = (vision.config.image_size // vision.config.patch_size) ** 2
         self.tokens_per_image = query_tokens.shape[1] if qformer is not None else patches // PATCHES_PER_TOKEN
         self.forward = CausalForward(llm)
+        if compile:  # the LLM's decoder blocks and the vision tower's; the Q-Former (float32) stays eager
+            self._compile_regions(llm.model, vision)
         self._init_memos()
 
     def info(self) -> dict[str, Any]:
@@ -223,6 +226,7 @@ class MiniGPT4Backend(SharedPrefixBackend):
             "variant": self.variant,
             "qformer_dtype": "float32" if self.qformer is not None else None,
             "fp8_linear": uses_fp8(self.llm),
+            "compiled": self.compiled,
             "ln_vision_eps": self.vision.post_layernorm.eps,
             "parts": self.parts,
         }
@@ -388,4 +392,5 @@ def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4
         batch_size=cfg.batch_size,
         variant=variant,
         parts=parts,
+        compile=cfg.compile and torch.device(device).type == "cuda",
     )

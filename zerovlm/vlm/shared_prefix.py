@@ -20,6 +20,7 @@ Both run through `run_batched` (longest first, results in request order) with th
 from __future__ import annotations
 
 import contextlib
+import os
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,15 +28,16 @@ from typing import Any
 import torch
 
 from zerovlm.vlm.base import IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, run_batched
-from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, decode_loop
+from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, compile_regions, decode_loop
 
 
 class SharedPrefixBackend(VisionLanguageModel):
     """Option scoring and generation over encoded requests; a family supplies the encoding (see module doc).
 
     Subclasses set `forward` (a CausalForward), `tokenizer`, `placeholder` (the token id an image feature
-    replaces), `batch_size` and `prefetch_workers`; `padding_side` of the scoring rows ("right" is the fast one);
-    and call `_init_memos()` (the per-call memos `_tokenise` and `_image_key`, scoped by `_call_memos`).
+    replaces), `batch_size` and `prefetch_workers` (`prefetch_threads`); `padding_side` of the scoring rows
+    ("right" is the fast one); may call `_compile_regions`; and call `_init_memos()` (the per-call memos
+    `_tokenise` and `_image_key`, scoped by `_call_memos`).
     """
 
     forward: CausalForward
@@ -44,6 +46,7 @@ class SharedPrefixBackend(VisionLanguageModel):
     batch_size: int
     prefetch_workers: int
     padding_side: str = "right"
+    compiled: bool = False
     _tokenise: IdentityMemo
     _image_key: IdentityMemo
 
@@ -64,6 +67,12 @@ class SharedPrefixBackend(VisionLanguageModel):
     @abstractmethod
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         """The request's prefix tokens (one placeholder per image or image feature) and its options' continuations."""
+
+    def _compile_regions(self, *towers: torch.nn.Module) -> None:
+        """torch.compile the decoder blocks of the towers (`compile_regions`) for scoring's cache-free forwards;
+        generation, with its KV cache and a new shape every step, runs them eagerly (`_generate`)."""
+        compile_regions(*towers)
+        self.compiled = True
 
     def _init_memos(self) -> None:
         """Memoised per call: `run_batched` tokenises everything first (length) on the calling thread, so prefetch
@@ -155,7 +164,8 @@ class SharedPrefixBackend(VisionLanguageModel):
             )
 
         plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
-        with self._call_memos(), cpu_threads_for(self.forward.model):
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        with self._call_memos(), cpu_threads_for(self.forward.model), eager:
             return run_batched(
                 plain,
                 compute,
@@ -164,6 +174,12 @@ class SharedPrefixBackend(VisionLanguageModel):
                 prepare=lambda r: self._encode(r, seed),
                 prefetch_workers=self.prefetch_workers,
             )
+
+
+def prefetch_threads(requested: int | None) -> int:
+    """Threads that prepare batches (tokens, image preprocessing) while the device runs: `requested`, or by
+    default one per CPU core up to 8, so that the host keeps a large GPU fed."""
+    return min(8, os.cpu_count() or 1) if requested is None else requested
 
 
 def _image_end(tokens: Sequence[int], placeholder: int) -> int:
