@@ -1,4 +1,5 @@
-"""Where the GPU time goes: kernel-time tables for the Zero123 UNet and the LLaVA-1.5-7B forward (not a test).
+"""Where the GPU time goes: kernel-time tables for the Zero123 UNet and the LLaVA-1.5-7B and MiniGPT-4 7B forwards
+(not a test).
 
 Builds the same full-size random-weight models as the throughput benchmarks and prints, per variant,
 the device time of one call split by kernel kind (convolution, GEMM, attention, normalisation, fused
@@ -11,6 +12,7 @@ Triton kernels, other) and the top kernels, so that a speed-up is aimed at what 
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
     python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
     python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
+    python benchmarks/gpu_profile.py minigpt4      # the paper mix: model side, full path with host times, sync points
     python benchmarks/gpu_profile.py --tiny zero123 llava   # several at once; smoke run (CPU or GPU)
 
 The FP8 variants also print their deviation from bf16 on the same inputs. `--tiny` (implied without a
@@ -408,35 +410,16 @@ def llava(args) -> None:
     )
     shared = requests / milliseconds(shared_side, 3) * 1e3
     print(f"model side: {per_row:.1f} requests/s one a row, {shared:.1f} paper-mix requests/s image prefix shared")
-    backend.option_logprobs(yes_no[:bs])
-    synchronize()
-    with profile(activities=[ACTIVITY]) as prof:
-        tick = time.perf_counter()
-        backend._features.clear()
-        backend.option_logprobs(yes_no[bs:])
-        synchronize()
-        wall = time.perf_counter() - tick
-    busy = (
-        sum(
-            e.self_device_time_total if CUDA else e.self_cpu_time_total
-            for e in prof.key_averages()
-            if e.device_type == PROFILED_DEVICE
-        )
-        / 1e6
-    )
-    print(
-        f"\nfull path, 3 batches of {bs}: wall {wall:.2f} s, {'kernels' if CUDA else 'CPU operators'} {busy:.2f} s "
-        f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({3 * bs / wall:.1f} samples/s)"
-    )
-
-    if not CUDA:
-        print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
-        return
 
     def uncached_option_logprobs(requests):
         backend._features.clear()  # the vision tower runs too, as on new images
         return backend.option_logprobs(requests)
 
+    backend.option_logprobs(yes_no[:bs])
+    full_path(f"3 batches of {bs}", lambda: uncached_option_logprobs(yes_no[bs:]), backend, 3 * bs, "samples")
+    if not CUDA:
+        print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
+        return
     count_synchronisations(
         f"one option_logprobs batch of {bs}, one request a row", lambda: uncached_option_logprobs(yes_no[:bs])
     )
@@ -465,6 +448,27 @@ def llava(args) -> None:
     print(f"FP8 model side: {bs / seconds:.1f} samples/s")
 
 
+def full_path(label: str, call, backend, count: int, unit: str) -> None:
+    """Profile one call through the backend's whole path (tokenising, preprocessing, batching, forwards):
+    wall time, kernel time (the GPU's busy fraction; on the CPU: its operators') and, from
+    vlm_throughput.HostTimes, where the host's time goes."""
+    from vlm_throughput import HostTimes
+
+    synchronize()
+    with profile(activities=[ACTIVITY]) as prof, HostTimes(backend) as host:
+        tick = time.perf_counter()
+        call()
+        synchronize()
+        wall = time.perf_counter() - tick
+    events = [e for e in prof.key_averages() if e.device_type == PROFILED_DEVICE]
+    busy = sum(e.self_device_time_total if CUDA else e.self_cpu_time_total for e in events) / 1e6
+    print(
+        f"\nfull path, {label}: wall {wall:.2f} s, {'kernels' if CUDA else 'CPU operators'} {busy:.2f} s "
+        f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({count / wall:.1f} {unit}/s)\n"
+        f"   host: {host.summary()}"
+    )
+
+
 def count_synchronisations(label: str, call) -> None:
     """Run call under CUDA's sync debug mode and print the host synchronisations by source line: each one
     stalls the host until the queued kernels finish, so the next batch's preparation is not overlapped."""
@@ -479,6 +483,34 @@ def count_synchronisations(label: str, call) -> None:
     print(f"synchronising calls in {label}: {sum(sites.values())}: {dict(sites.most_common(12))}")
 
 
+def minigpt4(args) -> None:
+    """MiniGPT-4 (Vicuna v0 7B) on the paper mix as infer runs it: each image's requests in one row."""
+    from vlm_throughput import build_minigpt4, paper_mix, random_images
+
+    from zerovlm.vlm.minigpt4 import MiniGPT4Backend
+
+    bs, name = args.llava_batch, "MiniGPT-4 tiny" if args.tiny else "MiniGPT-4 7B"
+    if not CUDA:
+        print(skip_line("compiled decoder blocks", COMPILE_ON_CUDA))
+    backend = MiniGPT4Backend(*build_minigpt4(args.tiny, DEVICE, DTYPE), batch_size=bs, compile=CUDA)
+    mix = paper_mix(random_images(9 * bs, seed=1), four_captions=False, seed=0)
+    with backend._call_memos():
+        groups = backend._image_groups(mix)[:bs]
+        grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
+    requests = sum(map(len, groups))
+    label = f"paper mix yes/no, image prefix shared, {len(groups)} rows of {requests} requests"
+    kernel_table(f"{name} model side, {label}", lambda: backend._score_batch(grouped))
+    print(f"model side: {requests / milliseconds(lambda: backend._score_batch(grouped), 3) * 1e3:.1f} requests/s")
+    backend.option_logprobs(mix[: len(mix) // 4])  # compiles the shapes of a first batch
+    full_path(
+        f"paper mix yes/no, {len(mix)} requests", lambda: backend.option_logprobs(mix), backend, len(mix), "requests"
+    )
+    if not CUDA:
+        print(skip_line("synchronising calls (CUDA's sync debug mode)"))
+        return
+    count_synchronisations(f"one option_logprobs call, {label}", lambda: backend.option_logprobs(mix[:requests]))
+
+
 PROFILES = {
     "zero123": zero123,
     "zero123-convs": zero123_convs,
@@ -487,6 +519,7 @@ PROFILES = {
     "zero123-layouts": zero123_layouts,
     "zero123-autotune": zero123_autotune,
     "llava": llava,
+    "minigpt4": minigpt4,
 }
 TINY = {"batch": 4, "size": 64, "llava_batch": 4}
 
@@ -496,7 +529,7 @@ def main(argv=None) -> None:
     parser.add_argument("model", nargs="+", choices=PROFILES, help="what to profile (several: in turn)")
     parser.add_argument("--batch", type=int, default=128, help="Zero123 views per UNet call")
     parser.add_argument("--size", type=int, default=256, help="Zero123 image side in pixels")
-    parser.add_argument("--llava-batch", type=int, default=64, help="LLaVA requests per batch")
+    parser.add_argument("--llava-batch", type=int, default=64, help="LLaVA and MiniGPT-4 rows per batch")
     args = parse_args(parser, TINY, argv)
     print(f"{torch.cuda.get_device_name() if CUDA else 'cpu'}, torch {torch.__version__}", flush=True)
     for model in args.model:

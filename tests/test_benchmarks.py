@@ -98,7 +98,7 @@ RUNS = {
         ],
     ),
     "gpu_profile": (
-        [*ZERO123_PROFILES, "llava"],
+        [*ZERO123_PROFILES, "llava", "minigpt4"],
         [
             r"no CUDA device: tiny scale \(--tiny\)",
             rf"-- UNet eager, float32, \d+ samples: {N} ms of CPU operators per call",
@@ -121,7 +121,11 @@ RUNS = {
             rf"-- LLaVA tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
             rf"model side: {N} requests/s one a row, {N} paper-mix requests/s image prefix shared",
             rf"full path, 3 batches of \d+: wall {N} s, CPU operators {N} s -> operators busy {N}% \({N} samples/s\)",
+            rf"   host: length {N} s, prepare {N} s, queue {N} s, wait {N} s",
             r"skipped: synchronising calls",
+            rf"-- MiniGPT-4 tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
+            rf"model side: {N} requests/s",
+            rf"full path, paper mix yes/no, \d+ requests: wall {N} s, CPU operators {N} s -> operators busy {N}%",
         ],
     ),
     "fp8_conv": (
