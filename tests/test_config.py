@@ -80,7 +80,6 @@ def test_paper_answer_mode_needs_a_yes_no_template():
             {"question_template": "yes_n"},
             "infer: Value error, unknown question_template 'yes_n'. Did you mean 'yes_no'",
         ),
-        ({"backend": "hf_auto", "compile": True}, "compile: backend 'hf_auto' runs eagerly; set compile to false"),
     ],
 )
 def test_backend_and_template_names_are_checked_with_the_params(values, message):

@@ -40,6 +40,14 @@ def requests():
     ]
 
 
+def test_compile_is_not_applied_and_says_so(tiny_folder, caplog):
+    """A grid entry inherits infer.compile from its profile (the paper's turns it on): hf_auto runs eagerly,
+    with a warning and `compiled: false` in the run record's model_info."""
+    backend = load_backend(InferConfig(backend="hf_auto", model=str(tiny_folder), device="cpu", compile=True))
+    assert "infer.compile" in caplog.text and "runs eagerly under hf_auto" in caplog.text
+    assert backend.info()["compiled"] is False
+
+
 def test_prompt_is_the_model_chat_template(backends):
     auto, llava, _ = backends
     image = Image.new("RGB", (8, 8))

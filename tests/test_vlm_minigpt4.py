@@ -135,9 +135,18 @@ def test_compiled_blocks_score_as_eager_and_generation_runs_them_eagerly(tiny_di
     blocks = [*compiled.llm.model.layers, *compiled.vision.encoder.layers]
     assert compiled.info()["compiled"] and all(block._compiled_call_impl is not None for block in blocks)
     assert not backend.info()["compiled"]
+    stances, set_stance = [], torch.compiler.set_stance
+
+    def recorded_set_stance(stance, **kwargs):
+        stances.append(stance)
+        return set_stance(stance, **kwargs)
+
+    monkeypatch.setattr(torch.compiler, "set_stance", recorded_set_stance)
     for a, b in zip(compiled.option_logprobs(requests()), backend.option_logprobs(requests())):
         assert a == pytest.approx(b, abs=1e-4)
+    assert stances == []  # scoring runs the compiled blocks
     assert compiled.generate(requests()[:2], max_new_tokens=6) == backend.generate(requests()[:2], max_new_tokens=6)
+    assert stances == ["force_eager"]  # the compiled backend's generation only
 
 
 def test_precision_and_layer_norm_follow_the_original(backend):

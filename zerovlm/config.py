@@ -281,16 +281,12 @@ class InferConfig(Section):
     @model_validator(mode="after")
     def _consistent(self):
         from zerovlm.prompts import load_prompts  # lazy: both modules import this one
-        from zerovlm.vlm.registry import BACKENDS, COMPILED
+        from zerovlm.vlm.registry import BACKENDS
 
         if len(set(self.view_prompt)) != len(self.view_prompt) or not self.view_prompt:
             raise ValueError(f"view_prompt: give true, false or both, each once; got {list(self.view_prompt)}")
         if self.backend not in BACKENDS:
             raise ValueError(_unknown("backend", self.backend, sorted(BACKENDS)) + " (zerovlm/vlm/registry.py)")
-        if self.compile and self.backend not in COMPILED:
-            raise ValueError(
-                f"compile: backend {self.backend!r} runs eagerly; set compile to false (compiled: {list(COMPILED)})"
-            )
         templates = load_prompts()["question_templates"]
         if self.question_template not in templates:
             raise ValueError(

@@ -24,6 +24,7 @@ this backend only uses the processor and the model's plain forward and generate:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any, TypeVar
@@ -35,6 +36,8 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.vlm.base import Request, VisionLanguageModel, cpu_threads_for, cut_at_stop, request_seed, run_batched
 from zerovlm.vlm.loading import load_transformers_vlm
 from zerovlm.vlm.transformers_ops import tokenise_options, use_float32_head, uses_fp8
+
+log = logging.getLogger(__name__)
 
 # model_type values of models trained on several interleaved images (vlms.md); others take them mechanically
 NATIVE_MULTI_IMAGE = {"qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "llava_onevision", "idefics2"}
@@ -80,6 +83,7 @@ class HFAutoBackend(VisionLanguageModel):
             "dtype": str(self.dtype).removeprefix("torch."),
             "native_multi_image": self.native_multi_image,
             "fp8_linear": uses_fp8(self.model),
+            "compiled": False,  # infer.compile is not applied to arbitrary architectures (load_hf_auto warns)
             "float32_logits": self.float32_logits,
             "max_images_per_request": self.max_images_per_request,
         }
@@ -176,5 +180,7 @@ def load_hf_auto(cfg) -> HFAutoBackend:
     """AutoModelForImageTextToText + AutoProcessor from cfg.model (hub id or folder)."""
     from transformers import AutoModelForImageTextToText
 
+    if cfg.compile:  # the paper profile turns it on for the grid's llava and minigpt4 entries
+        log.warning("infer.compile: %s runs eagerly under hf_auto (only llava and minigpt4 compile)", cfg.model)
     model, processor, _ = load_transformers_vlm(AutoModelForImageTextToText, cfg)
     return HFAutoBackend(model, processor, model_id=cfg.model, batch_size=cfg.batch_size)

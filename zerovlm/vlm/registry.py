@@ -27,9 +27,6 @@ BACKENDS: dict[str, str] = {
 # pinned for that hub part (zerovlm/inputs.py records them for a model folder holding a minigpt4.json)
 ASSEMBLED = ("minigpt4",)
 
-# backends that honour infer.compile (their decoder blocks compiled on CUDA); the others refuse it
-COMPILED = ("llava", "minigpt4")
-
 
 def load_backend(cfg: InferConfig, part_revisions: dict[str, str] | None = None) -> VisionLanguageModel:
     """Build the backend named by cfg.backend (a name InferConfig checked) from cfg.model (hub id or folder);
