@@ -100,18 +100,20 @@ class LoopbackServer:
                         server.ranges.append((path, self.headers["Range"]))
                 try:
                     time.sleep(server.delay_seconds)
-                    route = server.routes.get(path)
-                    if route is None:
-                        route = server.fallback(path)
-                    if callable(route):
-                        route(self, hits)
-                    elif route is None:
-                        self.send_error(404)
-                    else:
-                        send_bytes(self, route)
                 finally:
+                    # out of flight before the first byte of the answer: once a client has its answer, its next
+                    # request may arrive before this thread would get back from writing it
                     with server._lock:
                         server.in_flight -= 1
+                route = server.routes.get(path)
+                if route is None:
+                    route = server.fallback(path)
+                if callable(route):
+                    route(self, hits)
+                elif route is None:
+                    self.send_error(404)
+                else:
+                    send_bytes(self, route)
 
         return Handler
 
