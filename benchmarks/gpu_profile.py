@@ -367,7 +367,7 @@ def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- LLaVA
 def llava(args) -> None:
-    from vlm_throughput import CAPTIONS, build_llava, make_prompt, paper_mix, random_images
+    from vlm_throughput import CAPTIONS, build_llava, make_prompt, random_images
 
     from zerovlm.vlm.base import Request
     from zerovlm.vlm.llava import LlavaBackend
@@ -394,11 +394,7 @@ def llava(args) -> None:
 
     kernel_table(f"{name} model side, yes/no, {bs} per batch, {'compiled regions' if CUDA else 'eager'}", model_side)
     per_row = bs / milliseconds(model_side, 3) * 1e3
-    # the paper's request mix with each image's requests in one row (tree attention mask), as infer runs it
-    mix = paper_mix(random_images(9 * bs, seed=1), four_captions=False, seed=0)
-    with backend._call_memos():
-        groups = backend._image_groups(mix)[:bs]
-        grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
+    mix, groups, grouped = paper_mix_batch(backend, bs)
 
     def shared_side():
         backend._features.clear()
@@ -448,6 +444,18 @@ def llava(args) -> None:
     print(f"FP8 model side: {bs / seconds:.1f} samples/s")
 
 
+def paper_mix_batch(backend, rows: int):
+    """(the paper mix of yes/no requests, its first `rows` groups of request indices, those groups encoded):
+    each image's requests in one row (tree attention mask), as infer runs them."""
+    from vlm_throughput import paper_mix, random_images
+
+    mix = paper_mix(random_images(9 * rows, seed=1), four_captions=False, seed=0)
+    with backend._call_memos():
+        groups = backend._image_groups(mix)[:rows]
+        grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
+    return mix, groups, grouped
+
+
 def full_path(label: str, call, backend, count: int, unit: str) -> None:
     """Profile one call through the backend's whole path (tokenising, preprocessing, batching, forwards):
     wall time, kernel time (the GPU's busy fraction; on the CPU: its operators') and, from
@@ -485,7 +493,7 @@ def count_synchronisations(label: str, call) -> None:
 
 def minigpt4(args) -> None:
     """MiniGPT-4 (Vicuna v0 7B) on the paper mix as infer runs it: each image's requests in one row."""
-    from vlm_throughput import build_minigpt4, paper_mix, random_images
+    from vlm_throughput import build_minigpt4
 
     from zerovlm.vlm.minigpt4 import MiniGPT4Backend
 
@@ -493,14 +501,15 @@ def minigpt4(args) -> None:
     if not CUDA:
         print(skip_line("compiled decoder blocks", COMPILE_ON_CUDA))
     backend = MiniGPT4Backend(*build_minigpt4(args.tiny, DEVICE, DTYPE), batch_size=bs, compile=CUDA)
-    mix = paper_mix(random_images(9 * bs, seed=1), four_captions=False, seed=0)
-    with backend._call_memos():
-        groups = backend._image_groups(mix)[:bs]
-        grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
+    mix, groups, grouped = paper_mix_batch(backend, bs)
     requests = sum(map(len, groups))
     label = f"paper mix yes/no, image prefix shared, {len(groups)} rows of {requests} requests"
-    kernel_table(f"{name} model side, {label}", lambda: backend._score_batch(grouped))
-    print(f"model side: {requests / milliseconds(lambda: backend._score_batch(grouped), 3) * 1e3:.1f} requests/s")
+
+    def model_side():
+        return backend._score_batch(grouped)
+
+    kernel_table(f"{name} model side, {label}", model_side)
+    print(f"model side: {requests / milliseconds(model_side, 3) * 1e3:.1f} requests/s")
     backend.option_logprobs(mix[: len(mix) // 4])  # compiles the shapes of a first batch
     full_path(
         f"paper mix yes/no, {len(mix)} requests", lambda: backend.option_logprobs(mix), backend, len(mix), "requests"

@@ -392,5 +392,5 @@ def load_minigpt4(cfg, part_revisions: dict[str, str] | None = None) -> MiniGPT4
         batch_size=cfg.batch_size,
         variant=variant,
         parts=parts,
-        compile=cfg.compile and torch.device(device).type == "cuda",
+        compile=cfg.compile and device.type == "cuda",
     )
