@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.test_download import LoopbackServer, send_bytes
 from tests.test_inputs import SHA_A, SHA_B, build_hub_cache, params, write
@@ -22,7 +22,7 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.pipeline import check
 from zerovlm.runtime import pin_revision, pinned_part_revisions
 from zerovlm.vlm.base import Request
-from zerovlm.vlm.minigpt4 import PLACEHOLDER, MiniGPT4Backend, load_llama_proj, preprocess
+from zerovlm.vlm.minigpt4 import PLACEHOLDER, MiniGPT4Backend, load_blip2_parts, load_llama_proj, preprocess
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_minigpt4
 
@@ -164,6 +164,24 @@ def test_only_vision_and_qformer_shards_are_read(tiny_dir, tmp_path):
     for name in unused:
         (copy / "blip2" / name).unlink()
     load_backend(InferConfig(backend="minigpt4", model=str(copy), device="cpu"))
+
+
+def test_parts_hold_the_checkpoint_weights_in_float32_whatever_it_stores(tiny_dir, tmp_path):
+    """The vision tower and Q-Former are built on the meta device and given the checkpoint's tensors: none may
+    stay on meta, and a float16 checkpoint still gives float32 parts (the Q-Former's precision), its values exact."""
+    copy = tmp_path / "blip2"
+    shutil.copytree(tiny_dir / "blip2", copy)
+    stored = {}
+    for shard in sorted(copy.glob("*.safetensors")):
+        halves = {k: v.half() if v.is_floating_point() else v for k, v in load_file(shard).items()}
+        save_file(halves, shard)
+        stored.update(halves)
+    _, query_tokens, vision, qformer = load_blip2_parts(str(copy))
+    for prefix, part in (("vision_model.", vision), ("qformer.", qformer)):
+        for name, tensor in part.state_dict().items():
+            assert tensor.device.type == "cpu" and tensor.dtype == torch.float32, name
+            assert torch.equal(tensor, stored[prefix + name].float()), name
+    assert query_tokens.dtype == torch.float32
 
 
 class Payload:

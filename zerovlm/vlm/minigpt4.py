@@ -153,23 +153,29 @@ def load_blip2_parts(
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
-    vision = Blip2VisionModel(config.vision_config)
+    # Built on the meta device and given the checkpoint's tensors (assign): a random initialisation of EVA
+    # ViT-g's billion parameters on the CPU, overwritten at once, took about 9 s of each load. Neither part has
+    # buffers outside its state dict, so nothing stays on the meta device (strict loading checks every key).
+    with torch.device("meta"):
+        vision = Blip2VisionModel(config.vision_config)
     vision.post_layernorm.eps = LN_VISION_EPS
     try:
-        vision.load_state_dict(part("vision_model."), strict=True)
+        vision.load_state_dict(part("vision_model."), strict=True, assign=True)
     except RuntimeError as error:
         raise ZeroVLMError(f"{source}: vision weights do not match their config ({error})") from None
     if not with_qformer:
         vision.post_layernorm.reset_parameters()  # weight 1, bias 0: the llama2 variant's untrained ln_vision
-        return config, None, vision.eval(), None
-    qformer = Blip2QFormerModel(config.qformer_config)
+        return config, None, vision.float().eval(), None
+    with torch.device("meta"):
+        qformer = Blip2QFormerModel(config.qformer_config)
     try:
-        qformer.load_state_dict(part("qformer."), strict=True)
+        qformer.load_state_dict(part("qformer."), strict=True, assign=True)
     except RuntimeError as error:
         raise ZeroVLMError(f"{source}: Q-Former weights do not match their config ({error})") from None
     if "query_tokens" not in state:
         raise ZeroVLMError(f"{source}: no query_tokens in the checkpoint")
-    return config, torch.nn.Parameter(state["query_tokens"].float()), vision.eval(), qformer.eval()
+    # assign keeps the checkpoint's dtype: the Q-Former runs in float32 whatever the checkpoint stores
+    return config, torch.nn.Parameter(state["query_tokens"].float()), vision.float().eval(), qformer.float().eval()
 
 
 @dataclass
@@ -270,11 +276,10 @@ class MiniGPT4Backend(SharedPrefixBackend):
             tokens = patches.reshape(n, count // PATCHES_PER_TOKEN, width * PATCHES_PER_TOKEN)  # (n, 64, 5632)
         else:
             queries = self.query_tokens.expand(image.shape[0], -1, -1).to(vision_device)
-            tokens = self.qformer(
-                query_embeds=queries,
-                encoder_hidden_states=image.float(),
-                encoder_attention_mask=torch.ones(image.shape[:2], dtype=torch.long, device=vision_device),
-            ).last_hidden_state
+            # No encoder_attention_mask: the original's is all ones (every patch attended), which is no mask;
+            # passing one makes transformers test it with `.all()`, a host synchronisation per batch that
+            # stalls the queueing of the next batch's forward.
+            tokens = self.qformer(query_embeds=queries, encoder_hidden_states=image.float()).last_hidden_state
         projected = self.llama_proj(tokens.to(self.llama_proj.weight.dtype))
         return projected.to(self.device, self.dtype)
 
