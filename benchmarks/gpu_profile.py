@@ -28,6 +28,7 @@ import collections
 import re
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -479,16 +480,31 @@ def full_path(label: str, call, backend, count: int, unit: str) -> None:
 
 def count_synchronisations(label: str, call) -> None:
     """Run call under CUDA's sync debug mode and print the host synchronisations by source line: each one
-    stalls the host until the queued kernels finish, so the next batch's preparation is not overlapped."""
-    with warnings.catch_warnings(record=True) as caught:
+    stalls the host until the queued kernels finish, so the next batch's preparation is not overlapped.
+    For each site, the innermost calls that led to it are printed too, since a library's line alone (a
+    `.all()` inside transformers) does not say which of our calls to move."""
+    sites: collections.Counter = collections.Counter()
+    stacks: dict[str, str] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            site = f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}"
+            sites[site] += 1
+            frames = [f for f in traceback.extract_stack()[:-1] if Path(f.filename).name != "warnings.py"][-6:]
+            chain = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+            stacks.setdefault(site, chain)
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
             call()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    sites = collections.Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
     print(f"synchronising calls in {label}: {sum(sites.values())}: {dict(sites.most_common(12))}")
+    for site, stack in stacks.items():
+        print(f"   {site}: {stack}")
 
 
 def minigpt4(args) -> None:

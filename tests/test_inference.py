@@ -91,6 +91,27 @@ def test_the_baseline_is_asked_even_with_the_view_prompt_only(workspace):
     assert len(jobs) == len(examples) * (len(CONFIGURATIONS) + 1)
 
 
+def test_a_chunk_decodes_each_image_once_and_its_requests_share_it(workspace):
+    """Every request showing a stored image gets the same object (backends key their work by image), and each
+    key is decoded once per chunk however many jobs ask for it."""
+    examples = read_table(workspace / "prepared")
+    jobs = answering.plan_answer_jobs(_cfg(workspace), examples, list(CONFIGURATIONS), "grid")
+    decoded = []
+
+    def image(key):
+        decoded.append(key)
+        return Image.new("RGB", (4, 4))
+
+    chunk = answering.chunk_requests(jobs, image)
+    keys = [k for job in jobs for k in job.image_keys]
+    assert sorted(decoded) == sorted(set(keys)) and len(keys) > len(decoded)
+    shown: dict[str, set[int]] = {}
+    for job, index in zip(chunk.jobs, chunk.index):
+        for key, picture in zip(job.image_keys, chunk.requests[index].images, strict=True):
+            shown.setdefault(key, set()).add(id(picture))
+    assert all(len(objects) == 1 for objects in shown.values())
+
+
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):
     monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
     cfg = _cfg(workspace)

@@ -118,15 +118,21 @@ class ChunkRequests:
 
 
 def chunk_requests(jobs: list[AnswerJob], image: Callable[[str], Image.Image]) -> ChunkRequests:
-    """The chunk's distinct requests; `image`: the stitched image of a store key."""
+    """The chunk's distinct requests; `image`: the stitched image of a store key. Each key is decoded once per
+    chunk and its image object shared by every request showing it (both prompt modes, every caption), so a
+    backend that keys its work by image (hashing, the shared prefix) meets each image once."""
     unique: dict[tuple, int] = {}
     requests: list[Request] = []
+    decoded: dict[str, Image.Image] = {}
     for job in jobs:
         key = (job.image_keys, job.text, job.answers)
         if key not in unique:
             unique[key] = len(requests)
+            for k in job.image_keys:
+                if k not in decoded:
+                    decoded[k] = image(k)
             requests.append(
-                Request(images=tuple(image(k) for k in job.image_keys), prompt=job.text, options=job.answers)
+                Request(images=tuple(decoded[k] for k in job.image_keys), prompt=job.text, options=job.answers)
             )
     return ChunkRequests(jobs, requests, [unique[(j.image_keys, j.text, j.answers)] for j in jobs])
 
