@@ -114,6 +114,49 @@ def test_each_image_prefix_is_computed_once_per_call(llava, minigpt4):
         assert image_positions_scored(backend, requests) == 5 * backend.tokens_per_image
 
 
+def piecewise_ids(backend, text: str) -> list[int]:
+    """The prompt's tokens, one tokenizer call per piece: the whole text (LLaVA's tokenizer reads <image>
+    itself), or as the original MiniGPT-4's get_context_emb: the text cut at <ImageHere>, BOS on the first
+    piece only, the image embeddings' positions between the pieces."""
+    if backend.image_marker is None:
+        return backend.tokenizer(text, add_special_tokens=True)["input_ids"]
+    first, *rest = text.split("<ImageHere>")
+    ids = backend.tokenizer(first, add_special_tokens=True)["input_ids"]
+    for piece in rest:
+        ids += [backend.placeholder] * backend.tokens_per_image
+        ids += backend.tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def recording_calls(monkeypatch, tokenizer) -> list:
+    """The texts each call of `tokenizer` (its class) is given, in order."""
+    calls, original = [], type(tokenizer).__call__
+
+    def call(self, text, **kwargs):
+        calls.append(text)
+        return original(self, text, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", call)
+    return calls
+
+
+def test_a_call_tokenises_ahead_in_batches_to_the_tokens_of_one_call_per_piece(llava, minigpt4, monkeypatch):
+    requests = mixed_requests()
+    for backend in (llava, minigpt4):
+        with monkeypatch.context() as patched, backend._call_memos():
+            calls = recording_calls(patched, backend.tokenizer)
+            backend._tokenise_ahead(requests)
+            assert len(calls) <= 2 and all(isinstance(texts, list) for texts in calls)  # with and without BOS
+            calls.clear()
+            tokens = [backend._tokenise(r) for r in requests]
+            assert calls == []  # every piece was tokenised ahead
+        for request, (prefix, continuations) in zip(requests, tokens):
+            rendered = backend.render_prompt(request)
+            assert prefix == piecewise_ids(backend, rendered)[: len(prefix)]
+            for option, continuation in zip(request.options, continuations, strict=True):
+                assert prefix + continuation == piecewise_ids(backend, rendered + backend.option_separator + option)
+
+
 def test_a_big_group_is_split_into_rows_of_batch_size_requests(llava):
     a = image(0)
     requests = [Request((a,), f"Is the cube number {n} left of the mug?", ("Yes", "No")) for n in range(5)]

@@ -88,6 +88,7 @@ class Encoded:
 class LlavaBackend(SharedPrefixBackend):
     name = "llava"
     max_images_per_request = 1  # LLaVA-1.5 was trained on single images (several work only mechanically)
+    option_separator = OPTION_SEPARATOR
 
     def __init__(
         self,
@@ -165,12 +166,9 @@ class LlavaBackend(SharedPrefixBackend):
     def placeholder(self) -> int:
         return self.image_token_id
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
-
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         prefix, shared, continuations = tokenise_options(
-            self._ids, self.render_prompt(request), OPTION_SEPARATOR, request.options
+            self._ids, self.render_prompt(request), self.option_separator, request.options
         )
         images_in_prefix = prefix[:shared].count(self.image_token_id)
         if images_in_prefix != len(request.images) or prefix.count(self.image_token_id) != len(request.images):

@@ -192,6 +192,8 @@ class MiniGPT4Backend(SharedPrefixBackend):
     name = "minigpt4"
     max_images_per_request = 1  # trained and evaluated on single images
     placeholder = PLACEHOLDER
+    image_marker = IMAGE_HERE  # BOS + first segment, then per <ImageHere> one placeholder per image embedding
+    option_separator = ""  # none: the prompt ends with a space
 
     def __init__(
         self,
@@ -242,18 +244,10 @@ class MiniGPT4Backend(SharedPrefixBackend):
         message = f"{images} {request.prompt}" if images else request.prompt
         return f"{SYSTEM}{self.conversation.user}{message}{self.conversation.assistant}"
 
-    def _ids(self, text: str) -> list[int]:
-        """BOS + first segment, then per <ImageHere>: one placeholder per image embedding + next segment."""
-        first, *rest = text.split(IMAGE_HERE)
-        ids = self.tokenizer(first, add_special_tokens=True)["input_ids"]
-        for segment in rest:
-            ids += [PLACEHOLDER] * self.tokens_per_image
-            ids += self.tokenizer(segment, add_special_tokens=False)["input_ids"]
-        return ids
-
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        # no separator: the prompt ends with a space
-        prefix, shared, continuations = tokenise_options(self._ids, self.render_prompt(request), "", request.options)
+        prefix, shared, continuations = tokenise_options(
+            self._ids, self.render_prompt(request), self.option_separator, request.options
+        )
         if prefix[:shared].count(PLACEHOLDER) != len(request.images) * self.tokens_per_image:
             raise ZeroVLMError(f"prompt {request.prompt!r} must not contain {IMAGE_HERE!r}")
         return prefix[:shared], continuations

@@ -35,20 +35,27 @@ class SharedPrefixBackend(VisionLanguageModel):
     """Option scoring and generation over encoded requests; a family supplies the encoding (see module doc).
 
     Subclasses set `forward` (a CausalForward), `tokenizer`, `placeholder` (the token id an image feature
-    replaces), `batch_size` and `prefetch_workers` (`prefetch_threads`); `padding_side` of the scoring rows
+    replaces), `option_separator` (the text between the rendered prompt and an option), `image_marker` (see
+    `_ids`), `batch_size` and `prefetch_workers` (`prefetch_threads`); `padding_side` of the scoring rows
     ("right" is the fast one); may call `_compile_regions`; and call `_init_memos()` (the per-call memos
-    `_tokenise` and `_image_key`, scoped by `_call_memos`).
+    `_tokenise`, `_image_key` and the segments' tokens, scoped by `_call_memos`).
     """
 
     forward: CausalForward
     tokenizer: Any
     placeholder: int
+    option_separator: str
+    # None: the tokenizer reads the image token itself (one placeholder per image); else the text `_ids` cuts the
+    # prompt at, tokenising the pieces apart and putting one placeholder per image feature in each cut
+    image_marker: str | None = None
+    tokens_per_image: int
     batch_size: int
     prefetch_workers: int
     padding_side: str = "right"
     compiled: bool = False
     _tokenise: IdentityMemo
     _image_key: IdentityMemo
+    _segment_ids: dict[tuple[str, bool], list[int]]
 
     @abstractmethod
     def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Any:
@@ -66,7 +73,45 @@ class SharedPrefixBackend(VisionLanguageModel):
 
     @abstractmethod
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
-        """The request's prefix tokens (one placeholder per image or image feature) and its options' continuations."""
+        """The request's prefix tokens (one placeholder per image or image feature) and its options' continuations:
+        `tokenise_options(self._ids, self.render_prompt(request), self.option_separator, request.options)` and the
+        family's checks."""
+
+    def _ids(self, text: str) -> list[int]:
+        """The tokens of a rendered prompt (or prompt + option): with an `image_marker`, BOS + the text before
+        the first marker, then per marker one placeholder per image feature + the next piece without BOS."""
+        first, *rest = self._segments(text)
+        ids = list(self._segment(first, True))
+        for piece in rest:
+            ids += [self.placeholder] * self.tokens_per_image
+            ids += self._segment(piece, False)
+        return ids
+
+    def _segments(self, text: str) -> list[str]:
+        return [text] if self.image_marker is None else text.split(self.image_marker)
+
+    def _segment(self, text: str, special: bool) -> list[int]:
+        ids = self._segment_ids.get((text, special))
+        if ids is None:
+            ids = self._segment_ids[(text, special)] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return ids
+
+    def _tokenise_ahead(self, requests: Sequence[Request]) -> None:
+        """Tokenise every piece of text the requests' `_tokenise` will read in two batched tokenizer calls (with
+        and without BOS): the fast tokenizer encodes a batch in parallel, without a Python call per piece, and
+        the constant system text is tokenised once. This runs before a call's first batch, with the device idle."""
+        wanted: dict[tuple[str, bool], None] = {}
+        for request in requests:
+            rendered = self.render_prompt(request)
+            for text in (rendered, *(rendered + self.option_separator + option for option in request.options)):
+                first, *rest = self._segments(text)
+                wanted[(first, True)] = None
+                wanted.update(((piece, False), None) for piece in rest)
+        for special in (True, False):
+            texts = [text for text, s in wanted if s == special and (text, special) not in self._segment_ids]
+            if texts:
+                encoded = self.tokenizer(texts, add_special_tokens=special)["input_ids"]
+                self._segment_ids.update(((text, special), ids) for text, ids in zip(texts, encoded, strict=True))
 
     def _compile_regions(self, *towers: torch.nn.Module) -> None:
         """torch.compile the decoder blocks of the towers (`compile_regions`) for scoring's cache-free forwards;
@@ -79,12 +124,17 @@ class SharedPrefixBackend(VisionLanguageModel):
         threads never touch the tokenizer (fast tokenizers are not safe to share across threads)."""
         self._tokenise = IdentityMemo(self._tokenise_uncached)
         self._image_key = IdentityMemo(image_fingerprint)
+        self._segment_ids = {}
 
     @contextlib.contextmanager
     def _call_memos(self) -> Iterator[None]:
         """Each request is tokenised and each image hashed once per call; the memos let go of them after."""
-        with self._tokenise.scope(), self._image_key.scope():
-            yield
+        self._segment_ids.clear()
+        try:
+            with self._tokenise.scope(), self._image_key.scope():
+                yield
+        finally:
+            self._segment_ids.clear()
 
     def _common_info(self) -> dict[str, Any]:
         """What every family's `info()` starts with."""
@@ -119,6 +169,7 @@ class SharedPrefixBackend(VisionLanguageModel):
         """Request indices grouped by what their forward shares: equal images (content hashes) and equal prefix
         tokens up to the last image placeholder. A group holds at most `batch_size` requests, so that one row of
         the forward stays within about `batch_size` requests' tokens; requests without images are alone."""
+        self._tokenise_ahead(requests)
         groups: dict[Any, list[int]] = {}
         for i, request in enumerate(requests):
             prefix = self._tokenise(request)[0]
@@ -166,6 +217,7 @@ class SharedPrefixBackend(VisionLanguageModel):
         plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with self._call_memos(), cpu_threads_for(self.forward.model), eager:
+            self._tokenise_ahead(plain)
             return run_batched(
                 plain,
                 compute,
