@@ -137,6 +137,16 @@ RUNS = {
             else r"skipped: Triton interpreter check of the kernel \(Triton is not installed",
         ],
     ),
+    "stitch_stage": (
+        ["--tiny"],
+        [
+            r"\d+ CPUs; \d+ images of \d+ px, 4 views of 256 px each, 9 configurations",
+            (
+                rf"one thread: {N} s \({N} images/s\); \d+ threads: {N} s \({N} images/s\) -> x{N}; "
+                r"stores identical: True$"
+            ),
+        ],
+    ),
     "dvc_transfer": (
         ["--tiny"],
         [

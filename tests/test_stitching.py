@@ -84,3 +84,52 @@ def test_separate_configuration_stores_each_panel_in_order(tmp_path):
         "separate",
     )
     store.close()
+
+
+def _stage_inputs(root, num_scenes):
+    """A prepared synthetic dataset and a view store of distinct noisy views (left, right, random), each with
+    a quality that passes the gate for some images and fails it for others."""
+    import numpy as np
+
+    from zerovlm.config import DataConfig, SyntheticSource
+    from zerovlm.datasets.table import read_table
+    from zerovlm.pipeline import prepare
+    from zerovlm.store import ShardWriter
+
+    prepare.run(prepare.Paths(out=root / "prepared"), DataConfig(synthetic=SyntheticSource(num_scenes=num_scenes)))
+    image_ids = sorted({e.image_id for e in read_table(root / "prepared")})
+    rng = np.random.default_rng(0)
+    with ShardWriter(root / "views", shard_size=5) as writer:
+        for index, image_id in enumerate(image_ids):
+            quality = {"clip_similarity": 0.9 if index % 2 else 0.1, "pixel_std": 40.0, "background_share": 0.1}
+            for name in ("left", "right", "random"):
+                pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                writer.add(f"{image_id}.{name}", Image.fromarray(pixels), {"view": name, "quality": quality})
+    return image_ids
+
+
+def test_the_stage_writes_the_same_bytes_on_any_number_of_threads(tmp_path):
+    from zerovlm.pipeline import stitch as stitch_stage
+
+    _stage_inputs(tmp_path, num_scenes=7)
+    cfg = StitchConfig(configurations=("origin", "left", "left-gated", "all", "all-separate"), panel_size_px=16)
+    stores = []
+    for workers in (1, 3):
+        out = tmp_path / f"out-{workers}"
+        stitch_stage.run(
+            stitch_stage.Paths(prepared=tmp_path / "prepared", views=tmp_path / "views", out=out), cfg, workers
+        )
+        stores.append({path.name: path.read_bytes() for path in sorted(out.iterdir())})
+    assert stores[0] == stores[1]  # the tar holds its members in write order: image order kept
+
+
+def test_an_error_on_a_worker_thread_is_one_line_and_leaves_no_output(tmp_path):
+    from zerovlm.pipeline import stitch as stitch_stage
+
+    _stage_inputs(tmp_path, num_scenes=6)
+    cfg = StitchConfig(configurations=("origin", "top"))  # no "top" view was synthesised
+    out = tmp_path / "out"
+    with pytest.raises(ZeroVLMError, match="add 'top' to views.presets") as error:
+        stitch_stage.run(stitch_stage.Paths(prepared=tmp_path / "prepared", views=tmp_path / "views", out=out), cfg, 3)
+    assert "\n" not in str(error.value)
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))

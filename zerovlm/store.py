@@ -39,6 +39,11 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def decode_png(png: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(png)) as image:
+        return image.convert("RGB")
+
+
 def _check_key(key: str) -> str:
     if not _KEY_PATTERN.match(key):
         raise ZeroVLMError(f"invalid store key {key!r}: use letters, digits, '.', '_', '+', '-' (max 91)")
@@ -207,8 +212,7 @@ class ShardReader:
         return member.read()
 
     def image(self, key: str) -> Image.Image:
-        with Image.open(io.BytesIO(self.png(key))) as image:
-            return image.convert("RGB")
+        return decode_png(self.png(key))
 
     def close(self) -> None:
         for tar in self._open.values():
