@@ -496,6 +496,8 @@ def count_synchronisations(label: str, call) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        # Switching the mode on says it is a prototype, from set_sync_debug_mode's own line: no synchronisation.
+        warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype")
         warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
