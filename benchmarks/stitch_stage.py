@@ -4,8 +4,6 @@ Runs what `dvc repro` runs for `stitch@<dataset>` (zerovlm.pipeline.stitch.run: 
 views, compose every configuration of the default profile, PNG-encode, write the store) on synthetic
 originals and a view store of 256 px views, once on one thread (the sequential way) and once on `--workers`
 threads, checks that the two stores are byte for byte the same, and prints both rates and their ratio.
-The paper grid stitches 3,148 images (VSR random and zero-shot 2,328, What'sUp A 412 and B 408), once for
-all its VLMs.
 
     python benchmarks/stitch_stage.py --images 400 --workers 8
     python benchmarks/stitch_stage.py --tiny   # smoke run: a few small images
@@ -32,7 +30,7 @@ from zerovlm.pipeline import stitch  # noqa: E402
 from zerovlm.stitching import needed_views  # noqa: E402
 from zerovlm.store import ShardWriter  # noqa: E402
 
-VIEW_SIZE_PX = 256  # Zero123's output
+VIEW_SIZE_PX = 256  # the paper profile's views.image_size_px
 
 
 def timed_run(paths: stitch.Paths, cfg: StitchConfig, workers: int) -> float:
@@ -64,26 +62,28 @@ def main(argv=None) -> None:
         flush=True,
     )
     work = Path(tempfile.mkdtemp(prefix="stitch_stage_"))
-    examples = write_prepared(work / "prepared", "synthetic", "true_false", args.images, args.images, args.size)
-    with ShardWriter(work / "views") as views:
-        for index, example in enumerate(examples):
-            for offset, name in enumerate(names):
-                view = scene(args.images + VIEWS_PER_IMAGE * index + offset, VIEW_SIZE_PX)
-                views.add(f"{example.image_id}.{name}", view, {"view": name})
+    try:
+        examples = write_prepared(work / "prepared", "synthetic", "true_false", args.images, args.images, args.size)
+        with ShardWriter(work / "views") as views:
+            for index, example in enumerate(examples):
+                for offset, name in enumerate(names):
+                    view = scene(args.images + VIEWS_PER_IMAGE * index + offset, VIEW_SIZE_PX)
+                    views.add(f"{example.image_id}.{name}", view, {"view": name})
 
-    def paths(out: str) -> stitch.Paths:
-        return stitch.Paths(prepared=work / "prepared", views=work / "views", out=work / out)
+        def paths(out: str) -> stitch.Paths:
+            return stitch.Paths(prepared=work / "prepared", views=work / "views", out=work / out)
 
-    sequential = timed_run(paths("sequential"), cfg, workers=1)
-    parallel = timed_run(paths("parallel"), cfg, workers=args.workers)
-    identical = same_store(work / "sequential", work / "parallel")
-    print(
-        f"one thread: {sequential:.2f} s ({args.images / sequential:.1f} images/s); {args.workers} threads: "
-        f"{parallel:.2f} s ({args.images / parallel:.1f} images/s) -> x{sequential / parallel:.2f}; "
-        f"stores identical: {identical}",
-        flush=True,
-    )
-    shutil.rmtree(work)
+        sequential = timed_run(paths("sequential"), cfg, workers=1)
+        parallel = timed_run(paths("parallel"), cfg, workers=args.workers)
+        identical = same_store(work / "sequential", work / "parallel")
+        print(
+            f"one thread: {sequential:.2f} s ({args.images / sequential:.1f} images/s); {args.workers} threads: "
+            f"{parallel:.2f} s ({args.images / parallel:.1f} images/s) -> x{sequential / parallel:.2f}; "
+            f"stores identical: {identical}",
+            flush=True,
+        )
+    finally:
+        shutil.rmtree(work)
     if not identical:
         sys.exit("error: the parallel stitch stage wrote other bytes than one thread; this is a bug, please report it")
 

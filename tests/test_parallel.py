@@ -14,7 +14,7 @@ from PIL import Image
 
 from zerovlm.config import DataConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.table import read_table
-from zerovlm.parallel import Worker, shard_index
+from zerovlm.parallel import Worker, host_threads, shard_index
 from zerovlm.pipeline import prepare, stitch
 from zerovlm.store import ShardWriter
 from zerovlm.vlm.tiny import build_tiny_llava
@@ -167,3 +167,9 @@ def test_two_processes_synthesise_the_same_view_store(workspace):
 
     one, two = views("views_one", 1), views("views_two", 2)
     assert one and one == two
+
+
+def test_host_threads_follow_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5, 7}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert (host_threads(), host_threads(limit=2)) == (3, 2)

@@ -5,6 +5,8 @@ The same stage command runs as one process (`python -m stages.infer ...`) or as 
 accelerate's multi-node config). Work is split deterministically by a hash of a stable key (the example
 id, the image id), each process writes its own part, and the main process merges the parts in plan
 order, so the stage's output is the same as a one-process run's.
+
+Within a process, `host_threads` sizes the thread pools of host-side work (batch preparation, stitching).
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def host_threads(limit: int = 8) -> int:
+    """Threads for host-side work beside the main thread: one per CPU this process may run on (a container's
+    or `taskset`'s limit, not the machine's count), at most `limit`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(limit, cpus)
 
 
 def shard_index(key: str, world_size: int) -> int:

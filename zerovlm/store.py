@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from zerovlm.io import ZeroVLMError, atomic_path, read_jsonl
 
@@ -39,9 +39,13 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def decode_png(png: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(png)) as image:
-        return image.convert("RGB")
+def decode_png(png: bytes, what: str) -> Image.Image:
+    """The RGB image of a stored PNG; `what` (the store and key) names it in the error a damaged store gets."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ZeroVLMError(f"{what}: not a readable PNG ({error}); delete the store and re-run its stage") from None
 
 
 def _check_key(key: str) -> str:
@@ -212,7 +216,7 @@ class ShardReader:
         return member.read()
 
     def image(self, key: str) -> Image.Image:
-        return decode_png(self.png(key))
+        return decode_png(self.png(key), f"{self.folder}: {key}")
 
     def close(self) -> None:
         for tar in self._open.values():

@@ -11,7 +11,6 @@ configurations per task, and stored in image order, so the store's bytes do not 
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from pathlib import Path
 from zerovlm.config import StitchConfig
 from zerovlm.datasets.table import read_table
 from zerovlm.io import atomic_dir, load_rgb, safe_join, write_json
+from zerovlm.parallel import host_threads
 from zerovlm.stage import path_flag
 from zerovlm.stitching import needed_views, stitch_summary, stitched_entries
 from zerovlm.store import ShardReader, ShardWriter, decode_png, encode_png
 from zerovlm.view_configurations import is_gated, view_panels
 from zerovlm.views.quality import stored_quality
 
-WORKERS = min(8, os.cpu_count() or 1)
+WORKERS = host_threads()
 PENDING_PER_WORKER = 2  # images composed ahead of the writer: memory stays bounded
 
 
@@ -46,7 +46,7 @@ def run(paths: Paths, cfg: StitchConfig, workers: int = WORKERS) -> dict:
 
     def compose(image_id: str, image_file: str, view_pngs: dict[str, bytes], qualities: dict[str, dict]):
         origin = load_rgb(safe_join(paths.prepared, image_file), f"image {image_id}")
-        view_images = {name: decode_png(png) for name, png in view_pngs.items()}
+        view_images = {name: decode_png(png, f"{paths.views}: {image_id}.{name}") for name, png in view_pngs.items()}
         entries = stitched_entries(image_id, origin, view_images, cfg, qualities)
         return [(key, encode_png(image), meta) for key, image, meta in entries]
 
@@ -54,18 +54,23 @@ def run(paths: Paths, cfg: StitchConfig, workers: int = WORKERS) -> dict:
     with ShardReader(paths.views) as views, atomic_dir(paths.out) as tmp:
         with ShardWriter(tmp) as writer, ThreadPoolExecutor(workers, thread_name_prefix="stitch") as pool:
             pending = deque()
-            for image_id, image_file in image_files.items():
-                view_pngs = {name: views.png(key) for name in names if (key := f"{image_id}.{name}") in views}
-                qualities = {
-                    name: stored_quality(views.metadata(key), paths.views)
-                    for name in gated
-                    if (key := f"{image_id}.{name}") in views
-                }
-                pending.append(pool.submit(compose, image_id, image_file, view_pngs, qualities))
-                if len(pending) >= PENDING_PER_WORKER * workers:
+            try:
+                for image_id, image_file in image_files.items():
+                    view_pngs = {name: views.png(key) for name in names if (key := f"{image_id}.{name}") in views}
+                    qualities = {
+                        name: stored_quality(views.metadata(key), paths.views)
+                        for name in gated
+                        if (key := f"{image_id}.{name}") in views
+                    }
+                    pending.append(pool.submit(compose, image_id, image_file, view_pngs, qualities))
+                    if len(pending) >= PENDING_PER_WORKER * workers:
+                        _store(writer, pending.popleft().result())
+                while pending:
                     _store(writer, pending.popleft().result())
-            while pending:
-                _store(writer, pending.popleft().result())
+            except BaseException:
+                for future in pending:  # the output is discarded: compose no more of it
+                    future.cancel()
+                raise
         summary = stitch_summary(len(image_files), cfg)
         write_json(tmp / "summary.json", summary)
     return summary

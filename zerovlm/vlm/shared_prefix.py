@@ -20,13 +20,13 @@ Both run through `run_batched` (longest first, results in request order) with th
 from __future__ import annotations
 
 import contextlib
-import os
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from zerovlm.parallel import host_threads
 from zerovlm.vlm.base import IdentityMemo, Request, VisionLanguageModel, cpu_threads_for, image_fingerprint, run_batched
 from zerovlm.vlm.transformers_ops import CausalForward, PendingScores, compile_regions, decode_loop
 
@@ -230,8 +230,8 @@ class SharedPrefixBackend(VisionLanguageModel):
 
 def prefetch_threads(requested: int | None) -> int:
     """Threads that prepare batches (tokens, image preprocessing) while the device runs: `requested`, or by
-    default one per CPU core up to 8, so that the host keeps a large GPU fed."""
-    return min(8, os.cpu_count() or 1) if requested is None else requested
+    default one per CPU up to 8 (`host_threads`), so that the host keeps a large GPU fed."""
+    return host_threads() if requested is None else requested
 
 
 def _image_end(tokens: Sequence[int], placeholder: int) -> int:
