@@ -52,9 +52,10 @@ def run(paths: Paths, cfg: StitchConfig, workers: int = WORKERS) -> dict:
 
     # The view store is read on this thread only (ShardReader shares one file handle per shard).
     with ShardReader(paths.views) as views, atomic_dir(paths.out) as tmp:
-        with ShardWriter(tmp) as writer, ThreadPoolExecutor(workers, thread_name_prefix="stitch") as pool:
-            pending = deque()
-            try:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="stitch")
+        try:
+            with ShardWriter(tmp) as writer:
+                pending = deque()
                 for image_id, image_file in image_files.items():
                     view_pngs = {name: views.png(key) for name in names if (key := f"{image_id}.{name}") in views}
                     qualities = {
@@ -67,10 +68,8 @@ def run(paths: Paths, cfg: StitchConfig, workers: int = WORKERS) -> dict:
                         _store(writer, pending.popleft().result())
                 while pending:
                     _store(writer, pending.popleft().result())
-            except BaseException:
-                for future in pending:  # the output is discarded: compose no more of it
-                    future.cancel()
-                raise
+        finally:  # after a failure the output is discarded: compose no more of it
+            pool.shutdown(wait=True, cancel_futures=True)
         summary = stitch_summary(len(image_files), cfg)
         write_json(tmp / "summary.json", summary)
     return summary
