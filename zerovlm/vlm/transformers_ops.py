@@ -77,13 +77,29 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int, side: str, device) -> tuple[
 
 class PendingScores:
     """Option log-probabilities still being computed on the device; `result()` waits and returns them, per row
-    of the forward, per request of the row, per option."""
+    of the forward, per request of the row, per option.
+
+    On CUDA the sums are copied to pinned host memory right behind the batch's own kernels, followed by an
+    event, so `result()` waits for this batch only. A `.tolist()` in `result()` would queue its copy behind
+    everything launched since, which includes the next batch (`run_batched` queues it before finishing this
+    one): the host would wait for that batch too, and the device would idle while the host prepared the one
+    after it.
+    """
 
     def __init__(self, sums: torch.Tensor, counts: Sequence[Sequence[int]]):
-        self.sums, self.counts = sums, counts  # sums: (requests, widest option count) float64; counts: per row
+        self.counts = counts  # per row, per request: its option count; sums: (requests, widest count) float64
+        self.ready: torch.cuda.Event | None = None
+        if sums.device.type == "cuda":
+            self.sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True).copy_(sums, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record(torch.cuda.current_stream(sums.device))
+        else:
+            self.sums = sums
 
     def result(self) -> list[list[list[float]]]:
-        flat = iter(self.sums.tolist())  # the one host synchronisation of a batch
+        if self.ready is not None:
+            self.ready.synchronize()  # the one host synchronisation of a batch
+        flat = iter(self.sums.tolist())
         return [[next(flat)[:count] for count in row] for row in self.counts]
 
 
