@@ -360,7 +360,7 @@ TINY = {"fraction": 0.002, "min_chunks": 1, "models": "llava-7b,minigpt4-7b", "d
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fraction", type=float, default=0.02, help="share of the grid's counts that runs")
-    parser.add_argument("--min-chunks", type=int, default=3, help="infer chunks per dataset at least")
+    parser.add_argument("--min-chunks", type=int, default=2, help="infer chunks per dataset at least")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--size", type=int, default=256, help="views.image_size_px")

@@ -29,7 +29,11 @@ from zerovlm.stitching import input_keys
 from zerovlm.view_configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, images_per_request, is_separate
 from zerovlm.vlm.base import Request, VisionLanguageModel
 
-CHUNK_REQUESTS = 256  # about this many requests per resumable chunk (bounds the images held in memory)
+# About this many requests per resumable chunk. A chunk bounds the images held in memory (about 60 examples'
+# stitched images) and the work an interruption loses; each also costs the device an idle gap (grouping,
+# hashing and preparing its first batch happen before anything is queued: about 0.15 s on an H100 against
+# about 1.2 s for 256 requests of a 7B model), which a larger chunk spreads over more requests.
+CHUNK_REQUESTS = 1024
 
 
 @dataclass(frozen=True)
