@@ -14,7 +14,7 @@ from PIL import Image
 
 from zerovlm.config import DataConfig, StitchConfig, SyntheticSource
 from zerovlm.datasets.table import read_table
-from zerovlm.parallel import Worker, host_threads, shard_index
+from zerovlm.parallel import Worker, host_threads
 from zerovlm.pipeline import prepare, stitch
 from zerovlm.store import ShardWriter
 from zerovlm.vlm.tiny import build_tiny_llava
@@ -23,12 +23,13 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_shards_are_stable_and_cover_every_key():
-    keys = [f"synthetic/test/{i:05d}/tf" for i in range(200)]
-    workers = [Worker(rank, 3) for rank in range(3)]
-    parts = [worker.owned(keys, key=str) for worker in workers]
-    assert sorted(sum(parts, [])) == sorted(keys) and all(parts)
-    assert shard_index("synthetic/test/00000/tf", 3) == shard_index("synthetic/test/00000/tf", 3)
+def test_processes_own_the_plan_round_robin():
+    plan = [f"chunk {i}" for i in range(11)]
+    parts = [Worker(rank, 4).owned(plan) for rank in range(4)]
+    assert sorted(sum(parts, [])) == sorted(plan)  # every unit once
+    assert [len(part) for part in parts] == [3, 3, 3, 2]  # shares differ by at most one unit
+    assert parts[1] == ["chunk 1", "chunk 5", "chunk 9"]  # by position in the plan, in plan order
+    assert Worker().owned(plan) == plan
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,17 @@
 
 The same stage command runs as one process (`python -m stages.infer ...`) or as several
 (`accelerate launch --num_processes N -m stages.infer ...`, one per GPU, or several nodes with
-accelerate's multi-node config). Work is split deterministically by a hash of a stable key (the example
-id, the image id), each process writes its own part, and the main process merges the parts in plan
-order, so the stage's output is the same as a one-process run's.
+accelerate's multi-node config). Work is split deterministically, round-robin over the plan's units (views:
+batches; infer: chunks of examples), each process writes its own part, and the main process merges the parts
+in plan order, so the stage's output is the same as a one-process run's.
 
 Within a process, `host_threads` sizes the thread pools of host-side work (batch preparation, stitching).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,11 +24,6 @@ def host_threads(limit: int = 8) -> int:
     or `taskset`'s limit, not the machine's count), at most `limit`."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(limit, cpus)
-
-
-def shard_index(key: str, world_size: int) -> int:
-    """Which process owns `key`: stable across runs, machines and Python's hash seed."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % world_size
 
 
 @dataclass(frozen=True)
@@ -46,8 +40,12 @@ class Worker:
     def part_name(self) -> str:
         return f"part-{self.rank:03d}-of-{self.world_size:03d}"
 
-    def owned(self, items: Iterable[T], key: Callable[[T], str]) -> list[T]:
-        return [item for item in items if shard_index(key(item), self.world_size) == self.rank]
+    def owned(self, plan: Sequence[T]) -> list[T]:
+        """This process's units of the whole plan: unit i goes to process i modulo the processes, so shares differ
+        by at most one unit (a dataset may have only a few infer chunks, which a hash of their keys would spread
+        unevenly). Take them from the whole plan, then leave out the finished ones: every process then names the
+        same owners, whatever it has seen finished."""
+        return list(plan[self.rank :: self.world_size])
 
     def barrier(self) -> None:
         if self._barrier is not None:

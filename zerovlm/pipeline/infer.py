@@ -160,9 +160,9 @@ def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | 
     partial.open(worker)
     own_part = _own_part(partial, worker)
     done = _finished(partial)
-    chunks = unfinished(plan_chunks(jobs, examples), done, key=lambda job: job.record_id)
-    reused = len(jobs) - sum(len(chunk) for chunk in chunks)  # a partly done chunk is recomputed whole
-    mine = worker.owned(chunks, key=lambda chunk: chunk[0].example.example_id)
+    chunks = plan_chunks(jobs, examples)
+    reused = len(jobs) - sum(len(chunk) for chunk in unfinished(chunks, done, key=lambda job: job.record_id))
+    mine = unfinished(worker.owned(chunks), done, key=lambda job: job.record_id)  # a partly done chunk runs whole
     log.info(
         "infer [%s]: %d requests planned, %d already done, %d chunks to run here",
         worker.part_name,

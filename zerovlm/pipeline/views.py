@@ -107,8 +107,8 @@ def _finished_keys(partial: PartialRun) -> set[str]:
 def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | None = None) -> dict | None:
     """Write every view of every unique image to the store `paths.out`; return (and save) a summary.
 
-    Under a multi-process launch each process synthesises the batches it owns (by the batch's first
-    image id) into its own part; the main process merges the parts in plan order (None elsewhere).
+    Under a multi-process launch each process synthesises the batches it owns (round-robin over the plan's
+    batches) into its own part; the main process merges the parts in plan order (None elsewhere).
     """
     worker = worker or current_worker()
     started = time.perf_counter()
@@ -125,8 +125,7 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
         torch.cuda.reset_peak_memory_stats(device)
 
     done = _finished_keys(partial)
-    batches = unfinished(plan_batches(jobs, cfg.batch_size), done, key=lambda job: job.key)
-    mine = worker.owned(batches, key=lambda batch: batch[0].image_id)
+    mine = unfinished(worker.owned(plan_batches(jobs, cfg.batch_size)), done, key=lambda job: job.key)
     writer = ShardWriter(partial.part(worker), shard_size)
     sampler, generating, generated, seconds_loading, seconds_first_batch = None, 0.0, 0, 0.0, None
     if mine:
