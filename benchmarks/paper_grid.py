@@ -6,18 +6,20 @@ ViT-g and Q-Former, llama_proj.pth, Vicuna), and the real `run()` of zerovlm/pip
 runs on `--fraction` of the paper grid's counts, synthetic images standing in for COCO and What'sUp:
 
     VSR random 2,195 and zero-shot 1,222 captions on 2,328 images; What'sUp A 412 and B 408 questions and images;
-    4 views per image; per VLM 17 requests per example (9 configurations x view prompt on/off, the baseline once).
+    4 views per image; per VLM 18 jobs per example (9 configurations x view prompt on/off), of which 17 are
+    distinct requests (the baseline's two prompt modes coincide and are asked once).
 
-Each dataset runs at least `--min-chunks` infer chunks (What'sUp at a small fraction would otherwise be one
+Each dataset runs at least `--min-chunks` full infer chunks (What'sUp at a small fraction would otherwise be one
 chunk, its rate all compilation). Each stage is extrapolated from its run record: loading + first batch or
-chunk (compilation, or its cache) + the rest at the steady rate the run measured after it. Each infer instance
-(dataset x VLM) loads and compiles again, as under `dvc repro`; the compile cache (zerovlm/runtime.py) serves
-all but the first. Hashing a local model folder (infer's resume fingerprint; about 9 s an instance for a 7B
-folder) is timed once per model and printed, and its value serves every instance of the model, so the grid
-leaves it out: the paper profile names hub models, whose pinned revision stands for the weights. Printed per stage: measured seconds, GPU busy fraction (nvidia-smi's utilisation, sampled), peak
-memory, extrapolated seconds; then the whole grid's GPU-hours, and the authors' way for the same work from
-rates measured in this run: one view per Zero123 call; one request at a time with `generate` (16 new tokens,
-a short answer; their evaluator allows 512).
+chunk (compilation, or its cache) + the rest at the steady rate the run measured after it (infer: seconds per
+job, as chunks count jobs; rates are printed in distinct requests). Each infer instance (dataset x VLM) loads
+and compiles again, as under `dvc repro`; the compile cache (zerovlm/runtime.py) serves all but the first.
+Hashing a local model folder (infer's resume fingerprint; 12 to 25 s for these folders) is timed once per model
+and printed, and its value serves every instance of the model, so the grid leaves it out: the paper profile
+names hub models, whose pinned revision stands for the weights. Printed per stage: measured seconds, GPU busy
+fraction (nvidia-smi's utilisation, sampled), peak memory, extrapolated seconds; then the whole grid's
+GPU-hours, and the authors' way for the same work from rates measured in this run: one view per Zero123 call;
+one request at a time with `generate` (16 new tokens, a short answer; their evaluator allows 512).
 
     python benchmarks/paper_grid.py --fraction 0.02
     python benchmarks/paper_grid.py --tiny    # the same code path on the tiny models, CPU or GPU, seconds
@@ -34,8 +36,8 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from unittest import mock
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -45,7 +47,7 @@ from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
 from views_stage import scene, write_model, write_prepared  # noqa: E402
 from vlm_throughput import CLIP_VIT_L14, VICUNA_7B, build_processor  # noqa: E402
 
-from zerovlm.answering import CHUNK_REQUESTS  # noqa: E402
+from zerovlm.answering import examples_per_chunk  # noqa: E402
 from zerovlm.config import InferConfig, StitchConfig, ViewsConfig  # noqa: E402
 from zerovlm.datasets.table import Example  # noqa: E402
 from zerovlm.pipeline import infer, pool, stitch, views  # noqa: E402
@@ -57,7 +59,8 @@ from zerovlm.vlm.registry import load_backend  # noqa: E402
 from zerovlm.vlm.tiny import build_tiny_llava, build_tiny_minigpt4, build_word_tokenizer  # noqa: E402
 
 VIEWS_PER_IMAGE = 4
-REQUESTS_PER_EXAMPLE = 17  # 9 configurations x view prompt on/off, the baseline's two coincide
+JOBS_PER_EXAMPLE = 18  # 9 configurations x view prompt on/off: the infer plan's jobs, which chunks count
+REQUESTS_PER_EXAMPLE = 17  # distinct requests: the baseline's two prompt modes coincide and are asked once
 # dataset -> (task, examples, images) of the paper grid; VSR's 2,328 images split in proportion to its captions
 GRID = {
     "vsr_random": ("true_false", 2195, 1496),
@@ -116,10 +119,10 @@ def scaled(count: int, fraction: float) -> int:
 
 def prepare(root: Path, fraction: float, size: int, min_chunks: int) -> dict[str, list[Example]]:
     """Each grid dataset's prepared folder at `fraction` of its counts (VSR: several captions per image), and
-    at least `min_chunks` infer chunks of examples, so that every instance has a steady rate after its first."""
+    at least `min_chunks` full infer chunks of examples, so that every instance has a steady rate after its first."""
     tables, first_image = {}, 0
     for name, (task, examples, images) in GRID.items():
-        n_examples = max(scaled(examples, fraction), min_chunks * (CHUNK_REQUESTS // REQUESTS_PER_EXAMPLE))
+        n_examples = max(scaled(examples, fraction), min_chunks * examples_per_chunk(JOBS_PER_EXAMPLE))
         n_images = max(1, round(n_examples * images / examples))
         tables[name] = write_prepared(root / name, name, task, n_images, n_examples, size, first_image)
         first_image += n_images
@@ -277,22 +280,23 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
             prepared=work / dataset, stitched=work / "stitched" / dataset, out=work / "pred" / name / dataset,
             run_record=record,
         )  # fmt: skip
-        with Busy() as busy, mock.patch.object(infer, "model_identity", lambda *_: identity):
+        with Busy() as busy, mock.patch.object(infer, "model_identity", return_value=identity):
             infer.run(paths, cfg)
         release()
         run = json.loads(record.read_text())
         chunks, counts = run["chunk_seconds"], run["chunk_requests"]
-        # seconds per request after the first chunk (compilation); a one-chunk run has only the first, so its
-        # rate includes compilation and the extrapolation overstates the grid's time
-        per_request = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
-        rest = GRID[dataset][1] * REQUESTS_PER_EXAMPLE - counts[0]
-        extrapolated = run["seconds"] - sum(chunks[1:]) + rest * per_request
+        # seconds per job (chunks count jobs) after the first chunk (compilation); a one-chunk run has only the
+        # first, so its rate includes compilation and the extrapolation overstates the grid's time
+        per_job = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
+        rest = GRID[dataset][1] * JOBS_PER_EXAMPLE - counts[0]
+        extrapolated = run["seconds"] - sum(chunks[1:]) + rest * per_job
+        distinct = REQUESTS_PER_EXAMPLE / JOBS_PER_EXAMPLE  # requests per job
         print(
-            f"infer@{dataset}-{name}: {sum(counts)} requests in {len(chunks)} chunks, loading "
+            f"infer@{dataset}-{name}: {sum(counts)} jobs in {len(chunks)} chunks, loading "
             f"{run['seconds_loading']:.1f} s, first chunk {chunks[0]:.1f} s, {run['seconds']:.1f} s in all, "
-            f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} {1 / per_request:.1f} requests/s; "
+            f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} {distinct / per_job:.1f} requests/s; "
             f"whole grid {extrapolated:.0f} s; requests/s per chunk "
-            + " ".join(f"{count / seconds:.0f}" for count, seconds in zip(counts, chunks)),
+            + " ".join(f"{distinct * count / seconds:.0f}" for count, seconds in zip(counts, chunks)),
             flush=True,
         )
         stages.append(

@@ -76,8 +76,9 @@ RUNS = {
             r"skipped: GPU busy fraction and compiled stages \(",
             rf"views: \d+ views, loading {N} s, first batch {N} s, steady {N} views/s",
             rf"llava-7b: hashing the local model folder \(infer's resume fingerprint\) takes {N} s an instance",
-            rf"infer@vsr_random-llava-7b: \d+ requests in \d+ chunks, loading {N} s, first chunk {N} s",
-            r"infer@whatsup_b-minigpt4-7b: \d+ requests",
+            # --tiny runs one full chunk: 56 examples x 18 jobs
+            rf"infer@vsr_random-llava-7b: 1008 jobs in 1 chunks, loading {N} s, first chunk {N} s",
+            r"infer@whatsup_b-minigpt4-7b: 1008 jobs in 1 chunks",
             r"models so far: \['llava-7b', 'minigpt4-7b'\]",
             rf"stitch@whatsup_a +{N} +- +{N} +{N}$",
             rf"infer@vsr_zeroshot-minigpt4-7b +{N} +- +{N} +{N}$",

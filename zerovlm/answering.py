@@ -29,10 +29,11 @@ from zerovlm.stitching import input_keys
 from zerovlm.view_configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, images_per_request, is_separate
 from zerovlm.vlm.base import Request, VisionLanguageModel
 
-# About this many requests per resumable chunk. A chunk bounds the images held in memory (about 60 examples'
-# stitched images) and the work an interruption loses; each also costs the device an idle gap (grouping,
-# hashing and preparing its first batch happen before anything is queued: about 0.15 s on an H100 against
-# about 1.2 s for 256 requests of a 7B model), which a larger chunk spreads over more requests.
+# About this many jobs per resumable chunk (`examples_per_chunk`). A chunk bounds the work an interruption loses
+# and the decoded images held in memory (this chunk's and the next one's, decoded ahead: 56 examples each in the
+# paper profile). Each chunk also leaves the device idle while its requests are grouped, its images hashed and its
+# first batch prepared (about 0.15 s on an H100, against 3 s for MiniGPT-4 7B to 16 s for LLaVA-13B of work in a
+# chunk of this size), so chunks are large.
 CHUNK_REQUESTS = 1024
 
 
@@ -92,6 +93,11 @@ def split_by_capability(configurations: list[str], max_images: int, backend: str
     return runnable, not_evaluated
 
 
+def examples_per_chunk(jobs_per_example: int) -> int:
+    """The examples in each chunk but the last, when every example has about `jobs_per_example` jobs."""
+    return max(1, CHUNK_REQUESTS // max(1, jobs_per_example))
+
+
 def plan_chunks(jobs: list[AnswerJob], examples: list[Example]) -> list[list[AnswerJob]]:
     """Resumable units of work: every job of a block of consecutive examples.
 
@@ -102,8 +108,7 @@ def plan_chunks(jobs: list[AnswerJob], examples: list[Example]) -> list[list[Ans
     differ: LLaVA caches image features across chunks, so which images share a vision-tower batch
     depends on what the process answered before.
     """
-    jobs_per_example = max(1, len(jobs) // len(examples))
-    block = max(1, CHUNK_REQUESTS // jobs_per_example)
+    block = examples_per_chunk(len(jobs) // len(examples))
     block_of = {example.example_id: index // block for index, example in enumerate(examples)}
     chunks: dict[int, list[AnswerJob]] = {}
     for job in jobs:
