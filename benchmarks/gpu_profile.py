@@ -31,6 +31,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -479,8 +480,9 @@ def full_path(label: str, call, backend, count: int, unit: str) -> None:
 
 
 def count_synchronisations(label: str, call) -> None:
-    """Run call under CUDA's sync debug mode and print the host synchronisations by source line: each one
-    stalls the host until the queued kernels finish, so the next batch's preparation is not overlapped.
+    """Run call under CUDA's sync debug mode and print the host synchronisations by source line (waits on a
+    CUDA event too, which that mode does not see): each one stalls the host until the kernels queued before
+    it finish.
     For each site, the innermost calls that led to it are printed too, since a library's line alone (a
     `.all()` inside transformers) does not say which of our calls to move."""
     sites: collections.Counter = collections.Counter()
@@ -494,7 +496,12 @@ def count_synchronisations(label: str, call) -> None:
             chain = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
             stacks.setdefault(site, chain)
 
-    with warnings.catch_warnings():
+    def event_synchronize(event):  # the sync debug mode does not see a wait on an event: counted here
+        warnings.warn("synchronizing on a CUDA event", stacklevel=2)
+        return synchronize_event(event)
+
+    synchronize_event = torch.cuda.Event.synchronize
+    with warnings.catch_warnings(), mock.patch.object(torch.cuda.Event, "synchronize", event_synchronize):
         warnings.simplefilter("always")
         # Switching the mode on says it is a prototype, from set_sync_debug_mode's own line: no synchronisation.
         warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype")

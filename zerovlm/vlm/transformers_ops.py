@@ -90,16 +90,16 @@ class PendingScores:
         self.counts = counts  # per row, per request: its option count; sums: (requests, widest count) float64
         self.ready: torch.cuda.Event | None = None
         if sums.device.type == "cuda":
-            self.sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True).copy_(sums, non_blocking=True)
+            self._sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True).copy_(sums, non_blocking=True)
             self.ready = torch.cuda.Event()
             self.ready.record(torch.cuda.current_stream(sums.device))
         else:
-            self.sums = sums
+            self._sums = sums
 
     def result(self) -> list[list[list[float]]]:
         if self.ready is not None:
             self.ready.synchronize()  # the one host synchronisation of a batch
-        flat = iter(self.sums.tolist())
+        flat = iter(self._sums.tolist())
         return [[next(flat)[:count] for count in row] for row in self.counts]
 
 
