@@ -20,7 +20,7 @@ import re
 import shutil
 import tarfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -148,15 +148,23 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(max_pending)
         self._error: BaseException | None = None
 
-    def add(self, key: str, image: Image.Image, metadata: dict | None = None) -> None:
+    def add(
+        self,
+        key: str,
+        image: Image.Image,
+        metadata: dict | None = None,
+        describe: Callable[[Image.Image], dict] | None = None,
+    ) -> None:
+        """Store `image` under `key` with `metadata`, followed by the entries of `describe(image)`, which runs in
+        an encoding thread: per-image CPU work (a quality score) that would otherwise hold up the caller."""
         self._raise_error()
         self._slots.acquire()
-        self._store.submit(self._write, key, self._encoder.submit(encode_png, image), metadata)
+        self._store.submit(self._write, key, self._encoder.submit(_encode, image, metadata, describe))
 
-    def _write(self, key: str, png: Future, metadata: dict | None) -> None:
+    def _write(self, key: str, encoded: Future) -> None:
         try:
             if self._error is None:  # after a failure nothing more is stored: the store stays a prefix of `add`
-                self.writer.add_png(key, png.result(), metadata)
+                self.writer.add_png(key, *encoded.result())
                 self.added += 1
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, raised there
             self._error = error
@@ -176,6 +184,15 @@ class BackgroundWriter:
         if exc_type is None:
             self._raise_error()
             self.writer.close()
+
+
+def _encode(
+    image: Image.Image, metadata: dict | None, describe: Callable[[Image.Image], dict] | None
+) -> tuple[bytes, dict | None]:
+    """A BackgroundWriter job: the PNG bytes and the metadata with `describe`'s entries."""
+    if describe is not None:
+        metadata = {**(metadata or {}), **describe(image)}
+    return encode_png(image), metadata
 
 
 class ShardReader:
