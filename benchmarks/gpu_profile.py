@@ -492,15 +492,20 @@ def count_synchronisations(label: str, call) -> None:
         if "synchroniz" in str(message):
             site = f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}"
             sites[site] += 1
-            frames = [f for f in traceback.extract_stack()[:-1] if Path(f.filename).name != "warnings.py"][-6:]
+            frames = [
+                f
+                for f in traceback.extract_stack()[:-1]
+                if Path(f.filename).name != "warnings.py" and f.name != "event_synchronize"
+            ][-6:]
             chain = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
             stacks.setdefault(site, chain)
 
-    def event_synchronize(event):  # the sync debug mode does not see a wait on an event: counted here
+    synchronize_event = torch.cuda.Event.synchronize
+
+    def event_synchronize(event):
         warnings.warn("synchronizing on a CUDA event", stacklevel=2)
         return synchronize_event(event)
 
-    synchronize_event = torch.cuda.Event.synchronize
     with warnings.catch_warnings(), mock.patch.object(torch.cuda.Event, "synchronize", event_synchronize):
         warnings.simplefilter("always")
         # Switching the mode on says it is a prototype, from set_sync_debug_mode's own line: no synchronisation.

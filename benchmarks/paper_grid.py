@@ -9,7 +9,7 @@ runs on `--fraction` of the paper grid's counts, synthetic images standing in fo
     4 views per image; per VLM 18 jobs per example (9 configurations x view prompt on/off), of which 17 are
     distinct requests (the baseline's two prompt modes coincide and are asked once).
 
-Each dataset runs at least `--min-chunks` full infer chunks (What'sUp at a small fraction would otherwise be one
+Each dataset runs whole infer chunks, at least `--min-chunks` (What'sUp at a small fraction would otherwise be one
 chunk, its rate all compilation). Each stage is extrapolated from its run record: loading + first batch or
 chunk (compilation, or its cache) + the rest at the steady rate the run measured after it (infer: seconds per
 job, as chunks count jobs; rates are printed in distinct requests). Each infer instance (dataset x VLM) loads
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from zerovlm.vlm.tiny import build_tiny_llava, build_tiny_minigpt4, build_word_t
 VIEWS_PER_IMAGE = 4
 JOBS_PER_EXAMPLE = 18  # 9 configurations x view prompt on/off: the infer plan's jobs, which chunks count
 REQUESTS_PER_EXAMPLE = 17  # distinct requests: the baseline's two prompt modes coincide and are asked once
+REQUESTS_PER_JOB = REQUESTS_PER_EXAMPLE / JOBS_PER_EXAMPLE
 # dataset -> (task, examples, images) of the paper grid; VSR's 2,328 images split in proportion to its captions
 GRID = {
     "vsr_random": ("true_false", 2195, 1496),
@@ -122,7 +124,8 @@ def prepare(root: Path, fraction: float, size: int, min_chunks: int) -> dict[str
     at least `min_chunks` full infer chunks of examples, so that every instance has a steady rate after its first."""
     tables, first_image = {}, 0
     for name, (task, examples, images) in GRID.items():
-        n_examples = max(scaled(examples, fraction), min_chunks * examples_per_chunk(JOBS_PER_EXAMPLE))
+        per_chunk = examples_per_chunk(JOBS_PER_EXAMPLE)
+        n_examples = per_chunk * max(min_chunks, math.ceil(scaled(examples, fraction) / per_chunk))  # whole chunks
         n_images = max(1, round(n_examples * images / examples))
         tables[name] = write_prepared(root / name, name, task, n_images, n_examples, size, first_image)
         first_image += n_images
@@ -290,13 +293,13 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
         per_job = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
         rest = GRID[dataset][1] * JOBS_PER_EXAMPLE - counts[0]
         extrapolated = run["seconds"] - sum(chunks[1:]) + rest * per_job
-        distinct = REQUESTS_PER_EXAMPLE / JOBS_PER_EXAMPLE  # requests per job
         print(
             f"infer@{dataset}-{name}: {sum(counts)} jobs in {len(chunks)} chunks, loading "
             f"{run['seconds_loading']:.1f} s, first chunk {chunks[0]:.1f} s, {run['seconds']:.1f} s in all, "
-            f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} {distinct / per_job:.1f} requests/s; "
+            f"{'steady' if len(chunks) > 1 else 'one chunk, with compilation:'} "
+            f"{REQUESTS_PER_JOB / per_job:.1f} requests/s; "
             f"whole grid {extrapolated:.0f} s; requests/s per chunk "
-            + " ".join(f"{distinct * count / seconds:.0f}" for count, seconds in zip(counts, chunks)),
+            + " ".join(f"{REQUESTS_PER_JOB * count / seconds:.0f}" for count, seconds in zip(counts, chunks)),
             flush=True,
         )
         stages.append(

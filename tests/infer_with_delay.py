@@ -23,7 +23,7 @@ class SlowBackend:
         return getattr(self.model, name)
 
 
-answering.CHUNK_REQUESTS = 2
+answering.CHUNK_JOBS = 2
 infer.load_backend = lambda cfg, part_revisions=None: SlowBackend(real_load_backend(cfg, part_revisions))
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def test_a_chunk_decodes_each_image_once_and_its_requests_share_it(workspace):
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):
-    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_JOBS", 8)
     cfg = _cfg(workspace)
     complete = CountingBackend(cfg)
     _run(workspace, cfg, "reference", monkeypatch, complete)
@@ -136,7 +136,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, mon
 
 
 def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch):
-    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_JOBS", 8)
     with pytest.raises(KeyboardInterrupt):
         _run(workspace, _cfg(workspace), "changed", monkeypatch, CountingBackend(_cfg(workspace), fail_after_calls=1))
     other = _cfg(workspace, question_template="true_false")
@@ -145,7 +145,7 @@ def test_a_partial_run_with_other_settings_is_not_reused(workspace, monkeypatch)
 
 
 def test_a_partial_run_from_other_backend_code_is_not_reused(workspace, monkeypatch):
-    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_JOBS", 8)
     with pytest.raises(KeyboardInterrupt):
         _run(workspace, _cfg(workspace), "recoded", monkeypatch, CountingBackend(_cfg(workspace), fail_after_calls=1))
     before = infer.backend_code_identity()
@@ -156,7 +156,7 @@ def test_a_partial_run_from_other_backend_code_is_not_reused(workspace, monkeypa
 
 @pytest.mark.parametrize("change", ["stitched pixels", "model weights"])
 def test_a_partial_run_on_other_images_or_weights_is_not_reused(workspace, tmp_path, monkeypatch, change):
-    monkeypatch.setattr(answering, "CHUNK_REQUESTS", 8)
+    monkeypatch.setattr(answering, "CHUNK_JOBS", 8)
     model, stitched = tmp_path / "llava", workspace / "stitched"
     build_tiny_llava(model, seed=0)
     cfg = InferConfig(model=str(model), dtype="float32", device="cpu")

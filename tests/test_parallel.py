@@ -109,19 +109,24 @@ def test_two_processes_give_the_one_process_output(workspace, one_process_predic
     assert one_process_predictions and (workspace / "two/predictions.jsonl").read_text() == one_process_predictions
 
 
-def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
+@pytest.mark.parametrize("resume_processes", [1, 2])
+def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace, resume_processes):
+    """A rerun with any number of processes finishes the killed launch's work: each process takes its units of
+    the whole plan, then leaves out those finished."""
     # The delayed entry point uses small chunks; chunks fix the batch composition, so the reference
     # and the resumed run use the same entry point.
-    _run(_command(workspace, "slow_one", 1, module="tests.infer_with_delay"))
+    if not (workspace / "slow_one/predictions.jsonl").exists():
+        _run(_command(workspace, "slow_one", 1, module="tests.infer_with_delay"))
+    killed = f"killed_{resume_processes}"
     process = subprocess.Popen(
-        _command(workspace, "killed", 2, module="tests.infer_with_delay"),
+        _command(workspace, killed, 2, module="tests.infer_with_delay"),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    part = workspace / ".killed.partial/part-001-of-002.jsonl"
+    part = workspace / f".{killed}.partial/part-001-of-002.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (part.exists() and part.read_text().count("\n") >= 2):
         time.sleep(0.05)
@@ -134,10 +139,10 @@ def test_a_killed_launch_leaves_no_output_and_a_rerun_finishes(workspace):
     psutil.wait_procs(tree, timeout=30)
     process.wait()
     assert part.exists(), "the launch never wrote a finished chunk"
-    assert not (workspace / "killed").exists(), "a killed launch must not leave a finished-looking output"
+    assert not (workspace / killed).exists(), "a killed launch must not leave a finished-looking output"
 
-    _run(_command(workspace, "killed", 1, module="tests.infer_with_delay"))
-    assert (workspace / "killed/predictions.jsonl").read_text() == (
+    _run(_command(workspace, killed, resume_processes, module="tests.infer_with_delay"))
+    assert (workspace / killed / "predictions.jsonl").read_text() == (
         workspace / "slow_one/predictions.jsonl"
     ).read_text()
 

@@ -217,3 +217,12 @@ def test_background_writer_describes_images_off_the_callers_thread(tmp_path):
     assert len(threads) == 3 and threading.current_thread() not in threads
     record = ShardReader(tmp_path / "s").metadata("k2")
     assert record["key_again"] == "k2" and record["size"] == [4, 4]
+
+
+def test_background_writer_raises_an_error_of_describe(tmp_path):
+    def describe(image):
+        raise ValueError("no quality for this one")
+
+    with pytest.raises(ValueError, match="no quality for this one"):
+        _write_background(tmp_path / "s", [("a", _image(1))], describe=describe)
+    assert not list((tmp_path / "s").glob("*.tar"))

@@ -34,7 +34,7 @@ from zerovlm.vlm.base import Request, VisionLanguageModel
 # paper profile). Each chunk also leaves the device idle while its requests are grouped, its images hashed and its
 # first batch prepared (about 0.15 s on an H100, against 3 s for MiniGPT-4 7B to 16 s for LLaVA-13B of work in a
 # chunk of this size), so chunks are large.
-CHUNK_REQUESTS = 1024
+CHUNK_JOBS = 1024
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def split_by_capability(configurations: list[str], max_images: int, backend: str
 
 def examples_per_chunk(jobs_per_example: int) -> int:
     """The examples in each chunk but the last, when every example has about `jobs_per_example` jobs."""
-    return max(1, CHUNK_REQUESTS // max(1, jobs_per_example))
+    return max(1, CHUNK_JOBS // max(1, jobs_per_example))
 
 
 def plan_chunks(jobs: list[AnswerJob], examples: list[Example]) -> list[list[AnswerJob]]:

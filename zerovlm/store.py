@@ -134,9 +134,9 @@ class BackgroundWriter:
     those of ShardWriter.add), and returns at once unless `max_pending` images are not stored yet (memory stays
     bounded). PNG encoding and tar writing release the GIL, so the caller (the GPU loop) keeps going.
 
-    The first error of a write is raised, as it is, by the next `add` or by leaving the `with` block. On leaving
-    the block everything added is stored; a pending partial shard is finished only when the block ends without
-    error, as with ShardWriter (finished shards are what a resumed run keeps).
+    The first error of a write (or of `describe`) is raised, as it is, by the next `add` or by leaving the `with`
+    block. On leaving the block everything added is stored; a pending partial shard is finished only when the
+    block ends without error, as with ShardWriter (finished shards are what a resumed run keeps).
     """
 
     def __init__(self, writer: ShardWriter, encoders: int, max_pending: int):
@@ -155,8 +155,9 @@ class BackgroundWriter:
         metadata: dict | None = None,
         describe: Callable[[Image.Image], dict] | None = None,
     ) -> None:
-        """Store `image` under `key` with `metadata`, followed by the entries of `describe(image)`, which runs in
-        an encoding thread: per-image CPU work (a quality score) that would otherwise hold up the caller."""
+        """Store `image` under `key` with `metadata` and the entries of `describe(image)` merged into it (they win
+        on a clash); `describe` runs in an encoding thread: per-image CPU work (a quality score) that would
+        otherwise hold up the caller."""
         self._raise_error()
         self._slots.acquire()
         self._store.submit(self._write, key, self._encoder.submit(_encode, image, metadata, describe))

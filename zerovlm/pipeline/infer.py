@@ -131,8 +131,9 @@ def _runtime(dtype: torch.dtype) -> dict:
 
 
 def run(paths: Paths, cfg: InferConfig, worker: Worker | None = None) -> dict | None:
-    """Answer every planned request; under a multi-process launch each process answers its share
-    (by example id) and the main process merges. Returns the summary (None on non-main processes)."""
+    """Answer every planned request; under a multi-process launch each process answers the chunks it owns
+    (round-robin over the plan's chunks) and the main process merges. Returns the summary (None on non-main
+    processes)."""
     worker = worker or current_worker()
     part_revisions = None
     if paths.model_source is not None:

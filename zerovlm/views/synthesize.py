@@ -114,7 +114,7 @@ def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
 
 
 def quality_metadata(view: Image.Image, clip_similarity: float, white_min_rgb: int) -> dict:
-    """The view's quality (quality.py), recorded after `view_metadata`'s entries. It reads every pixel (about
+    """The view's quality (quality.py), stored with `view_metadata`'s entries. It reads every pixel (about
     2 ms a 256 px view on one core), so the views stage computes it in its PNG threads, off the GPU loop."""
     return {QUALITY_KEY: view_quality(view, clip_similarity, white_min_rgb)}
 
