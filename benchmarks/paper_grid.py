@@ -202,6 +202,30 @@ def free(folder: Path) -> None:
     release()
 
 
+def views_grid_seconds(run: dict, batch_size: int, grid_views: int) -> tuple[float, float]:
+    """(seconds per view after the first batch, the grid's seconds) from a views run record: loading and the
+    first batch (compilation) once, the grid's other views at the steady rate. A one-batch run has only the
+    first, so its rate includes compilation and the extrapolation overstates the grid's time."""
+    first = min(run["views"], batch_size)
+    steady = (
+        (run["seconds_generating"] - run["seconds_first_batch"]) / (run["views"] - first)
+        if run["views"] > first
+        else run["seconds_generating"] / run["views"]
+    )
+    return steady, run["seconds_loading"] + run["seconds_first_batch"] + (grid_views - first) * steady
+
+
+def infer_grid_seconds(run: dict, grid_examples: int) -> tuple[float, float]:
+    """(seconds per job after the first chunk, the grid's seconds) from an infer run record: the run's time
+    outside its later chunks (loading, the first chunk with compilation) once, the grid's other jobs
+    (JOBS_PER_EXAMPLE an example, as chunks count them) at the later chunks' rate. A one-chunk run has only the
+    first, so its rate includes compilation and the extrapolation overstates the grid's time."""
+    chunks, counts = run["chunk_seconds"], run["chunk_requests"]
+    per_job = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
+    rest = grid_examples * JOBS_PER_EXAMPLE - counts[0]
+    return per_job, run["seconds"] - sum(chunks[1:]) + rest * per_job
+
+
 def views_stage(args, work: Path, total_images: int) -> tuple[Stage, Path]:
     model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], args.size)
     cfg = ViewsConfig(
@@ -218,14 +242,7 @@ def views_stage(args, work: Path, total_images: int) -> tuple[Stage, Path]:
     with Busy() as busy:
         views.run(views.Paths(prepared=work / "pool", out=work / "views", run_record=record), cfg)
     run = json.loads(record.read_text())
-    first = min(run["views"], cfg.batch_size)
-    steady = (  # seconds per view after the first batch; a one-batch run has only the first
-        (run["seconds_generating"] - run["seconds_first_batch"]) / (run["views"] - first)
-        if run["views"] > first
-        else run["seconds_generating"] / run["views"]
-    )
-    rest = VIEWS_PER_IMAGE * total_images - first
-    extrapolated = run["seconds_loading"] + run["seconds_first_batch"] + rest * steady
+    steady, extrapolated = views_grid_seconds(run, cfg.batch_size, VIEWS_PER_IMAGE * total_images)
     print(
         f"views: {run['views']} views, loading {run['seconds_loading']:.1f} s, first batch "
         f"{run['seconds_first_batch']:.1f} s, steady {1 / steady if steady else float('inf'):.1f} views/s; "
@@ -288,11 +305,7 @@ def infer_stages(args, work: Path, name: str, tables: dict[str, list[Example]]) 
         release()
         run = json.loads(record.read_text())
         chunks, counts = run["chunk_seconds"], run["chunk_requests"]
-        # seconds per job (chunks count jobs) after the first chunk (compilation); a one-chunk run has only the
-        # first, so its rate includes compilation and the extrapolation overstates the grid's time
-        per_job = sum(chunks[1:]) / sum(counts[1:]) if len(chunks) > 1 else chunks[0] / counts[0]
-        rest = GRID[dataset][1] * JOBS_PER_EXAMPLE - counts[0]
-        extrapolated = run["seconds"] - sum(chunks[1:]) + rest * per_job
+        per_job, extrapolated = infer_grid_seconds(run, GRID[dataset][1])
         print(
             f"infer@{dataset}-{name}: {sum(counts)} jobs in {len(chunks)} chunks, loading "
             f"{run['seconds_loading']:.1f} s, first chunk {chunks[0]:.1f} s, {run['seconds']:.1f} s in all, "

@@ -183,3 +183,21 @@ def test_benchmark_runs_at_tiny_scale_on_the_cpu(script):
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     missing = [figure for figure in figures if not re.search("^" + figure, result.stdout, re.MULTILINE)]
     assert not missing, f"{script} did not print {missing}:\n{result.stdout}"
+
+
+def test_paper_grid_extrapolates_a_run_to_its_own_size_as_its_own_time():
+    """Extrapolation counts in the units the run records count: a grid of the run's own size takes the run's
+    time (counting distinct requests, 17 an example, against records that count 18 jobs an example would leave
+    out about 4% of the infer time)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import paper_grid
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    jobs = [1008, 1008, 1008, 252]  # chunk_requests counts jobs: 182 examples x 18
+    infer = {"seconds": 30.0, "chunk_seconds": [12.0, 8.0, 8.0, 2.0], "chunk_requests": jobs}
+    per_job, seconds = paper_grid.infer_grid_seconds(infer, grid_examples=182)
+    assert seconds == pytest.approx(30.0) and per_job == pytest.approx(18.0 / 2268)
+    views = {"views": 40, "seconds_loading": 2.0, "seconds_first_batch": 10.0, "seconds_generating": 25.0}
+    steady, seconds = paper_grid.views_grid_seconds(views, batch_size=8, grid_views=40)
+    assert seconds == pytest.approx(2.0 + 25.0) and steady == pytest.approx(15.0 / 32)
