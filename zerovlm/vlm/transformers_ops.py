@@ -88,17 +88,17 @@ class PendingScores:
 
     def __init__(self, sums: torch.Tensor, counts: Sequence[Sequence[int]]):
         self.counts = counts  # per row, per request: its option count; sums: (requests, widest count) float64
-        self.ready: torch.cuda.Event | None = None
+        self._ready: torch.cuda.Event | None = None
         if sums.device.type == "cuda":
             self._sums = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True).copy_(sums, non_blocking=True)
-            self.ready = torch.cuda.Event()
-            self.ready.record(torch.cuda.current_stream(sums.device))
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(sums.device))
         else:
             self._sums = sums
 
     def result(self) -> list[list[list[float]]]:
-        if self.ready is not None:
-            self.ready.synchronize()  # the one host synchronisation of a batch
+        if self._ready is not None:
+            self._ready.synchronize()  # the one host synchronisation of a batch
         flat = iter(self._sums.tolist())
         return [[next(flat)[:count] for count in row] for row in self.counts]
 
