@@ -11,7 +11,7 @@ Triton kernels, other) and the top kernels, so that a speed-up is aimed at what 
     python benchmarks/gpu_profile.py zero123-inductor  # compiled UNet under Inductor's kernel-tuning options
     python benchmarks/gpu_profile.py zero123-layouts  # compiled UNet on channels_last vs contiguous tensors
     python benchmarks/gpu_profile.py zero123-autotune # the UNet under max-autotune (long compilation)
-    python benchmarks/gpu_profile.py llava         # decoder forward, GPU busy fraction, sync points, FP8
+    python benchmarks/gpu_profile.py llava         # decoder forward, full paths with host times, sync points, FP8
     python benchmarks/gpu_profile.py minigpt4      # the paper mix: model side, full path with host times, sync points
     python benchmarks/gpu_profile.py --tiny zero123 llava   # several at once; smoke run (CPU or GPU)
 
@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import io
+import pstats
 import re
 import sys
 import time
@@ -415,6 +418,10 @@ def llava(args) -> None:
 
     backend.option_logprobs(yes_no[:bs])
     full_path(f"3 batches of {bs}", lambda: uncached_option_logprobs(yes_no[bs:]), backend, 3 * bs, "samples")
+    uncached_option_logprobs(mix[: len(mix) // 4])  # compiles the shapes of a first batch
+    full_path(
+        f"paper mix yes/no, {len(mix)} requests", lambda: uncached_option_logprobs(mix), backend, len(mix), "requests"
+    )
     if not CUDA:
         print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
         return
@@ -477,6 +484,26 @@ def full_path(label: str, call, backend, count: int, unit: str) -> None:
         f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({count / wall:.1f} {unit}/s)\n"
         f"   host: {host.summary()}"
     )
+    calling_thread_functions(call)
+
+
+def calling_thread_functions(call, top: int = 14) -> None:
+    """The functions the calling thread spends its own time in during `call` (cProfile, which sees only that
+    thread: it queues the batches; the prefetch threads are not in it). cProfile slows Python code down, so the
+    seconds are larger than in an unprofiled call; their order says where the queueing thread's time goes."""
+    profiler = cProfile.Profile()
+    synchronize()
+    profiler.runcall(call)
+    synchronize()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    table = [line for line in out.getvalue().splitlines() if re.match(r"\s*[\d/]+\s+\d", line)]
+    print(f"   calling thread under cProfile, {stats.total_tt:.2f} s, its top functions by own time:")
+    print("      calls  own s  with callees s  function")
+    for line in table:
+        calls, own, _, cumulative, _, where = line.split(maxsplit=5)
+        print(f"   {calls:>8} {float(own):6.2f} {float(cumulative):15.2f}  {where[-110:]}")
 
 
 def count_synchronisations(label: str, call) -> None:
