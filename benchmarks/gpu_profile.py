@@ -455,10 +455,16 @@ def llava(args) -> None:
 
 def paper_mix_batch(backend, rows: int):
     """(the paper mix of yes/no requests, its first `rows` groups of request indices, those groups encoded):
-    each image's requests in one row (tree attention mask), as infer runs them."""
+    each image's requests in one row (tree attention mask), as infer runs them: with their images' fingerprints,
+    which the infer stage computes while the device answers the chunk before."""
+    from dataclasses import replace
+
     from vlm_throughput import paper_mix, random_images
 
+    from zerovlm.vlm.base import image_fingerprint
+
     mix = paper_mix(random_images(9 * rows, seed=1), four_captions=False, seed=0)
+    mix = [replace(r, image_keys=tuple(image_fingerprint(i) for i in r.images)) for r in mix]
     with backend._call_memos():
         groups = backend._image_groups(mix)[:rows]
         grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]

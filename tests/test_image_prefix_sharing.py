@@ -1,13 +1,16 @@
 """Requests of one image are scored as continuations of one shared prefix (system text + image), with scores
 equal to scoring each request alone, for every LLaVA template and both MiniGPT-4 variants."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from zerovlm.config import InferConfig
-from zerovlm.vlm.base import Request
+from zerovlm.io import ZeroVLMError
+from zerovlm.vlm.base import IdentityMemo, Request, image_fingerprint
 from zerovlm.vlm.llava import LlavaBackend
 from zerovlm.vlm.llava_conventions import CHAT_FORMATS
 from zerovlm.vlm.registry import load_backend
@@ -112,6 +115,30 @@ def test_each_image_prefix_is_computed_once_per_call(llava, minigpt4):
     for backend in (llava, minigpt4):
         # a, b, c (the copy of a counts as a) and (a, c): 5 images' features, whatever the batch size
         assert image_positions_scored(backend, requests) == 5 * backend.tokens_per_image
+
+
+def test_a_backend_takes_the_callers_image_keys_instead_of_hashing(llava, minigpt4, monkeypatch):
+    """The infer stage fingerprints a chunk's images ahead (Request.image_keys): the backend then hashes none
+    and scores the same; keys it is given are trusted (equal keys share a prefix, whatever the pixels)."""
+    requests = mixed_requests()
+    keyed = [replace(r, image_keys=tuple(image_fingerprint(i) for i in r.images)) for r in requests]
+    for backend in (llava, minigpt4):
+        expected = backend.option_logprobs(requests)
+        hashed: list = []
+        counting = IdentityMemo(lambda picture, seen=hashed: seen.append(picture) or image_fingerprint(picture))
+        monkeypatch.setattr(backend, "_image_key", counting)
+        assert backend.option_logprobs(keyed) == expected and hashed == []
+        assert backend.option_logprobs(requests) == expected and len(hashed) == 4  # a, its copy, b, c
+        one_key = [replace(r, image_keys=("same",) * len(r.images)) for r in requests]
+        assert backend.option_logprobs(one_key) != expected
+
+
+def test_request_image_keys_must_be_one_str_per_image():
+    a = image(0)
+    with pytest.raises(ZeroVLMError, match="one str per image"):
+        Request((a,), "Is it?", ("Yes", "No"), image_keys=("k", "k"))
+    with pytest.raises(ZeroVLMError, match="one str per image"):
+        Request((a,), "Is it?", ("Yes", "No"), image_keys=[image_fingerprint(a)])
 
 
 def piecewise_ids(backend, text: str) -> list[int]:

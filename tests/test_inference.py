@@ -12,6 +12,7 @@ from zerovlm.io import load_rgb, sha256_file
 from zerovlm.pipeline import infer, prepare, score, stitch
 from zerovlm.report import table
 from zerovlm.store import ShardWriter
+from zerovlm.vlm.base import image_fingerprint
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
 
@@ -100,7 +101,7 @@ def test_a_chunk_decodes_each_image_once_and_its_requests_share_it(workspace):
 
     def image(key):
         decoded.append(key)
-        return Image.new("RGB", (4, 4))
+        return Image.new("RGB", (4, 4), (len(decoded), 0, 0))
 
     chunk = answering.chunk_requests(jobs, image)
     keys = [k for job in jobs for k in job.image_keys]
@@ -110,6 +111,10 @@ def test_a_chunk_decodes_each_image_once_and_its_requests_share_it(workspace):
         for key, picture in zip(job.image_keys, chunk.requests[index].images, strict=True):
             shown.setdefault(key, set()).add(id(picture))
     assert all(len(objects) == 1 for objects in shown.values())
+    # each request carries its images' fingerprints, computed here (in the stage's loader thread)
+    for request in chunk.requests:
+        assert request.image_keys == tuple(image_fingerprint(picture) for picture in request.images)
+    assert len({k for r in chunk.requests for k in r.image_keys}) == len(decoded)
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):

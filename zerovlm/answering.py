@@ -27,7 +27,7 @@ from zerovlm.io import ZeroVLMError
 from zerovlm.prompts import user_message
 from zerovlm.stitching import input_keys
 from zerovlm.view_configurations import BASELINE_CONFIGURATION, CONFIGURATIONS, images_per_request, is_separate
-from zerovlm.vlm.base import Request, VisionLanguageModel
+from zerovlm.vlm.base import Request, VisionLanguageModel, image_fingerprint
 
 # About this many jobs per resumable chunk (`examples_per_chunk`). A chunk bounds the work an interruption loses
 # and the decoded images held in memory (this chunk's and the next one's, decoded ahead: 56 examples each in the
@@ -127,21 +127,28 @@ class ChunkRequests:
 
 
 def chunk_requests(jobs: list[AnswerJob], image: Callable[[str], Image.Image]) -> ChunkRequests:
-    """The chunk's distinct requests; `image`: the stitched image of a store key. Each key is decoded once per
-    chunk and its image object shared by every request showing it (both prompt modes, every caption), so a
-    backend that keys its work by image (hashing, the shared prefix) meets each image once."""
+    """The chunk's distinct requests; `image`: the stitched image of a store key. Each key is decoded and
+    fingerprinted once per chunk (`Request.image_keys`: the infer stage runs this in a thread, while the device
+    answers the chunk before) and its image object shared by every request showing it (both prompt modes, every
+    caption), so a backend that keys its work by image (the shared prefix) meets each image once."""
     unique: dict[tuple, int] = {}
     requests: list[Request] = []
-    decoded: dict[str, Image.Image] = {}
+    decoded: dict[str, tuple[Image.Image, str]] = {}  # store key -> (image, its fingerprint)
     for job in jobs:
         key = (job.image_keys, job.text, job.answers)
         if key not in unique:
             unique[key] = len(requests)
             for k in job.image_keys:
                 if k not in decoded:
-                    decoded[k] = image(k)
+                    decoded[k] = (picture := image(k)), image_fingerprint(picture)
+            shown = [decoded[k] for k in job.image_keys]
             requests.append(
-                Request(images=tuple(decoded[k] for k in job.image_keys), prompt=job.text, options=job.answers)
+                Request(
+                    images=tuple(picture for picture, _ in shown),
+                    prompt=job.text,
+                    options=job.answers,
+                    image_keys=tuple(fingerprint for _, fingerprint in shown),
+                )
             )
     return ChunkRequests(jobs, requests, [unique[(j.image_keys, j.text, j.answers)] for j in jobs])
 

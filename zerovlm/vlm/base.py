@@ -40,10 +40,22 @@ class Request:
     images: tuple[Image.Image, ...]  # usually one stitched image; its place in the prompt is the template's
     prompt: str  # the user message (view prompt + question), without chat template
     options: tuple[str, ...] = ()  # answer continuations to score, e.g. ("Yes", "No") or four captions
+    # `image_fingerprint` of each image, when the caller has computed it; else the backend hashes the images.
+    # The infer stage hashes a chunk's images in its loader thread, while the device answers the chunk before:
+    # hashed in the backend's call, they would leave the device idle before the call's first batch.
+    image_keys: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.images, tuple) or not all(isinstance(i, Image.Image) for i in self.images):
             raise ZeroVLMError(f"Request.images must be a tuple of PIL images, got {type(self.images).__name__}")
+        if self.image_keys is not None and (
+            not isinstance(self.image_keys, tuple)
+            or len(self.image_keys) != len(self.images)
+            or not all(isinstance(k, str) for k in self.image_keys)
+        ):
+            raise ZeroVLMError(
+                f"Request.image_keys must be a tuple of one str per image ({len(self.images)}), got {self.image_keys!r}"
+            )
         if not isinstance(self.prompt, str):
             raise ZeroVLMError(f"Request.prompt must be a str, got {type(self.prompt).__name__}")
         if not isinstance(self.options, tuple) or not all(isinstance(o, str) for o in self.options):

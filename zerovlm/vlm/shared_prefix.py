@@ -96,6 +96,12 @@ class SharedPrefixBackend(VisionLanguageModel):
             ids = self._segment_ids[(text, special)] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
 
+    def _image_keys(self, request: Request) -> tuple[str, ...]:
+        """The fingerprints of the request's images: the caller's (`Request.image_keys`), else hashed once per call."""
+        if request.image_keys is not None:
+            return request.image_keys
+        return tuple(self._image_key(image) for image in request.images)
+
     def _tokenise_ahead(self, requests: Sequence[Request]) -> None:
         """Tokenise every piece of text the requests' `_tokenise` will read in two batched tokenizer calls (with
         and without BOS): the fast tokenizer encodes a batch in parallel, without a Python call per piece, and
@@ -173,10 +179,7 @@ class SharedPrefixBackend(VisionLanguageModel):
         groups: dict[Any, list[int]] = {}
         for i, request in enumerate(requests):
             prefix = self._tokenise(request)[0]
-            key = (
-                tuple(self._image_key(image) for image in request.images),
-                tuple(prefix[: _image_end(prefix, self.placeholder)]),
-            )
+            key = (self._image_keys(request), tuple(prefix[: _image_end(prefix, self.placeholder)]))
             groups.setdefault(key if request.images else i, []).append(i)
         return [
             group[k : k + self.batch_size] for group in groups.values() for k in range(0, len(group), self.batch_size)
@@ -214,7 +217,7 @@ class SharedPrefixBackend(VisionLanguageModel):
                 seeds=[e.seed for e in batch],
             )
 
-        plain = [Request(r.images, r.prompt) for r in requests]  # options play no part in generation
+        plain = [Request(r.images, r.prompt, image_keys=r.image_keys) for r in requests]  # options play no part
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with self._call_memos(), cpu_threads_for(self.forward.model), eager:
             self._tokenise_ahead(plain)
