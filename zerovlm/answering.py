@@ -31,9 +31,9 @@ from zerovlm.vlm.base import Request, VisionLanguageModel, image_fingerprint
 
 # About this many jobs per resumable chunk (`examples_per_chunk`). A chunk bounds the work an interruption loses
 # and the decoded images held in memory (this chunk's and the next one's, decoded ahead: 56 examples each in the
-# paper profile). Each chunk also leaves the device idle while its requests are grouped, its images hashed and its
-# first batch prepared (about 0.15 s on an H100, against 3 s for MiniGPT-4 7B to 16 s for LLaVA-13B of work in a
-# chunk of this size), so chunks are large.
+# paper profile). Each chunk also leaves the device idle while its requests are tokenised and grouped and its first
+# batch prepared (its images are fingerprinted ahead, in `chunk_requests`), against 3 s for MiniGPT-4 7B to 16 s for
+# LLaVA-13B of work in a chunk of this size on an H100, so chunks are large.
 CHUNK_JOBS = 1024
 
 
