@@ -490,13 +490,15 @@ def full_path(label: str, call, backend, count: int, unit: str) -> None:
         f"-> {'GPU' if CUDA else 'operators'} busy {100 * busy / wall:.0f}% ({count / wall:.1f} {unit}/s)\n"
         f"   host: {host.summary()}"
     )
-    calling_thread_functions(call)
+    python_functions(call)
 
 
-def calling_thread_functions(call, top: int = 14) -> None:
-    """The functions the calling thread spends its own time in during `call` (cProfile, which sees only that
-    thread: it queues the batches; the prefetch threads are not in it). cProfile slows Python code down, so the
-    seconds are larger than in an unprofiled call; their order says where the queueing thread's time goes."""
+def python_functions(call, top: int = 14) -> None:
+    """The Python functions (and the C functions they call) that `call` spends its own time in, under cProfile,
+    which slows Python code down: the seconds are larger than in an unprofiled call, their order is the point.
+    Before Python 3.12 cProfile sees the calling thread only (the one that queues the batches); from 3.12 on it
+    records every thread (sys.monitoring), the prefetch threads too, and a function that several threads run at
+    once gets garbled times (its calls read as recursive, "576/72")."""
     profiler = cProfile.Profile()
     synchronize()
     profiler.runcall(call)
@@ -505,7 +507,8 @@ def calling_thread_functions(call, top: int = 14) -> None:
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
     table = [line for line in out.getvalue().splitlines() if re.match(r"\s*[\d/]+\s+\d", line)]
-    print(f"   calling thread under cProfile, {stats.total_tt:.2f} s, its top functions by own time:")
+    threads = "the calling thread" if sys.version_info < (3, 12) else "every thread"
+    print(f"   under cProfile ({threads}), {stats.total_tt:.2f} s, the top functions by own time:")
     print("      calls  own s  with callees s  function")
     for line in table:
         calls, own, _, cumulative, _, where = line.split(maxsplit=5)
