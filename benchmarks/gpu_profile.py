@@ -464,7 +464,7 @@ def paper_mix_batch(backend, rows: int):
     from zerovlm.vlm.base import image_fingerprint
 
     mix = paper_mix(random_images(9 * rows, seed=1), four_captions=False, seed=0)
-    mix = [replace(r, image_keys=tuple(image_fingerprint(i) for i in r.images)) for r in mix]
+    mix = [replace(r, image_fingerprints=tuple(image_fingerprint(i) for i in r.images)) for r in mix]
     with backend._call_memos():
         groups = backend._image_groups(mix)[:rows]
         grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]

@@ -117,28 +117,36 @@ def test_each_image_prefix_is_computed_once_per_call(llava, minigpt4):
         assert image_positions_scored(backend, requests) == 5 * backend.tokens_per_image
 
 
-def test_a_backend_takes_the_callers_image_keys_instead_of_hashing(llava, minigpt4, monkeypatch):
-    """The infer stage fingerprints a chunk's images ahead (Request.image_keys): the backend then hashes none
-    and scores the same; keys it is given are trusted (equal keys share a prefix, whatever the pixels)."""
+def test_a_backend_takes_the_callers_fingerprints_instead_of_hashing(llava, minigpt4, monkeypatch):
+    """The infer stage fingerprints a chunk's images ahead (Request.image_fingerprints): the backend then hashes
+    none, neither to group nor to seed sampling, and answers the same; fingerprints it is given are trusted
+    (equal ones share a prefix, whatever the pixels)."""
     requests = mixed_requests()
-    keyed = [replace(r, image_keys=tuple(image_fingerprint(i) for i in r.images)) for r in requests]
+    fingerprinted = [replace(r, image_fingerprints=tuple(image_fingerprint(i) for i in r.images)) for r in requests]
     for backend in (llava, minigpt4):
         expected = backend.option_logprobs(requests)
+        expected_texts = backend.generate(requests[:4], max_new_tokens=3, temperature=0.7, seed=1)
         hashed: list = []
-        counting = IdentityMemo(lambda picture, seen=hashed: seen.append(picture) or image_fingerprint(picture))
-        monkeypatch.setattr(backend, "_image_key", counting)
-        assert backend.option_logprobs(keyed) == expected and hashed == []
-        assert backend.option_logprobs(requests) == expected and len(hashed) == 4  # a, its copy, b, c
-        one_key = [replace(r, image_keys=("same",) * len(r.images)) for r in requests]
-        assert backend.option_logprobs(one_key) != expected
+
+        def counting(picture, seen=hashed):
+            seen.append(picture)
+            return image_fingerprint(picture)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(backend, "_image_key", IdentityMemo(counting))  # the backend's per-call memo
+            patched.setattr("zerovlm.vlm.base.image_fingerprint", counting)  # request_seed's
+            assert backend.option_logprobs(fingerprinted) == expected
+            assert backend.generate(fingerprinted[:4], max_new_tokens=3, temperature=0.7, seed=1) == expected_texts
+            assert hashed == []
+            assert backend.option_logprobs(requests) == expected and len(hashed) == 4  # a, its copy, b, c
+        same = [replace(r, image_fingerprints=("same",) * len(r.images)) for r in requests]
+        assert backend.option_logprobs(same) != expected
 
 
-def test_request_image_keys_must_be_one_str_per_image():
-    a = image(0)
-    with pytest.raises(ZeroVLMError, match="one str per image"):
-        Request((a,), "Is it?", ("Yes", "No"), image_keys=("k", "k"))
-    with pytest.raises(ZeroVLMError, match="one str per image"):
-        Request((a,), "Is it?", ("Yes", "No"), image_keys=[image_fingerprint(a)])
+@pytest.mark.parametrize("fingerprints", [("k", "k"), ["k"], (1,)])
+def test_request_fingerprints_must_be_a_tuple_of_one_str_per_image(fingerprints):
+    with pytest.raises(ZeroVLMError, match=r"one str per image \(1 image\)"):
+        Request((image(0),), "Is it?", ("Yes", "No"), image_fingerprints=fingerprints)
 
 
 def piecewise_ids(backend, text: str) -> list[int]:

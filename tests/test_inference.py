@@ -113,8 +113,8 @@ def test_a_chunk_decodes_each_image_once_and_its_requests_share_it(workspace):
     assert all(len(objects) == 1 for objects in shown.values())
     # each request carries its images' fingerprints, computed here (in the stage's loader thread)
     for request in chunk.requests:
-        assert request.image_keys == tuple(image_fingerprint(picture) for picture in request.images)
-    assert len({k for r in chunk.requests for k in r.image_keys}) == len(decoded)
+        assert request.image_fingerprints == tuple(image_fingerprint(picture) for picture in request.images)
+    assert len({k for r in chunk.requests for k in r.image_fingerprints}) == len(decoded)
 
 
 def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(workspace, monkeypatch):

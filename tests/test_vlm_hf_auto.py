@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from PIL import Image
 
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
-from zerovlm.vlm.base import Request
+from zerovlm.vlm.base import Request, image_fingerprint
 from zerovlm.vlm.registry import load_backend
 from zerovlm.vlm.tiny import build_tiny_llava
 
@@ -118,6 +119,16 @@ def test_sampling_is_seeded_per_request(backends):
     reqs = requests()[:3]
     first = auto.generate(reqs, max_new_tokens=5, temperature=1.0, seed=7)
     assert auto.generate(reqs[::-1], max_new_tokens=5, temperature=1.0, seed=7) == first[::-1]
+
+
+def test_sampling_seeds_from_the_callers_fingerprints_without_hashing(backends, monkeypatch):
+    auto, _, _ = backends
+    reqs = requests()[:3]
+    expected = auto.generate(reqs, max_new_tokens=5, temperature=1.0, seed=7)
+    fingerprinted = [replace(r, image_fingerprints=tuple(map(image_fingerprint, r.images))) for r in reqs]
+    hashed = []
+    monkeypatch.setattr("zerovlm.vlm.base.image_fingerprint", lambda picture: hashed.append(picture) or "unused")
+    assert auto.generate(fingerprinted, max_new_tokens=5, temperature=1.0, seed=7) == expected and hashed == []
 
 
 def test_model_without_chat_template_is_refused(backends):

@@ -32,8 +32,8 @@ from zerovlm.vlm.base import Request, VisionLanguageModel, image_fingerprint
 # About this many jobs per resumable chunk (`examples_per_chunk`). A chunk bounds the work an interruption loses
 # and the decoded images held in memory (this chunk's and the next one's, decoded ahead: 56 examples each in the
 # paper profile). Each chunk also leaves the device idle while its requests are tokenised and grouped and its first
-# batch prepared (its images are fingerprinted ahead, in `chunk_requests`), against 3 s for MiniGPT-4 7B to 16 s for
-# LLaVA-13B of work in a chunk of this size on an H100, so chunks are large.
+# batch prepared (a few tenths of a second on an H100), against 3 s for MiniGPT-4 7B to 16 s for LLaVA-13B of work in
+# a chunk of this size, so chunks are large.
 CHUNK_JOBS = 1024
 
 
@@ -128,7 +128,7 @@ class ChunkRequests:
 
 def chunk_requests(jobs: list[AnswerJob], image: Callable[[str], Image.Image]) -> ChunkRequests:
     """The chunk's distinct requests; `image`: the stitched image of a store key. Each key is decoded and
-    fingerprinted once per chunk (`Request.image_keys`: the infer stage runs this in a thread, while the device
+    fingerprinted once per chunk (`Request.image_fingerprints`: the infer stage runs this in a thread, while the device
     answers the chunk before) and its image object shared by every request showing it (both prompt modes, every
     caption), so a backend that keys its work by image (the shared prefix) meets each image once."""
     unique: dict[tuple, int] = {}
@@ -140,14 +140,15 @@ def chunk_requests(jobs: list[AnswerJob], image: Callable[[str], Image.Image]) -
             unique[key] = len(requests)
             for k in job.image_keys:
                 if k not in decoded:
-                    decoded[k] = (picture := image(k)), image_fingerprint(picture)
+                    picture = image(k)
+                    decoded[k] = picture, image_fingerprint(picture)
             shown = [decoded[k] for k in job.image_keys]
             requests.append(
                 Request(
                     images=tuple(picture for picture, _ in shown),
                     prompt=job.text,
                     options=job.answers,
-                    image_keys=tuple(fingerprint for _, fingerprint in shown),
+                    image_fingerprints=tuple(fingerprint for _, fingerprint in shown),
                 )
             )
     return ChunkRequests(jobs, requests, [unique[(j.image_keys, j.text, j.answers)] for j in jobs])

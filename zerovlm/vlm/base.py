@@ -42,19 +42,23 @@ class Request:
     options: tuple[str, ...] = ()  # answer continuations to score, e.g. ("Yes", "No") or four captions
     # `image_fingerprint` of each image, when the caller has computed it; else the backend hashes the images.
     # The infer stage hashes a chunk's images in its loader thread, while the device answers the chunk before:
-    # hashed in the backend's call, they would leave the device idle before the call's first batch.
-    image_keys: tuple[str, ...] | None = None
+    # hashed in the backend's call, they would leave the device idle before the call's first batch. Trusted, not
+    # checked: a wrong one groups the request with another image's (and LLaVA caches features under it), so a
+    # request made from another with other images (`dataclasses.replace`) must give their fingerprints too.
+    image_fingerprints: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if not isinstance(self.images, tuple) or not all(isinstance(i, Image.Image) for i in self.images):
             raise ZeroVLMError(f"Request.images must be a tuple of PIL images, got {type(self.images).__name__}")
-        if self.image_keys is not None and (
-            not isinstance(self.image_keys, tuple)
-            or len(self.image_keys) != len(self.images)
-            or not all(isinstance(k, str) for k in self.image_keys)
+        fingerprints = self.image_fingerprints
+        if fingerprints is not None and (
+            not isinstance(fingerprints, tuple)
+            or len(fingerprints) != len(self.images)
+            or not all(isinstance(f, str) for f in fingerprints)
         ):
+            count = f"{len(self.images)} image{'s' if len(self.images) != 1 else ''}"
             raise ZeroVLMError(
-                f"Request.image_keys must be a tuple of one str per image ({len(self.images)}), got {self.image_keys!r}"
+                f"Request.image_fingerprints must be a tuple of one str per image ({count}), got {fingerprints!r}"
             )
         if not isinstance(self.prompt, str):
             raise ZeroVLMError(f"Request.prompt must be a str, got {type(self.prompt).__name__}")

@@ -241,7 +241,7 @@ class LlavaBackend(SharedPrefixBackend):
 
     def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Encoded:
         prefix, continuations = self._tokenise(request)
-        keys = self._image_keys(request)
+        keys = self._image_fingerprints(request)
         todo = {k: i for k, i in zip(keys, request.images) if pixels and k not in self._features}
         prepared = dict(zip(todo, self._preprocess(list(todo.values())))) if todo else {}
         return Encoded(prefix, continuations, request.images, keys, prepared, request_seed(seed, request, keys))

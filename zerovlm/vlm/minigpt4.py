@@ -255,7 +255,7 @@ class MiniGPT4Backend(SharedPrefixBackend):
     def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Encoded:
         prefix, continuations = self._tokenise(request)
         images = torch.stack([preprocess(i) for i in request.images]) if pixels and request.images else None
-        keys = self._image_keys(request)
+        keys = self._image_fingerprints(request)
         return Encoded(prefix, continuations, images, request_seed(seed, request, keys))
 
     @torch.no_grad()

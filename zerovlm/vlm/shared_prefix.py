@@ -96,10 +96,11 @@ class SharedPrefixBackend(VisionLanguageModel):
             ids = self._segment_ids[(text, special)] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
 
-    def _image_keys(self, request: Request) -> tuple[str, ...]:
-        """The fingerprints of the request's images: the caller's (`Request.image_keys`), else hashed once per call."""
-        if request.image_keys is not None:
-            return request.image_keys
+    def _image_fingerprints(self, request: Request) -> tuple[str, ...]:
+        """The fingerprints of the request's images: the caller's (`Request.image_fingerprints`), else hashed once
+        per call."""
+        if request.image_fingerprints is not None:
+            return request.image_fingerprints
         return tuple(self._image_key(image) for image in request.images)
 
     def _tokenise_ahead(self, requests: Sequence[Request]) -> None:
@@ -179,7 +180,7 @@ class SharedPrefixBackend(VisionLanguageModel):
         groups: dict[Any, list[int]] = {}
         for i, request in enumerate(requests):
             prefix = self._tokenise(request)[0]
-            key = (self._image_keys(request), tuple(prefix[: _image_end(prefix, self.placeholder)]))
+            key = (self._image_fingerprints(request), tuple(prefix[: _image_end(prefix, self.placeholder)]))
             groups.setdefault(key if request.images else i, []).append(i)
         return [
             group[k : k + self.batch_size] for group in groups.values() for k in range(0, len(group), self.batch_size)
@@ -217,7 +218,8 @@ class SharedPrefixBackend(VisionLanguageModel):
                 seeds=[e.seed for e in batch],
             )
 
-        plain = [Request(r.images, r.prompt, image_keys=r.image_keys) for r in requests]  # options play no part
+        # options play no part in generation
+        plain = [Request(r.images, r.prompt, image_fingerprints=r.image_fingerprints) for r in requests]
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with self._call_memos(), cpu_threads_for(self.forward.model), eager:
             self._tokenise_ahead(plain)
