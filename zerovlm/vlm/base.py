@@ -165,10 +165,15 @@ def image_fingerprint(image: Image.Image) -> str:
 def request_seed(seed: int, request: Request, image_keys: Sequence[str] | None = None) -> int:
     """A 63-bit sampling seed from the run seed and the request's content (prompt, options, images).
 
-    image_keys: the images' fingerprints when already computed.
+    image_keys: the images' fingerprints when already computed (else the request's `image_fingerprints`, else
+    hashed here).
     """
     digest = hashlib.sha256(f"{seed}\x00{request.prompt}\x00{request.options!r}".encode())
-    for key in image_keys if image_keys is not None else map(image_fingerprint, request.images):
+    if image_keys is None:
+        image_keys = request.image_fingerprints
+    if image_keys is None:
+        image_keys = tuple(map(image_fingerprint, request.images))
+    for key in image_keys:
         digest.update(key.encode())
     return int.from_bytes(digest.digest()[:8], "little") & ((1 << 63) - 1)
 

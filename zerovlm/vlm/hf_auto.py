@@ -137,7 +137,7 @@ class HFAutoBackend(VisionLanguageModel):
         def compute(batch: list[Request]) -> list[str]:
             inputs = self._inputs([self.render_prompt(r) for r in batch], [r.images for r in batch])
             if temperature > 0:  # batch of one (see below): a per-request generator seed
-                torch.manual_seed(request_seed(seed, batch[0], batch[0].image_fingerprints))
+                torch.manual_seed(request_seed(seed, batch[0]))
             out = self.model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -218,8 +219,7 @@ class SharedPrefixBackend(VisionLanguageModel):
                 seeds=[e.seed for e in batch],
             )
 
-        # options play no part in generation
-        plain = [Request(r.images, r.prompt, image_fingerprints=r.image_fingerprints) for r in requests]
+        plain = [replace(r, options=()) for r in requests]  # options play no part in generation
         eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with self._call_memos(), cpu_threads_for(self.forward.model), eager:
             self._tokenise_ahead(plain)
