@@ -8,6 +8,8 @@ shows:
   stage:     views/s of the stage in steady state: (N - 1) batches / (time of an N-batch run - time of a
              1-batch run), so model loading and compilation cancel out;
   pipeline:  views/s of Zero123Pipeline calls alone, compiled the same way, on one batch;
+  alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
+             batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores);
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
              the GPU computes the next batch).
 `--tiny` (implied without a CUDA device) writes the project's tiny Zero123 (zerovlm/views/tiny.py) instead,
@@ -38,7 +40,7 @@ from zerovlm.config import ViewsConfig  # noqa: E402
 from zerovlm.datasets.table import Example, write_table  # noqa: E402
 from zerovlm.pipeline import views  # noqa: E402
 from zerovlm.runtime import DTYPES  # noqa: E402
-from zerovlm.store import ShardReader, encode_png  # noqa: E402
+from zerovlm.store import BackgroundWriter, ShardReader, ShardWriter, encode_png  # noqa: E402
 from zerovlm.views.tiny import build_tiny_zero123, save_zero123  # noqa: E402
 from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
@@ -181,14 +183,23 @@ def main(argv=None) -> None:
 
     call()
     tick = time.perf_counter()
-    views = call()
+    outputs = call()
     pipeline_rate = args.batch / (time.perf_counter() - tick)
+    pending = views.PENDING_BATCHES * args.batch
+    with BackgroundWriter(ShardWriter(work / "alongside"), views.PNG_THREADS, pending) as store:
+        tick = time.perf_counter()
+        for index, view in enumerate(outputs):
+            store.add(f"{index:06d}", view)
+        call()
+        alongside_rate = args.batch / (time.perf_counter() - tick)
     tick = time.perf_counter()
-    for view in views:
+    for view in outputs:
         encode_png(view)
     encoding = time.perf_counter() - tick
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
+        f"pipeline while the PNG threads store the previous batch: {alongside_rate:.2f} views/s "
+        f"({alongside_rate / pipeline_rate:.3f} of alone); "
         f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
         f"{len(ShardReader(work / 'long'))} views",
         flush=True,

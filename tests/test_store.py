@@ -153,24 +153,19 @@ def test_a_full_disk_names_the_shard_and_keeps_the_finished_ones(tmp_path, monke
     assert ShardReader(folder).keys() == ["k0", "k1", "k2", "k3"]
 
 
-def _write_background(folder, images, encoders=3, max_pending=2, describe=None):
+def _write_background(folder, images, encoders=3, max_pending=2):
     with BackgroundWriter(ShardWriter(folder, shard_size=2), encoders, max_pending) as store:
         for key, image in images:
-            store.add(key, image, {"key_again": key}, describe=describe)
+            store.add(key, image, {"key_again": key})
     return store
 
 
-def _red(image):
-    return {"red": image.getpixel((0, 0))[0]}
-
-
 def test_background_writer_stores_the_bytes_of_shard_writer_in_add_order(tmp_path):
-    """With `describe`'s entries computed in the encoding threads and placed after the caller's metadata."""
     images = [(f"k{i}", Image.new("RGB", (16, 16), (i * 9, 255 - i, i))) for i in range(7)]
     with ShardWriter(tmp_path / "plain", shard_size=2) as writer:
         for key, image in images:
-            writer.add(key, image, {"key_again": key, **_red(image)})
-    assert _write_background(tmp_path / "background", images, describe=_red).added == 7
+            writer.add(key, image, {"key_again": key})
+    assert _write_background(tmp_path / "background", images).added == 7
     names = sorted(p.name for p in (tmp_path / "plain").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "background").iterdir()) and len(names) == 8
     for name in names:
@@ -206,23 +201,15 @@ def test_background_writer_holds_at_most_max_pending_images(tmp_path, monkeypatc
     assert len(returned) == 3 and len(ShardReader(tmp_path / "s")) == 3
 
 
-def test_background_writer_describes_images_off_the_callers_thread(tmp_path):
+def test_background_writer_encodes_off_the_callers_thread_and_raises_its_error(tmp_path, monkeypatch):
     threads = []
 
-    def describe(image):
+    def failing_encode(image):
         threads.append(threading.current_thread())
-        return {"size": list(image.size)}
+        raise ValueError("cannot encode this one")
 
-    _write_background(tmp_path / "s", [(f"k{i}", _image(i)) for i in range(3)], describe=describe)
-    assert len(threads) == 3 and threading.current_thread() not in threads
-    record = ShardReader(tmp_path / "s").metadata("k2")
-    assert record["key_again"] == "k2" and record["size"] == [4, 4]
-
-
-def test_background_writer_raises_an_error_of_describe(tmp_path):
-    def describe(image):
-        raise ValueError("no quality for this one")
-
-    with pytest.raises(ValueError, match="no quality for this one"):
-        _write_background(tmp_path / "s", [("a", _image(1))], describe=describe)
+    monkeypatch.setattr(store_module, "encode_png", failing_encode)
+    with pytest.raises(ValueError, match="cannot encode this one"):
+        _write_background(tmp_path / "s", [("a", _image(1))])
+    assert len(threads) == 1 and threading.current_thread() not in threads
     assert not list((tmp_path / "s").glob("*.tar"))

@@ -20,7 +20,7 @@ import re
 import shutil
 import tarfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -134,7 +134,7 @@ class BackgroundWriter:
     those of ShardWriter.add), and returns at once unless `max_pending` images are not stored yet (memory stays
     bounded). PNG encoding and tar writing release the GIL, so the caller (the GPU loop) keeps going.
 
-    The first error of a write (or of `describe`) is raised, as it is, by the next `add` or by leaving the `with`
+    The first error of a write is raised, as it is, by the next `add` or by leaving the `with`
     block. On leaving the block everything added is stored; a pending partial shard is finished only when the
     block ends without error, as with ShardWriter (finished shards are what a resumed run keeps).
     """
@@ -148,24 +148,16 @@ class BackgroundWriter:
         self._slots = threading.BoundedSemaphore(max_pending)
         self._error: BaseException | None = None
 
-    def add(
-        self,
-        key: str,
-        image: Image.Image,
-        metadata: dict | None = None,
-        describe: Callable[[Image.Image], dict] | None = None,
-    ) -> None:
-        """Store `image` under `key` with `metadata` and the entries of `describe(image)` merged into it (they win
-        on a clash); `describe` runs in an encoding thread: per-image CPU work (a quality score) that would
-        otherwise hold up the caller."""
+    def add(self, key: str, image: Image.Image, metadata: dict | None = None) -> None:
+        """Store `image` under `key` with `metadata`."""
         self._raise_error()
         self._slots.acquire()
-        self._store.submit(self._write, key, self._encoder.submit(_encode, image, metadata, describe))
+        self._store.submit(self._write, key, metadata, self._encoder.submit(encode_png, image))
 
-    def _write(self, key: str, encoded: Future) -> None:
+    def _write(self, key: str, metadata: dict | None, png: Future) -> None:
         try:
             if self._error is None:  # after a failure nothing more is stored: the store stays a prefix of `add`
-                self.writer.add_png(key, *encoded.result())
+                self.writer.add_png(key, png.result(), metadata)
                 self.added += 1
         except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, raised there
             self._error = error
@@ -185,15 +177,6 @@ class BackgroundWriter:
         if exc_type is None:
             self._raise_error()
             self.writer.close()
-
-
-def _encode(
-    image: Image.Image, metadata: dict | None, describe: Callable[[Image.Image], dict] | None
-) -> tuple[bytes, dict | None]:
-    """A BackgroundWriter job: the PNG bytes and the metadata with `describe`'s entries."""
-    if describe is not None:
-        metadata = {**(metadata or {}), **describe(image)}
-    return encode_png(image), metadata
 
 
 class ShardReader:

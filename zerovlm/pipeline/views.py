@@ -10,7 +10,6 @@ Work goes to a partial folder beside `out` (zerovlm/partial_run.py), so an inter
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,6 @@ from zerovlm.views.synthesize import (
     input_image,
     plan_batches,
     plan_view_jobs,
-    quality_metadata,
     settings_fingerprint,
     view_metadata,
 )
@@ -141,10 +139,10 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
         sampler = Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
-        # Threads (all release the GIL in C): the next batch's images are decoded, and the views scored for
-        # quality, PNG-encoded and written to the store, while the GPU computes; the loop waits for none of it.
-        # With the encoding and the tar writes on the loop's thread the stage ran at 0.93 of the pipeline's rate
-        # on an H200 (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait in memory.
+        # Threads (all release the GIL in C): the next batch's images are decoded, and the views PNG-encoded and
+        # written to the store, while the GPU computes; the loop waits for none of it. With the encoding and the
+        # tar writes on the loop's thread the stage ran at 0.93 of the pipeline's rate on an H200
+        # (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait in memory.
         with (
             ThreadPoolExecutor(max_workers=1) as loader,
             BackgroundWriter(writer, PNG_THREADS, PENDING_BATCHES * cfg.batch_size) as store,
@@ -157,12 +155,9 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
                 views = sampler(batch, images)
                 if seconds_first_batch is None:  # compilation (or loading its cache) happens in the first call
                     seconds_first_batch = time.perf_counter() - tick
-                for job, (view, similarity) in zip(batch, views, strict=True):
+                for job, (view, quality) in zip(batch, views, strict=True):
                     if job.key not in done:  # a resumed batch recomputes views finished before (same bytes)
-                        quality = functools.partial(
-                            quality_metadata, clip_similarity=similarity, white_min_rgb=cfg.quality_white_min_rgb
-                        )
-                        store.add(job.key, view, view_metadata(cfg, job, status[job.image_id]), describe=quality)
+                        store.add(job.key, view, view_metadata(cfg, job, status[job.image_id], quality))
                 log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
         generated = store.added
         generating = time.perf_counter() - tick

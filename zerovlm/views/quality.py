@@ -1,6 +1,7 @@
 """Per-view quality: what the views stage records beside each view, and the gate that reads it.
 
-Recorded (the store index's "quality" of each view, from what the stage has already loaded):
+Recorded (the store index's "quality" of each view, computed on the device from the uint8 views as stored, while
+they are still there: no per-pixel work on the host, where it would hold the GIL against the GPU loop):
     clip_similarity   cosine similarity in [-1, 1] between the Zero123 checkpoint's own CLIP image embedding
                       (its image_encoder) of the input and of the view as stored (uint8), both prepared the same
                       way (zero123.py, step 6): a view that drifted from its object scores low
@@ -16,8 +17,9 @@ their similarity. On the demo's random tiny models these numbers mean nothing.
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+import math
+
+import torch
 
 from zerovlm.io import ZeroVLMError
 from zerovlm.store import ShardReader
@@ -25,14 +27,26 @@ from zerovlm.store import ShardReader
 QUALITY_KEY = "quality"  # the key of a view's quality in the store index
 
 
-def view_quality(view: Image.Image, clip_similarity: float, white_min_rgb: int) -> dict:
-    """The quality record of one view (rounded: the index is compared byte for byte across runs)."""
-    pixels = np.asarray(view.convert("RGB"), dtype=np.float64)  # (H, W, 3), 0..255
-    return {
-        "clip_similarity": round(float(clip_similarity), 6),
-        "pixel_std": round(float(pixels.std()), 4),
-        "background_share": round(float((pixels >= white_min_rgb).all(axis=-1).mean()), 6),
-    }
+def view_qualities(views: torch.Tensor, clip_similarity: torch.Tensor, white_min_rgb: int) -> list[dict]:
+    """The quality record of each of `views` (B, H, W, 3) uint8 with its `clip_similarity` (B,), rounded (the
+    index is compared byte for byte across runs). The pixel statistics are exact on any device: integer sums
+    there, the division on the host."""
+    pixels = views.flatten(1).to(torch.int32)  # (B, H*W*3); squares fit in int32, their sums need int64
+    white = (views >= white_min_rgb).all(dim=-1).flatten(1)  # (B, H*W)
+    sums = torch.stack(
+        [pixels.sum(dim=1, dtype=torch.int64), (pixels * pixels).sum(dim=1, dtype=torch.int64), white.sum(dim=1)]
+    )
+    n, area = pixels.shape[1], white.shape[1]
+    return [
+        {
+            "clip_similarity": round(similarity, 6),
+            "pixel_std": round(math.sqrt((n * total_squares - total * total) / (n * n)), 4),
+            "background_share": round(background / area, 6),
+        }
+        for similarity, total, total_squares, background in zip(
+            clip_similarity.float().tolist(), *sums.tolist(), strict=True
+        )
+    ]
 
 
 def stored_quality(metadata: dict, store) -> dict:

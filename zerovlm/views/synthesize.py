@@ -23,7 +23,7 @@ from zerovlm.io import safe_join, stable_hash
 from zerovlm.runtime import BatchSize, is_out_of_memory, model_identity
 from zerovlm.views.foreground import MaskFn, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
-from zerovlm.views.quality import QUALITY_KEY, view_quality
+from zerovlm.views.quality import QUALITY_KEY
 from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
 
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
@@ -100,8 +100,8 @@ def input_image(image: Image.Image, foreground: MaskFn | None, size_px: int, nam
     return image, "recentred" if recentred else "fallback"
 
 
-def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
-    """What the view store records beside each view, but its quality (`quality_metadata`)."""
+def view_metadata(cfg, job: ViewJob, foreground_status: str, quality: dict) -> dict:
+    """What the view store records beside each view, its quality (quality.py) included."""
     return {
         "image_id": job.image_id,
         "view": job.pose.name,
@@ -110,13 +110,8 @@ def view_metadata(cfg, job: ViewJob, foreground_status: str) -> dict:
         "radius": job.pose.radius,
         "seed": cfg.seed,
         "foreground": foreground_status,
+        QUALITY_KEY: quality,
     }
-
-
-def quality_metadata(view: Image.Image, clip_similarity: float, white_min_rgb: int) -> dict:
-    """The view's quality (quality.py), stored with `view_metadata`'s entries. It reads every pixel (about
-    2 ms a 256 px view on one core), so the views stage computes it in its PNG threads, off the GPU loop."""
-    return {QUALITY_KEY: view_quality(view, clip_similarity, white_min_rgb)}
 
 
 class Sampler:
@@ -128,11 +123,11 @@ class Sampler:
         self.pad_to_batch = pad_to_batch  # compiled UNet: keep shapes static, pad the last batch
         self.timesteps = ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None
 
-    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, float]]:
+    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, dict]]:
         padded = jobs + [jobs[-1]] * (self.batch_size.value - len(jobs) if self.pad_to_batch else 0)
         poses = torch.stack([pose_vector(job.pose, self.cfg.variant) for job in padded])  # (B, 4)
         generators = [view_generator(self.cfg.seed, job.image_id, job.pose.name) for job in padded]
-        views, similarity = self.pipeline(
+        views, qualities = self.pipeline(
             [images[job.image_id] for job in padded],
             poses,
             generators,
@@ -141,12 +136,12 @@ class Sampler:
             eta=self.cfg.eta,
             image_size_px=self.cfg.image_size_px,
             timesteps=self.timesteps,
-            similarity=True,
+            quality_white_min_rgb=self.cfg.quality_white_min_rgb,
         )
-        return list(zip(views, similarity.tolist()))[: len(jobs)]
+        return list(zip(views, qualities))[: len(jobs)]
 
-    def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, float]]:
-        """(view, its CLIP similarity to its input) of each job, in order; `images`: the input image of each
+    def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, dict]]:
+        """(view, its quality record) of each job, in order; `images`: the input image of each
         image id."""
         views, start = [], 0
         while start < len(jobs):

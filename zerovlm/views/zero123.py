@@ -11,8 +11,9 @@ It follows the original (cvlab-columbia/zero123: gradio_new.py `sample_model`, l
   4. denoise: classifier-free guidance folded into one UNet batch [unconditional; conditional], where the
      unconditional branch is a zero context (after the projection) and a zero conditioning latent.
   5. decode: vae.decode(latent / scaling_factor), then uint8 by truncation as the original does.
-  6. optionally, a quality signal (not in the original): the cosine similarity between step 1's CLIP
-     embedding of the input and the same encoder's embedding of the uint8 view, prepared the same way.
+  6. optionally, each view's quality record (not in the original; quality.py): the cosine similarity between
+     step 1's CLIP embedding of the input and the same encoder's embedding of the uint8 view, prepared the
+     same way, and the view's pixel statistics, all computed on the device.
 Speed without changing the math: one UNet call for all images x views x both guidance branches, each
 distinct input image encoded once, explicit dtype (no autocast), channels_last, SDPA, the DDIM noise drawn
 while the GPU works, `SingleTokenCrossAttnProcessor` (the context has one token, so softmax over it is
@@ -34,6 +35,7 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError
 from zerovlm.runtime import use_compile_cache
 from zerovlm.views.checkpoints import Zero123Components, load_components
+from zerovlm.views.quality import view_qualities
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, as the original's FrozenCLIPImageEmbedder
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -323,9 +325,9 @@ class Zero123Pipeline:
         image_size_px: int = 256,
         timesteps: list[int] | None = None,
         latents: torch.Tensor | None = None,
-        similarity: bool = False,
-    ) -> list[Image.Image] | tuple[list[Image.Image], torch.Tensor]:
-        """The views; with `similarity`, also each view's CLIP similarity to its input (clip_similarity)."""
+        quality_white_min_rgb: int | None = None,
+    ) -> list[Image.Image] | tuple[list[Image.Image], list[dict]]:
+        """The views; with `quality_white_min_rgb`, also each view's quality record (quality.view_qualities)."""
         self.check_inputs(
             images, poses, generators, num_inference_steps, guidance_scale, eta, image_size_px, timesteps, latents
         )
@@ -365,8 +367,9 @@ class Zero123Pipeline:
             noise = _randn(generators, shape, self.device) if eta > 0 else None
             latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=noise).prev_sample
 
-        # 5. decode (6. with `similarity`: the views' CLIP embeddings, compared with the inputs' of step 1)
-        if not similarity:
+        # 5. decode (6. with `quality_white_min_rgb`: the views' quality, from the views still on the device)
+        if quality_white_min_rgb is None:
             return self.decode(latents)
         views = self._decode_to_uint8(latents)  # (B, H, W, 3)
-        return self._to_images(views), self.clip_similarity(input_embeds, views).cpu()
+        similarity = self.clip_similarity(input_embeds, views)
+        return self._to_images(views), view_qualities(views, similarity, quality_white_min_rgb)
