@@ -262,8 +262,15 @@ class HostTimes:
 
         return timed_call
 
-    # those a backend has; "group" includes the tokenising that "length" then finds memoised
-    ATTRIBUTES = {"_image_groups": "group", "_length": "length", "_encode": "prepare", "_score_batch": "queue"}
+    # those a backend has; "group" includes "tokenise" (the batched tokenizer calls), which "length" then finds
+    # memoised
+    ATTRIBUTES = {
+        "_image_groups": "group",
+        "_tokenise_ahead": "tokenise",
+        "_length": "length",
+        "_encode": "prepare",
+        "_score_batch": "queue",
+    }
 
     def __enter__(self):
         self.wrapped = [a for a in self.ATTRIBUTES if hasattr(self.backend, a)]
