@@ -418,10 +418,7 @@ def llava(args) -> None:
 
     backend.option_logprobs(yes_no[:bs])
     full_path(f"3 batches of {bs}", lambda: uncached_option_logprobs(yes_no[bs:]), backend, 3 * bs, "samples")
-    uncached_option_logprobs(mix[: len(mix) // 4])  # compiles the shapes of a first batch
-    full_path(
-        f"paper mix yes/no, {len(mix)} requests", lambda: uncached_option_logprobs(mix), backend, len(mix), "requests"
-    )
+    paper_mix_full_path(backend, mix, uncached_option_logprobs)
     if not CUDA:
         print(skip_line("synchronising calls (CUDA's sync debug mode) and FP8 decoder linears"))
         return
@@ -469,6 +466,13 @@ def paper_mix_batch(backend, rows: int):
         groups = backend._image_groups(mix)[:rows]
         grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]
     return mix, groups, grouped
+
+
+def paper_mix_full_path(backend, mix, option_logprobs) -> None:
+    """`full_path` of one `option_logprobs` call on the whole paper mix, after a call on a quarter of it that
+    compiles the shapes of a first batch."""
+    option_logprobs(mix[: len(mix) // 4])
+    full_path(f"paper mix yes/no, {len(mix)} requests", lambda: option_logprobs(mix), backend, len(mix), "requests")
 
 
 def full_path(label: str, call, backend, count: int, unit: str) -> None:
@@ -576,10 +580,7 @@ def minigpt4(args) -> None:
 
     kernel_table(f"{name} model side, {label}", model_side)
     print(f"model side: {requests / milliseconds(model_side, 3) * 1e3:.1f} requests/s")
-    backend.option_logprobs(mix[: len(mix) // 4])  # compiles the shapes of a first batch
-    full_path(
-        f"paper mix yes/no, {len(mix)} requests", lambda: backend.option_logprobs(mix), backend, len(mix), "requests"
-    )
+    paper_mix_full_path(backend, mix, backend.option_logprobs)
     if not CUDA:
         print(skip_line("synchronising calls (CUDA's sync debug mode)"))
         return
