@@ -289,7 +289,8 @@ class HostTimes:
         PendingScores.result = self.result
 
     def summary(self) -> str:
-        return ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.seconds.items())
+        names = [*self.ATTRIBUTES.values(), "wait"]  # a fixed order: "tokenise" right after the "group" holding it
+        return ", ".join(f"{name} {self.seconds[name]:.2f} s" for name in names if name in self.seconds)
 
 
 class Bench:

@@ -93,7 +93,8 @@ RUNS = {
             r"skipped: compiled stage and pipeline \(",
             rf"stage: 1 batch {N} s, \d+ batches {N} s -> {N} views/s in steady state",
             (
-                rf"pipeline alone: {N} views/s; stage / pipeline = {N}; PNG encoding of one batch on one core: {N} s; "
+                rf"pipeline alone: {N} views/s; stage / pipeline = {N}; pipeline while the PNG threads store the "
+                rf"previous batch: {N} views/s \({N} of alone\); PNG encoding of one batch on one core: {N} s; "
                 r"the long run's store holds \d+ views"
             ),
         ],
@@ -122,7 +123,7 @@ RUNS = {
             rf"-- LLaVA tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
             rf"model side: {N} requests/s one a row, {N} paper-mix requests/s image prefix shared",
             rf"full path, 3 batches of \d+: wall {N} s, CPU operators {N} s -> operators busy {N}% \({N} samples/s\)",
-            rf"   host: group {N} s, length {N} s, prepare {N} s, queue {N} s, wait {N} s",
+            rf"   host: group {N} s, tokenise {N} s, length {N} s, prepare {N} s, queue {N} s, wait {N} s",
             r"skipped: synchronising calls",
             rf"-- MiniGPT-4 tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
             rf"model side: {N} requests/s",

@@ -23,7 +23,7 @@ from zerovlm.scoring.quality_bins import quality_bins
 from zerovlm.store import ShardReader, ShardWriter
 from zerovlm.view_configurations import CONFIGURATIONS
 from zerovlm.views.checkpoints import load_components
-from zerovlm.views.quality import view_qualities
+from zerovlm.views.quality import pixel_sums, quality_records
 
 OPENAI_CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
 OPENAI_CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
@@ -75,15 +75,18 @@ def test_every_view_has_its_quality_equal_to_an_independent_computation(stores, 
 
 @pytest.mark.parametrize("size", [1, 7, 256])
 def test_pixel_statistics_equal_numpy_on_the_stored_pixels(size):
-    """view_qualities computes on the device with integer sums; NumPy's float64 statistics of the same pixels
-    are the reference, uniform and all-white views included (std exactly 0, share exactly 1)."""
+    """pixel_sums (on the views' device) and quality_records (on the host) with integer sums; NumPy's float64
+    statistics of the same pixels are the reference, uniform and all-white views included (std exactly 0, share
+    exactly 1)."""
     rng = np.random.default_rng(size)
     views = rng.integers(0, 256, size=(5, size, size, 3), dtype=np.uint8)
     views[1] = 255  # all white
     views[2] = 37  # uniform
     views[3, : size // 2] = (250, 251, 255)  # white enough in every channel, above a noisy half
     similarity = torch.tensor([0.1234567, -1.0, 1.0, 0.5, 0.0])
-    qualities = view_qualities(torch.from_numpy(views), similarity, white_min_rgb=250)
+    sums = pixel_sums(torch.from_numpy(views), white_min_rgb=250)
+    assert sums.dtype == torch.int64 and tuple(sums.shape) == (3, 5)
+    qualities = quality_records(similarity.tolist(), sums.tolist(), size, size)
     for view, quality, expected_similarity in zip(views.astype(np.float64), qualities, similarity.tolist()):
         assert quality["clip_similarity"] == round(expected_similarity, 6)
         assert quality["pixel_std"] == pytest.approx(view.std(), abs=1e-4)

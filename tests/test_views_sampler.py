@@ -13,7 +13,7 @@ from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixtu
 from zerovlm.io import ZeroVLMError
 from zerovlm.views.checkpoints import load_pose_projection
 from zerovlm.views.poses import PRESETS, ViewPose, pose_vector
-from zerovlm.views.zero123 import Zero123Pipeline, clip_preprocess, ldm_timesteps, prepare_image
+from zerovlm.views.zero123 import PendingViews, Zero123Pipeline, clip_preprocess, ldm_timesteps, prepare_image
 
 SIZE = 32  # px -> 8x8 latents with the tiny VAE (downsampling 4)
 
@@ -31,9 +31,14 @@ def inputs(n: int = 3, seed: int = 0):
 
 
 def capture_latents(pipe, monkeypatch) -> list[torch.Tensor]:
-    """Make pipe.decode record the final latents instead of decoding them."""
+    """Make the pipeline record the final latents instead of decoding them (its views are then 1x1 black)."""
     captured = []
-    monkeypatch.setattr(pipe, "decode", lambda latents: captured.append(latents.clone()) or [])
+
+    def record(latents):
+        captured.append(latents.clone())
+        return torch.zeros(len(latents), 1, 1, 3, dtype=torch.uint8)
+
+    monkeypatch.setattr(pipe, "_decode_to_uint8", record)
     return captured
 
 
@@ -190,6 +195,25 @@ def test_same_generators_same_views_whatever_the_batch(pipe):
     alone = pipe(images[1:2], poses[1:2], [torch.Generator().manual_seed(8)], 3, 3.0, 1.0, SIZE)
     difference = np.abs(np.asarray(together[1], dtype=int) - np.asarray(alone[0], dtype=int))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
+def test_a_pending_call_gives_what_a_plain_call_gives(pipe):
+    """output_type="pending" returns before the views reach the host; its result() is the plain call's views
+    and quality records, and an unknown output_type is refused in one line."""
+    images, poses, _ = inputs(2, seed=3)
+
+    def call(**kwargs):
+        generators = [torch.Generator().manual_seed(3 + i) for i in range(2)]
+        return pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250, **kwargs)
+
+    plain_views, plain_qualities = call()
+    pending = call(output_type="pending")
+    assert isinstance(pending, PendingViews)
+    views, qualities = pending.result()
+    assert [np.asarray(v).tobytes() for v in views] == [np.asarray(v).tobytes() for v in plain_views]
+    assert qualities == plain_qualities and set(qualities[0]) == {"clip_similarity", "pixel_std", "background_share"}
+    with pytest.raises(ZeroVLMError, match='output_type: expected "pil" or "pending"'):
+        call(output_type="np")
 
 
 def test_single_token_cross_attention_is_exact(pipe, monkeypatch):

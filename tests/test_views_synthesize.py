@@ -138,6 +138,43 @@ def test_a_failed_store_write_stops_the_run_with_its_error_and_keeps_finished_sh
     assert summary["views_reused"] == 4 and pngs(out) == pngs(reference[0])
 
 
+def test_each_batch_is_queued_before_the_one_before_is_stored(tmp_path, tiny_models, prepared, reference, monkeypatch):
+    """The device never waits for the host between batches: batch n + 1 is queued before batch n's views are
+    taken to the host (the first batch alone, so that its time is the start-up's). The views are the same."""
+    events = []
+    launch, result = synthesize.Sampler.launch, synthesize.PendingBatch.result
+
+    def logged_launch(self, jobs, images):
+        events.append(f"queue {jobs[0].image_id}")
+        pending = launch(self, jobs, images)
+        object.__setattr__(pending, "first_image", jobs[0].image_id)
+        return pending
+
+    def logged_result(self):
+        events.append(f"store {self.first_image}")
+        return result(self)
+
+    monkeypatch.setattr(synthesize.Sampler, "launch", logged_launch)
+    monkeypatch.setattr(synthesize.PendingBatch, "result", logged_result)
+    out = tmp_path / "views"
+    views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
+    first, second, third = sorted({example.image_id for example in prepared[1]})
+    order = [f"queue {first}", f"store {first}", f"queue {second}", f"queue {third}", f"store {second}"]
+    assert events == [*order, f"store {third}"] and pngs(out) == pngs(reference[0])
+
+
+def test_a_failing_batch_keeps_the_batch_queued_before_it(tmp_path, tiny_models, prepared, reference, monkeypatch):
+    out = tmp_path / "views"
+    fail_at_call(monkeypatch, 3)  # batch 2 is queued, not stored, when batch 3 fails
+    with pytest.raises(RuntimeError, match="injected"):
+        views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
+    partial = tmp_path / ".views.partial" / "part-000-of-001"
+    assert len(ShardReader(partial)) == 8
+    monkeypatch.undo()
+    summary = views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
+    assert summary["views_reused"] == 8 and pngs(out) == pngs(reference[0])
+
+
 def test_resume_after_kill(tmp_path, tiny_models, prepared, reference):
     out = tmp_path / "views"
     script = textwrap.dedent(f"""

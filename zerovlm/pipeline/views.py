@@ -104,6 +104,15 @@ def _finished_keys(partial: PartialRun) -> set[str]:
     return {key for part in partial.parts() for key in ShardReader(part).keys()}  # the index only: no shard opened
 
 
+def _store_batch(store: BackgroundWriter, cfg: ViewsConfig, done: set[str], batch, part: str, batches: int) -> None:
+    """Hand a queued batch's views, once on the host, to the store (`batch`: as `run` keeps it in flight)."""
+    index, jobs, status, pending = batch
+    for job, (view, quality) in zip(jobs, pending.result(), strict=True):
+        if job.key not in done:  # a resumed batch recomputes views finished before (same bytes)
+            store.add(job.key, view, view_metadata(cfg, job, status[job.image_id], quality))
+    log.info("views [%s]: batch %d/%d", part, index + 1, batches)
+
+
 def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | None = None) -> dict | None:
     """Write every view of every unique image to the store `paths.out`; return (and save) a summary.
 
@@ -139,26 +148,36 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
         sampler = Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
-        # Threads (all release the GIL in C): the next batch's images are decoded, and the views PNG-encoded and
-        # written to the store, while the GPU computes; the loop waits for none of it. With the encoding and the
-        # tar writes on the loop's thread the stage ran at 0.93 of the pipeline's rate on an H200
-        # (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait in memory.
+        # The device never waits for the host between batches: each batch is queued (Sampler.launch returns once
+        # its work is on the device) before the one before it is taken to the host and stored. Threads (all
+        # release the GIL in C): the next batch's images are decoded, and the views PNG-encoded and written to
+        # the store, while the GPU computes. With the encoding and the tar writes on the loop's thread the stage
+        # ran at 0.93 of the pipeline's rate on an H200 (benchmarks/views_stage.py). At most PENDING_BATCHES
+        # batches of views wait in memory for the store, besides the one queued on the device.
         with (
             ThreadPoolExecutor(max_workers=1) as loader,
             BackgroundWriter(writer, PNG_THREADS, PENDING_BATCHES * cfg.batch_size) as store,
         ):
-            pending = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
+            loading = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
+            in_flight = None  # the batch queued before this one: (its index, jobs, foreground status, PendingBatch)
             for index, batch in enumerate(mine):
-                images, status = pending.result()
+                images, status = loading.result()
                 if index + 1 < len(mine):
-                    pending = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
-                views = sampler(batch, images)
-                if seconds_first_batch is None:  # compilation (or loading its cache) happens in the first call
+                    loading = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
+                try:
+                    queued = (index, batch, status, sampler.launch(batch, images))
+                finally:  # the batch before is stored even when this one fails: finished work is kept
+                    if in_flight is not None:
+                        _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
+                in_flight = queued
+                if seconds_first_batch is None:
+                    # compilation (or loading its cache) happens in the first call, timed alone until its views
+                    # are on the host, before the next batch is queued
+                    _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
+                    in_flight = None
                     seconds_first_batch = time.perf_counter() - tick
-                for job, (view, quality) in zip(batch, views, strict=True):
-                    if job.key not in done:  # a resumed batch recomputes views finished before (same bytes)
-                        store.add(job.key, view, view_metadata(cfg, job, status[job.image_id], quality))
-                log.info("views [%s]: batch %d/%d", worker.part_name, index + 1, len(mine))
+            if in_flight is not None:
+                _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
         generated = store.added
         generating = time.perf_counter() - tick
     else:

@@ -27,25 +27,28 @@ from zerovlm.store import ShardReader
 QUALITY_KEY = "quality"  # the key of a view's quality in the store index
 
 
-def view_qualities(views: torch.Tensor, clip_similarity: torch.Tensor, white_min_rgb: int) -> list[dict]:
-    """The quality record of each of `views` (B, H, W, 3) uint8 with its `clip_similarity` (B,), rounded (the
-    index is compared byte for byte across runs). The pixel statistics are exact on any device: integer sums
-    there, the division on the host."""
-    pixels = views.flatten(1).to(torch.int32)  # (B, H*W*3); squares fit in int32, their sums need int64
+def pixel_sums(views: torch.Tensor, white_min_rgb: int) -> torch.Tensor:
+    """(3, B) int64 on the views' device, for `views` (B, H, W, 3) uint8: each view's sum of RGB values, sum of
+    their squares, and count of pixels whose every channel is >= white_min_rgb. Integer sums are exact on any
+    device; squares fit in int32, their sums need int64."""
+    pixels = views.flatten(1).to(torch.int32)  # (B, H*W*3)
     white = (views >= white_min_rgb).all(dim=-1).flatten(1)  # (B, H*W)
-    sums = torch.stack(
+    return torch.stack(
         [pixels.sum(dim=1, dtype=torch.int64), (pixels * pixels).sum(dim=1, dtype=torch.int64), white.sum(dim=1)]
     )
-    n, area = pixels.shape[1], white.shape[1]
+
+
+def quality_records(clip_similarity: list[float], sums: list[list[int]], height: int, width: int) -> list[dict]:
+    """The quality record of each view from its CLIP similarity and its `pixel_sums` (on the host), rounded: the
+    index is compared byte for byte across runs."""
+    values, area = 3 * height * width, height * width
     return [
         {
             "clip_similarity": round(similarity, 6),
-            "pixel_std": round(math.sqrt((n * total_squares - total * total) / (n * n)), 4),
+            "pixel_std": round(math.sqrt((values * total_squares - total * total) / (values * values)), 4),
             "background_share": round(background / area, 6),
         }
-        for similarity, total, total_squares, background in zip(
-            clip_similarity.float().tolist(), *sums.tolist(), strict=True
-        )
+        for similarity, total, total_squares, background in zip(clip_similarity, *sums, strict=True)
     ]
 
 

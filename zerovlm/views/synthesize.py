@@ -24,7 +24,7 @@ from zerovlm.runtime import BatchSize, is_out_of_memory, model_identity
 from zerovlm.views.foreground import MaskFn, remove_background
 from zerovlm.views.poses import ViewPose, pose_vector, resolve_views
 from zerovlm.views.quality import QUALITY_KEY
-from zerovlm.views.zero123 import Zero123Pipeline, ldm_timesteps
+from zerovlm.views.zero123 import PendingViews, Zero123Pipeline, ldm_timesteps
 
 # Settings that change pixels; batch_size, device placement and compile do not enter the fingerprint.
 # Presets are poses fixed in poses.py (random: drawn from the seed); custom views are poses from params.
@@ -123,11 +123,11 @@ class Sampler:
         self.pad_to_batch = pad_to_batch  # compiled UNet: keep shapes static, pad the last batch
         self.timesteps = ldm_timesteps(cfg.num_inference_steps) if cfg.timestep_schedule == "ldm" else None
 
-    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, dict]]:
+    def _run(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> tuple[PendingViews, int]:
         padded = jobs + [jobs[-1]] * (self.batch_size.value - len(jobs) if self.pad_to_batch else 0)
         poses = torch.stack([pose_vector(job.pose, self.cfg.variant) for job in padded])  # (B, 4)
         generators = [view_generator(self.cfg.seed, job.image_id, job.pose.name) for job in padded]
-        views, qualities = self.pipeline(
+        pending = self.pipeline(
             [images[job.image_id] for job in padded],
             poses,
             generators,
@@ -137,17 +137,18 @@ class Sampler:
             image_size_px=self.cfg.image_size_px,
             timesteps=self.timesteps,
             quality_white_min_rgb=self.cfg.quality_white_min_rgb,
+            output_type="pending",
         )
-        return list(zip(views, qualities))[: len(jobs)]
+        return pending, len(jobs)
 
-    def __call__(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> list[tuple[Image.Image, dict]]:
-        """(view, its quality record) of each job, in order; `images`: the input image of each
-        image id."""
-        views, start = [], 0
+    def launch(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> PendingBatch:
+        """Queue the views of `jobs` on the device and return at once; `images`: the input image of each image
+        id. Out of memory surfaces here, while the work is queued."""
+        calls, start = [], 0
         while start < len(jobs):
             chunk = jobs[start : start + self.batch_size.value]
             try:
-                views += self._run(chunk, images)
+                calls.append(self._run(chunk, images))
             except Exception as error:  # noqa: BLE001 - only out-of-memory is handled, the rest re-raised
                 if not is_out_of_memory(error):
                     raise
@@ -155,4 +156,20 @@ class Sampler:
                 self.batch_size.halve()
                 continue
             start += len(chunk)
+        return PendingBatch(calls)
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch's pipeline calls, queued on the device: each call's PendingViews and how many of its views are
+    jobs (the rest pad a compiled call's shape)."""
+
+    calls: list[tuple[PendingViews, int]]
+
+    def result(self) -> list[tuple[Image.Image, dict]]:
+        """(view, its quality record) of each job, in order."""
+        views = []
+        for pending, count in self.calls:
+            images, qualities = pending.result()
+            views += list(zip(images, qualities))[:count]
         return views

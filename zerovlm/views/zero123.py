@@ -35,7 +35,7 @@ from PIL import Image
 from zerovlm.io import ZeroVLMError
 from zerovlm.runtime import use_compile_cache
 from zerovlm.views.checkpoints import Zero123Components, load_components
-from zerovlm.views.quality import view_qualities
+from zerovlm.views.quality import pixel_sums, quality_records
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP, as the original's FrozenCLIPImageEmbedder
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -94,6 +94,33 @@ def _randn(generators: list[torch.Generator], shape: tuple[int, ...], device) ->
     if noise.device.type == "cpu" and torch.device(device).type == "cuda":
         noise = noise.pin_memory()  # an asynchronous copy: the GPU keeps working meanwhile
     return noise.to(device, non_blocking=True)
+
+
+class PendingViews:
+    """A call's views, and optionally their CLIP similarities and `pixel_sums`, on their way to the host: the
+    copies are queued behind the call's own kernels, so `result()` waits for this call alone, not for work
+    queued after it."""
+
+    def __init__(self, views: torch.Tensor, similarity: torch.Tensor | None = None, sums: torch.Tensor | None = None):
+        # From a CUDA device the copies are non-blocking into pinned host memory, valid once the event has
+        # passed; from any other device they are ordinary copies.
+        cuda = views.device.type == "cuda"
+        self._views, self._similarity, self._sums = (
+            None if t is None else t.to("cpu", non_blocking=cuda) for t in (views, similarity, sums)
+        )
+        self._copied = torch.cuda.Event() if cuda else None
+        if self._copied is not None:
+            self._copied.record()
+
+    def result(self) -> list[Image.Image] | tuple[list[Image.Image], list[dict]]:
+        """The views (and their quality records, when the call computed them)."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        images = [Image.fromarray(array) for array in self._views.numpy()]
+        if self._sums is None:
+            return images
+        _, height, width, _ = self._views.shape
+        return images, quality_records(self._similarity.float().tolist(), self._sums.tolist(), height, width)
 
 
 class SingleTokenCrossAttnProcessor:
@@ -299,11 +326,7 @@ class Zero123Pipeline:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        return self._to_images(self._decode_to_uint8(latents))
-
-    @staticmethod
-    def _to_images(views: torch.Tensor) -> list[Image.Image]:
-        return [Image.fromarray(array) for array in views.cpu().numpy()]
+        return PendingViews(self._decode_to_uint8(latents)).result()
 
     def _decode_to_uint8(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) latents -> (B, H, W, 3) uint8 on the device (compiled by `compile`)."""
@@ -326,11 +349,16 @@ class Zero123Pipeline:
         timesteps: list[int] | None = None,
         latents: torch.Tensor | None = None,
         quality_white_min_rgb: int | None = None,
-    ) -> list[Image.Image] | tuple[list[Image.Image], list[dict]]:
-        """The views; with `quality_white_min_rgb`, also each view's quality record (quality.view_qualities)."""
+        output_type: str = "pil",
+    ) -> list[Image.Image] | tuple[list[Image.Image], list[dict]] | PendingViews:
+        """The views; with `quality_white_min_rgb`, also each view's quality record (quality.py). With
+        output_type "pending", the call returns once its work is queued on the device: its `PendingViews.result()`
+        gives the same, so the caller can queue the next call first and keep the device busy."""
         self.check_inputs(
             images, poses, generators, num_inference_steps, guidance_scale, eta, image_size_px, timesteps, latents
         )
+        if output_type not in ("pil", "pending"):
+            raise ZeroVLMError(f'output_type: expected "pil" or "pending", got {output_type!r}')
         do_guidance = guidance_scale > 1.0
 
         # 1. encode the input views and poses
@@ -368,8 +396,10 @@ class Zero123Pipeline:
             latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=noise).prev_sample
 
         # 5. decode (6. with `quality_white_min_rgb`: the views' quality, from the views still on the device)
-        if quality_white_min_rgb is None:
-            return self.decode(latents)
         views = self._decode_to_uint8(latents)  # (B, H, W, 3)
-        similarity = self.clip_similarity(input_embeds, views)
-        return self._to_images(views), view_qualities(views, similarity, quality_white_min_rgb)
+        if quality_white_min_rgb is None:
+            pending = PendingViews(views)
+        else:
+            similarity = self.clip_similarity(input_embeds, views)
+            pending = PendingViews(views, similarity, pixel_sums(views, quality_white_min_rgb))
+        return pending if output_type == "pending" else pending.result()
