@@ -7,7 +7,8 @@ beside the pipeline calls alone on the same batches, so that any time the stage 
 shows:
   stage:     views/s of the stage in steady state: (N - 1) batches / (time of an N-batch run - time of a
              1-batch run), so model loading and compilation cancel out;
-  pipeline:  views/s of Zero123Pipeline calls alone, compiled the same way, on one batch;
+  pipeline:  views/s of Zero123Pipeline calls alone (with the views' quality records, as the stage), compiled
+             the same way, on one batch;
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
              batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores);
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
@@ -178,8 +179,15 @@ def main(argv=None) -> None:
     def call():
         generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
         return pipe(
-            images, poses, generators, num_inference_steps=args.steps, guidance_scale=3.0, eta=1.0, image_size_px=size
-        )
+            images,
+            poses,
+            generators,
+            num_inference_steps=args.steps,
+            guidance_scale=3.0,
+            eta=1.0,
+            image_size_px=size,
+            quality_white_min_rgb=cfg.quality_white_min_rgb,  # the stage's device work: views and their quality
+        )[0]
 
     call()
     tick = time.perf_counter()

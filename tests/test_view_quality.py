@@ -67,9 +67,9 @@ def test_every_view_has_its_quality_equal_to_an_independent_computation(stores, 
             _clip_embedding(encoder, original), _clip_embedding(encoder, (view / 255.0).astype(np.float32)), dim=0
         )
         assert quality["clip_similarity"] == pytest.approx(float(similarity), abs=2e-6)
-        assert quality["pixel_std"] == pytest.approx(view.std(), abs=1e-4)
+        assert quality["pixel_std"] == round(float(view.std()), 4)
         white = (view[:, :, 0] >= 250) & (view[:, :, 1] >= 250) & (view[:, :, 2] >= 250)
-        assert quality["background_share"] == pytest.approx(white.mean(), abs=1e-6)
+        assert quality["background_share"] == round(float(white.mean()), 6)
     reader.close()
 
 
@@ -89,8 +89,8 @@ def test_pixel_statistics_equal_numpy_on_the_stored_pixels(size):
     qualities = quality_records(similarity.tolist(), sums.tolist(), size, size)
     for view, quality, expected_similarity in zip(views.astype(np.float64), qualities, similarity.tolist()):
         assert quality["clip_similarity"] == round(expected_similarity, 6)
-        assert quality["pixel_std"] == pytest.approx(view.std(), abs=1e-4)
-        assert quality["background_share"] == pytest.approx((view >= 250).all(axis=-1).mean(), abs=1e-6)
+        assert quality["pixel_std"] == round(float(view.std()), 4)  # as the index recorded it with NumPy
+        assert quality["background_share"] == round(float((view >= 250).all(axis=-1).mean()), 6)
     assert qualities[1]["pixel_std"] == qualities[2]["pixel_std"] == 0.0 and qualities[1]["background_share"] == 1.0
 
 

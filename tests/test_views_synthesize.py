@@ -163,13 +163,23 @@ def test_each_batch_is_queued_before_the_one_before_is_stored(tmp_path, tiny_mod
     assert events == [*order, f"store {third}"] and pngs(out) == pngs(reference[0])
 
 
-def test_a_failing_batch_keeps_the_batch_queued_before_it(tmp_path, tiny_models, prepared, reference, monkeypatch):
-    out = tmp_path / "views"
-    fail_at_call(monkeypatch, 3)  # batch 2 is queued, not stored, when batch 3 fails
-    with pytest.raises(RuntimeError, match="injected"):
+def test_a_batch_that_fails_to_load_keeps_the_batch_queued_before_it(
+    tmp_path, tiny_models, prepared, reference, monkeypatch
+):
+    """Batch 2 is queued, not stored, when batch 3's images fail to load (in the loader thread): it is stored
+    before the error propagates, and a resumed run reuses it."""
+    out, load, calls = tmp_path / "views", views._load_batch, []
+
+    def failing_load(jobs, foreground, size_px):
+        calls.append(jobs)
+        if len(calls) == 3:
+            raise ZeroVLMError("injected load failure")
+        return load(jobs, foreground, size_px)
+
+    monkeypatch.setattr(views, "_load_batch", failing_load)
+    with pytest.raises(ZeroVLMError, match="injected load failure"):
         views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
-    partial = tmp_path / ".views.partial" / "part-000-of-001"
-    assert len(ShardReader(partial)) == 8
+    assert len(ShardReader(tmp_path / ".views.partial" / "part-000-of-001")) == 8
     monkeypatch.undo()
     summary = views.run(views.Paths(prepared=prepared[0], out=out), views_config(tiny_models["kxic"]), shard_size=4)
     assert summary["views_reused"] == 8 and pngs(out) == pngs(reference[0])

@@ -134,7 +134,7 @@ class BackgroundWriter:
     those of ShardWriter.add), and returns at once unless `max_pending` images are not stored yet (memory stays
     bounded). PNG encoding and tar writing release the GIL, so the caller (the GPU loop) keeps going.
 
-    The first error of a write is raised, as it is, by the next `add` or by leaving the `with`
+    The first error of an encoding or a write is raised, as it is, by the next `add` or by leaving the `with`
     block. On leaving the block everything added is stored; a pending partial shard is finished only when the
     block ends without error, as with ShardWriter (finished shards are what a resumed run keeps).
     """

@@ -148,36 +148,36 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
         sampler = Sampler(cfg, pipeline, cfg.batch_size, pad_to_batch=cfg.compile and device.type == "cuda")
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
-        # The device never waits for the host between batches: each batch is queued (Sampler.launch returns once
-        # its work is on the device) before the one before it is taken to the host and stored. Threads (all
-        # release the GIL in C): the next batch's images are decoded, and the views PNG-encoded and written to
-        # the store, while the GPU computes. With the encoding and the tar writes on the loop's thread the stage
-        # ran at 0.93 of the pipeline's rate on an H200 (benchmarks/views_stage.py). At most PENDING_BATCHES
-        # batches of views wait in memory for the store, besides the one queued on the device.
+        # Each batch is queued on the device (Sampler.launch) before the batch before it is taken to the host and
+        # stored, so the host's work between batches overlaps the device's. Threads (all release the GIL in C):
+        # the next batch's images are decoded, and the views PNG-encoded and written to the store, while the GPU
+        # computes. With the encoding and the tar writes on the loop's thread the stage ran at 0.93 of the
+        # pipeline's rate on an H200 (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait
+        # in memory for the store, besides the one queued on the device.
         with (
             ThreadPoolExecutor(max_workers=1) as loader,
             BackgroundWriter(writer, PNG_THREADS, PENDING_BATCHES * cfg.batch_size) as store,
         ):
             loading = loader.submit(_load_batch, mine[0], foreground, cfg.image_size_px)
-            in_flight = None  # the batch queued before this one: (its index, jobs, foreground status, PendingBatch)
-            for index, batch in enumerate(mine):
-                images, status = loading.result()
-                if index + 1 < len(mine):
-                    loading = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
-                try:
+            in_flight = None  # queued and not stored yet: (index, jobs, foreground status, PendingBatch)
+            try:
+                for index, batch in enumerate(mine):
+                    images, status = loading.result()
+                    if index + 1 < len(mine):
+                        loading = loader.submit(_load_batch, mine[index + 1], foreground, cfg.image_size_px)
                     queued = (index, batch, status, sampler.launch(batch, images))
-                finally:  # the batch before is stored even when this one fails: finished work is kept
-                    if in_flight is not None:
-                        _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
-                in_flight = queued
-                if seconds_first_batch is None:
-                    # compilation (or loading its cache) happens in the first call, timed alone until its views
-                    # are on the host, before the next batch is queued
+                    before, in_flight = in_flight, queued
+                    if before is not None:
+                        _store_batch(store, cfg, done, before, worker.part_name, len(mine))
+                    if seconds_first_batch is None:
+                        # compilation (or loading its cache) happens in the first call, timed alone until its
+                        # views are on the host, before the next batch is queued
+                        in_flight = None
+                        _store_batch(store, cfg, done, queued, worker.part_name, len(mine))
+                        seconds_first_batch = time.perf_counter() - tick
+            finally:  # the batch queued last is stored even when a later one fails to load or to queue
+                if in_flight is not None:
                     _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
-                    in_flight = None
-                    seconds_first_batch = time.perf_counter() - tick
-            if in_flight is not None:
-                _store_batch(store, cfg, done, in_flight, worker.part_name, len(mine))
         generated = store.added
         generating = time.perf_counter() - tick
     else:

@@ -142,8 +142,10 @@ class Sampler:
         return pending, len(jobs)
 
     def launch(self, jobs: list[ViewJob], images: dict[str, Image.Image]) -> PendingBatch:
-        """Queue the views of `jobs` on the device and return at once; `images`: the input image of each image
-        id. Out of memory surfaces here, while the work is queued."""
+        """Queue the views of `jobs` on the device and return without waiting for them; `images`: the input image of
+        each image id. The inputs' copies to the device wait for the work queued before (pageable host memory),
+        so the device is busy with the batch before while this prepares the inputs. Out of memory surfaces
+        here, while the work is queued."""
         calls, start = [], 0
         while start < len(jobs):
             chunk = jobs[start : start + self.batch_size.value]

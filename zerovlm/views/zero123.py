@@ -97,30 +97,31 @@ def _randn(generators: list[torch.Generator], shape: tuple[int, ...], device) ->
 
 
 class PendingViews:
-    """A call's views, and optionally their CLIP similarities and `pixel_sums`, on their way to the host: the
-    copies are queued behind the call's own kernels, so `result()` waits for this call alone, not for work
-    queued after it."""
+    """A call's views, and optionally their quality (CLIP similarities and `pixel_sums`), on their way to the
+    host: the copies are queued behind the call's own kernels, so `result()` waits for this call alone, not for
+    work queued after it."""
 
-    def __init__(self, views: torch.Tensor, similarity: torch.Tensor | None = None, sums: torch.Tensor | None = None):
-        # From a CUDA device the copies are non-blocking into pinned host memory, valid once the event has
-        # passed; from any other device they are ordinary copies.
+    def __init__(self, views: torch.Tensor, quality: tuple[torch.Tensor, torch.Tensor] | None = None):
+        # From a CUDA device the copies are non-blocking into pinned host memory, valid once the event (on the
+        # views' device's stream, where the copies run) has passed; from any other device they are plain copies.
         cuda = views.device.type == "cuda"
-        self._views, self._similarity, self._sums = (
-            None if t is None else t.to("cpu", non_blocking=cuda) for t in (views, similarity, sums)
-        )
-        self._copied = torch.cuda.Event() if cuda else None
-        if self._copied is not None:
-            self._copied.record()
+        self._views = views.to("cpu", non_blocking=cuda)
+        self._quality = None if quality is None else tuple(t.to("cpu", non_blocking=cuda) for t in quality)
+        self._copied = None
+        if cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record(torch.cuda.current_stream(views.device))
 
     def result(self) -> list[Image.Image] | tuple[list[Image.Image], list[dict]]:
         """The views (and their quality records, when the call computed them)."""
         if self._copied is not None:
             self._copied.synchronize()
         images = [Image.fromarray(array) for array in self._views.numpy()]
-        if self._sums is None:
+        if self._quality is None:
             return images
+        similarity, sums = self._quality
         _, height, width, _ = self._views.shape
-        return images, quality_records(self._similarity.float().tolist(), self._sums.tolist(), height, width)
+        return images, quality_records(similarity.tolist(), sums.tolist(), height, width)
 
 
 class SingleTokenCrossAttnProcessor:
@@ -400,6 +401,6 @@ class Zero123Pipeline:
         if quality_white_min_rgb is None:
             pending = PendingViews(views)
         else:
-            similarity = self.clip_similarity(input_embeds, views)
-            pending = PendingViews(views, similarity, pixel_sums(views, quality_white_min_rgb))
+            quality = (self.clip_similarity(input_embeds, views), pixel_sums(views, quality_white_min_rgb))
+            pending = PendingViews(views, quality)
         return pending if output_type == "pending" else pending.result()
