@@ -1,7 +1,7 @@
 """Per-view quality: what the views stage records beside each view, and the gate that reads it.
 
 Recorded (the store index's "quality" of each view, computed on the device from the uint8 views as stored, while
-they are still there: no per-pixel work on the host, where it would hold the GIL against the GPU loop):
+they are still there, so the host does no per-pixel work beside the thread that drives the GPU):
     clip_similarity   cosine similarity in [-1, 1] between the Zero123 checkpoint's own CLIP image embedding
                       (its image_encoder) of the input and of the view as stored (uint8), both prepared the same
                       way (zero123.py, step 6): a view that drifted from its object scores low
