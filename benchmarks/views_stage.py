@@ -12,7 +12,9 @@ shows:
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
              batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores);
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
-             the GPU computes the next batch).
+             the GPU computes the next batch);
+  queued:    whether two calls queued before either is read (as the stage queues batch n+1 before storing
+             batch n) give the plain call's views and quality records byte for byte.
 `--tiny` (implied without a CUDA device) writes the project's tiny Zero123 (zerovlm/views/tiny.py) instead,
 with small counts; both sides then run uncompiled except on a CUDA GPU (a `skipped:` line says so).
 
@@ -176,7 +178,7 @@ def main(argv=None) -> None:
     images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]  # one object per image, as the stage
     poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
 
-    def call():
+    def call(output_type="pil"):
         generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
         return pipe(
             images,
@@ -187,11 +189,12 @@ def main(argv=None) -> None:
             eta=1.0,
             image_size_px=size,
             quality_white_min_rgb=cfg.quality_white_min_rgb,  # the stage's device work: views and their quality
-        )[0]
+            output_type=output_type,
+        )
 
     call()
     tick = time.perf_counter()
-    outputs = call()
+    outputs, records = call()
     pipeline_rate = args.batch / (time.perf_counter() - tick)
     pending = views.PENDING_BATCHES * args.batch
     with BackgroundWriter(ShardWriter(work / "alongside"), views.PNG_THREADS, pending) as store:
@@ -204,12 +207,23 @@ def main(argv=None) -> None:
     for view in outputs:
         encode_png(view)
     encoding = time.perf_counter() - tick
+    # As the stage does: a second call queued before the first is read; both must give the plain call's output.
+    queued = [call("pending"), call("pending")]
+    queued_equal = all(
+        [view.tobytes() for view in queued_views] == [view.tobytes() for view in outputs] and queued_records == records
+        for queued_views, queued_records in (pending.result() for pending in queued)
+    )
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
         f"pipeline while the PNG threads store the previous batch: {alongside_rate:.2f} views/s "
         f"({alongside_rate / pipeline_rate:.3f} of alone); "
         f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
         f"{len(ShardReader(work / 'long'))} views",
+        flush=True,
+    )
+    print(
+        "two calls queued before either is read give the plain call's views and quality records: "
+        f"{'yes' if queued_equal else 'NO'}",
         flush=True,
     )
     shutil.rmtree(work)
