@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pytest
@@ -133,3 +134,15 @@ def test_parts_are_read_in_the_target_dtype_straight_onto_the_device(tiny_models
         ("UNet2DConditionModel", "cpu"),
     ]
     assert pipeline.device.type == "cpu" and pipeline.dtype == torch.float32
+
+
+def test_a_part_without_safetensors_says_how_its_pickle_is_read(tiny_models, capfd, caplog):
+    assert (tiny_models["kxic"] / "unet" / "diffusion_pytorch_model.bin").is_file()
+    assert not list((tiny_models["kxic"] / "unet").glob("*.safetensors"))
+    with caplog.at_level(logging.INFO, logger="zerovlm.views.checkpoints"):
+        load_components(tiny_models["kxic"])
+    printed = capfd.readouterr().err
+    assert "unsafe serialization" not in printed and "An error occurred" not in printed
+    notices = [r.getMessage() for r in caplog.records if "read as tensors only" in r.getMessage()]
+    assert notices and all(n.startswith(str(tiny_models["kxic"])) for n in notices)
+    assert f"{tiny_models['kxic']}/unet: no .safetensors" in notices[0]

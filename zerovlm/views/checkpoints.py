@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.models import modeling_utils
 from transformers import CLIPVisionModelWithProjection
 
 from zerovlm.io import ZeroVLMError, read_json
@@ -174,20 +175,47 @@ def _check_training_schedule(model: str, revision: str | None = None) -> None:
         )
 
 
+class _PickleFallbackNotice(logging.Filter):
+    """Drops diffusers' two lines for a part without .safetensors ("An error occurred while trying to fetch ...",
+    "Defaulting to unsafe serialization"): the .bin it then reads goes through torch.load(weights_only=True),
+    tensors only, so nothing unsafe happens; `_load` says so in one line of its own instead."""
+
+    MESSAGES = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(self.MESSAGES):
+            self.seen = True
+            return False
+        return True
+
+
 def _load(cls, model: str, subfolder: str, dtype: torch.dtype, device: torch.device, variant: str | None, **kwargs):
     """One part, its weights read in `dtype` straight onto `device` (device_map: no full copy on the CPU first)."""
     dtype_arg = "dtype" if cls is CLIPVisionModelWithProjection else "torch_dtype"
+    notice, diffusers_log = _PickleFallbackNotice(), logging.getLogger(modeling_utils.__name__)
+    diffusers_log.addFilter(notice)
     try:
         with refused_pickles(f"{model}/{subfolder}"):  # diffusers wraps the refusal in an OSError without its reason
-            return cls.from_pretrained(
+            part = cls.from_pretrained(
                 model, subfolder=subfolder, variant=variant, device_map=str(device), **{dtype_arg: dtype}, **kwargs
             )
+        if notice.seen:
+            log.info(
+                "%s/%s: no .safetensors, its pickled weights read as tensors only (weights_only)", model, subfolder
+            )
+        return part
     except (OSError, ValueError) as error:
         raise ZeroVLMError(
             f"{model}: cannot load {subfolder}/ as {cls.__name__} "
             f"({str(error).splitlines()[0] if str(error) else type(error).__name__}); "
             f"{FIX_HINT}"
         ) from None
+    finally:
+        diffusers_log.removeFilter(notice)
 
 
 def load_components(
