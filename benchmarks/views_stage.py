@@ -13,8 +13,9 @@ shows:
              batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores);
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
              the GPU computes the next batch);
-  queued:    whether two calls queued before either is read (as the stage queues batch n+1 before storing
-             batch n) give the plain call's views and quality records byte for byte.
+  queued:    whether two calls with different seeds queued before either is read (as the stage queues batch n+1
+             before storing batch n) give the plain calls' views and quality records byte for byte (meaningful on
+             a GPU, where the copies to the host are asynchronous; on the CPU they are made at once).
 `--tiny` (implied without a CUDA device) writes the project's tiny Zero123 (zerovlm/views/tiny.py) instead,
 with small counts; both sides then run uncompiled except on a CUDA GPU (a `skipped:` line says so).
 
@@ -178,8 +179,8 @@ def main(argv=None) -> None:
     images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]  # one object per image, as the stage
     poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
 
-    def call(output_type="pil"):
-        generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
+    def call(output_type="pil", first_seed=0):
+        generators = [torch.Generator().manual_seed(first_seed + i) for i in range(args.batch)]
         return pipe(
             images,
             poses,
@@ -207,11 +208,13 @@ def main(argv=None) -> None:
     for view in outputs:
         encode_png(view)
     encoding = time.perf_counter() - tick
-    # As the stage does: a second call queued before the first is read; both must give the plain call's output.
-    queued = [call("pending"), call("pending")]
+    # As the stage does: a second call, with other seeds, queued before the first is read; each must give what a
+    # plain call with its seeds gives (the other seeds tell a call that overwrote the one before from a sound one).
+    queued = [call("pending"), call("pending", first_seed=args.batch)]
+    expected = [(outputs, records), call(first_seed=args.batch)]
     queued_equal = all(
-        [view.tobytes() for view in queued_views] == [view.tobytes() for view in outputs] and queued_records == records
-        for queued_views, queued_records in (pending.result() for pending in queued)
+        [view.tobytes() for view in got_views] == [view.tobytes() for view in want_views] and got_records == records_
+        for (got_views, got_records), (want_views, records_) in zip((job.result() for job in queued), expected)
     )
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
@@ -222,7 +225,7 @@ def main(argv=None) -> None:
         flush=True,
     )
     print(
-        "two calls queued before either is read give the plain call's views and quality records: "
+        "two calls queued before either is read give the plain calls' views and quality records: "
         f"{'yes' if queued_equal else 'NO'}",
         flush=True,
     )

@@ -97,7 +97,7 @@ RUNS = {
                 rf"previous batch: {N} views/s \({N} of alone\); PNG encoding of one batch on one core: {N} s; "
                 r"the long run's store holds \d+ views"
             ),
-            r"two calls queued before either is read give the plain call's views and quality records: yes",
+            r"two calls queued before either is read give the plain calls' views and quality records: yes",
         ],
     ),
     "gpu_profile": (

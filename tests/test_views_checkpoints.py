@@ -146,3 +146,21 @@ def test_a_part_without_safetensors_says_how_its_pickle_is_read(tiny_models, cap
     notices = [r.getMessage() for r in caplog.records if "read as tensors only" in r.getMessage()]
     assert notices and all(n.startswith(str(tiny_models["kxic"])) for n in notices)
     assert f"{tiny_models['kxic']}/unet: no .safetensors" in notices[0]
+
+
+def test_other_fetch_errors_are_not_hidden():
+    from zerovlm.views.checkpoints import _PickleFallbackNotice
+
+    def record(message):
+        return logging.LogRecord("diffusers.models.modeling_utils", logging.ERROR, __file__, 0, message, None, None)
+
+    notice = _PickleFallbackNotice()
+    assert notice.filter(record("An error occurred while trying to fetch org/m: 401 Client Error: gated repo"))
+    assert (
+        notice.filter(record("Defaulting to unsafe serialization. Pass `allow_pickle=False` ...")) and not notice.seen
+    )
+    missing = (
+        "An error occurred while trying to fetch /m: Error no file named diffusion_pytorch_model.safetensors found"
+    )
+    assert not notice.filter(record(missing)) and notice.seen
+    assert not notice.filter(record("Defaulting to unsafe serialization. Pass `allow_pickle=False` ..."))

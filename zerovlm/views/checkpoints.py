@@ -176,25 +176,29 @@ def _check_training_schedule(model: str, revision: str | None = None) -> None:
 
 
 class _PickleFallbackNotice(logging.Filter):
-    """Drops diffusers' two lines for a part without .safetensors ("An error occurred while trying to fetch ...",
-    "Defaulting to unsafe serialization"): the .bin it then reads goes through torch.load(weights_only=True),
-    tensors only, so nothing unsafe happens; `_load` says so in one line of its own instead."""
-
-    MESSAGES = ("An error occurred while trying to fetch", "Defaulting to unsafe serialization")
+    """Drops the two lines diffusers logs for a part that has no .safetensors file ("An error occurred while trying
+    to fetch ...: ... no file named ....safetensors ...", then "Defaulting to unsafe serialization"): the .bin it
+    then reads goes through torch.load(weights_only=True), tensors only, so nothing unsafe happens, and `_load`
+    says so in one line of its own. Any other fetch error (network, access, revision) is let through as it is.
+    Attached to diffusers' module logger only while a part loads; parts load one at a time."""
 
     def __init__(self):
         super().__init__()
         self.seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith(self.MESSAGES):
+        message = record.getMessage()
+        if message.startswith("An error occurred while trying to fetch") and re.search(
+            r"no file named \S+\.safetensors", message
+        ):
             self.seen = True
             return False
-        return True
+        return not (self.seen and message.startswith("Defaulting to unsafe serialization"))
 
 
 def _load(cls, model: str, subfolder: str, dtype: torch.dtype, device: torch.device, variant: str | None, **kwargs):
-    """One part, its weights read in `dtype` straight onto `device` (device_map: no full copy on the CPU first)."""
+    """One part, its weights read in `dtype` straight onto `device` (device_map: no full copy on the CPU first);
+    a part read from a pickle because it has no .safetensors is logged as such (`_PickleFallbackNotice`)."""
     dtype_arg = "dtype" if cls is CLIPVisionModelWithProjection else "torch_dtype"
     notice, diffusers_log = _PickleFallbackNotice(), logging.getLogger(modeling_utils.__name__)
     diffusers_log.addFilter(notice)
