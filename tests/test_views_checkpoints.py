@@ -11,7 +11,13 @@ import torch
 
 from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError, sha256_file
-from zerovlm.views.checkpoints import SCHEDULER_CONFIG, detect_layout, load_components, load_pose_projection
+from zerovlm.views.checkpoints import (
+    SCHEDULER_CONFIG,
+    _PickleFallbackNotice,
+    detect_layout,
+    load_components,
+    load_pose_projection,
+)
 from zerovlm.views.poses import PRESETS, pose_vector
 from zerovlm.views.tiny import build_tiny_zero123
 from zerovlm.views.zero123 import Zero123Pipeline
@@ -149,8 +155,6 @@ def test_a_part_without_safetensors_says_how_its_pickle_is_read(tiny_models, cap
 
 
 def test_other_fetch_errors_are_not_hidden():
-    from zerovlm.views.checkpoints import _PickleFallbackNotice
-
     def record(message):
         return logging.LogRecord("diffusers.models.modeling_utils", logging.ERROR, __file__, 0, message, None, None)
 
