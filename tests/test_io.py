@@ -1,9 +1,13 @@
-"""Atomic writes, safe paths and image loading."""
+"""Atomic writes, safe paths, file hashing and image loading."""
+
+import hashlib
+import threading
 
 import pytest
 from PIL import Image
 
-from zerovlm.io import ZeroVLMError, atomic_path, load_rgb, read_jsonl, safe_join
+import zerovlm.io
+from zerovlm.io import ZeroVLMError, atomic_path, load_rgb, read_jsonl, safe_join, sha256_files
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -13,6 +17,25 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+def test_sha256_files_gives_each_files_digest_in_order_on_threads(tmp_path, monkeypatch, count):
+    paths = [tmp_path / f"f{i}" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i]) * (1000 * (count - i)))  # sizes differ, so threads finish out of order
+    threads = set()
+    hash_one = zerovlm.io.sha256_file
+
+    def recording(path):
+        threads.add(threading.current_thread().name)
+        return hash_one(path)
+
+    monkeypatch.setattr(zerovlm.io, "sha256_file", recording)
+    monkeypatch.setattr(zerovlm.io, "host_threads", lambda: 4)
+    assert sha256_files(paths) == [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+    if count > 1:
+        assert threads and all(name.startswith("sha256") for name in threads)
 
 
 @pytest.mark.parametrize("name", ["../x.png", "/etc/passwd", "a/../../x.png", "", "a\\b.png"])

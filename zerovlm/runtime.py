@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from zerovlm.config import Dtype
-from zerovlm.io import ZeroVLMError, read_json, sha256_file, stable_hash
+from zerovlm.io import ZeroVLMError, read_json, sha256_files, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def code_identity(*paths: Path) -> str:
 
 def _files_hash(files, root: Path) -> str:
     """One hash of the files' names (relative to root) and contents, in name order."""
-    return stable_hash([(p.relative_to(root).as_posix(), sha256_file(p)) for p in sorted(files)])
+    files = sorted(files)
+    return stable_hash([(p.relative_to(root).as_posix(), digest) for p, digest in zip(files, sha256_files(files))])
 
 
 def resolve_device_dtype(device: str, dtype: str, section: str) -> tuple[torch.device, torch.dtype]:

@@ -25,7 +25,7 @@ import torch
 from zerovlm.answering import answer_chunk, chunk_requests, plan_answer_jobs, plan_chunks, split_by_capability
 from zerovlm.config import InferConfig
 from zerovlm.datasets.table import read_table
-from zerovlm.io import ZeroVLMError, atomic_path, read_json, sha256_file, stable_hash, write_json
+from zerovlm.io import ZeroVLMError, atomic_path, read_json, sha256_file, sha256_files, stable_hash, write_json
 from zerovlm.parallel import Worker, current_worker
 from zerovlm.partial_run import PartialRun, unfinished
 from zerovlm.prompts import prompts_sha256
@@ -74,7 +74,8 @@ def _fingerprint(
     a local model folder's content or a hub model's commit (and the commits of an assembled model's hub parts),
     the examples, the prompts, and the stitched images themselves (the shard indexes hold no pixels)."""
     knobs = cfg.model_dump(exclude={"batch_size", "device"})
-    stitched = sorted((p.name, sha256_file(p)) for p in paths.stitched.glob("shard-*"))
+    shards = sorted(paths.stitched.glob("shard-*"))
+    stitched = [(p.name, digest) for p, digest in zip(shards, sha256_files(shards))]
     return stable_hash(
         [
             knobs,
