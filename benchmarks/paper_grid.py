@@ -78,6 +78,7 @@ MODELS = {  # name -> (backend, Vicuna size)
     "minigpt4-13b": ("minigpt4", VICUNA_13B),
 }
 NAIVE_TOKENS = 16  # new tokens per request in the authors' way
+HUB_SHARD_SIZE = "5GB"  # shards as llava-hf publishes them (transformers 5 writes one file: hashed on one thread)
 
 
 @dataclass
@@ -154,7 +155,9 @@ def write_vlm(folder: Path, name: str, tiny: bool, dtype: torch.dtype) -> Path:
             pad_token_id=processor.tokenizer.pad_token_id,
         )
         with torch.device(DEVICE):
-            LlavaForConditionalGeneration._from_config(config, dtype=dtype).save_pretrained(folder)
+            LlavaForConditionalGeneration._from_config(config, dtype=dtype).save_pretrained(
+                folder, max_shard_size=HUB_SHARD_SIZE
+            )
         return folder
     write_minigpt4(folder, text, tokenizer, dtype)
     return folder
@@ -176,7 +179,9 @@ def write_minigpt4(folder: Path, text, tokenizer, dtype: torch.dtype) -> None:
         blip2 = transformers.Blip2ForConditionalGeneration._from_config(config, dtype=torch.float32)
         blip2.save_pretrained(folder / "blip2")
         del blip2
-        transformers.LlamaForCausalLM._from_config(text, dtype=dtype).save_pretrained(folder / "vicuna")
+        transformers.LlamaForCausalLM._from_config(text, dtype=dtype).save_pretrained(
+            folder / "vicuna", max_shard_size=HUB_SHARD_SIZE
+        )
     tokenizer.save_pretrained(folder / "vicuna")
     projection = {
         "llama_proj.weight": torch.randn(text.hidden_size, 768) * 0.02,

@@ -3,6 +3,8 @@ that halves on CUDA out-of-memory."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -84,3 +86,17 @@ def test_regional_compilation_uses_the_project_cache(tmp_path, monkeypatch):
     tower.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
     assert compile_regions(tower) == 1  # lazy: nothing compiles before the first call
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "torch-compile")
+
+
+def test_model_identity_is_the_hash_of_every_files_relative_name_and_sha256(tmp_path):
+    """Pinned against an independent computation, so that hashing on threads, or any later change to how the
+    files are read, cannot change the identity that lets a partial run resume."""
+    (tmp_path / "sub").mkdir()
+    files = {"config.json": b"{}", "model-00001-of-00002.safetensors": b"a" * 3000, "sub/Z.bin": b"z", "sub/a.bin": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    pairs = [[name, hashlib.sha256(files[name]).hexdigest()] for name in sorted(files, key=lambda n: n.split("/"))]
+    payload = json.dumps(pairs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert runtime.model_identity(str(tmp_path)) == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+    assert runtime.model_identity("org/hub-model", "0123abc") == "0123abc"  # a hub id: its revision, not hashed
+

@@ -146,7 +146,10 @@ def dataset_inputs(params: dict, name: str) -> dict[str, Any]:
             raise ZeroVLMError(f"{key('annotations_dir')}: no .json or .jsonl file in {cfg.annotations_dir!r}")
         annotations = {
             "path": cfg.annotations_dir,
-            "sha256": {(f.relative_to(root).as_posix() if f != root else f.name): sha256_file(f) for f in files},
+            "sha256": {
+                (f.relative_to(root).as_posix() if f != root else f.name): digest
+                for f, digest in zip(files, sha256_files(files))
+            },
         }
     images = None
     if cfg.images_dir:

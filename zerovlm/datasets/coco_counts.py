@@ -32,7 +32,7 @@ from zerovlm.datasets.download import (
     sha256_as_first_downloaded,
 )
 from zerovlm.datasets.sources import source_spec
-from zerovlm.io import ZeroVLMError, read_json, sha256_file, write_json
+from zerovlm.io import ZeroVLMError, read_json, sha256_files, write_json
 
 FOLDER = "coco"  # under the raw folder, beside the COCO images
 COUNTS_FILE = "object_counts.json"
@@ -115,7 +115,7 @@ def object_counts(cfg: DataConfig, raw_dir: Path) -> tuple[dict[str, int], dict[
         sources = _folder_files(local)
     else:
         sources = [local or _recorded_download(cfg, raw_dir)]
-    checksums = {str(path.name): sha256_file(path) for path in sources}
+    checksums = {str(path.name): digest for path, digest in zip(sources, sha256_files(sources))}
     cache = raw_dir / FOLDER / COUNTS_FILE
     if cache.is_file():
         cached = read_json(cache, f"delete {cache} to rebuild it")
