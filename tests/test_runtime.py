@@ -99,4 +99,3 @@ def test_model_identity_is_the_hash_of_every_files_relative_name_and_sha256(tmp_
     payload = json.dumps(pairs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert runtime.model_identity(str(tmp_path)) == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
     assert runtime.model_identity("org/hub-model", "0123abc") == "0123abc"  # a hub id: its revision, not hashed
-
