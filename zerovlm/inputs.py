@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from zerovlm.config import dataset_config, load_params, parse_section, validate_all, vlm_config
-from zerovlm.io import ZeroVLMError, atomic_path, read_yaml_mapping, sha256_file, sha256_files, stable_hash
+from zerovlm.io import ZeroVLMError, atomic_path, files_hash, read_yaml_mapping, sha256_file, sha256_files, stable_hash
 from zerovlm.vlm.model_files import (
     DEFAULT_REVISION,
     FILE_PART,
@@ -103,9 +103,7 @@ def content_manifest(path: Path) -> dict[str, Any]:
     return {
         "files": len(files),
         "bytes": sum(file.stat().st_size for file in files),
-        "sha256": stable_hash(
-            [(file.relative_to(path).as_posix(), digest) for file, digest in zip(files, sha256_files(files))], length=64
-        ),
+        "sha256": files_hash(files, path, length=64),
     }
 
 

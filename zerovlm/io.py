@@ -166,6 +166,14 @@ def sha256_files(paths: Iterable[str | os.PathLike]) -> list[str]:
         return list(pool.map(sha256_file, paths))
 
 
+def files_hash(files: Iterable[Path], root: Path, length: int = 16) -> str:
+    """One hash of the files' names (relative to root) and contents, in name order."""
+    files = sorted(files)
+    return stable_hash(
+        [(p.relative_to(root).as_posix(), digest) for p, digest in zip(files, sha256_files(files))], length=length
+    )
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -17,7 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from zerovlm.config import Dtype
-from zerovlm.io import ZeroVLMError, read_json, sha256_files, stable_hash
+from zerovlm.io import ZeroVLMError, files_hash, read_json
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +99,14 @@ def model_identity(model: str, revision: str | None = None) -> str | None:
     folder = Path(model)
     if not folder.is_dir():
         return revision
-    return _files_hash((p for p in folder.rglob("*") if p.is_file()), folder)
+    return files_hash((p for p in folder.rglob("*") if p.is_file()), folder)
 
 
 def code_identity(*paths: Path) -> str:
     """A content hash of zerovlm source files (a folder stands for its *.py files): a partial run written by
     other code is discarded, not finished by this code."""
     files = (f for path in paths for f in (path.glob("*.py") if path.is_dir() else [path]))
-    return _files_hash(files, Path(__file__).parent)
-
-
-def _files_hash(files, root: Path) -> str:
-    """One hash of the files' names (relative to root) and contents, in name order."""
-    files = sorted(files)
-    return stable_hash([(p.relative_to(root).as_posix(), digest) for p, digest in zip(files, sha256_files(files))])
+    return files_hash(files, Path(__file__).parent)
 
 
 def resolve_device_dtype(device: str, dtype: str, section: str) -> tuple[torch.device, torch.dtype]:
