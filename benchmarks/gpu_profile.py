@@ -469,10 +469,25 @@ def paper_mix_batch(backend, rows: int):
 
 
 def paper_mix_full_path(backend, mix, option_logprobs) -> None:
-    """`full_path` of one `option_logprobs` call on the whole paper mix, after a call on a quarter of it that
-    compiles the shapes of a first batch."""
+    """`full_path` of one `option_logprobs` call on the whole paper mix, between two plain timings of the same call:
+    the first meets most of its batch shapes for the first time (a call on a quarter of the mix compiled the shapes
+    of a first batch before), the second has seen them all. Their gap is what a shape costs at its first sight;
+    the profiled call's gap to the second is the profiler's."""
     option_logprobs(mix[: len(mix) // 4])
-    full_path(f"paper mix yes/no, {len(mix)} requests", lambda: option_logprobs(mix), backend, len(mix), "requests")
+    label = f"paper mix yes/no, {len(mix)} requests"
+    plain_call(f"{label}, first sight of most batch shapes", lambda: option_logprobs(mix), len(mix))
+    full_path(label, lambda: option_logprobs(mix), backend, len(mix), "requests")
+    plain_call(f"{label}, every batch shape seen before", lambda: option_logprobs(mix), len(mix))
+
+
+def plain_call(label: str, call, requests: int) -> None:
+    """The wall time of one call, no profiler attached."""
+    synchronize()
+    tick = time.perf_counter()
+    call()
+    synchronize()
+    wall = time.perf_counter() - tick
+    print(f"plain call, {label}: wall {wall:.2f} s ({requests / wall:.1f} requests/s)")
 
 
 def full_path(label: str, call, backend, count: int, unit: str) -> None:

@@ -129,6 +129,10 @@ RUNS = {
             rf"-- MiniGPT-4 tiny model side, paper mix yes/no, image prefix shared, \d+ rows of \d+ requests: {N} ms",
             rf"model side: {N} requests/s",
             rf"full path, paper mix yes/no, \d+ requests: wall {N} s, CPU operators {N} s -> operators busy {N}%",
+            *(
+                rf"plain call, paper mix yes/no, \d+ requests, {shapes}: wall {N} s \({N} requests/s\)"
+                for shapes in ("first sight of most batch shapes", "every batch shape seen before")
+            ),
         ],
     ),
     "fp8_conv": (
