@@ -192,6 +192,32 @@ def test_a_call_tokenises_ahead_in_batches_to_the_tokens_of_one_call_per_piece(l
                 assert prefix + continuation == piecewise_ids(backend, rendered + backend.option_separator + option)
 
 
+def test_a_call_renders_each_prompt_once_per_image_count(llava, minigpt4, monkeypatch):
+    """A hub chat template is a jinja render: a call renders each (image count, prompt) once, for grouping and
+    tokenising alike, and keeps none of them after."""
+    requests = mixed_requests()
+    requests += [replace(r, images=r.images[:1]) for r in requests]  # the two-image prompts again with one image
+    distinct = {(len(r.images), r.prompt) for r in requests}
+    assert len(distinct) < len(requests)
+    for backend in (llava, minigpt4):
+        expected = backend.option_logprobs(requests)
+        rendered: list = []
+        render = type(backend).render_prompt
+
+        def counting(self, request, seen=rendered, render=render):
+            seen.append((len(request.images), request.prompt))
+            return render(self, request)
+
+        with monkeypatch.context() as patched:
+            patched.setattr(type(backend), "render_prompt", counting)
+            assert backend.option_logprobs(requests) == expected
+            assert sorted(rendered) == sorted(distinct)
+            rendered.clear()
+            backend.generate(requests[:3], max_new_tokens=2)
+            assert sorted(rendered) == sorted({(len(r.images), r.prompt) for r in requests[:3]})
+        assert backend._rendered_prompts == {}
+
+
 def test_a_big_group_is_split_into_rows_of_batch_size_requests(llava):
     a = image(0)
     requests = [Request((a,), f"Is the cube number {n} left of the mug?", ("Yes", "No")) for n in range(5)]

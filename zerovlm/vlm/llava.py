@@ -168,7 +168,7 @@ class LlavaBackend(SharedPrefixBackend):
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         prefix, shared, continuations = tokenise_options(
-            self._ids, self.render_prompt(request), self.option_separator, request.options
+            self._ids, self._rendered(request), self.option_separator, request.options
         )
         images_in_prefix = prefix[:shared].count(self.image_token_id)
         if images_in_prefix != len(request.images) or prefix.count(self.image_token_id) != len(request.images):

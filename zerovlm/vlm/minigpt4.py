@@ -246,7 +246,7 @@ class MiniGPT4Backend(SharedPrefixBackend):
 
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         prefix, shared, continuations = tokenise_options(
-            self._ids, self.render_prompt(request), self.option_separator, request.options
+            self._ids, self._rendered(request), self.option_separator, request.options
         )
         if prefix[:shared].count(PLACEHOLDER) != len(request.images) * self.tokens_per_image:
             raise ZeroVLMError(f"prompt {request.prompt!r} must not contain {IMAGE_HERE!r}")

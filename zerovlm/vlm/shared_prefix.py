@@ -14,7 +14,7 @@ and a batch of them into token rows plus the image features that replace the pla
   does not share prefixes (that would need a KV cache copied per request, and generation is not the paper's
   bulk path).
 Both run through `run_batched` (longest first, results in request order) with the family's `_length` and
-`_encode`, inside `_call_memos` (per-call tokenisation memos) and `cpu_threads_for` (tiny models on the CPU).
+`_encode`, inside `_call_memos` (per-call rendering and tokenisation memos) and `cpu_threads_for` (tiny models on the CPU).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class SharedPrefixBackend(VisionLanguageModel):
     replaces), `option_separator` (the text between the rendered prompt and an option), `image_marker` (see
     `_ids`), `batch_size` and `prefetch_workers` (`prefetch_threads`); `padding_side` of the scoring rows
     ("right" is the fast one); may call `_compile_regions`; and call `_init_memos()` (the per-call memos
-    `_tokenise`, `_image_key` and the segments' tokens, scoped by `_call_memos`).
+    `_tokenise`, `_image_key`, the rendered prompts and the segments' tokens, scoped by `_call_memos`).
     """
 
     forward: CausalForward
@@ -57,6 +57,7 @@ class SharedPrefixBackend(VisionLanguageModel):
     _tokenise: IdentityMemo
     _image_key: IdentityMemo
     _segment_ids: dict[tuple[str, bool], list[int]]
+    _rendered_prompts: dict[tuple[int, str], str]
 
     @abstractmethod
     def _encode(self, request: Request, seed: int = 0, pixels: bool = True) -> Any:
@@ -75,7 +76,7 @@ class SharedPrefixBackend(VisionLanguageModel):
     @abstractmethod
     def _tokenise_uncached(self, request: Request) -> tuple[list[int], list[list[int]]]:
         """The request's prefix tokens (one placeholder per image or image feature) and its options' continuations:
-        `tokenise_options(self._ids, self.render_prompt(request), self.option_separator, request.options)` and the
+        `tokenise_options(self._ids, self._rendered(request), self.option_separator, request.options)` and the
         family's checks."""
 
     def _ids(self, text: str) -> list[int]:
@@ -97,6 +98,15 @@ class SharedPrefixBackend(VisionLanguageModel):
             ids = self._segment_ids[(text, special)] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
         return ids
 
+    def _rendered(self, request: Request) -> str:
+        """`render_prompt(request)`, rendered once per call for each (image count, prompt) it depends on: a hub chat
+        template is a jinja render, which cost more than tokenising on the paper mix."""
+        key = (len(request.images), request.prompt)
+        text = self._rendered_prompts.get(key)
+        if text is None:
+            text = self._rendered_prompts[key] = self.render_prompt(request)
+        return text
+
     def _image_fingerprints(self, request: Request) -> tuple[str, ...]:
         """The fingerprints of the request's images: the caller's (`Request.image_fingerprints`), else hashed once
         per call."""
@@ -110,7 +120,7 @@ class SharedPrefixBackend(VisionLanguageModel):
         the constant system text is tokenised once. This runs before a call's first batch, with the device idle."""
         wanted: dict[tuple[str, bool], None] = {}
         for request in requests:
-            rendered = self.render_prompt(request)
+            rendered = self._rendered(request)
             for text in (rendered, *(rendered + self.option_separator + option for option in request.options)):
                 first, *rest = self._segments(text)
                 wanted[(first, True)] = None
@@ -133,16 +143,20 @@ class SharedPrefixBackend(VisionLanguageModel):
         self._tokenise = IdentityMemo(self._tokenise_uncached)
         self._image_key = IdentityMemo(image_fingerprint)
         self._segment_ids = {}
+        self._rendered_prompts = {}
 
     @contextlib.contextmanager
     def _call_memos(self) -> Iterator[None]:
-        """Each request is tokenised and each image hashed once per call; the memos let go of them after."""
+        """Each request is tokenised, each prompt rendered and each image hashed once per call; the memos let go of
+        them after."""
         self._segment_ids.clear()
+        self._rendered_prompts.clear()
         try:
             with self._tokenise.scope(), self._image_key.scope():
                 yield
         finally:
             self._segment_ids.clear()
+            self._rendered_prompts.clear()
 
     def _common_info(self) -> dict[str, Any]:
         """What every family's `info()` starts with."""
