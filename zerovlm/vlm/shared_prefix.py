@@ -14,7 +14,8 @@ and a batch of them into token rows plus the image features that replace the pla
   does not share prefixes (that would need a KV cache copied per request, and generation is not the paper's
   bulk path).
 Both run through `run_batched` (longest first, results in request order) with the family's `_length` and
-`_encode`, inside `_call_memos` (per-call rendering and tokenisation memos) and `cpu_threads_for` (tiny models on the CPU).
+`_encode`, inside `_call_memos` (per-call rendering and tokenisation memos) and `cpu_threads_for` (tiny models on
+the CPU).
 """
 
 from __future__ import annotations
