@@ -471,8 +471,8 @@ def paper_mix_batch(backend, rows: int):
 def paper_mix_full_path(backend, mix, option_logprobs) -> None:
     """`full_path` of one `option_logprobs` call on the whole paper mix, between two plain timings of the same call:
     the first meets most of its batch shapes for the first time (a call on a quarter of the mix compiled the shapes
-    of a first batch before), the second has seen them all. Their gap is what a shape costs at its first sight;
-    the profiled call's gap to the second is the profiler's."""
+    of a first batch before), the second has seen them all. Their gap is read as what a shape costs at its first
+    sight, the profiled call's gap to the second as the profiler's (one run each: compare large gaps only)."""
     option_logprobs(mix[: len(mix) // 4])
     label = f"paper mix yes/no, {len(mix)} requests"
     plain_call(f"{label}, first sight of most batch shapes", lambda: option_logprobs(mix), len(mix))
@@ -480,14 +480,19 @@ def paper_mix_full_path(backend, mix, option_logprobs) -> None:
     plain_call(f"{label}, every batch shape seen before", lambda: option_logprobs(mix), len(mix))
 
 
-def plain_call(label: str, call, requests: int) -> None:
-    """The wall time of one call, no profiler attached."""
+def plain_call(label: str, call, count: int) -> None:
+    """The wall time of one call of `count` requests, no profiler attached."""
+    wall = wall_seconds(call)
+    print(f"plain call, {label}: wall {wall:.2f} s ({count / wall:.1f} requests/s)")
+
+
+def wall_seconds(call) -> float:
+    """Seconds from the call's start to the end of the device work it queued."""
     synchronize()
     tick = time.perf_counter()
     call()
     synchronize()
-    wall = time.perf_counter() - tick
-    print(f"plain call, {label}: wall {wall:.2f} s ({requests / wall:.1f} requests/s)")
+    return time.perf_counter() - tick
 
 
 def full_path(label: str, call, backend, count: int, unit: str) -> None:
@@ -496,12 +501,8 @@ def full_path(label: str, call, backend, count: int, unit: str) -> None:
     vlm_throughput.HostTimes, where the host's time goes."""
     from vlm_throughput import HostTimes
 
-    synchronize()
     with profile(activities=[ACTIVITY]) as prof, HostTimes(backend) as host:
-        tick = time.perf_counter()
-        call()
-        synchronize()
-        wall = time.perf_counter() - tick
+        wall = wall_seconds(call)
     events = [e for e in prof.key_averages() if e.device_type == PROFILED_DEVICE]
     busy = sum(e.self_device_time_total if CUDA else e.self_cpu_time_total for e in events) / 1e6
     print(

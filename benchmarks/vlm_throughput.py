@@ -556,7 +556,7 @@ def run_minigpt4(b: Bench) -> None:
     question = "Is the red mug on the left side of the wooden table near the blue bowl? please answer me yes or no"
     yes_no = [Request((images[i],), question, ("Yes", "No")) for i in range(count)]
     four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
-    with backend._tokenise.scope():
+    with backend._call_memos():
         prefix, _ = backend._tokenise(yes_no[0])
         prefix4, options4 = backend._tokenise(four[0])
     extra4 = sum(len(c) - 1 for c in options4)

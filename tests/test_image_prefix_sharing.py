@@ -196,7 +196,7 @@ def test_a_call_renders_each_prompt_once_per_image_count(llava, minigpt4, monkey
     """A hub chat template is a jinja render: a call renders each (image count, prompt) once, for grouping and
     tokenising alike, and keeps none of them after."""
     requests = mixed_requests()
-    requests += [replace(r, images=r.images[:1]) for r in requests]  # the two-image prompts again with one image
+    requests += [replace(r, images=r.images[:1]) for r in requests]  # each prompt again: the two-image ones with one
     distinct = {(len(r.images), r.prompt) for r in requests}
     assert len(distinct) < len(requests)
     for backend in (llava, minigpt4):
