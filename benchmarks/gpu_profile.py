@@ -372,7 +372,7 @@ def fp8_conv_times(module, x, reference) -> tuple[float, float, float]:
 
 # ---------------------------------------------------------------- LLaVA
 def llava(args) -> None:
-    from vlm_throughput import CAPTIONS, build_llava, make_prompt, random_images
+    from vlm_throughput import CAPTIONS, build_llava, fingerprinted, make_prompt, random_images
 
     from zerovlm.vlm.base import Request
     from zerovlm.vlm.llava import LlavaBackend
@@ -384,8 +384,10 @@ def llava(args) -> None:
     backend = LlavaBackend(model, processor, batch_size=bs, compile=CUDA)
     prompt = make_prompt(backend, 64)
     images = random_images(bs * 4, seed=0)
-    yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(bs * 4)]
-    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(bs)]
+    yes_no = fingerprinted([Request((images[i],), prompt, ("Yes", "No")) for i in range(bs * 4)])
+    four = fingerprinted(
+        [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(bs)]
+    )
 
     def encode_first_batch():
         with backend._call_memos():
@@ -452,16 +454,10 @@ def llava(args) -> None:
 
 def paper_mix_batch(backend, rows: int):
     """(the paper mix of yes/no requests, its first `rows` groups of request indices, those groups encoded):
-    each image's requests in one row (tree attention mask), as infer runs them: with their images' fingerprints,
-    which the infer stage computes while the device answers the chunk before."""
-    from dataclasses import replace
-
+    each image's requests in one row (tree attention mask), as infer runs them (with their images' fingerprints)."""
     from vlm_throughput import paper_mix, random_images
 
-    from zerovlm.vlm.base import image_fingerprint
-
     mix = paper_mix(random_images(9 * rows, seed=1), four_captions=False, seed=0)
-    mix = [replace(r, image_fingerprints=tuple(image_fingerprint(i) for i in r.images)) for r in mix]
     with backend._call_memos():
         groups = backend._image_groups(mix)[:rows]
         grouped = [[backend._encode(mix[i], pixels=k == 0) for k, i in enumerate(group)] for group in groups]

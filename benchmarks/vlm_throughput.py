@@ -3,9 +3,10 @@
 Not a test. Builds the full-size LLaVA-1.5-7B architecture (CLIP ViT-L/14-336 + Vicuna-7B) with random
 bf16 weights directly on the GPU, a word-level tokenizer (zerovlm.vlm.tiny) and the llava-hf image
 processor settings (336 px), loaded through zerovlm's own processor loader. Each sample has its own
-random 640x480 image (so no image-feature reuse helps) and a prompt of `--text-tokens` text tokens
-after the chat template (576 image tokens + 64 text tokens by default). `--tiny` (implied without a
-CUDA device) loads the project's tiny LLaVA and MiniGPT-4 (zerovlm/vlm/tiny.py) instead, with small counts.
+random 640x480 image (so no image-feature reuse helps), fingerprinted ahead as the infer stage does it, and
+a prompt of `--text-tokens` text tokens after the chat template (576 image tokens + 64 text tokens by
+default). `--tiny` (implied without a CUDA device) loads the project's tiny LLaVA and MiniGPT-4
+(zerovlm/vlm/tiny.py) instead, with small counts.
 
 Prints, in one run:
 - naive: one sample at a time, `model.generate` of 16 new tokens (how the paper's code answered);
@@ -35,7 +36,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from common import CLIP_VIT_L14, DEVICE, DTYPE, parse_args, skip_line, synchroni
 from zerovlm.config import InferConfig  # noqa: E402
 from zerovlm.prompts import lower_first, question_lead, view_prompt  # noqa: E402
 from zerovlm.view_configurations import STITCHED_CONFIGURATIONS  # noqa: E402
-from zerovlm.vlm.base import Request, cpu_threads_for  # noqa: E402
+from zerovlm.vlm.base import Request, cpu_threads_for, image_fingerprint  # noqa: E402
 from zerovlm.vlm.llava import LlavaBackend  # noqa: E402
 from zerovlm.vlm.loading import load_processor  # noqa: E402
 from zerovlm.vlm.minigpt4 import MiniGPT4Backend, load_minigpt4  # noqa: E402
@@ -203,11 +204,17 @@ def one_request_a_row(backend):
         del backend._image_groups
 
 
+def fingerprinted(requests: list[Request]) -> list[Request]:
+    """`requests` carrying their images' fingerprints, as the infer stage hands a chunk to the backend (it hashes
+    the next chunk's images in a thread while the device answers this one): grouping by image hashes nothing."""
+    return [replace(r, image_fingerprints=tuple(map(image_fingerprint, r.images))) for r in requests]
+
+
 def paper_mix(images: list[Image.Image], four_captions: bool, seed: int) -> list[Request]:
     """The paper's requests for len(images) / 9 examples: per example its 9 configurations (9 stitched images,
     conf/config.yaml), each asked without and with its view prompt but the origin (none: 17 requests), about
     1.17 captions per image (VSR: 2,195 captions on 1,874 images) as yes/no questions, or one four-caption
-    question; the user messages as zerovlm.prompts.user_message writes them (grid layout)."""
+    question; the user messages as zerovlm.prompts.user_message writes them (grid layout); `fingerprinted`."""
     rng = np.random.default_rng(seed)
     configurations = list(STITCHED_CONFIGURATIONS.values())
     requests = []
@@ -222,7 +229,7 @@ def paper_mix(images: list[Image.Image], four_captions: bool, seed: int) -> list
             for question in questions:
                 texts = [question] + ([f"{view} {lead + lower_first(question) if lead else question}"] if view else [])
                 requests += [Request((image,), text, options) for text in texts]
-    return requests
+    return fingerprinted(requests)
 
 
 def mix_flops(backend: LlavaBackend, requests: list[Request]) -> tuple[float, float]:
@@ -245,8 +252,9 @@ def mix_flops(backend: LlavaBackend, requests: list[Request]) -> tuple[float, fl
 
 
 class HostTimes:
-    """Where the host's time goes in one option_logprobs call: grouping the requests by image (tokenising and
-    hashing every request before the first batch: nothing runs on the device meanwhile), the length sort,
+    """Where the host's time goes in one option_logprobs call: grouping the requests by image (tokenising every
+    request, and hashing the images of those without fingerprints, before the first batch: nothing runs on the
+    device meanwhile), the length sort,
     preparing inputs (summed over the prefetch threads), queueing batches, waiting for their scores."""
 
     def __init__(self, backend):
@@ -419,8 +427,10 @@ def run_llava(b: Bench) -> None:
     image_tokens = backend.tokens_per_image
     count = args.samples + args.batch_size  # the first batch warms up
     images = random_images(count + args.naive_samples + 1, seed=0)
-    yes_no = [Request((images[i],), prompt, ("Yes", "No")) for i in range(count)]
-    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
+    yes_no = fingerprinted([Request((images[i],), prompt, ("Yes", "No")) for i in range(count)])
+    four = fingerprinted(
+        [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
+    )
     with backend._call_memos():
         prefix4, options4 = backend._tokenise(four[0])
     four_text, four_extra = len(prefix4) - 1, sum(len(c) - 1 for c in options4)
@@ -428,7 +438,9 @@ def run_llava(b: Bench) -> None:
     lo, hi = args.text_tokens * 3 // 4, args.text_tokens * 5 // 4
     rng = np.random.default_rng(1)
     prompts = {n: make_prompt(backend, n) for n in range(lo, hi + 1)}
-    mixed = [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
+    mixed = fingerprinted(
+        [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
+    )
     examples = -(-count // 20)  # about 20 requests per example
     mix_images = random_images(examples * len(STITCHED_CONFIGURATIONS), seed=3)
     mix_yes_no, mix_four = (
@@ -554,8 +566,10 @@ def run_minigpt4(b: Bench) -> None:
     count = args.samples + args.batch_size
     images = random_images(count + args.naive_samples + 1, seed=2)
     question = "Is the red mug on the left side of the wooden table near the blue bowl? please answer me yes or no"
-    yes_no = [Request((images[i],), question, ("Yes", "No")) for i in range(count)]
-    four = [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
+    yes_no = fingerprinted([Request((images[i],), question, ("Yes", "No")) for i in range(count)])
+    four = fingerprinted(
+        [Request((images[i],), "Which caption describes the image best?", CAPTIONS) for i in range(count)]
+    )
     with backend._call_memos():
         prefix, _ = backend._tokenise(yes_no[0])
         prefix4, options4 = backend._tokenise(four[0])

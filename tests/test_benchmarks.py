@@ -207,3 +207,21 @@ def test_paper_grid_extrapolates_a_run_to_its_own_size_as_its_own_time():
     views = {"views": 40, "seconds_loading": 2.0, "seconds_first_batch": 10.0, "seconds_generating": 25.0}
     steady, seconds = paper_grid.views_grid_seconds(views, batch_size=8, grid_views=40)
     assert seconds == pytest.approx(2.0 + 25.0) and steady == pytest.approx(15.0 / 32)
+
+
+def test_vlm_throughput_hands_requests_as_the_infer_stage_does():
+    """The infer stage fingerprints a chunk's images in a thread while the device answers the chunk before, so a
+    backend's grouping hashes nothing there; the benchmark's requests carry the same fingerprints, or its rates
+    would charge the backend for hashing 640x480 images on the critical path."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import vlm_throughput
+
+        from zerovlm.vlm.base import image_fingerprint
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    images = vlm_throughput.random_images(18, seed=0)
+    for four_captions in (False, True):
+        mix = vlm_throughput.paper_mix(images, four_captions=four_captions, seed=0)
+        assert len(mix) >= 2 * 17
+        assert all(r.image_fingerprints == tuple(map(image_fingerprint, r.images)) for r in mix)
