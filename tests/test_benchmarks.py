@@ -44,12 +44,14 @@ RUNS = {
             rf"     host, of {N} s: group {N} s, length {N} s, prepare {N} s",
             r"paper mix: \d+ examples x 9 configurations \(stitched images\): \d+ yes/no requests, \d+ four-caption",
             rf"paper mix, yes/no, eager, one request a row +{N} +{N} +{N}",
+            rf"paper mix, yes/no, eager, image prefix shared, shapes new +{N} +{N} +{N}",
             rf"paper mix, yes/no, eager, image prefix shared +{N} +{N} +{N}",
             (
-                rf"   paper mix, yes/no, eager: {N} requests/s image prefix shared, {N} one request a row "
-                rf"\(x{N}\); max \|shared - one at a time\| = {N}"
+                rf"   paper mix, yes/no, eager: {N} requests/s image prefix shared \({N} with its batch shapes new\), "
+                rf"{N} one request a row \(x{N}\); max \|shared - one at a time\| = {N}"
             ),
-            rf"   paper mix, 4 captions, eager: {N} requests/s image prefix shared, {N} one request a row",
+            rf"   paper mix, 4 captions, eager: {N} requests/s image prefix shared \({N} with its batch shapes new\), "
+            rf"{N} one request a row",
             rf"  model side only \(pre-encoded\), yes/no, eager +{N} +{N}",
             rf"  model side only \(pre-encoded\), 4 captions, eager +{N} +{N}",
             rf"   eager: max \|batched - one at a time\| = {N}",
