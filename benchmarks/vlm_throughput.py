@@ -18,8 +18,9 @@ Prints, in one run:
 - the paper's request mix (per example 9 stitched images, 17 requests: each configuration without and with
   its view prompt, the origin once; about 1.17 yes/no captions per image, or one four-caption question),
   scored one request a row and with each image's requests sharing its prefix (what `option_logprobs`
-  does; timed on a call that meets its batch shapes for the first time, then on one that has seen them, as an
-  infer run's later chunks have), the rates on one line (goal for LLaVA-1.5-7B in bf16: >= 120 requests/s shared).
+  does; timed on a first call, which meets its batch shapes for the first time, and on the same call repeated,
+  as an infer run's later chunks meet shapes seen before), the rates on one line (goal for LLaVA-1.5-7B in
+  bf16: >= 120 requests/s shared).
 Compilation, FP8 and the synchronisation count need a CUDA GPU: elsewhere they print a `skipped:` line.
 
     python benchmarks/vlm_throughput.py --out benchmarks/results/vlm_h200.txt
@@ -215,7 +216,8 @@ def paper_mix(images: list[Image.Image], four_captions: bool, seed: int) -> list
     """The paper's requests for len(images) / 9 examples: per example its 9 configurations (9 stitched images,
     conf/config.yaml), each asked without and with its view prompt but the origin (none: 17 requests), about
     1.17 captions per image (VSR: 2,195 captions on 1,874 images) as yes/no questions, or one four-caption
-    question; the user messages as zerovlm.prompts.user_message writes them (grid layout); `fingerprinted`."""
+    question; the user messages as zerovlm.prompts.user_message writes them (grid layout). The requests carry
+    their images' fingerprints (`fingerprinted`)."""
     rng = np.random.default_rng(seed)
     configurations = list(STITCHED_CONFIGURATIONS.values())
     requests = []
@@ -255,8 +257,8 @@ def mix_flops(backend: LlavaBackend, requests: list[Request]) -> tuple[float, fl
 class HostTimes:
     """Where the host's time goes in one option_logprobs call: grouping the requests by image (tokenising every
     request, and hashing the images of those without fingerprints, before the first batch: nothing runs on the
-    device meanwhile), the length sort,
-    preparing inputs (summed over the prefetch threads), queueing batches, waiting for their scores."""
+    device meanwhile), the length sort, preparing inputs (summed over the prefetch threads), queueing batches,
+    waiting for their scores."""
 
     def __init__(self, backend):
         self.backend, self.seconds = backend, Counter()
@@ -349,19 +351,19 @@ class Bench:
 
     def shared_vs_alone(self, label, backend, requests, flops) -> None:
         """The same requests scored one request a row, then with the requests of one image in one row after
-        their shared prefix (what option_logprobs does), twice: the first call meets most of its batch shapes
-        (row count x length) for the first time, the second has seen them all, as the later chunks of an infer
-        run have; flops: (per request alone, per request shared)."""
+        their shared prefix (what option_logprobs does), twice: a first call, which meets most of its batch shapes
+        (row count x length) for the first time, and the same call repeated, which has seen them all, as an infer
+        run's later chunks have; flops: (per request alone, per request shared)."""
         with one_request_a_row(backend):
             alone = self.measure(f"{label}, one request a row", backend, requests, flops[0])
-        first = self.measure(f"{label}, image prefix shared, shapes new", backend, requests, flops[1])
-        shared = self.measure(f"{label}, image prefix shared", backend, requests, flops[1])
+        first_call = self.measure(f"{label}, image prefix shared, first call", backend, requests, flops[1])
+        repeated = self.measure(f"{label}, image prefix shared", backend, requests, flops[1])
         example = requests[: 2 * len(STITCHED_CONFIGURATIONS)]  # a whole example or more
         gap = max_gap(backend.option_logprobs(example), [backend.option_logprobs([r])[0] for r in example])
         self.say(
-            f"   {label}: {shared:.2f} requests/s image prefix shared ({first:.2f} with its batch shapes new), "
+            f"   {label}: {repeated:.2f} requests/s image prefix shared ({first_call:.2f} on a first call), "
             f"{alone:.2f} one request a row "
-            f"(x{shared / alone:.2f}); max |shared - one at a time| = {gap:.3g}"
+            f"(x{repeated / alone:.2f}); max |shared - one at a time| = {gap:.3g}"
         )
 
     def model_side(self, label, backend, requests, flops_per_sample) -> float:
@@ -446,7 +448,7 @@ def run_llava(b: Bench) -> None:
     mixed = fingerprinted(
         [Request((images[i],), prompts[int(rng.integers(lo, hi + 1))], ("Yes", "No")) for i in range(count)]
     )
-    # one stitched image per sample: at the defaults 64 examples, 1,156 yes/no requests (an infer chunk: 952)
+    # as many stitched images as the other measurements have samples: 64 examples, 1,156 yes/no requests by default
     examples = -(-count // len(STITCHED_CONFIGURATIONS))
     mix_images = random_images(examples * len(STITCHED_CONFIGURATIONS), seed=3)
     mix_yes_no, mix_four = (
@@ -595,7 +597,7 @@ def run_minigpt4(b: Bench) -> None:
     naive = MiniGPT4Backend(vision, query_tokens, qformer, llama_proj, llm, tokenizer, batch_size=1)
     b.naive(
         lambda r: naive.generate([r], max_new_tokens=16, stop=("@@",)),
-        [Request((i,), question) for i in images[count : count + args.naive_samples + 1]],
+        fingerprinted([Request((i,), question) for i in images[count : count + args.naive_samples + 1]]),
     )
     b.measure(
         f"batched scoring, yes/no, eager, bs {args.batch_size}",
