@@ -10,7 +10,8 @@ shows:
   pipeline:  views/s of Zero123Pipeline calls alone (with the views' quality records, as the stage), compiled
              the same way, one after another on as many batches as the stage's steady state counts (N - 1);
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
-             batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores);
+             batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores); then the
+             same with the encoders in worker processes, which take no GIL of the loop's;
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
              the GPU computes the next batch);
   queued:    whether two calls with different seeds queued before either is read (as the stage queues batch n+1
@@ -26,10 +27,12 @@ with small counts; both sides then run uncompiled except on a CUDA GPU (a `skipp
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -95,6 +98,31 @@ def write_prepared(
     ]
     write_table(folder, examples)
     return examples
+
+
+class ProcessEncodedWriter(BackgroundWriter):
+    """The stage's BackgroundWriter with its PNG encoding in worker processes (the same encoder, so the same
+    bytes), which hold no GIL of the GPU loop's thread: set beside the threads, it tells the GIL's share of what
+    the encoders cost the GPU loop from the host cores' and memory bandwidth's."""
+
+    def __init__(self, writer: ShardWriter, encoders: ProcessPoolExecutor, max_pending: int):
+        super().__init__(writer, 1, max_pending)
+        self._encoder.shutdown()
+        self._encoder = encoders
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def rate_while_storing(call, outputs: list[Image.Image], store: BackgroundWriter) -> float:
+    """Views/s of one pipeline `call` while `store` encodes and stores `outputs`, the batch before, as the stage
+    does."""
+    tick = time.perf_counter()
+    for index, view in enumerate(outputs):
+        store.add(f"{index:06d}", view)
+    call()
+    return len(outputs) / (time.perf_counter() - tick)
 
 
 def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> float:
@@ -201,11 +229,11 @@ def main(argv=None) -> None:
     pipeline_rate = calls * args.batch / (time.perf_counter() - tick)
     pending = views.PENDING_BATCHES * args.batch
     with BackgroundWriter(ShardWriter(work / "alongside"), views.PNG_THREADS, pending) as store:
-        tick = time.perf_counter()
-        for index, view in enumerate(outputs):
-            store.add(f"{index:06d}", view)
-        call()
-        alongside_rate = args.batch / (time.perf_counter() - tick)
+        alongside_rate = rate_while_storing(call, outputs, store)
+    with ProcessPoolExecutor(views.PNG_THREADS, mp_context=multiprocessing.get_context("spawn")) as encoders:
+        list(encoders.map(encode_png, outputs[: views.PNG_THREADS]))  # the workers started, before the clock
+        with ProcessEncodedWriter(ShardWriter(work / "processes"), encoders, pending) as store:
+            processes_rate = rate_while_storing(call, outputs, store)
     tick = time.perf_counter()
     for view in outputs:
         encode_png(view)
@@ -221,11 +249,14 @@ def main(argv=None) -> None:
     print(
         f"pipeline alone: {pipeline_rate:.2f} views/s; stage / pipeline = {stage_rate / pipeline_rate:.3f}; "
         f"pipeline while the PNG threads store the previous batch: {alongside_rate:.2f} views/s "
-        f"({alongside_rate / pipeline_rate:.3f} of alone); "
+        f"({alongside_rate / pipeline_rate:.3f} of alone), with the PNG encoders in {views.PNG_THREADS} worker "
+        f"processes instead: {processes_rate:.2f} views/s ({processes_rate / pipeline_rate:.3f}); "
         f"PNG encoding of one batch on one core: {encoding:.2f} s; the long run's store holds "
         f"{len(ShardReader(work / 'long'))} views",
         flush=True,
     )
+    same = folder_bytes(work / "alongside") == folder_bytes(work / "processes")
+    print(f"the stores written by PNG threads and by worker processes are byte-identical: {'yes' if same else 'NO'}")
     print(
         "two calls queued before either is read give the plain calls' views and quality records: "
         f"{'yes' if queued_equal else 'NO'}",

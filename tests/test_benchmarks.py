@@ -99,9 +99,11 @@ RUNS = {
             rf"stage: 1 batch {N} s, \d+ batches {N} s -> {N} views/s in steady state",
             (
                 rf"pipeline alone: {N} views/s; stage / pipeline = {N}; pipeline while the PNG threads store the "
-                rf"previous batch: {N} views/s \({N} of alone\); PNG encoding of one batch on one core: {N} s; "
+                rf"previous batch: {N} views/s \({N} of alone\), with the PNG encoders in \d+ worker processes "
+                rf"instead: {N} views/s \({N}\); PNG encoding of one batch on one core: {N} s; "
                 r"the long run's store holds \d+ views"
             ),
+            r"the stores written by PNG threads and by worker processes are byte-identical: yes",
             r"two calls queued before either is read give the plain calls' views and quality records: yes",
         ],
     ),
