@@ -11,7 +11,8 @@ shows:
              the same way, one after another on as many batches as the stage's steady state counts (N - 1);
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
              batch, as they do in the stage: what the threads cost the GPU loop (GIL, host cores); then the
-             same with the encoders in worker processes, which take no GIL of the loop's;
+             same with the encoders in worker processes (the GIL's share, estimated), the two alternated over
+             N - 1 calls each;
   encoding:  seconds to PNG-encode one batch of views on one core (the stage does it in threads while
              the GPU computes the next batch);
   queued:    whether two calls with different seeds queued before either is read (as the stage queues batch n+1
@@ -101,28 +102,37 @@ def write_prepared(
 
 
 class ProcessEncodedWriter(BackgroundWriter):
-    """The stage's BackgroundWriter with its PNG encoding in worker processes (the same encoder, so the same
-    bytes), which hold no GIL of the GPU loop's thread: set beside the threads, it tells the GIL's share of what
-    the encoders cost the GPU loop from the host cores' and memory bandwidth's."""
+    """The stage's BackgroundWriter with its PNG encoding in the caller's worker processes (the same encoder, so
+    the same bytes), which take no GIL of the GPU loop's thread; the parent still pickles the images and runs the
+    store thread, so set beside the threads it estimates the GIL's share of what the encoders cost the GPU loop,
+    inter-process copies included."""
 
     def __init__(self, writer: ShardWriter, encoders: ProcessPoolExecutor, max_pending: int):
         super().__init__(writer, 1, max_pending)
         self._encoder.shutdown()
         self._encoder = encoders
 
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # BackgroundWriter's exit, leaving the caller's pool running for the next writer: the store thread waits
+        # for every encoding it was handed
+        self._store.shutdown(wait=True)
+        if exc_type is None:
+            self._raise_error()
+            self.writer.close()
+
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in folder.iterdir()}
 
 
-def rate_while_storing(call, outputs: list[Image.Image], store: BackgroundWriter) -> float:
-    """Views/s of one pipeline `call` while `store` encodes and stores `outputs`, the batch before, as the stage
+def seconds_while_storing(call, outputs: list[Image.Image], store: BackgroundWriter) -> float:
+    """Seconds of one pipeline `call` while `store` encodes and stores `outputs`, the batch before, as the stage
     does."""
     tick = time.perf_counter()
     for index, view in enumerate(outputs):
         store.add(f"{index:06d}", view)
     call()
-    return len(outputs) / (time.perf_counter() - tick)
+    return time.perf_counter() - tick
 
 
 def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> float:
@@ -228,12 +238,20 @@ def main(argv=None) -> None:
         outputs, records = call()
     pipeline_rate = calls * args.batch / (time.perf_counter() - tick)
     pending = views.PENDING_BATCHES * args.batch
-    with BackgroundWriter(ShardWriter(work / "alongside"), views.PNG_THREADS, pending) as store:
-        alongside_rate = rate_while_storing(call, outputs, store)
-    with ProcessPoolExecutor(views.PNG_THREADS, mp_context=multiprocessing.get_context("spawn")) as encoders:
-        list(encoders.map(encode_png, outputs[: views.PNG_THREADS]))  # the workers started, before the clock
-        with ProcessEncodedWriter(ShardWriter(work / "processes"), encoders, pending) as store:
-            processes_rate = rate_while_storing(call, outputs, store)
+    spawn = multiprocessing.get_context("spawn")  # the parent has initialised CUDA: no fork
+    ready = spawn.Barrier(views.PNG_THREADS, timeout=300)  # each worker re-imports this script: all before the clock
+    writers = {
+        "threads": lambda folder: BackgroundWriter(ShardWriter(folder), views.PNG_THREADS, pending),
+        "processes": lambda folder: ProcessEncodedWriter(ShardWriter(folder), encoders, pending),
+    }
+    seconds = {name: 0.0 for name in writers}
+    with ProcessPoolExecutor(views.PNG_THREADS, mp_context=spawn, initializer=ready.wait) as encoders:
+        list(encoders.map(encode_png, outputs[: views.PNG_THREADS]))
+        for turn in range(calls):  # alternated, as many calls each as the pipeline alone: one call's time varies
+            for name, writer in writers.items():
+                with writer(work / f"{name}-{turn}") as store:
+                    seconds[name] += seconds_while_storing(call, outputs, store)
+    alongside_rate, processes_rate = (calls * args.batch / seconds[name] for name in writers)
     tick = time.perf_counter()
     for view in outputs:
         encode_png(view)
@@ -255,7 +273,7 @@ def main(argv=None) -> None:
         f"{len(ShardReader(work / 'long'))} views",
         flush=True,
     )
-    same = folder_bytes(work / "alongside") == folder_bytes(work / "processes")
+    same = folder_bytes(work / "threads-0") == folder_bytes(work / "processes-0")
     print(f"the stores written by PNG threads and by worker processes are byte-identical: {'yes' if same else 'NO'}")
     print(
         "two calls queued before either is read give the plain calls' views and quality records: "
