@@ -101,6 +101,17 @@ def write_prepared(
     return examples
 
 
+class BorrowedPool:
+    """The caller's executor, handed to a BackgroundWriter that shuts its encoders down on leaving its block: the
+    pool keeps running for the next writer (the writer's store thread has waited for every encoding by then)."""
+
+    def __init__(self, pool: ProcessPoolExecutor):
+        self.submit = pool.submit
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
 class ProcessEncodedWriter(BackgroundWriter):
     """The stage's BackgroundWriter with its PNG encoding in the caller's worker processes (the same encoder, so
     the same bytes), which take no GIL of the GPU loop's thread; the parent still pickles the images and runs the
@@ -110,15 +121,7 @@ class ProcessEncodedWriter(BackgroundWriter):
     def __init__(self, writer: ShardWriter, encoders: ProcessPoolExecutor, max_pending: int):
         super().__init__(writer, 1, max_pending)
         self._encoder.shutdown()
-        self._encoder = encoders
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        # BackgroundWriter's exit, leaving the caller's pool running for the next writer: the store thread waits
-        # for every encoding it was handed
-        self._store.shutdown(wait=True)
-        if exc_type is None:
-            self._raise_error()
-            self.writer.close()
+        self._encoder = BorrowedPool(encoders)
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
