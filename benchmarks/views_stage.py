@@ -5,8 +5,11 @@ zero123_throughput.py times pipeline calls; this times what `dvc repro` runs for
 decoded in a thread, fixed batches through the compiled pipeline, PNG encoding, shard writing) and sets it
 beside the pipeline calls alone on the same batches, so that any time the stage adds around the GPU work
 shows:
-  stage:     views/s of the stage in steady state: (N - 1) batches / (time of an N-batch run - time of a
-             1-batch run), so model loading and compilation cancel out;
+  stage:     views/s of the stage in steady state, from the stage's own run records: (N - 1) batches /
+             (what an N-batch run spent after its first batch - what a 1-batch run spent after its first
+             batch). Loading the model and the first batch (compilation, or its cache) are left out of both
+             runs, since they vary by seconds from run to run, and the subtraction cancels storing the last
+             batch once the device is done, which a run pays once whatever its length;
   pipeline:  views/s of Zero123Pipeline calls alone (with the views' quality records, as the stage), compiled
              the same way, one after another on as many batches as the stage's steady state counts (N - 1);
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
@@ -41,7 +44,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
+from common import DEVICE, parse_args, skip_line  # noqa: E402
 from zero123_throughput import full_size_components  # noqa: E402
 
 from zerovlm.config import ViewsConfig  # noqa: E402
@@ -138,13 +141,24 @@ def seconds_while_storing(call, outputs: list[Image.Image], store: BackgroundWri
     return time.perf_counter() - tick
 
 
-def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> float:
+def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Path) -> dict:
+    """The stage's run record (`views.run`'s summary) on these examples."""
     shutil.rmtree(out, ignore_errors=True)
     write_table(prepared, examples)  # the table the stage reads: this run's examples
-    tick = time.perf_counter()
-    views.run(views.Paths(prepared=prepared, out=out), cfg)
-    synchronize()
-    return time.perf_counter() - tick
+    return views.run(views.Paths(prepared=prepared, out=out), cfg)
+
+
+def after_first_batch(run: dict) -> float:
+    """Seconds a stage run spent after its first batch was on the host: the other batches, then storing the
+    last one."""
+    return run["seconds_generating"] - run["seconds_first_batch"]
+
+
+def describe(run: dict) -> str:
+    return (
+        f"loading {run['seconds_loading']:.1f} s, first batch {run['seconds_first_batch']:.1f} s, "
+        f"after it {after_first_batch(run):.1f} s"
+    )
 
 
 def write_model(folder: Path, tiny: bool, dtype: torch.dtype, size: int) -> Path:
@@ -206,9 +220,15 @@ def main(argv=None) -> None:
     run_stage(cfg, examples[:per_batch], work / "prepared", work / "warm")  # compile caches warm for both runs
     short = run_stage(cfg, examples[:per_batch], work / "prepared", work / "short")
     long = run_stage(cfg, examples, work / "prepared", work / "long")
-    stage_rate = (args.batches - 1) * args.batch / (long - short)
+    steady_seconds = after_first_batch(long) - after_first_batch(short)
+    if steady_seconds <= 0:
+        sys.exit(
+            f"error: the {args.batches}-batch run took no longer after its first batch than the 1-batch run; "
+            "time more batches (--batches)"
+        )
+    stage_rate = (args.batches - 1) * args.batch / steady_seconds
     print(
-        f"stage: 1 batch {short:.1f} s, {args.batches} batches {long:.1f} s -> {stage_rate:.2f} views/s "
+        f"stage: 1 batch: {describe(short)}; {args.batches} batches: {describe(long)} -> {stage_rate:.2f} views/s "
         "in steady state",
         flush=True,
     )

@@ -96,7 +96,10 @@ RUNS = {
         [
             r"no CUDA device: tiny scale \(--tiny\)",
             r"skipped: compiled stage and pipeline \(",
-            rf"stage: 1 batch {N} s, \d+ batches {N} s -> {N} views/s in steady state",
+            (
+                rf"stage: 1 batch: loading {N} s, first batch {N} s, after it {N} s; \d+ batches: loading {N} s, "
+                rf"first batch {N} s, after it {N} s -> {N} views/s in steady state"
+            ),
             (
                 rf"pipeline alone: {N} views/s; stage / pipeline = {N}; pipeline while the PNG threads store the "
                 rf"previous batch: {N} views/s \({N} of alone\), with the PNG encoders in \d+ worker processes "
