@@ -8,8 +8,9 @@ shows:
   stage:     views/s of the stage in steady state, from the stage's own run records: (N - 1) batches /
              (what an N-batch run spent after its first batch - what a 1-batch run spent after its first
              batch). Loading the model and the first batch (compilation, or its cache) are left out of both
-             runs, since they vary by seconds from run to run, and the subtraction cancels storing the last
-             batch once the device is done, which a run pays once whatever its length;
+             runs, since they can vary by seconds from run to run; the subtraction cancels the PNG threads'
+             encoding and writing of the last batch once the device is done, which a run pays once whatever its
+             length (the long run's hand-off of its last batch to the host stays in: the estimate errs low);
   pipeline:  views/s of Zero123Pipeline calls alone (with the views' quality records, as the stage), compiled
              the same way, one after another on as many batches as the stage's steady state counts (N - 1);
   alongside: views/s of the same pipeline call while the stage's PNG threads encode and store the previous
@@ -154,6 +155,13 @@ def after_first_batch(run: dict) -> float:
     return run["seconds_generating"] - run["seconds_first_batch"]
 
 
+def steady_rate(short: dict, long: dict, batches: int, batch: int) -> float | None:
+    """Views/s of the stage after its first batch, from a 1-batch and a `batches`-batch run record (the module's
+    doc); None when the long run took no longer after its first batch than the short one: too few batches."""
+    seconds = after_first_batch(long) - after_first_batch(short)
+    return (batches - 1) * batch / seconds if seconds > 0 else None
+
+
 def describe(run: dict) -> str:
     return (
         f"loading {run['seconds_loading']:.1f} s, first batch {run['seconds_first_batch']:.1f} s, "
@@ -220,18 +228,16 @@ def main(argv=None) -> None:
     run_stage(cfg, examples[:per_batch], work / "prepared", work / "warm")  # compile caches warm for both runs
     short = run_stage(cfg, examples[:per_batch], work / "prepared", work / "short")
     long = run_stage(cfg, examples, work / "prepared", work / "long")
-    steady_seconds = after_first_batch(long) - after_first_batch(short)
-    if steady_seconds <= 0:
+    stage_rate = steady_rate(short, long, args.batches, args.batch)
+    runs = f"stage: 1 batch: {describe(short)}; {args.batches} batches: {describe(long)}"
+    if stage_rate is None:
+        print(runs, flush=True)
+        shutil.rmtree(work)
         sys.exit(
             f"error: the {args.batches}-batch run took no longer after its first batch than the 1-batch run; "
             "time more batches (--batches)"
         )
-    stage_rate = (args.batches - 1) * args.batch / steady_seconds
-    print(
-        f"stage: 1 batch: {describe(short)}; {args.batches} batches: {describe(long)} -> {stage_rate:.2f} views/s "
-        "in steady state",
-        flush=True,
-    )
+    print(f"{runs} -> {stage_rate:.2f} views/s in steady state", flush=True)
 
     pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
     if compiled:

@@ -97,7 +97,7 @@ RUNS = {
             r"no CUDA device: tiny scale \(--tiny\)",
             r"skipped: compiled stage and pipeline \(",
             (
-                rf"stage: 1 batch: loading {N} s, first batch {N} s, after it {N} s; \d+ batches: loading {N} s, "
+                rf"stage: 1 batch: loading {N} s, first batch {N} s, after it {N} s; 3 batches: loading {N} s, "
                 rf"first batch {N} s, after it {N} s -> {N} views/s in steady state"
             ),
             (
@@ -236,6 +236,21 @@ def test_paper_grid_extrapolates_a_run_to_its_own_size_as_its_own_time():
     views = {"views": 40, "seconds_loading": 2.0, "seconds_first_batch": 10.0, "seconds_generating": 25.0}
     steady, seconds = paper_grid.views_grid_seconds(views, batch_size=8, grid_views=40)
     assert seconds == pytest.approx(2.0 + 25.0) and steady == pytest.approx(15.0 / 32)
+
+
+def test_views_stage_takes_the_steady_state_from_the_run_records():
+    """The stage's steady rate is the long run's batches after its first over the time they added to the short
+    run's after its first batch: loading and the first batch (compilation) count in neither, storing the last
+    batch cancels; a long run no longer than the short one after its first batch gives no rate."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import views_stage
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    short = {"seconds_loading": 9.0, "seconds_first_batch": 30.0, "seconds_generating": 30.5}
+    long = {"seconds_loading": 3.0, "seconds_first_batch": 8.0, "seconds_generating": 26.5}
+    assert views_stage.steady_rate(short, long, batches=4, batch=128) == pytest.approx(3 * 128 / 18.0)
+    assert views_stage.steady_rate(short, dict(long, seconds_generating=8.5), batches=4, batch=128) is None
 
 
 def test_vlm_throughput_hands_requests_as_the_infer_stage_does():
