@@ -83,3 +83,9 @@ def milliseconds(fn, repeats: int, warmup: int = 1, device: torch.device = DEVIC
     end.record()
     torch.cuda.synchronize(device)
     return start.elapsed_time(end) / repeats
+
+
+def seconds_after_first_batch(run: dict) -> float:
+    """Seconds a views stage run spent after its first batch was on the host (from its run record): the other
+    batches, then storing the last one. Loading and the first batch (compilation, or its cache) are not in it."""
+    return run["seconds_generating"] - run["seconds_first_batch"]

@@ -44,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, parse_args, skip_line, synchronize  # noqa: E402
+from common import DEVICE, parse_args, seconds_after_first_batch, skip_line, synchronize  # noqa: E402
 from views_stage import scene, write_model, write_prepared  # noqa: E402
 from vlm_throughput import CLIP_VIT_L14, VICUNA_7B, build_processor  # noqa: E402
 
@@ -213,7 +213,7 @@ def views_grid_seconds(run: dict, batch_size: int, grid_views: int) -> tuple[flo
     first, so its rate includes compilation and the extrapolation overstates the grid's time."""
     first = min(run["views"], batch_size)
     steady = (
-        (run["seconds_generating"] - run["seconds_first_batch"]) / (run["views"] - first)
+        seconds_after_first_batch(run) / (run["views"] - first)
         if run["views"] > first
         else run["seconds_generating"] / run["views"]
     )

@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, parse_args, skip_line  # noqa: E402
+from common import DEVICE, parse_args, seconds_after_first_batch, skip_line  # noqa: E402
 from zero123_throughput import full_size_components  # noqa: E402
 
 from zerovlm.config import ViewsConfig  # noqa: E402
@@ -149,23 +149,17 @@ def run_stage(cfg: ViewsConfig, examples: list[Example], prepared: Path, out: Pa
     return views.run(views.Paths(prepared=prepared, out=out), cfg)
 
 
-def after_first_batch(run: dict) -> float:
-    """Seconds a stage run spent after its first batch was on the host: the other batches, then storing the
-    last one."""
-    return run["seconds_generating"] - run["seconds_first_batch"]
-
-
 def steady_rate(short: dict, long: dict, batches: int, batch: int) -> float | None:
     """Views/s of the stage after its first batch, from a 1-batch and a `batches`-batch run record (the module's
     doc); None when the long run took no longer after its first batch than the short one: too few batches."""
-    seconds = after_first_batch(long) - after_first_batch(short)
+    seconds = seconds_after_first_batch(long) - seconds_after_first_batch(short)
     return (batches - 1) * batch / seconds if seconds > 0 else None
 
 
 def describe(run: dict) -> str:
     return (
         f"loading {run['seconds_loading']:.1f} s, first batch {run['seconds_first_batch']:.1f} s, "
-        f"after it {after_first_batch(run):.1f} s"
+        f"after it {seconds_after_first_batch(run):.1f} s"
     )
 
 
