@@ -40,6 +40,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import PIL
 import torch
 from PIL import Image, ImageDraw
 
@@ -191,7 +192,8 @@ def main(argv=None) -> None:
     work = Path(tempfile.mkdtemp(prefix="views_stage_"))
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
     print(
-        f"device {name}, torch {torch.__version__}; {size} px, {args.steps} DDIM steps, guidance 3.0, eta 1.0, "
+        f"device {name}, torch {torch.__version__}, Pillow {PIL.__version__} (the PNG encoder); {size} px, "
+        f"{args.steps} DDIM steps, guidance 3.0, eta 1.0, "
         f"{args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}",
         flush=True,
     )
