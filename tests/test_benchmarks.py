@@ -110,6 +110,18 @@ RUNS = {
             r"two calls queued before either is read give the plain calls' views and quality records: yes",
         ],
     ),
+    "views_encoding": (
+        [],
+        [
+            r"no CUDA device: tiny scale \(--tiny\)",
+            rf"host ahead: a queued call returns after {N} s, its views are on the host after {N} s",
+            rf"encoder PNG level 0: {N} s per batch on one core, {N} kB a view",
+            rf"pipeline alone: {N} views/s \(1.000 of alone\)",
+            rf"pipeline while storing, encoder none: {N} views/s \({N} of alone\)",
+            rf"pipeline while storing, encoder PNG level 6 \(the stage's\), 4 threads: {N} views/s \({N} of alone\)",
+            rf"pipeline while storing, encoder PNG level 6, 1 thread: {N} views/s \({N} of alone\)",
+        ],
+    ),
     "gpu_profile": (
         [*ZERO123_PROFILES, "llava", "minigpt4"],
         [

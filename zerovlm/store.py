@@ -129,20 +129,21 @@ class ShardWriter:
 
 
 class BackgroundWriter:
-    """A ShardWriter fed from the caller's thread without waiting: `add` hands the image to `encoders` PNG
-    threads and the store write to one writer thread (so the store keeps the order of `add`, and its bytes are
-    those of ShardWriter.add), and returns at once unless `max_pending` images are not stored yet (memory stays
-    bounded). PNG encoding and tar writing release the GIL, so the caller (the GPU loop) keeps going.
+    """A ShardWriter fed from the caller's thread without waiting: `add` hands the image to `encoders` threads that
+    run `encode` (encode_png, the bytes ShardWriter.add stores; benchmarks time others) and the store write to one
+    writer thread (so the store keeps the order of `add`), and returns at once unless `max_pending` images are not
+    stored yet (memory stays bounded). The caller (the GPU loop) keeps going while they work, as far as the encoder
+    lets go of the GIL (benchmarks/views_encoding.py measures what it costs).
 
     The first error of an encoding or a write is raised, as it is, by the next `add` or by leaving the `with`
     block. On leaving the block everything added is stored; a pending partial shard is finished only when the
     block ends without error, as with ShardWriter (finished shards are what a resumed run keeps).
     """
 
-    def __init__(self, writer: ShardWriter, encoders: int, max_pending: int):
+    def __init__(self, writer: ShardWriter, encoders: int, max_pending: int, encode=encode_png):
         if encoders < 1 or max_pending < 1:
             raise ValueError(f"encoders and max_pending must be >= 1, got {encoders} and {max_pending}")
-        self.writer, self.added = writer, 0  # added: images stored so far
+        self.writer, self.added, self._encode = writer, 0, encode  # added: images stored so far
         self._encoder = ThreadPoolExecutor(max_workers=encoders, thread_name_prefix="png")
         self._store = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._slots = threading.BoundedSemaphore(max_pending)
@@ -152,7 +153,7 @@ class BackgroundWriter:
         """Store `image` under `key` with `metadata`."""
         self._raise_error()
         self._slots.acquire()
-        self._store.submit(self._write, key, metadata, self._encoder.submit(encode_png, image))
+        self._store.submit(self._write, key, metadata, self._encoder.submit(self._encode, image))
 
     def _write(self, key: str, metadata: dict | None, png: Future) -> None:
         try:

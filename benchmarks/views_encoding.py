@@ -1,0 +1,149 @@
+"""What storing views costs the views stage's GPU loop, by PNG encoder, on one GPU (full-size random Zero123; not a
+test).
+
+views_stage.py shows the stage losing what the pipeline loses while the stage's PNG threads store the batch before;
+this separates that cost:
+  host ahead:  when a queued call (output_type "pending", as the stage launches a batch) returns, against when its
+               views are on the host: how far the host runs ahead of the device. A host in step with the device
+               stalls the device whenever the host is slowed;
+  encoders:    per encoder, the seconds to encode one batch on one core and the size of a view;
+  alongside:   views/s of the pipeline while a BackgroundWriter stores the batch before (as in the stage), per
+               encoder: none (the writer's threads and the store alone), the stage's (Pillow's PNG at its
+               default zlib level 6) on the stage's PNG threads and on one thread, and PNG at zlib levels 1 and 0
+               (the same pixels, other bytes), beside the pipeline alone; alternated over --calls calls each, as
+               one call's time varies.
+`--tiny` (implied without a CUDA device) runs the project's tiny Zero123 uncompiled with small counts.
+
+    python benchmarks/views_encoding.py
+    python benchmarks/views_encoding.py --tiny   # smoke run, seconds (CPU or GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import PIL
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import DEVICE, parse_args  # noqa: E402
+from views_stage import VIEWS_PER_IMAGE, scene, seconds_while_storing, write_model  # noqa: E402
+
+from zerovlm.pipeline import views  # noqa: E402
+from zerovlm.runtime import DTYPES  # noqa: E402
+from zerovlm.store import BackgroundWriter, ShardWriter, encode_png  # noqa: E402
+from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
+
+
+def png_at_level(level: int):
+    def encode(image: Image.Image) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=level)
+        return buffer.getvalue()
+
+    return encode
+
+
+def no_encoding(image: Image.Image) -> bytes:
+    return b""
+
+
+TINY = {"batch": 4, "calls": 1, "steps": 2, "dtype": "float32", "size": 64}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
+    parser.add_argument("--calls", type=int, default=3, help="timed calls per variant")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
+    args = parse_args(parser, TINY, argv)
+    if args.batch % VIEWS_PER_IMAGE:
+        parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE}")
+    compiled = DEVICE.type == "cuda"
+    name = torch.cuda.get_device_name() if compiled else "cpu"
+    print(
+        f"device {name}, torch {torch.__version__}, Pillow {PIL.__version__}; {args.size} px, {args.steps} DDIM "
+        f"steps, {args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="views_encoding_") as folder:
+        work = Path(folder)
+        model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], args.size)
+        pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
+        if compiled:
+            pipe.compile()
+        scenes = [scene(i, args.size) for i in range(args.batch // VIEWS_PER_IMAGE)]
+        images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]
+        poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
+
+        def call(output_type="pil"):
+            generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
+            return pipe(
+                images,
+                poses,
+                generators,
+                num_inference_steps=args.steps,
+                image_size_px=args.size,
+                quality_white_min_rgb=250,
+                output_type=output_type,
+            )
+
+        tick = time.perf_counter()
+        outputs, _ = call()
+        print(f"first call: {time.perf_counter() - tick:.1f} s", flush=True)
+        tick = time.perf_counter()
+        pending = call("pending")
+        queued = time.perf_counter() - tick
+        pending.result()
+        print(
+            f"host ahead: a queued call returns after {queued:.2f} s, its views are on the host after "
+            f"{time.perf_counter() - tick:.2f} s",
+            flush=True,
+        )
+
+        pngs = {"PNG level 6 (the stage's)": encode_png, "PNG level 1": png_at_level(1), "PNG level 0": png_at_level(0)}
+        for label, encode in pngs.items():
+            tick = time.perf_counter()
+            sizes = [len(encode(view)) for view in outputs]
+            print(
+                f"encoder {label}: {time.perf_counter() - tick:.2f} s per batch on one core, "
+                f"{sum(sizes) / len(sizes) / 1e3:.0f} kB a view",
+                flush=True,
+            )
+        threads = views.PNG_THREADS
+        encoders = {
+            "none": (no_encoding, threads),
+            f"PNG level 6 (the stage's), {threads} threads": (encode_png, threads),
+            "PNG level 6, 1 thread": (encode_png, 1),
+            f"PNG level 1, {threads} threads": (pngs["PNG level 1"], threads),
+            f"PNG level 0, {threads} threads": (pngs["PNG level 0"], threads),
+        }
+        seconds = {label: 0.0 for label in ["alone", *encoders]}
+        for turn in range(args.calls):
+            tick = time.perf_counter()
+            call()
+            seconds["alone"] += time.perf_counter() - tick
+            for index, (label, (encode, count)) in enumerate(encoders.items()):
+                store = BackgroundWriter(ShardWriter(work / f"store-{turn}-{index}"), count, 2 * args.batch, encode)
+                with store:
+                    seconds[label] += seconds_while_storing(call, outputs, store)
+        for label, spent in seconds.items():
+            rate = args.calls * args.batch / spent
+            print(
+                f"pipeline {'alone' if label == 'alone' else 'while storing, encoder ' + label}: {rate:.2f} views/s "
+                f"({seconds['alone'] / spent:.3f} of alone)",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
