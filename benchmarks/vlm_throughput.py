@@ -180,6 +180,12 @@ def random_images(count: int, seed: int) -> list[Image.Image]:
     return [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (a call that meets a shape or mask its compiled
+    graphs do not cover compiles another, within the call); torch exposes the count in its dynamo counters only."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 def argmax(row) -> int:
     return max(range(len(row)), key=row.__getitem__)
 
@@ -335,8 +341,10 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         warm, _ = timed(self.device, lambda: backend.option_logprobs(requests[:bs]))
+        graphs = compiled_graphs()
         with HostTimes(backend) as host:
             seconds, scores = timed(self.device, lambda: backend.option_logprobs(requests[bs:]))
+        graphs = compiled_graphs() - graphs
         assert len(scores) == len(requests) - bs and all(
             len(s) == len(r.options) for s, r in zip(scores, requests[bs:])
         )
@@ -346,7 +354,7 @@ class Bench:
             f"{label:<46}{rate:>10.2f}{rate / self.naive_rate:>9.1f}{rate * flops_per_sample / 1e12:>9.0f}"
             f"{peak:>10.1f}   (first batch {warm:.1f} s)"
         )
-        self.say(f"     host, of {seconds:.2f} s: {host.summary()}")
+        self.say(f"     host, of {seconds:.2f} s: {host.summary()}; graphs compiled during the call: {graphs}")
         return rate
 
     def shared_vs_alone(self, label, backend, requests, flops) -> None:

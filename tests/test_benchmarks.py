@@ -41,7 +41,7 @@ RUNS = {
             rf"batched scoring, yes/no, eager, bs \d+ +{N} +{N} +{N}",
             rf"batched scoring, 4 captions, eager, bs \d+ +{N} +{N} +{N}",
             rf"batched scoring, yes/no \d+-\d+ text tokens, eager +{N} +{N} +{N}",
-            rf"     host, of {N} s: group {N} s, length {N} s, prepare {N} s",
+            rf"     host, of {N} s: group {N} s, length {N} s, prepare {N} s, .*; graphs compiled during the call: 0$",
             r"paper mix: \d+ examples x 9 configurations \(stitched images\): \d+ yes/no requests, \d+ four-caption",
             rf"paper mix, yes/no, eager, one request a row +{N} +{N} +{N}",
             *(
