@@ -15,7 +15,7 @@ import torch
 
 from zerovlm import runtime
 from zerovlm.io import ZeroVLMError
-from zerovlm.runtime import BatchSize, is_out_of_memory, resolve_device_dtype
+from zerovlm.runtime import BatchSize, is_out_of_memory, one_intra_op_thread, resolve_device_dtype
 from zerovlm.vlm.transformers_ops import compile_regions
 
 
@@ -99,3 +99,17 @@ def test_model_identity_is_the_hash_of_every_files_relative_name_and_sha256(tmp_
     payload = json.dumps(pairs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert runtime.model_identity(str(tmp_path)) == hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
     assert runtime.model_identity("org/hub-model", "0123abc") == "0123abc"  # a hub id: its revision, not hashed
+
+
+def test_one_intra_op_thread_restores_the_setting_even_after_an_error():
+    default = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_intra_op_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(default)

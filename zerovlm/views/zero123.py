@@ -23,6 +23,7 @@ exactly 1 and cross-attention reduces to to_out(to_v(context)) for every query),
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -33,7 +34,7 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0, Fu
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.runtime import use_compile_cache
+from zerovlm.runtime import one_intra_op_thread, use_compile_cache
 from zerovlm.views.checkpoints import Zero123Components, load_components
 from zerovlm.views.quality import pixel_sums, quality_records
 
@@ -362,45 +363,50 @@ class Zero123Pipeline:
             raise ZeroVLMError(f'output_type: expected "pil" or "pending", got {output_type!r}')
         do_guidance = guidance_scale > 1.0
 
-        # 1. encode the input views and poses
-        context, cond_latent, input_embeds = self.encode(images, poses, image_size_px)
-        if do_guidance:  # [unconditional; conditional]: zeros after the projection, zero image latent
-            context = torch.cat([torch.zeros_like(context), context])
-            cond_latent = torch.cat([torch.zeros_like(cond_latent), cond_latent])
+        # On a GPU the host's share of a step (drawing the noise, queueing kernels) is small tensor work that the
+        # device waits on: on one thread it does not wait for cores that the caller's PNG encoders hold (the
+        # pipeline ran at 0.92 of its rate while they encoded, with torch's default threads: views_encoding.py).
+        host = one_intra_op_thread() if self.device.type == "cuda" else contextlib.nullcontext()
+        with host:
+            # 1. encode the input views and poses
+            context, cond_latent, input_embeds = self.encode(images, poses, image_size_px)
+            if do_guidance:  # [unconditional; conditional]: zeros after the projection, zero image latent
+                context = torch.cat([torch.zeros_like(context), context])
+                cond_latent = torch.cat([torch.zeros_like(cond_latent), cond_latent])
 
-        # 2. timesteps (a fresh scheduler: set_timesteps mutates it)
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
-        steps = self._set_timesteps(scheduler, num_inference_steps, timesteps)
+            # 2. timesteps (a fresh scheduler: set_timesteps mutates it)
+            scheduler = DDIMScheduler.from_config(self.scheduler.config)
+            steps = self._set_timesteps(scheduler, num_inference_steps, timesteps)
 
-        # 3. prepare latents (B, 4, h, w), float32: the DDIM arithmetic stays in full precision
-        side = image_size_px // self.vae_scale_factor
-        shape = (self.vae.config.latent_channels, side, side)
-        if latents is None:
-            latents = _randn(generators, shape, self.device) * scheduler.init_noise_sigma
-        latents = latents.to(self.device, torch.float32)
-        cond_latent = cond_latent.float()
-        steps_device = steps.to(self.device)  # (steps,): no host-device copy inside the loop
+            # 3. prepare latents (B, 4, h, w), float32: the DDIM arithmetic stays in full precision
+            side = image_size_px // self.vae_scale_factor
+            shape = (self.vae.config.latent_channels, side, side)
+            if latents is None:
+                latents = _randn(generators, shape, self.device) * scheduler.init_noise_sigma
+            latents = latents.to(self.device, torch.float32)
+            cond_latent = cond_latent.float()
+            steps_device = steps.to(self.device)  # (steps,): no host-device copy inside the loop
 
-        # 4. denoise
-        for index, t in enumerate(steps.tolist()):
-            model_input = torch.cat([latents, latents]) if do_guidance else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            model_input = torch.cat([model_input, cond_latent], dim=1).to(self.dtype)  # (2B, 8, h, w)
-            eps = self.unet(model_input, steps_device[index], encoder_hidden_states=context, return_dict=False)[
-                0
-            ].float()
-            if do_guidance:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
-            # the CPU draws the next noise while the GPU runs this step (pinned, asynchronous copy)
-            noise = _randn(generators, shape, self.device) if eta > 0 else None
-            latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=noise).prev_sample
+            # 4. denoise
+            for index, t in enumerate(steps.tolist()):
+                model_input = torch.cat([latents, latents]) if do_guidance else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                model_input = torch.cat([model_input, cond_latent], dim=1).to(self.dtype)  # (2B, 8, h, w)
+                eps = self.unet(model_input, steps_device[index], encoder_hidden_states=context, return_dict=False)[
+                    0
+                ].float()
+                if do_guidance:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+                # the CPU draws the next noise while the GPU runs this step (pinned, asynchronous copy)
+                noise = _randn(generators, shape, self.device) if eta > 0 else None
+                latents = scheduler.step(eps, t, latents, eta=eta, variance_noise=noise).prev_sample
 
-        # 5. decode (6. with `quality_white_min_rgb`: the views' quality, from the views still on the device)
-        views = self._decode_to_uint8(latents)  # (B, H, W, 3)
-        if quality_white_min_rgb is None:
-            pending = PendingViews(views)
-        else:
-            quality = (self.clip_similarity(input_embeds, views), pixel_sums(views, quality_white_min_rgb))
-            pending = PendingViews(views, quality)
+            # 5. decode (6. with `quality_white_min_rgb`: the views' quality, from the views still on the device)
+            views = self._decode_to_uint8(latents)  # (B, H, W, 3)
+            if quality_white_min_rgb is None:
+                pending = PendingViews(views)
+            else:
+                quality = (self.clip_similarity(input_embeds, views), pixel_sums(views, quality_white_min_rgb))
+                pending = PendingViews(views, quality)
         return pending if output_type == "pending" else pending.result()

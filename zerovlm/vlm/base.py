@@ -24,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import torch
 from PIL import Image
 
 from zerovlm.io import ZeroVLMError
-from zerovlm.runtime import BatchSize, is_out_of_memory
+from zerovlm.runtime import BatchSize, is_out_of_memory, one_intra_op_thread
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -186,21 +185,14 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 
 @contextlib.contextmanager
 def cpu_threads_for(model) -> Iterator[None]:
-    """Run a tiny model (< 50M parameters) on CPU with one intra-op thread, restoring the setting after.
-
-    Its matmuls are far too small to split, and OpenMP's spinning worker threads made each one about
-    100x slower on a busy 2-core machine (0.07 ms with 1 thread, 10 ms with 2, measured).
-    """
+    """Run a tiny model (< 50M parameters) on CPU with one intra-op thread (`one_intra_op_thread`): its matmuls
+    are far too small to split."""
     small = sum(p.numel() for p in model.parameters()) < 50_000_000
     if model.device.type != "cpu" or not small:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_intra_op_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- the collator
