@@ -10,8 +10,9 @@ this separates that cost:
   alongside:   views/s of the pipeline while a BackgroundWriter stores the batch before (as in the stage), per
                encoder: none (the writer's threads and the store alone), the stage's (Pillow's PNG at its
                default zlib level 6) on the stage's PNG threads and on one thread, and PNG at zlib levels 1 and 0
-               (the same pixels, other bytes), beside the pipeline alone; alternated over --calls calls each, as
-               one call's time varies.
+               (the same pixels, other bytes), beside the pipeline alone; alone and with the stage's encoder also
+               with the pipeline's host work on torch's default intra-op threads instead of the one it takes on a
+               GPU (Zero123Pipeline.__call__); alternated over --calls calls each, as one call's time varies.
 `--tiny` (implied without a CUDA device) runs the project's tiny Zero123 uncompiled with small counts.
 
     python benchmarks/views_encoding.py
@@ -21,6 +22,7 @@ this separates that cost:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tempfile
@@ -39,6 +41,7 @@ from views_stage import VIEWS_PER_IMAGE, scene, seconds_while_storing, write_mod
 from zerovlm.pipeline import views  # noqa: E402
 from zerovlm.runtime import DTYPES  # noqa: E402
 from zerovlm.store import BackgroundWriter, ShardWriter, encode_png  # noqa: E402
+from zerovlm.views import zero123  # noqa: E402
 from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
 
@@ -53,6 +56,18 @@ def png_at_level(level: int):
 
 def no_encoding(image: Image.Image) -> bytes:
     return b""
+
+
+@contextlib.contextmanager
+def host_on_default_threads():
+    """The pipeline's host work on torch's default intra-op threads instead of the one thread it takes on a GPU
+    (zero123.one_intra_op_thread), to set the two side by side."""
+    original = zero123.one_intra_op_thread  # fails here, not silently, if the pipeline stops using it
+    zero123.one_intra_op_thread = contextlib.nullcontext
+    try:
+        yield
+    finally:
+        zero123.one_intra_op_thread = original
 
 
 TINY = {"batch": 4, "calls": 1, "steps": 2, "dtype": "float32", "size": 64}
@@ -119,30 +134,37 @@ def main(argv=None) -> None:
                 f"{sum(sizes) / len(sizes) / 1e3:.0f} kB a view",
                 flush=True,
             )
-        threads = views.PNG_THREADS
-        encoders = {
-            "none": (no_encoding, threads),
-            f"PNG level 6 (the stage's), {threads} threads": (encode_png, threads),
-            "PNG level 6, 1 thread": (encode_png, 1),
-            f"PNG level 1, {threads} threads": (pngs["PNG level 1"], threads),
-            f"PNG level 0, {threads} threads": (pngs["PNG level 0"], threads),
+        threads, torch_threads = views.PNG_THREADS, torch.get_num_threads()
+        default_host = f" (host work on torch's default intra-op threads: {torch_threads})"
+        variants = {  # label: (encoder, its threads, host work on torch's default threads instead of one)
+            "alone": (None, 0, False),
+            "alone" + default_host: (None, 0, True),
+            "while storing, encoder none": (no_encoding, threads, False),
+            f"while storing, encoder PNG level 6 (the stage's), {threads} threads": (encode_png, threads, False),
+            f"while storing, encoder PNG level 6 (the stage's), {threads} threads" + default_host: (
+                encode_png,
+                threads,
+                True,
+            ),
+            "while storing, encoder PNG level 6, 1 thread": (encode_png, 1, False),
+            f"while storing, encoder PNG level 1, {threads} threads": (pngs["PNG level 1"], threads, False),
+            f"while storing, encoder PNG level 0, {threads} threads": (pngs["PNG level 0"], threads, False),
         }
-        seconds = {label: 0.0 for label in ["alone", *encoders]}
+        seconds = dict.fromkeys(variants, 0.0)
         for turn in range(args.calls):
-            tick = time.perf_counter()
-            call()
-            seconds["alone"] += time.perf_counter() - tick
-            for index, (label, (encode, count)) in enumerate(encoders.items()):
-                store = BackgroundWriter(ShardWriter(work / f"store-{turn}-{index}"), count, 2 * args.batch, encode)
-                with store:
-                    seconds[label] += seconds_while_storing(call, outputs, store)
+            for index, (label, (encode, count, default)) in enumerate(variants.items()):
+                with host_on_default_threads() if default else contextlib.nullcontext():
+                    if encode is None:
+                        tick = time.perf_counter()
+                        call()
+                        seconds[label] += time.perf_counter() - tick
+                        continue
+                    store = BackgroundWriter(ShardWriter(work / f"store-{turn}-{index}"), count, 2 * args.batch, encode)
+                    with store:
+                        seconds[label] += seconds_while_storing(call, outputs, store)
         for label, spent in seconds.items():
             rate = args.calls * args.batch / spent
-            print(
-                f"pipeline {'alone' if label == 'alone' else 'while storing, encoder ' + label}: {rate:.2f} views/s "
-                f"({seconds['alone'] / spent:.3f} of alone)",
-                flush=True,
-            )
+            print(f"pipeline {label}: {rate:.2f} views/s ({seconds['alone'] / spent:.3f} of alone)", flush=True)
 
 
 if __name__ == "__main__":

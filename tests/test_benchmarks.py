@@ -120,6 +120,10 @@ RUNS = {
             rf"pipeline while storing, encoder none: {N} views/s \({N} of alone\)",
             rf"pipeline while storing, encoder PNG level 6 \(the stage's\), 4 threads: {N} views/s \({N} of alone\)",
             rf"pipeline while storing, encoder PNG level 6, 1 thread: {N} views/s \({N} of alone\)",
+            (
+                r"pipeline while storing, encoder PNG level 6 \(the stage's\), 4 threads \(host work on torch's "
+                rf"default intra-op threads: \d+\): {N} views/s \({N} of alone\)"
+            ),
         ],
     ),
     "gpu_profile": (
