@@ -149,11 +149,11 @@ def run(paths: Paths, cfg: ViewsConfig, shard_size: int = 256, worker: Worker | 
         foreground = None if cfg.foreground == "none" else load_foreground(cfg.foreground, cfg.foreground_threshold_rgb)
         tick = time.perf_counter()
         # Each batch is queued on the device (Sampler.launch) before the batch before it is taken to the host and
-        # stored, so the host's work between batches overlaps the device's. Threads (all release the GIL in C):
-        # the next batch's images are decoded, and the views PNG-encoded and written to the store, while the GPU
-        # computes. With the encoding and the tar writes on the loop's thread the stage ran at 0.93 of the
-        # pipeline's rate on an H200 (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait
-        # in memory for the store, besides the one queued on the device.
+        # stored, so the host's work between batches overlaps the device's. In threads, while the GPU computes:
+        # the next batch's images are decoded, and the views PNG-encoded and written to the store. With the
+        # encoding and the tar writes on the loop's thread the stage ran at 0.93 of the pipeline's rate on an H200
+        # (benchmarks/views_stage.py). At most PENDING_BATCHES batches of views wait in memory for the store,
+        # besides the one queued on the device.
         with (
             ThreadPoolExecutor(max_workers=1) as loader,
             BackgroundWriter(writer, PNG_THREADS, PENDING_BATCHES * cfg.batch_size) as store,
