@@ -132,8 +132,8 @@ class BackgroundWriter:
     """A ShardWriter fed from the caller's thread without waiting: `add` hands the image to `encoders` threads that
     run `encode` (encode_png, the bytes ShardWriter.add stores; benchmarks time others) and the store write to one
     writer thread (so the store keeps the order of `add`), and returns at once unless `max_pending` images are not
-    stored yet (memory stays bounded). The caller (the GPU loop) keeps going while they work, as far as the encoder
-    lets go of the GIL (benchmarks/views_encoding.py measures what it costs).
+    stored yet (memory stays bounded). The caller (the GPU loop) keeps going while they work, on the cores they leave
+    it (benchmarks/views_encoding.py measures what they cost it).
 
     The first error of an encoding or a write is raised, as it is, by the next `add` or by leaving the `with`
     block. On leaving the block everything added is stored; a pending partial shard is finished only when the
