@@ -52,7 +52,7 @@ def parse_args(
         args = parser.parse_args(argv)
         if DEVICE.type == "cpu":
             # A tiny model's operations are too small to split, and OpenMP's spinning threads made the tiny
-            # UNet 10-20x slower on a busy 2-core machine (as zerovlm.vlm.base.cpu_threads_for says for VLMs).
+            # UNet 10-20x slower on a busy 2-core machine (as zerovlm.runtime.one_intra_op_thread says).
             torch.set_num_threads(1)
     return args
 

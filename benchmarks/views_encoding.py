@@ -81,8 +81,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
     args = parse_args(parser, TINY, argv)
-    if args.batch % VIEWS_PER_IMAGE:
-        parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE}")
+    if args.batch < VIEWS_PER_IMAGE or args.batch % VIEWS_PER_IMAGE or min(args.calls, args.steps, args.size) < 1:
+        parser.error(f"--batch must be a positive multiple of {VIEWS_PER_IMAGE}, --calls, --steps and --size >= 1")
     compiled = DEVICE.type == "cuda"
     name = torch.cuda.get_device_name() if compiled else "cpu"
     print(

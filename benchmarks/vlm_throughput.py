@@ -181,8 +181,9 @@ def random_images(count: int, seed: int) -> list[Image.Image]:
 
 
 def compiled_graphs() -> int:
-    """Graphs torch.compile has compiled in this process so far (a call that meets a shape or mask its compiled
-    graphs do not cover compiles another, within the call); torch exposes the count in its dynamo counters only."""
+    """Graphs torch.compile has traced in this process so far, those then loaded from the compile cache included (a
+    call that meets a shape or mask its compiled graphs do not cover compiles another, within the call); torch
+    exposes the count in its dynamo counters only."""
     return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
