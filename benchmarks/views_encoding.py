@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import DEVICE, parse_args  # noqa: E402
-from views_stage import VIEWS_PER_IMAGE, scene, seconds_while_storing, write_model  # noqa: E402
+from views_stage import VIEWS_PER_IMAGE, add_batch_arguments, scene, seconds_while_storing, write_model  # noqa: E402
 
 from zerovlm.pipeline import views  # noqa: E402
 from zerovlm.runtime import DTYPES  # noqa: E402
@@ -75,11 +75,8 @@ TINY = {"batch": 4, "calls": 1, "steps": 2, "dtype": "float32", "size": 64}
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
+    add_batch_arguments(parser)
     parser.add_argument("--calls", type=int, default=3, help="timed calls per variant")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
-    parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
     args = parse_args(parser, TINY, argv)
     if args.batch < VIEWS_PER_IMAGE or args.batch % VIEWS_PER_IMAGE or min(args.calls, args.steps, args.size) < 1:
         parser.error(f"--batch must be a positive multiple of {VIEWS_PER_IMAGE}, --calls, --steps and --size >= 1")

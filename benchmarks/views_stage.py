@@ -175,16 +175,21 @@ def write_model(folder: Path, tiny: bool, dtype: torch.dtype, size: int) -> Path
     return model
 
 
+def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The views benchmarks' batch settings: views per batch, DDIM steps, dtype, view size."""
+    parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
+
+
 TINY = {"batch": 4, "batches": 2, "steps": 2, "dtype": "float32", "size": 64}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
+    add_batch_arguments(parser)
     parser.add_argument("--batches", type=int, default=4, help="batches in the long run")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
-    parser.add_argument("--size", type=int, default=256, help="views.image_size_px")
     args = parse_args(parser, TINY, argv)
     if args.batch % VIEWS_PER_IMAGE or args.batches < 2:
         parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE} and --batches at least 2")
