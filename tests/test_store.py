@@ -8,7 +8,6 @@ import threading
 import pytest
 from PIL import Image
 
-from zerovlm import store as store_module
 from zerovlm.io import ZeroVLMError
 from zerovlm.store import BackgroundWriter, ShardReader, ShardWriter, encode_png, publish
 
@@ -153,8 +152,8 @@ def test_a_full_disk_names_the_shard_and_keeps_the_finished_ones(tmp_path, monke
     assert ShardReader(folder).keys() == ["k0", "k1", "k2", "k3"]
 
 
-def _write_background(folder, images, encoders=3, max_pending=2):
-    with BackgroundWriter(ShardWriter(folder, shard_size=2), encoders, max_pending) as store:
+def _write_background(folder, images, encoders=3, max_pending=2, encode=encode_png):
+    with BackgroundWriter(ShardWriter(folder, shard_size=2), encoders, max_pending, encode) as store:
         for key, image in images:
             store.add(key, image, {"key_again": key})
     return store
@@ -181,7 +180,7 @@ def test_background_writer_raises_the_write_error_and_keeps_only_finished_shards
     assert ShardReader(tmp_path / "s").keys() == ["a", "b"] and len(list((tmp_path / "s").glob("*.tar"))) == 1
 
 
-def test_background_writer_holds_at_most_max_pending_images(tmp_path, monkeypatch):
+def test_background_writer_holds_at_most_max_pending_images(tmp_path):
     """`add` waits while max_pending images are not stored yet: memory stays bounded however slow the disk."""
     release = threading.Event()
 
@@ -189,9 +188,10 @@ def test_background_writer_holds_at_most_max_pending_images(tmp_path, monkeypatc
         release.wait(timeout=30)
         return encode_png(image)
 
-    monkeypatch.setattr(store_module, "encode_png", slow_encode)
     returned = []
-    with BackgroundWriter(ShardWriter(tmp_path / "s", shard_size=8), encoders=4, max_pending=2) as store:
+    with BackgroundWriter(
+        ShardWriter(tmp_path / "s", shard_size=8), encoders=4, max_pending=2, encode=slow_encode
+    ) as store:
         adding = threading.Thread(target=lambda: [returned.append(store.add(f"k{i}", _image(i))) for i in range(3)])
         adding.start()
         adding.join(timeout=1.0)
@@ -201,15 +201,14 @@ def test_background_writer_holds_at_most_max_pending_images(tmp_path, monkeypatc
     assert len(returned) == 3 and len(ShardReader(tmp_path / "s")) == 3
 
 
-def test_background_writer_encodes_off_the_callers_thread_and_raises_its_error(tmp_path, monkeypatch):
+def test_background_writer_encodes_off_the_callers_thread_and_raises_its_error(tmp_path):
     threads = []
 
     def failing_encode(image):
         threads.append(threading.current_thread())
         raise ValueError("cannot encode this one")
 
-    monkeypatch.setattr(store_module, "encode_png", failing_encode)
     with pytest.raises(ValueError, match="cannot encode this one"):
-        _write_background(tmp_path / "s", [("a", _image(1))])
+        _write_background(tmp_path / "s", [("a", _image(1))], encode=failing_encode)
     assert len(threads) == 1 and threading.current_thread() not in threads
     assert not list((tmp_path / "s").glob("*.tar"))
