@@ -36,13 +36,19 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import DEVICE, parse_args  # noqa: E402
-from views_stage import VIEWS_PER_IMAGE, add_batch_arguments, scene, seconds_while_storing, write_model  # noqa: E402
+from views_stage import (  # noqa: E402
+    VIEWS_PER_IMAGE,
+    add_batch_arguments,
+    pipeline_call,
+    seconds_while_storing,
+    views_config,
+    write_model,
+)
 
 from zerovlm.pipeline import views  # noqa: E402
 from zerovlm.runtime import DTYPES  # noqa: E402
 from zerovlm.store import BackgroundWriter, ShardWriter, encode_png  # noqa: E402
 from zerovlm.views import zero123  # noqa: E402
-from zerovlm.views.zero123 import Zero123Pipeline  # noqa: E402
 
 
 def png_at_level(level: int):
@@ -90,24 +96,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="views_encoding_") as folder:
         work = Path(folder)
         model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], args.size)
-        pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
-        if compiled:
-            pipe.compile()
-        scenes = [scene(i, args.size) for i in range(args.batch // VIEWS_PER_IMAGE)]
-        images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]
-        poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
-
-        def call(output_type="pil"):
-            generators = [torch.Generator().manual_seed(i) for i in range(args.batch)]
-            return pipe(
-                images,
-                poses,
-                generators,
-                num_inference_steps=args.steps,
-                image_size_px=args.size,
-                quality_white_min_rgb=250,
-                output_type=output_type,
-            )
+        call = pipeline_call(model, views_config(model, args))
 
         tick = time.perf_counter()
         outputs, _ = call()

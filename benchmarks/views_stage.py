@@ -175,6 +175,49 @@ def write_model(folder: Path, tiny: bool, dtype: torch.dtype, size: int) -> Path
     return model
 
 
+def views_config(model: Path, args: argparse.Namespace) -> ViewsConfig:
+    """The views settings of `add_batch_arguments`' values for `model`, compiled on a CUDA GPU (as views.compile
+    works there only), the rest the project's defaults."""
+    return ViewsConfig(
+        model=str(model),
+        image_size_px=args.size,
+        num_inference_steps=args.steps,
+        dtype=args.dtype,
+        device=DEVICE.type,
+        batch_size=args.batch,
+        compile=DEVICE.type == "cuda",
+        seed=0,
+    )
+
+
+def pipeline_call(model: Path, cfg: ViewsConfig):
+    """`call(output_type="pil", first_seed=0)`: one Zero123Pipeline call on a batch of `cfg.batch_size` views of
+    distinct pictures (4 views each, one image object per picture, as the stage passes them), with the views'
+    quality records (the stage's device work), compiled as the stage compiles it; sample i seeded first_seed + i."""
+    pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[cfg.dtype], DEVICE)
+    if cfg.compile:
+        pipe.compile()
+    scenes = [scene(i, cfg.image_size_px) for i in range(cfg.batch_size // VIEWS_PER_IMAGE)]
+    images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]
+    poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(cfg.batch_size, 1)
+
+    def call(output_type="pil", first_seed=0):
+        generators = [torch.Generator().manual_seed(first_seed + i) for i in range(cfg.batch_size)]
+        return pipe(
+            images,
+            poses,
+            generators,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            eta=cfg.eta,
+            image_size_px=cfg.image_size_px,
+            quality_white_min_rgb=cfg.quality_white_min_rgb,
+            output_type=output_type,
+        )
+
+    return call
+
+
 def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     """The views benchmarks' batch settings: views per batch, DDIM steps, dtype, view size."""
     parser.add_argument("--batch", type=int, default=128, help="views per batch (views.batch_size)")
@@ -212,16 +255,7 @@ def main(argv=None) -> None:
         f"{time.perf_counter() - tick:.0f} s",
         flush=True,
     )
-    cfg = ViewsConfig(
-        model=str(model),
-        image_size_px=size,
-        num_inference_steps=args.steps,
-        dtype=args.dtype,
-        device=DEVICE.type,
-        batch_size=args.batch,
-        compile=compiled,
-        seed=0,
-    )
+    cfg = views_config(model, args)
     per_batch = args.batch // VIEWS_PER_IMAGE
     count = per_batch * args.batches
     examples = write_prepared(work / "prepared", "synthetic", "true_false", count, count, size)
@@ -240,27 +274,7 @@ def main(argv=None) -> None:
         )
     print(f"{runs} -> {stage_rate:.2f} views/s in steady state", flush=True)
 
-    pipe = Zero123Pipeline.from_pretrained(str(model), DTYPES[args.dtype], DEVICE)
-    if compiled:
-        pipe.compile()
-    scenes = [scene(i, size) for i in range(per_batch)]
-    images = [image for image in scenes for _ in range(VIEWS_PER_IMAGE)]  # one object per image, as the stage
-    poses = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(args.batch, 1)
-
-    def call(output_type="pil", first_seed=0):
-        generators = [torch.Generator().manual_seed(first_seed + i) for i in range(args.batch)]
-        return pipe(
-            images,
-            poses,
-            generators,
-            num_inference_steps=args.steps,
-            guidance_scale=3.0,
-            eta=1.0,
-            image_size_px=size,
-            quality_white_min_rgb=cfg.quality_white_min_rgb,  # the stage's device work: views and their quality
-            output_type=output_type,
-        )
-
+    call = pipeline_call(model, cfg)
     call()
     calls = args.batches - 1  # as many batches as the stage's steady rate counts: one call's time varies
     tick = time.perf_counter()
