@@ -1,5 +1,6 @@
 """LLaVA backend on the tiny offline model: prompts, inputs, option scores, generation, loading."""
 
+import copy
 import hashlib
 import typing
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import LlavaForConditionalGeneration
 
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
@@ -304,3 +306,38 @@ def test_weights_are_read_in_the_target_dtype_straight_onto_the_device(tiny_dir,
     monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", classmethod(spy))
     load_backend(InferConfig(model=str(tiny_dir), device="cpu", dtype="float32", batch_size=4))
     assert [(c["device_map"], c["dtype"]) for c in calls] == [("cpu", torch.float32)]
+
+
+def test_models_compiled_in_one_process_all_run_compiled(backend, tmp_path, monkeypatch):
+    """The blocks of every compiled model share dynamo's per-code recompile limit (transformers_ops.compile_regions):
+    a second model, of another width, compiles the same graphs for the same calls as the first instead of running
+    its later shapes eagerly once the first model's graphs have used up dynamo's default limit."""
+    monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    a, b, c = images()
+    calls = [
+        [Request((image,), "Is the cup left of the box?", ("Yes", "No")) for image in (a, b)],  # several rows
+        [Request((c,), f"Is the cup {side} of the box?", ("Yes", "No")) for side in ("left", "right")],  # a mask
+        [Request((a,), "Is the cup left of the box?", ("Yes", "No"))],  # one row, one image
+        # masks, several rows
+        [
+            Request((image,), f"Is the cup {where} the box?", ("Yes", "No"))
+            for image in (b, c)
+            for where in ("on", "in")
+        ],
+    ]
+    graphs_per_call = []
+    for width in (40, 48):  # widths no other test compiles, so that each model starts from no graph of its own
+        config = copy.deepcopy(backend.model.config)
+        for tower in (config.text_config, config.vision_config):
+            tower.hidden_size, tower.intermediate_size = width, 2 * width
+        torch.manual_seed(0)
+        compiled = LlavaBackend(LlavaForConditionalGeneration(config).eval(), backend.processor, compile=True)
+        counts = []
+        for requests in calls:
+            before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            compiled.option_logprobs(requests)
+            counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+        graphs_per_call.append(counts)
+    first, second = graphs_per_call
+    assert all(first) and second == first

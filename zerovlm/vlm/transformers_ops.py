@@ -324,6 +324,9 @@ def uses_fp8(model) -> bool:
     return isinstance(model, torch.nn.Module) and any(isinstance(m, Float8Linear) for m in model.modules())
 
 
+GRAPHS_PER_COMPILED_MODEL = 8  # dynamo's default recompile limit (see compile_regions)
+
+
 def compile_regions(*towers: torch.nn.Module) -> int:
     """torch.compile in place each block of every `...layers` ModuleList in the towers (dynamic shapes).
 
@@ -332,6 +335,12 @@ def compile_regions(*towers: torch.nn.Module) -> int:
     to the project's compile cache (zerovlm/runtime.py), so a later instance or run loads them. Returns the count.
     """
     use_compile_cache()
+    # Dynamo's recompile limit counts the graphs of one code object across the process, and the blocks of every
+    # transformers tower run through the same code (GradientCheckpointingLayer.__call__). A model needs several
+    # graphs of it (mask or none, one row or several), so a second model of another width compiled in the same
+    # process (the paper grid's benchmark runs four) would reach dynamo's default limit of 8 and run its blocks'
+    # remaining shapes eagerly, with one log warning. Each compiled model adds that default to the limit.
+    torch._dynamo.config.recompile_limit += GRAPHS_PER_COMPILED_MODEL
     blocks = [
         block
         for tower in towers
