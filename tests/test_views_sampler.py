@@ -47,11 +47,12 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
-    """The original's eta=0 DDIM loop over the same UNet and conditioning, from its formulas
+def original_ddim(pipe, images, poses, latents, steps, guidance, t_start, eta=0.0, noise=None):
+    """The original's DDIM loop over the same UNet and conditioning, from its formulas
     (cvlab-columbia/zero123 ldm/modules/diffusionmodules/util.py make_ddim_timesteps and
     make_ddim_sampling_parameters, ldm/models/diffusion/ddim.py ddim_sampling and p_sample_ddim).
-    t_start=-1 is the original's default; None runs the whole list. -> (latents, timesteps run)."""
+    t_start=-1 is the original's default; None runs the whole list. With eta > 0, `noise()` gives each step's
+    standard-normal draw. -> (latents, timesteps run)."""
     context, cond, _ = pipe.encode(images, poses, SIZE)
     a = alphas_cumprod()
     ddim_timesteps = np.asarray(list(range(0, 1000, 1000 // steps))) + 1  # "uniform", steps_out = +1
@@ -73,7 +74,10 @@ def original_ddim(pipe, images, poses, latents, steps, guidance, t_start):
         e_t = e_u + guidance * (e_c - e_u) if guidance > 1 else e_c
         a_t, a_prev = alphas[index], alphas_prev[index]
         pred_x0 = (x - (1 - a_t).sqrt() * e_t) / a_t.sqrt()
-        x = a_prev.sqrt() * pred_x0 + (1 - a_prev).sqrt() * e_t  # sigma_t = 0 at eta 0
+        sigma_t = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        x = a_prev.sqrt() * pred_x0 + (1 - a_prev - sigma_t**2).sqrt() * e_t
+        if eta > 0:
+            x = x + sigma_t * noise().double()
     return x.float(), run
 
 
@@ -95,6 +99,21 @@ def test_ddim_eta0_matches_an_independent_update(pipe, monkeypatch, guidance):
     # diffusers' 4 "leading" steps are LDM's whole list for 4 (751, 501, 251, 1)
     expected, run = original_ddim(pipe, images, poses, latents, 4, guidance, t_start=None)
     assert run == [751, 501, 251, 1]
+    assert torch.allclose(captured[0], expected, atol=1e-4), (captured[0] - expected).abs().max()
+
+
+def test_ddim_eta1_draws_each_samples_noise_from_its_own_generator(pipe, monkeypatch):
+    """At eta 1 (the paper's setting) sample i's initial latents, then one draw per step, come from generators[i]
+    in that order, and enter the original's stochastic update (p_sample_ddim)."""
+    images, poses, generators = inputs()  # seeded 0, 1, 2
+    captured = capture_latents(pipe, monkeypatch)
+    pipe(images, poses, generators, num_inference_steps=4, guidance_scale=3.0, eta=1.0, image_size_px=SIZE)
+    draws = [torch.Generator().manual_seed(i) for i in range(3)]
+
+    def draw():
+        return torch.stack([torch.randn(4, 8, 8, generator=g) for g in draws])
+
+    expected, _ = original_ddim(pipe, images, poses, draw(), 4, 3.0, t_start=None, eta=1.0, noise=draw)
     assert torch.allclose(captured[0], expected, atol=1e-4), (captured[0] - expected).abs().max()
 
 
