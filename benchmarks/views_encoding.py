@@ -5,14 +5,17 @@ views_stage.py shows the stage losing what the pipeline loses while the stage's 
 this separates that cost:
   host ahead:  when a queued call (output_type "pending", as the stage launches a batch) returns, against when its
                views are on the host: how far the host runs ahead of the device. A host in step with the device
-               stalls the device whenever the host is slowed;
+               stalls the device whenever the host is slowed. With the call's noise in one page-locked buffer (as
+               the pipeline draws it, zero123.NoiseDraws) and pinned per draw, each with the page-locked
+               allocations the call made (CUDA);
   encoders:    per encoder, the seconds to encode one batch on one core and the size of a view;
   alongside:   views/s of the pipeline while a BackgroundWriter stores the batch before (as in the stage), per
                encoder: none (the writer's threads and the store alone), the stage's (Pillow's PNG at its
                default zlib level 6) on the stage's PNG threads and on one thread, and PNG at zlib levels 1 and 0
                (the same pixels, other bytes), beside the pipeline alone; alone and with the stage's encoder also
                with the pipeline's host work on torch's default intra-op threads instead of the one it takes on a
-               GPU (Zero123Pipeline.__call__); alternated over --calls calls each, as one call's time varies.
+               GPU (Zero123Pipeline.__call__) and with its noise pinned per draw; alternated over --calls calls
+               each, as one call's time varies.
 `--tiny` (implied without a CUDA device) runs the project's tiny Zero123 uncompiled with small counts.
 
     python benchmarks/views_encoding.py
@@ -76,6 +79,29 @@ def host_on_default_threads():
         zero123.one_intra_op_thread = original
 
 
+@contextlib.contextmanager
+def noise_pinned_per_draw():
+    """Each of the pipeline's noise draws stacked and pinned on its own (`pin_memory()`, a page-locked allocation
+    whenever the allocator has no free block) instead of drawn into the call's one buffer (zero123.NoiseDraws): the
+    same values, to set the two side by side."""
+    original = zero123.NoiseDraws.next  # fails here, not silently, if the pipeline stops drawing through it
+
+    def next_pinned(self):
+        noise = torch.stack([torch.randn(self.shape, generator=g) for g in self.generators])
+        return (noise.pin_memory() if self.device.type == "cuda" else noise).to(self.device, non_blocking=True)
+
+    zero123.NoiseDraws.next = next_pinned
+    try:
+        yield
+    finally:
+        zero123.NoiseDraws.next = original
+
+
+def page_locked_allocations() -> int:
+    """Page-locked blocks the CUDA host allocator has created so far (0 without CUDA)."""
+    return torch.cuda.host_memory_stats().get("num_host_alloc", 0) if torch.cuda.is_available() else 0
+
+
 TINY = {"batch": 4, "calls": 1, "steps": 2, "dtype": "float32", "size": 64}
 
 
@@ -101,15 +127,18 @@ def main(argv=None) -> None:
         tick = time.perf_counter()
         outputs, _ = call()
         print(f"first call: {time.perf_counter() - tick:.1f} s", flush=True)
-        tick = time.perf_counter()
-        pending = call("pending")
-        queued = time.perf_counter() - tick
-        pending.result()
-        print(
-            f"host ahead: a queued call returns after {queued:.2f} s, its views are on the host after "
-            f"{time.perf_counter() - tick:.2f} s",
-            flush=True,
-        )
+        for noise, draws in {"in one buffer": contextlib.nullcontext, "pinned per draw": noise_pinned_per_draw}.items():
+            with draws():
+                allocations, tick = page_locked_allocations(), time.perf_counter()
+                pending = call("pending")
+                queued = time.perf_counter() - tick
+                pending.result()
+                print(
+                    f"host ahead, noise {noise}: a queued call returns after {queued:.2f} s, its views are on the "
+                    f"host after {time.perf_counter() - tick:.2f} s; page-locked allocations during the call: "
+                    f"{page_locked_allocations() - allocations}",
+                    flush=True,
+                )
 
         pngs = {"PNG level 6 (the stage's)": encode_png, "PNG level 1": png_at_level(1), "PNG level 0": png_at_level(0)}
         for label, encode in pngs.items():
@@ -122,24 +151,27 @@ def main(argv=None) -> None:
             )
         threads, torch_threads = views.PNG_THREADS, torch.get_num_threads()
         default_host = f" (host work on torch's default intra-op threads: {torch_threads})"
-        variants = {  # label: (encoder, its threads, host work on torch's default threads instead of one)
-            "alone": (None, 0, False),
-            "alone" + default_host: (None, 0, True),
-            "while storing, encoder none": (no_encoding, threads, False),
-            f"while storing, encoder PNG level 6 (the stage's), {threads} threads": (encode_png, threads, False),
-            f"while storing, encoder PNG level 6 (the stage's), {threads} threads" + default_host: (
-                encode_png,
-                threads,
-                True,
-            ),
-            "while storing, encoder PNG level 6, 1 thread": (encode_png, 1, False),
-            f"while storing, encoder PNG level 1, {threads} threads": (pngs["PNG level 1"], threads, False),
-            f"while storing, encoder PNG level 0, {threads} threads": (pngs["PNG level 0"], threads, False),
+        pinned, stage = (
+            " (noise pinned per draw)",
+            f"while storing, encoder PNG level 6 (the stage's), {threads} threads",
+        )
+        as_is = contextlib.nullcontext
+        variants = {  # label: (encoder, its threads, the pipeline's way changed for the variant)
+            "alone": (None, 0, as_is),
+            "alone" + default_host: (None, 0, host_on_default_threads),
+            "alone" + pinned: (None, 0, noise_pinned_per_draw),
+            "while storing, encoder none": (no_encoding, threads, as_is),
+            stage: (encode_png, threads, as_is),
+            stage + default_host: (encode_png, threads, host_on_default_threads),
+            stage + pinned: (encode_png, threads, noise_pinned_per_draw),
+            "while storing, encoder PNG level 6, 1 thread": (encode_png, 1, as_is),
+            f"while storing, encoder PNG level 1, {threads} threads": (pngs["PNG level 1"], threads, as_is),
+            f"while storing, encoder PNG level 0, {threads} threads": (pngs["PNG level 0"], threads, as_is),
         }
         seconds = dict.fromkeys(variants, 0.0)
         for turn in range(args.calls):
-            for index, (label, (encode, count, default)) in enumerate(variants.items()):
-                with host_on_default_threads() if default else contextlib.nullcontext():
+            for index, (label, (encode, count, way)) in enumerate(variants.items()):
+                with way():
                     if encode is None:
                         tick = time.perf_counter()
                         call()

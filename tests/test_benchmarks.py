@@ -116,19 +116,25 @@ RUNS = {
             r"no CUDA device: tiny scale \(--tiny\)",
             r"device cpu, torch \S+, Pillow \S+; \d+ px, \d+ DDIM steps, float32, \d+ views per batch, eager$",
             rf"first call: {N} s$",
-            rf"host ahead: a queued call returns after {N} s, its views are on the host after {N} s",
+            *(
+                rf"host ahead, noise {noise}: a queued call returns after {N} s, its views are on the host after "
+                rf"{N} s; page-locked allocations during the call: 0$"
+                for noise in ("in one buffer", "pinned per draw")
+            ),
             *(
                 rf"encoder PNG level {level}: {N} s per batch on one core, {N} kB a view"
                 for level in (r"6 \(the stage's\)", "1", "0")
             ),
             rf"pipeline alone: {N} views/s \(1.000 of alone\)",
             rf"pipeline alone \(host work on torch's default intra-op threads: \d+\): {N} views/s \({N} of alone\)",
+            rf"pipeline alone \(noise pinned per draw\): {N} views/s \({N} of alone\)",
             *(
                 rf"pipeline while storing, encoder {encoder}: {N} views/s \({N} of alone\)"
                 for encoder in (
                     "none",
                     r"PNG level 6 \(the stage's\), 4 threads",
                     r"PNG level 6 \(the stage's\), 4 threads \(host work on torch's default intra-op threads: \d+\)",
+                    r"PNG level 6 \(the stage's\), 4 threads \(noise pinned per draw\)",
                     "PNG level 6, 1 thread",
                     "PNG level 1, 4 threads",
                     "PNG level 0, 4 threads",
