@@ -310,8 +310,9 @@ def test_weights_are_read_in_the_target_dtype_straight_onto_the_device(tiny_dir,
 
 def test_models_compiled_in_one_process_all_run_compiled(backend, tmp_path, monkeypatch):
     """The blocks of every compiled model share dynamo's per-code recompile limit (transformers_ops.compile_regions):
-    a second model, of another width, compiles the same graphs for the same calls as the first instead of running
-    its later shapes eagerly once the first model's graphs have used up dynamo's default limit."""
+    a second model of another width, compiled while the first lives, compiles the same graphs for the same calls as
+    the first instead of running its later shapes eagerly once the first model's graphs have used up dynamo's
+    default limit."""
     monkeypatch.setenv("ZEROVLM_CACHE", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     a, b, c = images()
@@ -326,13 +327,14 @@ def test_models_compiled_in_one_process_all_run_compiled(backend, tmp_path, monk
             for where in ("on", "in")
         ],
     ]
-    graphs_per_call = []
+    graphs_per_call, models = [], []
     for width in (40, 48):  # widths no other test compiles, so that each model starts from no graph of its own
         config = copy.deepcopy(backend.model.config)
         for tower in (config.text_config, config.vision_config):
             tower.hidden_size, tower.intermediate_size = width, 2 * width
         torch.manual_seed(0)
         compiled = LlavaBackend(LlavaForConditionalGeneration(config).eval(), backend.processor, compile=True)
+        models.append(compiled)  # both alive, as when a benchmark compares two models
         counts = []
         for requests in calls:
             before = torch._dynamo.utils.counters["stats"]["unique_graphs"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -324,7 +325,8 @@ def uses_fp8(model) -> bool:
     return isinstance(model, torch.nn.Module) and any(isinstance(m, Float8Linear) for m in model.modules())
 
 
-GRAPHS_PER_COMPILED_MODEL = 8  # dynamo's default recompile limit (see compile_regions)
+RECOMPILE_LIMIT_PER_MODEL = torch._dynamo.config.recompile_limit  # dynamo's own (8), given to each compiled model
+_compiled_models: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # the first tower of each, while it lives
 
 
 def compile_regions(*towers: torch.nn.Module) -> int:
@@ -335,12 +337,14 @@ def compile_regions(*towers: torch.nn.Module) -> int:
     to the project's compile cache (zerovlm/runtime.py), so a later instance or run loads them. Returns the count.
     """
     use_compile_cache()
-    # Dynamo's recompile limit counts the graphs of one code object across the process, and the blocks of every
-    # transformers tower run through the same code (GradientCheckpointingLayer.__call__). A model needs several
-    # graphs of it (mask or none, one row or several), so a second model of another width compiled in the same
-    # process (the paper grid's benchmark runs four) would reach dynamo's default limit of 8 and run its blocks'
-    # remaining shapes eagerly, with one log warning. Each compiled model adds that default to the limit.
-    torch._dynamo.config.recompile_limit += GRAPHS_PER_COMPILED_MODEL
+    # Dynamo's recompile limit counts the graphs of one code object across the process, and every transformers
+    # layer's forward runs through the same code (`forward_with_checkpointing`, the wrapper GradientCheckpointingLayer
+    # puts around it). A model needs several of those graphs (mask or none, one row or several), so a second model of
+    # another width compiled in the same process would reach dynamo's limit and run its remaining shapes eagerly, with
+    # one log warning. The limit covers every compiled model alive.
+    _compiled_models.add(towers[0])
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT_PER_MODEL * len(_compiled_models))
     blocks = [
         block
         for tower in towers
