@@ -102,7 +102,7 @@ def test_ddim_eta0_matches_an_independent_update(pipe, monkeypatch, guidance):
     assert torch.allclose(captured[0], expected, atol=1e-4), (captured[0] - expected).abs().max()
 
 
-def test_ddim_eta1_draws_each_samples_noise_from_its_own_generator(pipe, monkeypatch):
+def test_ddim_eta1_draws_every_sample_from_its_own_generator(pipe, monkeypatch):
     """At eta 1 (the paper's setting) sample i's initial latents, then one draw per step, come from generators[i]
     in that order, and enter the original's stochastic update (p_sample_ddim)."""
     images, poses, generators = inputs()  # seeded 0, 1, 2

@@ -93,12 +93,12 @@ class NoiseDraws:
     """A call's standard-normal draws in the order it makes them, each (B, *shape) float32 on `device`, sample i
     from generators[i], so that a sample's noise does not depend on its batch.
 
-    CPU generators draw into the rows of one host buffer made for the call (page-locked when `device` is a GPU: 102
-    MiB for 128 views of 256 px and 50 steps), and each row is copied to the device without waiting. That is one
-    page-locked allocation per call instead of one per draw (`pin_memory()`): CUDA lists such allocations among its
-    implicit synchronisations, and one per step could keep the host in step with the device rather than queuing
-    ahead of it (on an H200 a queued call returned only 0.06 s before its views reached the host; not yet measured
-    with this buffer). Generators on a device draw there.
+    CPU generators draw into the rows of one host buffer made for the call, page-locked when `device` is a GPU
+    (102 MiB requested for 128 views of 256 px and 50 steps), and each row is copied to the device without waiting.
+    That is one page-locked allocation per call instead of one per draw (`pin_memory()`): CUDA lists such
+    allocations among its implicit synchronisations, and one per step could keep the host in step with the device
+    rather than queuing ahead of it. The CPU fills the same buffer, so that one code path serves both. Generators on
+    a device draw there.
     """
 
     def __init__(self, generators: list[torch.Generator], shape: tuple[int, ...], count: int, device):
@@ -404,7 +404,8 @@ class Zero123Pipeline:
             # 3. prepare latents (B, 4, h, w), float32: the DDIM arithmetic stays in full precision
             side = image_size_px // self.vae_scale_factor
             shape = (self.vae.config.latent_channels, side, side)
-            noise = NoiseDraws(generators, shape, (latents is None) + (len(steps) if eta > 0 else 0), self.device)
+            draws = (1 if latents is None else 0) + (len(steps) if eta > 0 else 0)
+            noise = NoiseDraws(generators, shape, draws, self.device)
             if latents is None:
                 latents = noise.next() * scheduler.init_noise_sigma
             latents = latents.to(self.device, torch.float32)
