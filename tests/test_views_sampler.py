@@ -216,6 +216,21 @@ def test_same_generators_same_views_whatever_the_batch(pipe):
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
+def test_a_call_makes_no_tensor_from_host_data_once_it_has_queued_a_step(pipe, monkeypatch):
+    """On a GPU a tensor made from host data (`torch.tensor(..., device=...)`) is a copy the host waits for, behind
+    everything queued: after the first UNet step it would hold the host until the denoising loop ended, so a queued
+    call (output_type "pending") could not return before its views were nearly done."""
+    images, poses, _ = inputs(2)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250)  # what is made once, made
+    stepped, made = [], []
+    unet_forward, tensor = pipe.unet.forward, torch.tensor
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: stepped.append(1) or unet_forward(*a, **k))
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(a[0]) if stepped else None) or tensor(*a, **k))
+    pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250, output_type="pending").result()
+    assert stepped and made == []
+
+
 def test_a_pending_call_gives_what_a_plain_call_gives(pipe):
     """output_type="pending" returns before the views reach the host; its result() is the plain call's views
     and quality records, and an unknown output_type is refused in one line."""

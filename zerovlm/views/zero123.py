@@ -24,6 +24,7 @@ exactly 1 and cross-attention reduces to to_out(to_v(context)) for every query),
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -79,9 +80,19 @@ def clip_preprocess(x: torch.Tensor, size_px: int) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> CLIP input (B, 3, size, size), as kornia's resize in the original."""
     x = F.interpolate(x, size=(size_px, size_px), mode="bicubic", align_corners=True, antialias=False)
     x = (x + 1.0) / 2.0
-    mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = clip_normalisation(x.device, x.dtype)
     return (x - mean) / std
+
+
+@functools.cache
+def clip_normalisation(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std, (1, 3, 1, 1) each, made once per device and dtype. A tensor made from host data on a GPU
+    is a copy the host waits for, behind all the work queued before it: made in every call, at its views' quality
+    (`clip_similarity`), it would wait for the call's whole denoising loop, and a queued call would return only when
+    its views were nearly done."""
+    mean = torch.tensor(CLIP_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return mean, std
 
 
 def _stride(timesteps: list[int], num_inference_steps: int, num_train_timesteps: int) -> int:
