@@ -11,7 +11,12 @@ tests/test_benchmarks.py can run every script on the CPU.
 from __future__ import annotations
 
 import argparse
+import collections
 import time
+import traceback
+import warnings
+from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -89,3 +94,45 @@ def seconds_after_first_batch(run: dict) -> float:
     """Seconds a views stage run spent after its first batch was on the host (from its run record): the other
     batches, then storing the last one. Loading and the first batch (compilation, or its cache) are not in it."""
     return run["seconds_generating"] - run["seconds_first_batch"]
+
+
+def count_synchronisations(label: str, call) -> None:
+    """Run call under CUDA's sync debug mode and print the host synchronisations by source line (waits on a
+    CUDA event too, which that mode does not see): each one stalls the host until the kernels queued before
+    it finish.
+    For each site, the innermost calls that led to it are printed too, since a library's line alone (a
+    `.all()` inside transformers) does not say which of our calls to move."""
+    sites: collections.Counter = collections.Counter()
+    stacks: dict[str, str] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            site = f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}"
+            sites[site] += 1
+            frames = [
+                f
+                for f in traceback.extract_stack()[:-1]
+                if Path(f.filename).name != "warnings.py" and f.name != "event_synchronize"
+            ][-6:]
+            chain = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
+            stacks.setdefault(site, chain)
+
+    synchronize_event = torch.cuda.Event.synchronize
+
+    def event_synchronize(event):
+        warnings.warn("synchronizing on a CUDA event", stacklevel=2)
+        return synchronize_event(event)
+
+    with warnings.catch_warnings(), mock.patch.object(torch.cuda.Event, "synchronize", event_synchronize):
+        warnings.simplefilter("always")
+        # Switching the mode on says it is a prototype, from set_sync_debug_mode's own line: no synchronisation.
+        warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    print(f"synchronising calls in {label}: {sum(sites.values())}: {dict(sites.most_common(12))}")
+    for site, stack in stacks.items():
+        print(f"   {site}: {stack}")

@@ -7,7 +7,8 @@ this separates that cost:
                views are on the host: how far the host runs ahead of the device. A host in step with the device
                stalls the device whenever the host is slowed. With the call's noise in one page-locked buffer (as
                the pipeline draws it, zero123.NoiseDraws) and pinned per draw, each with the page-locked
-               allocations the call made (CUDA);
+               allocations the call made (CUDA); and the host's synchronisations while a call is queued, by
+               source line (CUDA's sync debug mode);
   encoders:    per encoder, the seconds to encode one batch on one core and the size of a view;
   alongside:   views/s of the pipeline while a BackgroundWriter stores the batch before (as in the stage), per
                encoder: none (the writer's threads and the store alone), the stage's (Pillow's PNG at its
@@ -38,7 +39,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import DEVICE, parse_args  # noqa: E402
+from common import DEVICE, count_synchronisations, parse_args, skip_line  # noqa: E402
 from views_stage import (  # noqa: E402
     VIEWS_PER_IMAGE,
     add_batch_arguments,
@@ -149,6 +150,12 @@ def main(argv=None) -> None:
                     f"{page_locked_allocations() - allocations}",
                     flush=True,
                 )
+        if compiled:
+            queued = []
+            count_synchronisations("one queued call, until it returns", lambda: queued.append(call("pending")))
+            queued[0].result()
+        else:
+            print(skip_line("synchronising calls (CUDA's sync debug mode)"), flush=True)
 
         pngs = {"PNG level 6 (the stage's)": encode_png, "PNG level 1": png_at_level(1), "PNG level 0": png_at_level(0)}
         for label, encode in pngs.items():

@@ -121,6 +121,7 @@ RUNS = {
                 rf"{N} s; page-locked allocations during the call: 0$"
                 for noise in ("in one buffer", "pinned per draw")
             ),
+            r"skipped: synchronising calls \(CUDA's sync debug mode\) \(",
             *(
                 rf"encoder PNG level {level}: {N} s per batch on one core, {N} kB a view"
                 for level in (r"6 \(the stage's\)", "1", "0")
