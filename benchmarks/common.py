@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the scale they run at, one clock for either device, the skip line.
+"""What the benchmark scripts share: the scale they run at, one clock for either device, the skip line, and the
+host synchronisations of a call (`count_synchronisations`).
 
 Full size needs a CUDA GPU (random weights in the real architectures, minutes per run). `--tiny` runs the
 project's tiny models (zerovlm/views/tiny.py, zerovlm/vlm/tiny.py, written to a temporary folder) with

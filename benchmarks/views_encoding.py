@@ -8,7 +8,7 @@ this separates that cost:
                stalls the device whenever the host is slowed. With the call's noise in one page-locked buffer (as
                the pipeline draws it, zero123.NoiseDraws) and pinned per draw, each with the page-locked
                allocations the call made (CUDA); and the host's synchronisations while a call is queued, by
-               source line (CUDA's sync debug mode);
+               source line (CUDA's sync debug mode, which does not see page-locked allocations);
   encoders:    per encoder, the seconds to encode one batch on one core and the size of a view;
   alongside:   views/s of the pipeline while a BackgroundWriter stores the batch before (as in the stage), per
                encoder: none (the writer's threads and the store alone), the stage's (Pillow's PNG at its
@@ -151,9 +151,13 @@ def main(argv=None) -> None:
                     flush=True,
                 )
         if compiled:
-            queued = []
-            count_synchronisations("one queued call, until it returns", lambda: queued.append(call("pending")))
-            queued[0].result()
+            calls = []
+            count_synchronisations(
+                "one queued call, from its start until it returns (its inputs' copies, at the start, wait for the "
+                "work queued before; every later one holds the host)",
+                lambda: calls.append(call("pending")),
+            )
+            calls[0].result()
         else:
             print(skip_line("synchronising calls (CUDA's sync debug mode)"), flush=True)
 

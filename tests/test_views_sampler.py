@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
+from torch.overrides import TorchFunctionMode
 
 from tests.views_fixtures import scene, tiny_models  # noqa: F401  (pytest fixture)
 from zerovlm.io import ZeroVLMError
@@ -216,19 +217,45 @@ def test_same_generators_same_views_whatever_the_batch(pipe):
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
-def test_a_call_makes_no_tensor_from_host_data_once_it_has_queued_a_step(pipe, monkeypatch):
-    """On a GPU a tensor made from host data (`torch.tensor(..., device=...)`) is a copy the host waits for, behind
-    everything queued: after the first UNet step it would hold the host until the denoising loop ended, so a queued
-    call (output_type "pending") could not return before its views were nearly done."""
+class HostWaits(TorchFunctionMode):
+    """Records, once `on`, the torch calls that make the host wait for the device on a GPU: a tensor made from
+    host data on the device (a blocking copy behind everything queued) and reading a device tensor's values. A
+    blocking `.to(device)` cannot be told from a no-op on the CPU and is not recorded."""
+
+    WAITING = {
+        torch.tensor,
+        torch.as_tensor,
+        torch.Tensor.item,
+        torch.Tensor.tolist,
+        torch.Tensor.__bool__,
+        torch.Tensor.cpu,
+        torch.Tensor.numpy,
+        torch.Tensor.nonzero,
+        torch.nonzero,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.on, self.calls = False, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.on and func in self.WAITING:
+            self.calls.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_queued_call_makes_the_host_wait_for_nothing_once_it_has_queued_a_step(pipe, monkeypatch):
+    """Once a call has queued its first UNet step, a host wait would hold the host until the denoising loop ended,
+    so a queued call (output_type "pending") could not return before its views were nearly done."""
     images, poses, _ = inputs(2)
     generators = [torch.Generator().manual_seed(i) for i in range(2)]
     pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250)  # what is made once, made
-    stepped, made = [], []
-    unet_forward, tensor = pipe.unet.forward, torch.tensor
-    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: stepped.append(1) or unet_forward(*a, **k))
-    monkeypatch.setattr(torch, "tensor", lambda *a, **k: (made.append(a[0]) if stepped else None) or tensor(*a, **k))
-    pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250, output_type="pending").result()
-    assert stepped and made == []
+    waits, unet_forward = HostWaits(), pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda *a, **k: setattr(waits, "on", True) or unet_forward(*a, **k))
+    with waits:
+        pending = pipe(images, poses, generators, 2, 3.0, 1.0, SIZE, quality_white_min_rgb=250, output_type="pending")
+    pending.result()
+    assert waits.on and waits.calls == []
 
 
 def test_a_pending_call_gives_what_a_plain_call_gives(pipe):

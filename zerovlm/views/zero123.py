@@ -396,9 +396,9 @@ class Zero123Pipeline:
             raise ZeroVLMError(f'output_type: expected "pil" or "pending", got {output_type!r}')
         do_guidance = guidance_scale > 1.0
 
-        # On a GPU the host's tensor work between steps (drawing the noise) is small: on one thread it does not wait
-        # at OpenMP's parallel operators for cores that the caller's PNG encoders hold, so the host keeps queuing
-        # steps ahead of the device (benchmarks/views_encoding.py sets this beside torch's default threads).
+        # On a GPU the host's tensor work between steps (drawing the noise) is small: on one thread it presumably no
+        # longer waits at OpenMP's parallel operators for cores that the caller's PNG encoders hold (not yet measured
+        # on a GPU: benchmarks/views_encoding.py sets this beside torch's default threads).
         host = one_intra_op_thread() if self.device.type == "cuda" else contextlib.nullcontext()
         with host:
             # 1. encode the input views and poses
