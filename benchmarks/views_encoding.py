@@ -121,17 +121,17 @@ def main(argv=None) -> None:
     args = parse_args(parser, TINY, argv)
     if args.batch < VIEWS_PER_IMAGE or args.batch % VIEWS_PER_IMAGE or min(args.calls, args.steps, args.size) < 1:
         parser.error(f"--batch must be a positive multiple of {VIEWS_PER_IMAGE}, --calls, --steps and --size >= 1")
-    compiled = DEVICE.type == "cuda"
-    name = torch.cuda.get_device_name() if compiled else "cpu"
-    print(
-        f"device {name}, torch {torch.__version__}, Pillow {PIL.__version__}; {args.size} px, {args.steps} DDIM "
-        f"steps, {args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}",
-        flush=True,
-    )
     with tempfile.TemporaryDirectory(prefix="views_encoding_") as folder:
         work = Path(folder)
-        model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], args.size)
-        call = pipeline_call(model, views_config(model, args))
+        cfg = views_config(work / "zero123", args)
+        name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
+        print(
+            f"device {name}, torch {torch.__version__}, Pillow {PIL.__version__}; {args.size} px, {args.steps} DDIM "
+            f"steps, {args.dtype}, {args.batch} views per batch, {'compiled' if cfg.compile else 'eager'}",
+            flush=True,
+        )
+        model = write_model(Path(cfg.model), args.tiny, DTYPES[args.dtype], args.size)
+        call = pipeline_call(model, cfg)
 
         tick = time.perf_counter()
         outputs, _ = call()
@@ -150,7 +150,7 @@ def main(argv=None) -> None:
                     f"{page_locked_allocations() - allocations}",
                     flush=True,
                 )
-        if compiled:
+        if cfg.compile:
             calls = []
             count_synchronisations(
                 "one queued call, from its start until it returns (its inputs' copies, at the start, wait for the "

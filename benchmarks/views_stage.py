@@ -236,26 +236,26 @@ def main(argv=None) -> None:
     args = parse_args(parser, TINY, argv)
     if args.batch % VIEWS_PER_IMAGE or args.batches < 2:
         parser.error(f"--batch must be a multiple of {VIEWS_PER_IMAGE} and --batches at least 2")
-    size, compiled = args.size, DEVICE.type == "cuda"
+    size = args.size
     work = Path(tempfile.mkdtemp(prefix="views_stage_"))
+    cfg = views_config(work / "zero123", args)
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu"
     print(
         f"device {name}, torch {torch.__version__}, Pillow {PIL.__version__} (the PNG encoder); {size} px, "
-        f"{args.steps} DDIM steps, guidance 3.0, eta 1.0, "
-        f"{args.dtype}, {args.batch} views per batch, {'compiled' if compiled else 'eager'}",
+        f"{args.steps} DDIM steps, guidance {cfg.guidance_scale}, eta {cfg.eta}, "
+        f"{args.dtype}, {args.batch} views per batch, {'compiled' if cfg.compile else 'eager'}",
         flush=True,
     )
-    if not compiled:
+    if not cfg.compile:
         print(skip_line("compiled stage and pipeline", "views.compile works on CUDA only"), flush=True)
 
     tick = time.perf_counter()
-    model = write_model(work / "zero123", args.tiny, DTYPES[args.dtype], size)
+    model = write_model(Path(cfg.model), args.tiny, DTYPES[args.dtype], size)
     print(
         f"{'tiny' if args.tiny else 'full-size'} random Zero123 written in the kxic layout: "
         f"{time.perf_counter() - tick:.0f} s",
         flush=True,
     )
-    cfg = views_config(model, args)
     per_batch = args.batch // VIEWS_PER_IMAGE
     count = per_batch * args.batches
     examples = write_prepared(work / "prepared", "synthetic", "true_false", count, count, size)
