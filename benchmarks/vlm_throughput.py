@@ -51,6 +51,7 @@ from common import CLIP_VIT_L14, DEVICE, DTYPE, parse_args, skip_line, synchroni
 
 from zerovlm.config import InferConfig  # noqa: E402
 from zerovlm.prompts import lower_first, question_lead, view_prompt  # noqa: E402
+from zerovlm.runtime import compiled_graph_count  # noqa: E402
 from zerovlm.view_configurations import STITCHED_CONFIGURATIONS  # noqa: E402
 from zerovlm.vlm.base import Request, cpu_threads_for, image_fingerprint  # noqa: E402
 from zerovlm.vlm.llava import LlavaBackend  # noqa: E402
@@ -178,13 +179,6 @@ def make_prompt(backend: LlavaBackend, text_tokens: int) -> str:
 def random_images(count: int, seed: int) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has traced in this process so far, those then loaded from the compile cache included (a
-    call that meets a shape or mask its compiled graphs do not cover compiles another, within the call); torch
-    exposes the count in its dynamo counters only."""
-    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def argmax(row) -> int:
@@ -342,10 +336,10 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         warm, _ = timed(self.device, lambda: backend.option_logprobs(requests[:bs]))
-        graphs = compiled_graphs()
+        graphs = compiled_graph_count()
         with HostTimes(backend) as host:
             seconds, scores = timed(self.device, lambda: backend.option_logprobs(requests[bs:]))
-        graphs = compiled_graphs() - graphs
+        graphs = compiled_graph_count() - graphs
         assert len(scores) == len(requests) - bs and all(
             len(s) == len(r.options) for s, r in zip(scores, requests[bs:])
         )

@@ -12,6 +12,7 @@ from transformers import LlavaForConditionalGeneration
 
 from zerovlm.config import InferConfig
 from zerovlm.io import ZeroVLMError
+from zerovlm.runtime import compiled_graph_count
 from zerovlm.vlm.base import Request
 from zerovlm.vlm.llava import LlavaBackend, expand_to_square
 from zerovlm.vlm.llava_conventions import CHAT_FORMATS, IMAGE_PREPROCESSES
@@ -337,9 +338,9 @@ def test_models_compiled_in_one_process_all_run_compiled(backend, tmp_path, monk
         models.append(compiled)  # both alive, as when a benchmark compares two models
         counts = []
         for requests in calls:
-            before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+            before = compiled_graph_count()
             compiled.option_logprobs(requests)
-            counts.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+            counts.append(compiled_graph_count() - before)
         graphs_per_call.append(counts)
     first, second = graphs_per_call
     assert all(first) and second == first

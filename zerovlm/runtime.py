@@ -60,6 +60,13 @@ def use_compile_cache() -> Path:
     return folder
 
 
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has traced in this process so far, those then loaded from the compile cache included (a
+    call that meets a shape or mask its compiled graphs do not cover compiles another, within the call); torch
+    exposes the count in its dynamo counters only."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 @contextlib.contextmanager
 def one_intra_op_thread() -> Iterator[None]:
     """torch's CPU operators on one thread inside the block, the setting restored after.
